@@ -111,7 +111,7 @@ pub fn encode_timestamp(ts: &DateTime<Utc>) -> Result<[u8; TIMESTAMP_LEN], Times
     if nanos >= 1_000_000_000 {
         return Err(TimestampError::LeapSecond);
     }
-    if nanos % 1_000 != 0 {
+    if !nanos.is_multiple_of(1_000) {
         return Err(TimestampError::SubMicrosecond(nanos));
     }
     let v = (TYPE_TAG_DTS << 62)

@@ -1,0 +1,209 @@
+//! Real processes for integration tests.
+//!
+//! [`Broker::start`] runs a tansu broker (SQLite storage in a temporary folder) on a free
+//! loopback port; [`Service::spawn`] runs any binary and waits until it is ready. Both stop
+//! their process when dropped, so a failing test leaves nothing running.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+/// A loopback TCP port free at the time of the call.
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a probe socket")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The tansu binary: `$SWITCHYARD_TANSU`, else `tansu` on PATH, else `~/.cargo/bin/tansu`.
+pub fn tansu_binary() -> Result<PathBuf> {
+    if let Ok(path) = std::env::var("SWITCHYARD_TANSU") {
+        return Ok(PathBuf::from(path));
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("tansu");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let fallback = home.join(".cargo/bin/tansu");
+    if fallback.is_file() {
+        return Ok(fallback);
+    }
+    bail!("tansu is not installed: run `make deps` (cargo install tansu --version 0.6.0 --features dynostore,libsql)")
+}
+
+/// Wait until something accepts TCP connections on `addr`.
+pub fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on {addr} after {timeout:?}")
+}
+
+/// Status code of a plain HTTP GET (no TLS, no redirects), or an error if no answer.
+pub fn http_get_status(addr: SocketAddr, path: &str) -> Result<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    let text = String::from_utf8_lossy(&head);
+    text.get(9..12)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("not an HTTP answer: {text:?}"))
+}
+
+/// A child process stopped (SIGKILL) when dropped.
+pub struct Service {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    /// Spawn `command`, its output going to a log file in `log_dir`.
+    pub fn spawn(name: &str, mut command: Command, log_dir: &Path) -> Result<Service> {
+        let log = log_dir.join(format!("{name}.log"));
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Service {
+            name: name.to_string(),
+            child,
+            log,
+        })
+    }
+
+    /// Wait until `ready` returns true, failing early if the process exits.
+    pub fn wait_until(&mut self, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited with {status} before it was ready; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            if ready() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not ready after {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's output so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stop the process now (SIGKILL) and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A tansu broker with SQLite storage in its own temporary folder.
+pub struct Broker {
+    pub addr: SocketAddr,
+    service: Service,
+    dir: TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Result<Broker> {
+        let dir = tempfile::tempdir().context("creating the broker's data folder")?;
+        let port = free_port()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let service = Self::spawn_in(dir.path(), addr)?;
+        let mut broker = Broker { addr, service, dir };
+        broker.wait_ready()?;
+        Ok(broker)
+    }
+
+    fn spawn_in(dir: &Path, addr: SocketAddr) -> Result<Service> {
+        let url = format!("tcp://{addr}");
+        let mut command = Command::new(tansu_binary()?);
+        command
+            .current_dir(dir)
+            .env("RUST_LOG", "warn")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"]);
+        Service::spawn("tansu", command, dir)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let addr = self.addr;
+        self.service.wait_until(Duration::from_secs(30), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        })
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The folder holding the broker's data (and its log, `tansu.log`).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kill the broker (SIGKILL) and start it again on the same port and data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.service.kill();
+        self.service = Self::spawn_in(self.dir.path(), self.addr)?;
+        self.wait_ready()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.service.log_text()
+    }
+}

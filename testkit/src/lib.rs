@@ -207,3 +207,48 @@ impl Broker {
         self.service.log_text()
     }
 }
+
+/// A binary of this workspace, built next to the running test (`target/<profile>/NAME`).
+/// `cargo test --workspace` builds every binary; `make test` builds them first.
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary is not under target/<profile>/deps")?;
+    let path = profile_dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is not built: run `cargo build --workspace --bins`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A `switchyard-registry` process serving on a free port, stored on `broker`.
+pub struct Registry {
+    pub addr: SocketAddr,
+    pub service: Service,
+}
+
+impl Registry {
+    pub fn start(broker: &Broker, name: &str) -> Result<Registry> {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let mut command = Command::new(workspace_binary("switchyard-registry")?);
+        command
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .env("SWITCHYARD_REGISTRY_LISTEN", addr.to_string())
+            .env("SWITCHYARD_BOOTSTRAP_SERVERS", broker.bootstrap());
+        let mut service = Service::spawn(name, command, broker.data_dir())?;
+        service.wait_until(Duration::from_secs(60), || {
+            http_get_status(addr, "/health").ok() == Some(200)
+        })?;
+        Ok(Registry { addr, service })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}

@@ -2,37 +2,19 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
-use std::process::Command;
-use std::time::Duration;
-
 use serde_json::Value;
-use switchyard_testkit::{free_port, http_get_status, Broker, Service};
+use switchyard_testkit::{Broker, Service};
 
 pub struct Registry {
     pub url: String,
-    pub addr: SocketAddr,
     pub service: Service,
 }
 
 pub fn start_registry(broker: &Broker, name: &str) -> Registry {
-    let port = free_port().expect("free port");
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard-registry"));
-    command
-        .env("RUST_LOG", "info,rdkafka=warn")
-        .env("SWITCHYARD_REGISTRY_LISTEN", addr.to_string())
-        .env("SWITCHYARD_BOOTSTRAP_SERVERS", broker.bootstrap());
-    let mut service = Service::spawn(name, command, broker.data_dir()).expect("spawn registry");
-    service
-        .wait_until(Duration::from_secs(60), || {
-            http_get_status(addr, "/health").ok() == Some(200)
-        })
-        .expect("registry ready");
+    let registry = switchyard_testkit::Registry::start(broker, name).expect("registry ready");
     Registry {
-        url: format!("http://{addr}"),
-        addr,
-        service,
+        url: registry.url(),
+        service: registry.service,
     }
 }
 

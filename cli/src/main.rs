@@ -1,0 +1,105 @@
+//! `switchyard`: the operator CLI.
+
+mod avro_json;
+mod packet;
+mod tail;
+mod topics;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Operate a Switchyard deployment"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the broker and the registry are.
+#[derive(Args, Clone, Debug)]
+pub struct Endpoints {
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        env = "SWITCHYARD_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    pub bootstrap_servers: String,
+    /// Schema registry URL.
+    #[arg(
+        long,
+        env = "SWITCHYARD_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081",
+        global = true
+    )]
+    pub registry_url: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decode and encode device packets.
+    Packet {
+        #[command(subcommand)]
+        command: packet::PacketCommand,
+    },
+    /// The topic catalog: list it, or create its topics and register its schemas.
+    Topics {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        #[command(subcommand)]
+        command: topics::TopicsCommand,
+    },
+    /// Print a topic's records as JSON lines, decoded through the schema registry.
+    Tail {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        #[command(flatten)]
+        args: tail::TailArgs,
+    },
+}
+
+/// A failure and the exit code it deserves: 2 for bad input, 1 for everything else.
+pub enum Failure {
+    BadInput(String),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rdkafka=error")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Packet { command } => packet::run(command),
+        Command::Topics { endpoints, command } => topics::run(&endpoints, command).await,
+        Command::Tail { endpoints, args } => tail::run(&endpoints, args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::BadInput(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

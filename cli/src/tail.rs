@@ -1,0 +1,143 @@
+//! `switchyard tail TOPIC`: records as JSON lines, values decoded through the registry.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, ValueEnum};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use schema_registry_converter::async_impl::avro::AvroDecoder;
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use serde_json::{json, Map, Value};
+use switchyard_schemas::{Catalog, ValueFormat};
+
+use crate::avro_json::to_json;
+use crate::{Endpoints, Failure};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum From {
+    Beginning,
+    End,
+}
+
+#[derive(Args)]
+pub struct TailArgs {
+    /// Topic to read.
+    topic: String,
+    /// Where to start.
+    #[arg(long, value_enum, default_value = "beginning")]
+    from: From,
+    /// Stop after this many records.
+    #[arg(short = 'n', long)]
+    count: Option<usize>,
+    /// Stop once every partition has been read to its end.
+    #[arg(long)]
+    exit_at_end: bool,
+}
+
+pub async fn run(endpoints: &Endpoints, args: TailArgs) -> Result<(), Failure> {
+    let catalog = Catalog::embedded().context("the built-in catalog is invalid")?;
+    let raw = catalog
+        .topic(&args.topic)
+        .is_some_and(|t| t.value_format == ValueFormat::Raw);
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &endpoints.bootstrap_servers)
+        .set("group.id", "switchyard-tail")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .context("creating the Kafka consumer")?;
+    let metadata = consumer
+        .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
+        .with_context(|| format!("broker {} unreachable", endpoints.bootstrap_servers))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == args.topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(Failure::BadInput(format!(
+            "topic {} does not exist",
+            args.topic
+        )));
+    }
+    let start = match args.from {
+        From::Beginning => Offset::Beginning,
+        From::End => Offset::End,
+    };
+    let mut assignment = TopicPartitionList::new();
+    for p in &partitions {
+        assignment
+            .add_partition_offset(&args.topic, *p, start)
+            .context("assigning partitions")?;
+    }
+    consumer
+        .assign(&assignment)
+        .context("assigning partitions")?;
+
+    let decoder = AvroDecoder::new(SrSettings::new(endpoints.registry_url.clone()));
+    let mut printed = 0usize;
+    let mut at_end: HashSet<i32> = HashSet::new();
+    while args.count.is_none_or(|n| printed < n) {
+        match consumer.recv().await {
+            Ok(message) => {
+                at_end.remove(&message.partition());
+                println!("{}", render(&message, raw, &decoder).await);
+                printed += 1;
+            }
+            Err(KafkaError::PartitionEOF(p)) => {
+                at_end.insert(p);
+                if args.exit_at_end && at_end.len() == partitions.len() {
+                    break;
+                }
+            }
+            Err(e) => return Err(Failure::Other(anyhow!("reading {}: {e}", args.topic))),
+        }
+    }
+    Ok(())
+}
+
+async fn render(message: &BorrowedMessage<'_>, raw: bool, decoder: &AvroDecoder) -> Value {
+    let mut out = Map::new();
+    out.insert("topic".into(), json!(message.topic()));
+    out.insert("partition".into(), json!(message.partition()));
+    out.insert("offset".into(), json!(message.offset()));
+    if let Some(ms) = message.timestamp().to_millis() {
+        let ts = chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        out.insert("timestamp".into(), json!(ts));
+    }
+    out.insert("key".into(), message.key().map_or(Value::Null, text_or_hex));
+    if let Some(headers) = message.headers() {
+        let map: Map<String, Value> = headers
+            .iter()
+            .map(|h| (h.key.to_string(), h.value.map_or(Value::Null, text_or_hex)))
+            .collect();
+        out.insert("headers".into(), Value::Object(map));
+    }
+    let value = match message.payload() {
+        None => Value::Null,
+        Some(bytes) if raw => json!(hex::encode(bytes)),
+        Some(bytes) => match decoder.decode(Some(bytes)).await {
+            Ok(decoded) => to_json(&decoded.value),
+            Err(e) => {
+                out.insert("error".into(), json!(format!("cannot decode value: {e}")));
+                json!(hex::encode(bytes))
+            }
+        },
+    };
+    out.insert("value".into(), value);
+    Value::Object(out)
+}
+
+fn text_or_hex(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => json!(s),
+        Err(_) => json!(hex::encode(bytes)),
+    }
+}

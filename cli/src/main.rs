@@ -64,6 +64,20 @@ enum Command {
     },
 }
 
+/// Print one line to stdout. A closed pipe (`switchyard tail imu | head`) ends the
+/// program quietly instead of panicking.
+pub fn emit(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// A failure and the exit code it deserves: 2 for bad input, 1 for everything else.
 pub enum Failure {
     BadInput(String),
@@ -78,13 +92,7 @@ impl From<anyhow::Error> for Failure {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rdkafka=error")),
-        )
-        .init();
+    switchyard_telemetry::init_tracing("warn");
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Packet { command } => packet::run(command),

@@ -35,7 +35,7 @@ pub fn run(command: PacketCommand) -> Result<(), Failure> {
                     .map_err(|e| Failure::BadInput(e.to_string()))?,
                 None => Frame::decode(&bytes).map_err(|e| Failure::BadInput(e.to_string()))?,
             };
-            println!("{}", frame_to_json(&frame));
+            crate::emit(frame_to_json(&frame));
         }
         PacketCommand::Encode { json, key } => {
             let value: serde_json::Value = serde_json::from_str(&json)
@@ -53,7 +53,7 @@ pub fn run(command: PacketCommand) -> Result<(), Failure> {
                 None => frame.encode(),
             }
             .map_err(|e| Failure::BadInput(e.to_string()))?;
-            println!("{}", hex::encode(bytes));
+            crate::emit(hex::encode(bytes));
         }
     }
     Ok(())

@@ -13,6 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use schema_registry_converter::async_impl::avro::AvroDecoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use serde_json::{json, Map, Value};
+use switchyard_kafka::TracingContext;
 use switchyard_schemas::{Catalog, ValueFormat};
 
 use crate::avro_json::to_json;
@@ -44,12 +45,12 @@ pub async fn run(endpoints: &Endpoints, args: TailArgs) -> Result<(), Failure> {
     let raw = catalog
         .topic(&args.topic)
         .is_some_and(|t| t.value_format == ValueFormat::Raw);
-    let consumer: StreamConsumer = ClientConfig::new()
+    let consumer: StreamConsumer<TracingContext> = ClientConfig::new()
         .set("bootstrap.servers", &endpoints.bootstrap_servers)
         .set("group.id", "switchyard-tail")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
+        .set("enable.partition.eof", args.exit_at_end.to_string())
+        .create_with_context(TracingContext)
         .context("creating the Kafka consumer")?;
     let metadata = consumer
         .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
@@ -87,7 +88,7 @@ pub async fn run(endpoints: &Endpoints, args: TailArgs) -> Result<(), Failure> {
         match consumer.recv().await {
             Ok(message) => {
                 at_end.remove(&message.partition());
-                println!("{}", render(&message, raw, &decoder).await);
+                crate::emit(render(&message, raw, &decoder).await);
                 printed += 1;
             }
             Err(KafkaError::PartitionEOF(p)) => {

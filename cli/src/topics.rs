@@ -32,13 +32,13 @@ pub async fn run(endpoints: &Endpoints, command: TopicsCommand) -> Result<(), Fa
     let catalog = Catalog::embedded().context("the built-in catalog is invalid")?;
     match command {
         TopicsCommand::List => {
-            println!(
+            crate::emit(format!(
                 "{:<24} {:<28} {:>4} {:<8} {:<20} consumers",
                 "topic", "value", "part", "cleanup", "producers"
-            );
+            ));
             for t in &catalog.topics {
                 let value = t.value_schema.clone().unwrap_or_else(|| "raw bytes".into());
-                println!(
+                crate::emit(format!(
                     "{:<24} {:<28} {:>4} {:<8} {:<20} {}",
                     t.name,
                     value,
@@ -46,7 +46,7 @@ pub async fn run(endpoints: &Endpoints, command: TopicsCommand) -> Result<(), Fa
                     t.cleanup_policy.as_str(),
                     t.producers.join(","),
                     t.consumers.join(",")
-                );
+                ));
             }
             Ok(())
         }
@@ -126,8 +126,10 @@ async fn create_topics(
     let mut failures = Vec::new();
     for result in results {
         match result {
-            Ok(name) => println!("topic {name}: created"),
-            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => println!("topic {name}: exists"),
+            Ok(name) => crate::emit(format!("topic {name}: created")),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                crate::emit(format!("topic {name}: exists"))
+            }
             Err((name, code)) => failures.push(format!("{name}: {code}")),
         }
     }
@@ -145,7 +147,7 @@ async fn register_schemas(endpoints: &Endpoints, catalog: &Catalog) -> Result<()
     let registry = RegistryClient::new(&endpoints.registry_url);
     for (subject, schema) in catalog.subjects() {
         match registry.register(&subject, schema).await {
-            Ok(id) => println!("subject {subject}: schema id {id}"),
+            Ok(id) => crate::emit(format!("subject {subject}: schema id {id}")),
             Err(e) if e.error_code().is_some() => {
                 return Err(StepError::Final(anyhow!("subject {subject}: {e}")));
             }

@@ -46,12 +46,7 @@ fn parse_level(s: &str) -> Result<Level, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn")),
-        )
-        .init();
+    switchyard_telemetry::init_tracing("info,librdkafka=warn,rdkafka=warn");
     let args = Args::parse();
     let config = StoreConfig {
         bootstrap_servers: args.bootstrap_servers.clone(),

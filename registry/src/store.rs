@@ -20,6 +20,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
+use switchyard_kafka::TracingContext;
 use tokio::sync::{watch, Mutex};
 use tracing::{debug, info, warn};
 
@@ -71,13 +72,13 @@ impl SchemaStore {
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", config.timeout.as_millis().to_string())
             .create()?;
-        let consumer: StreamConsumer = ClientConfig::new()
+        let consumer: StreamConsumer<TracingContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.bootstrap_servers)
             .set("group.id", "switchyard-registry")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
-            .create()?;
+            .create_with_context(TracingContext)?;
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&config.topic, 0, Offset::Beginning)?;
         consumer.assign(&assignment)?;
@@ -402,7 +403,7 @@ async fn ensure_topic(config: &StoreConfig) -> Result<(), StoreError> {
 
 /// Apply every record of the topic, forever, publishing the next offset to read.
 async fn follow(
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<TracingContext>,
     topic: String,
     state: Arc<RwLock<State>>,
     applied: watch::Sender<i64>,

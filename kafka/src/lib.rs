@@ -1,0 +1,48 @@
+//! Kafka client plumbing shared by Switchyard's services.
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use tracing::error;
+
+/// A client context that reports librdkafka's errors through `tracing`, except the
+/// end-of-partition notices a consumer asks for with `enable.partition.eof` (which
+/// librdkafka also raises as "global errors"): those are events, not failures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingContext;
+
+impl ClientContext for TracingContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if is_partition_eof(&error) {
+            return;
+        }
+        error!(target: "librdkafka", %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for TracingContext {}
+
+/// Whether an error only says a partition was read to its end.
+pub fn is_partition_eof(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_of_partition_is_not_an_error() {
+        assert!(is_partition_eof(&KafkaError::PartitionEOF(2)));
+        assert!(is_partition_eof(&KafkaError::Global(
+            RDKafkaErrorCode::PartitionEOF
+        )));
+        assert!(!is_partition_eof(&KafkaError::Global(
+            RDKafkaErrorCode::BrokerTransportFailure
+        )));
+    }
+}

@@ -1,0 +1,50 @@
+# Switchyard: `make up` runs the pipeline on this machine, `make test` proves it.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+
+.PHONY: help deps build up down status logs test lint fuzz clean
+
+help:
+	@echo "make up      install what is missing, build, start broker + registry + services, apply topics"
+	@echo "make down    stop everything make up started"
+	@echo "make status  what runs where"
+	@echo "make logs    follow every service's log"
+	@echo "make test    lint, build, and run every test against real processes"
+	@echo "make fuzz    fuzz the packet decoder (FUZZ_SECONDS, default 60)"
+
+deps:
+	@scripts/deps.sh
+
+build:
+	$(CARGO) build --workspace --bins
+
+up: deps build
+	@scripts/stack.sh up
+
+down:
+	@scripts/stack.sh down
+
+status:
+	@scripts/stack.sh status
+
+logs:
+	@scripts/stack.sh logs
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Integration tests start their own tansu brokers and registries on free ports (and stop
+# them), so `make test` works with or without `make up` running.
+test: deps lint build
+	$(CARGO) test --workspace
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd edge/protocol && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run decode fuzz/corpus/decode -- -max_total_time=$(FUZZ_SECONDS)
+
+clean:
+	$(CARGO) clean
+	rm -rf .run

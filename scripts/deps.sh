@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install what Switchyard needs and is missing. Safe to run again: each step checks first.
+#   scripts/deps.sh            everything `make up` and `make test` need
+set -euo pipefail
+
+TANSU_VERSION=0.6.0
+APT_PACKAGES=(curl iproute2 procps util-linux python3-pip)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+say() { printf '==> %s\n' "$*"; }
+
+missing_apt=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing_apt+=("$pkg")
+done
+if [ ${#missing_apt[@]} -gt 0 ]; then
+  say "apt: installing ${missing_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing_apt[@]}"
+fi
+
+# The broker: tansu from crates.io, into the default cargo root so every clone shares it
+# (the first build takes ~12-15 minutes on 2 cores; `cargo install` skips it afterwards).
+if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  say "cargo: installing tansu $TANSU_VERSION (broker; one-time, ~15 minutes)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+fi
+
+# Confluent's Python client, the independent check in the integration tests.
+if ! python3 -c "import confluent_kafka, fastavro" 2>/dev/null; then
+  say "pip: installing Confluent's Python client"
+  python3 -m pip install --quiet --disable-pip-version-check -r "$ROOT/registry/tests/python/requirements.txt"
+fi

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Run the Switchyard stack on this machine, no Docker: `stack.sh up|down|status|logs`.
+# Everything lives under .run/ in the repository: data/, logs/, pids/.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUN="$ROOT/.run"
+LOGS="$RUN/logs"
+PIDS="$RUN/pids"
+DATA="$RUN/data"
+BIN="${SWITCHYARD_BIN:-$ROOT/target/debug}"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+BROKER_HOST=127.0.0.1
+BROKER_PORT=${SWITCHYARD_BROKER_PORT:-9092}
+REGISTRY_PORT=${SWITCHYARD_REGISTRY_PORT:-8081}
+export SWITCHYARD_BOOTSTRAP_SERVERS="$BROKER_HOST:$BROKER_PORT"
+export SWITCHYARD_REGISTRY_URL="http://$BROKER_HOST:$REGISTRY_PORT"
+
+# Services in start order: name, then how to check it is healthy.
+SERVICES=(tansu registry)
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+pid_of() { cat "$PIDS/$1.pid" 2>/dev/null || true; }
+running() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+port_busy() { ss -Hltn "sport = :$1" | grep -q .; }
+
+wait_for() { # name, seconds, command...
+  local name=$1 seconds=$2; shift 2
+  local deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    running "$name" || die "$name exited; see $LOGS/$name.log:"$'\n'"$(tail -n 20 "$LOGS/$name.log" 2>/dev/null)"
+    [ $SECONDS -lt $deadline ] || die "$name not healthy after ${seconds}s; see $LOGS/$name.log"
+    sleep 0.3
+  done
+}
+
+tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+start() { # name, port, workdir, command...
+  local name=$1 port=$2 dir=$3; shift 3
+  if running "$name"; then
+    echo "    $name already running (pid $(pid_of "$name"))"
+    return
+  fi
+  if port_busy "$port"; then
+    die "port $port is taken by another process; cannot start $name (see: ss -ltnp 'sport = :$port')"
+  fi
+  mkdir -p "$dir"
+  ( cd "$dir" && exec setsid "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null ) &
+  echo $! >"$PIDS/$name.pid"
+  echo "    started $name (pid $!)"
+}
+
+up() {
+  mkdir -p "$LOGS" "$PIDS" "$DATA"
+  for bin in switchyard switchyard-registry; do
+    [ -x "$BIN/$bin" ] || die "$BIN/$bin is not built (run: make build)"
+  done
+  command -v tansu >/dev/null || die "tansu is not installed (run: make deps)"
+
+  say "broker (tansu, SQLite storage in .run/data/tansu)"
+  start tansu "$BROKER_PORT" "$DATA/tansu" env RUST_LOG="${RUST_LOG:-warn}" tansu broker \
+    --listener-url "tcp://$BROKER_HOST:$BROKER_PORT" \
+    --advertised-listener-url "tcp://$BROKER_HOST:$BROKER_PORT" \
+    --storage-engine sqlite://tansu.db
+  wait_for tansu 60 tcp_open "$BROKER_HOST" "$BROKER_PORT"
+
+  say "schema registry"
+  start registry "$REGISTRY_PORT" "$RUN" env SWITCHYARD_REGISTRY_LISTEN="$BROKER_HOST:$REGISTRY_PORT" \
+    RUST_LOG="${RUST_LOG:-info,rdkafka=warn}" "$BIN/switchyard-registry"
+  wait_for registry 60 curl -fsS "$SWITCHYARD_REGISTRY_URL/health"
+
+  say "topics and schemas"
+  "$BIN/switchyard" topics apply >"$LOGS/topics-apply.log" 2>&1 \
+    || die "switchyard topics apply failed; see $LOGS/topics-apply.log:"$'\n'"$(tail -n 20 "$LOGS/topics-apply.log")"
+  echo "    $(grep -c '^topic ' "$LOGS/topics-apply.log") topics, $(grep -c '^subject ' "$LOGS/topics-apply.log") schemas registered"
+
+  status
+  cat <<EOM
+
+Switchyard is up. Try:
+  export PATH="$BIN:\$PATH"
+  switchyard topics list
+  switchyard tail imu
+Logs: make logs     Stop: make down
+EOM
+}
+
+status() {
+  printf '\n%-10s %-8s %-28s %s\n' service pid address log
+  local name pid addr
+  for name in "${SERVICES[@]}"; do
+    case $name in
+      tansu) addr="kafka://$BROKER_HOST:$BROKER_PORT" ;;
+      registry) addr="$SWITCHYARD_REGISTRY_URL" ;;
+    esac
+    pid=$(pid_of "$name")
+    running "$name" || pid="down"
+    printf '%-10s %-8s %-28s %s\n' "$name" "$pid" "$addr" "${LOGS#"$ROOT/"}/$name.log"
+  done
+}
+
+stop_one() {
+  local name=$1 pid
+  pid=$(pid_of "$name")
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
+    echo "    stopped $name (pid $pid)"
+  fi
+  rm -f "$PIDS/$name.pid"
+}
+
+down() {
+  say "stopping"
+  local i
+  for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
+    stop_one "${SERVICES[$i]}"
+  done
+  for port in "$REGISTRY_PORT" "$BROKER_PORT"; do
+    if port_busy "$port"; then echo "    warning: port $port is still in use by another process"; fi
+  done
+}
+
+logs() {
+  mkdir -p "$LOGS"
+  exec tail -n 50 -F "$LOGS"/*.log
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  logs) logs ;;
+  *) die "usage: $0 up|down|status|logs" ;;
+esac

@@ -4,6 +4,7 @@ mod avro_json;
 mod packet;
 mod tail;
 mod topics;
+mod topics_doc;
 
 use std::process::ExitCode;
 

@@ -17,6 +17,8 @@ use crate::{Endpoints, Failure};
 pub enum TopicsCommand {
     /// Print the catalog: each topic, its schema, partitions, policy and owners.
     List,
+    /// Print the catalog as Markdown (what docs/topics.md holds).
+    Doc,
     /// Create every catalog topic and register every value schema; safe to run again.
     Apply {
         /// Replication factor for new topics (1 on a single broker).
@@ -48,6 +50,10 @@ pub async fn run(endpoints: &Endpoints, command: TopicsCommand) -> Result<(), Fa
                     t.consumers.join(",")
                 ));
             }
+            Ok(())
+        }
+        TopicsCommand::Doc => {
+            crate::emit(crate::topics_doc::render(&catalog).trim_end());
             Ok(())
         }
         TopicsCommand::Apply {

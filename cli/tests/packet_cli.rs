@@ -96,3 +96,17 @@ fn signed_envelopes_verify_only_with_their_key() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("authentication tag does not match"));
 }
+
+#[test]
+fn docs_topics_md_is_the_generated_catalog() {
+    let out = switchyard(&["topics", "doc"]);
+    assert!(out.status.success());
+    let generated = String::from_utf8_lossy(&out.stdout);
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/topics.md"))
+            .unwrap_or_default();
+    assert!(
+        generated == committed,
+        "docs/topics.md is out of date: run `switchyard topics doc > docs/topics.md`"
+    );
+}

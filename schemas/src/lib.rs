@@ -4,6 +4,8 @@
 //! The catalog is the single place that names topics: producers, consumers, `switchyard
 //! topics apply` and the dashboards all read it from here.
 
+pub mod records;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -332,6 +334,11 @@ impl Catalog {
     pub fn value_schema(&self, topic: &str) -> Option<&str> {
         let file = self.topic(topic)?.value_schema.as_ref()?;
         self.schemas.get(file).map(String::as_str)
+    }
+
+    /// The schema file a topic's values use, if it is an Avro topic.
+    pub fn schema_file(&self, topic: &str) -> Option<&str> {
+        self.topic(topic)?.value_schema.as_deref()
     }
 
     /// Every subject to register and its schema text, in catalog order.

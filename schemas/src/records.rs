@@ -1,0 +1,338 @@
+//! Rust types for the catalog's Avro schemas, shared by every producer and consumer.
+//!
+//! Each type names the schema file it mirrors ([`TopicRecord::SCHEMA_FILE`]); the tests below
+//! round-trip a populated value of each through the real schema, so a type and its `.avsc`
+//! cannot drift apart unnoticed. Timestamps are microseconds since the Unix epoch (UTC), as in
+//! the schemas' `timestamp-micros`.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A value type bound to one schema file of the catalog.
+pub trait TopicRecord: Serialize + DeserializeOwned + Send + 'static {
+    /// File name under `schemas/avro/`.
+    const SCHEMA_FILE: &'static str;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Carrier {
+    AtAndT,
+    TMobile,
+    Verizon,
+    Disconnect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum IotStatus {
+    Nominal,
+    Idle,
+    OffNominal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AckStatus {
+    Ack,
+    Nack,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeliveryEvent {
+    Sent,
+    Retried,
+    Acked,
+    Undeliverable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RequestState {
+    Requested,
+    Sent,
+    Acked,
+    Nacked,
+    TimedOut,
+    Superseded,
+    Undeliverable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AnomalyKind {
+    Spike,
+    Stuck,
+    Silent,
+}
+
+/// `sensor-reading.avsc`: the sensor topics (`imu`, `gyro`, `temp`, `unknown`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensorReading {
+    pub modem_id: String,
+    pub device_id: i64,
+    pub sensor: String,
+    pub timestamp: i64,
+    pub value: Option<i32>,
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    pub data: Vec<u8>,
+    pub received_at: i64,
+    pub sequence: Option<i64>,
+}
+
+impl TopicRecord for SensorReading {
+    const SCHEMA_FILE: &'static str = "sensor-reading.avsc";
+}
+
+/// `grafana-reading.avsc`: the `<sensor>-grafana` topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrafanaReading {
+    pub modem_id: String,
+    pub device_id: i64,
+    pub value: i32,
+}
+
+impl TopicRecord for GrafanaReading {
+    const SCHEMA_FILE: &'static str = "grafana-reading.avsc";
+}
+
+/// `iot-status.avsc`: `iot-status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IotStatusReport {
+    pub modem_id: String,
+    pub status: IotStatus,
+    pub received_at: i64,
+    pub sequence: Option<i64>,
+}
+
+impl TopicRecord for IotStatusReport {
+    const SCHEMA_FILE: &'static str = "iot-status.avsc";
+}
+
+/// `carrier-switch-request.avsc`: `downstream-request`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CarrierSwitchRequest {
+    pub request_id: String,
+    pub modem_id: String,
+    pub carrier: Carrier,
+    pub requested_at: i64,
+    pub deadline: i64,
+    pub requested_by: Option<String>,
+}
+
+impl TopicRecord for CarrierSwitchRequest {
+    const SCHEMA_FILE: &'static str = "carrier-switch-request.avsc";
+}
+
+/// `carrier-switch-ack.avsc`: `carrier-switch-ack`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CarrierSwitchAck {
+    pub modem_id: String,
+    pub request_id: Option<String>,
+    pub status: AckStatus,
+    pub carrier: Carrier,
+    pub received_at: i64,
+    pub sequence: Option<i64>,
+}
+
+impl TopicRecord for CarrierSwitchAck {
+    const SCHEMA_FILE: &'static str = "carrier-switch-ack.avsc";
+}
+
+/// `downlink-delivery.avsc`: `downlink-delivery`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DownlinkDelivery {
+    pub request_id: String,
+    pub modem_id: String,
+    pub event: DeliveryEvent,
+    pub attempt: i32,
+    pub address: Option<String>,
+    pub reason: Option<String>,
+    pub at: i64,
+}
+
+impl TopicRecord for DownlinkDelivery {
+    const SCHEMA_FILE: &'static str = "downlink-delivery.avsc";
+}
+
+/// One switch request's lifecycle inside [`CarrierState`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwitchRequestState {
+    pub request_id: String,
+    pub carrier: Carrier,
+    pub state: RequestState,
+    pub requested_at: i64,
+    pub deadline: i64,
+    pub sent_at: Option<i64>,
+    pub attempts: i32,
+    pub completed_at: Option<i64>,
+    pub result_carrier: Option<Carrier>,
+    pub reason: Option<String>,
+}
+
+/// `carrier-state.avsc`: the compacted `carrier-state` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CarrierState {
+    pub modem_id: String,
+    pub carrier: Option<Carrier>,
+    pub last_status: Option<IotStatus>,
+    pub last_seen: Option<i64>,
+    pub updated_at: i64,
+    pub requests: Vec<SwitchRequestState>,
+}
+
+impl TopicRecord for CarrierState {
+    const SCHEMA_FILE: &'static str = "carrier-state.avsc";
+}
+
+/// `anomaly.avsc`: `anomalies`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    pub modem_id: String,
+    pub device_id: i64,
+    pub sensor: String,
+    pub kind: AnomalyKind,
+    pub value: Option<i32>,
+    pub expected_low: Option<f64>,
+    pub expected_high: Option<f64>,
+    pub score: Option<f64>,
+    pub sensor_time: i64,
+    pub detected_at: i64,
+    pub detail: String,
+}
+
+impl TopicRecord for Anomaly {
+    const SCHEMA_FILE: &'static str = "anomaly.avsc";
+}
+
+/// `gateway-reject.avsc`: `gateway-rejects`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayReject {
+    pub received_at: i64,
+    pub source: String,
+    pub reason: String,
+    pub detail: String,
+    pub modem_id: Option<String>,
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    pub raw: Vec<u8>,
+}
+
+impl TopicRecord for GatewayReject {
+    const SCHEMA_FILE: &'static str = "gateway-reject.avsc";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SCHEMA_FILES;
+    use apache_avro::{from_avro_datum, from_value, to_avro_datum, to_value, Schema};
+
+    fn round_trip<T: TopicRecord + PartialEq + std::fmt::Debug>(value: T) {
+        let text = SCHEMA_FILES
+            .iter()
+            .find(|(f, _)| *f == T::SCHEMA_FILE)
+            .map(|(_, t)| *t)
+            .unwrap_or_else(|| panic!("{} is not a catalog schema", T::SCHEMA_FILE));
+        let schema = Schema::parse_str(text).expect("schema");
+        let avro = to_value(&value)
+            .and_then(|v| v.resolve(&schema))
+            .unwrap_or_else(|e| panic!("{}: value does not fit the schema: {e}", T::SCHEMA_FILE));
+        let bytes = to_avro_datum(&schema, avro).expect("encode");
+        let back = from_avro_datum(&schema, &mut bytes.as_slice(), None).expect("decode");
+        let decoded: T = from_value(&back).unwrap_or_else(|e| panic!("{}: {e}", T::SCHEMA_FILE));
+        assert_eq!(decoded, value, "{}", T::SCHEMA_FILE);
+    }
+
+    const T0: i64 = 1_685_620_800_123_456;
+
+    #[test]
+    fn every_record_type_round_trips_through_its_schema() {
+        round_trip(SensorReading {
+            modem_id: "356938035643809".into(),
+            device_id: 3,
+            sensor: "temp".into(),
+            timestamp: T0,
+            value: Some(-7),
+            data: vec![0xff, 0xff, 0xff, 0xf9],
+            received_at: T0 + 1,
+            sequence: Some(9),
+        });
+        round_trip(GrafanaReading {
+            modem_id: "1".into(),
+            device_id: 1,
+            value: 42,
+        });
+        round_trip(IotStatusReport {
+            modem_id: "1".into(),
+            status: IotStatus::OffNominal,
+            received_at: T0,
+            sequence: None,
+        });
+        round_trip(CarrierSwitchRequest {
+            request_id: "00000000000000ff".into(),
+            modem_id: "1".into(),
+            carrier: Carrier::TMobile,
+            requested_at: T0,
+            deadline: T0 + 30_000_000,
+            requested_by: Some("ops".into()),
+        });
+        round_trip(CarrierSwitchAck {
+            modem_id: "1".into(),
+            request_id: None,
+            status: AckStatus::Nack,
+            carrier: Carrier::AtAndT,
+            received_at: T0,
+            sequence: Some(1),
+        });
+        round_trip(DownlinkDelivery {
+            request_id: "00000000000000ff".into(),
+            modem_id: "1".into(),
+            event: DeliveryEvent::Undeliverable,
+            attempt: 4,
+            address: None,
+            reason: Some("deadline".into()),
+            at: T0,
+        });
+        round_trip(CarrierState {
+            modem_id: "1".into(),
+            carrier: Some(Carrier::Verizon),
+            last_status: Some(IotStatus::Nominal),
+            last_seen: Some(T0),
+            updated_at: T0,
+            requests: vec![SwitchRequestState {
+                request_id: "00000000000000ff".into(),
+                carrier: Carrier::Disconnect,
+                state: RequestState::TimedOut,
+                requested_at: T0,
+                deadline: T0 + 1,
+                sent_at: Some(T0),
+                attempts: 3,
+                completed_at: None,
+                result_carrier: Some(Carrier::Verizon),
+                reason: None,
+            }],
+        });
+        round_trip(Anomaly {
+            modem_id: "1".into(),
+            device_id: 2,
+            sensor: "gyro".into(),
+            kind: AnomalyKind::Spike,
+            value: Some(900),
+            expected_low: Some(-3.5),
+            expected_high: Some(3.5),
+            score: Some(12.0),
+            sensor_time: T0,
+            detected_at: T0 + 5,
+            detail: "far above the recent range".into(),
+        });
+        round_trip(GatewayReject {
+            received_at: T0,
+            source: "127.0.0.1:5000".into(),
+            reason: "truncated".into(),
+            detail: "IoT Data truncated".into(),
+            modem_id: None,
+            raw: vec![0, 1],
+        });
+    }
+}

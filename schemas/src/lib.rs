@@ -195,6 +195,16 @@ impl Catalog {
         Catalog::from_parts(CATALOG_TOML, schemas)
     }
 
+    /// A catalog from TOML text whose topics use the built-in schema files (tests and
+    /// benchmarks extend [`CATALOG_TOML`] with topics of their own this way).
+    pub fn parse(toml_text: &str) -> Result<Catalog, CatalogError> {
+        let schemas = SCHEMA_FILES
+            .iter()
+            .map(|(file, text)| (file.to_string(), text.to_string()))
+            .collect();
+        Catalog::from_parts(toml_text, schemas)
+    }
+
     /// A catalog from a folder laid out like `schemas/`: `topics.toml` and `avro/*.avsc`.
     pub fn from_dir(dir: &Path) -> Result<Catalog, CatalogError> {
         let read = |path: &Path| {

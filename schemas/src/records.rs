@@ -75,7 +75,7 @@ pub struct SensorReading {
     pub sensor: String,
     pub timestamp: i64,
     pub value: Option<i32>,
-    #[serde(with = "apache_avro::serde_avro_bytes")]
+    #[serde(with = "apache_avro::serde::bytes")]
     pub data: Vec<u8>,
     pub received_at: i64,
     pub sequence: Option<i64>,
@@ -214,7 +214,7 @@ pub struct GatewayReject {
     pub reason: String,
     pub detail: String,
     pub modem_id: Option<String>,
-    #[serde(with = "apache_avro::serde_avro_bytes")]
+    #[serde(with = "apache_avro::serde::bytes")]
     pub raw: Vec<u8>,
 }
 
@@ -226,7 +226,9 @@ impl TopicRecord for GatewayReject {
 mod tests {
     use super::*;
     use crate::SCHEMA_FILES;
-    use apache_avro::{from_avro_datum, from_value, to_avro_datum, to_value, Schema};
+    use apache_avro::reader::datum::GenericDatumReader;
+    use apache_avro::writer::datum::GenericDatumWriter;
+    use apache_avro::{from_value, to_value, Schema};
 
     fn round_trip<T: TopicRecord + PartialEq + std::fmt::Debug>(value: T) {
         let text = SCHEMA_FILES
@@ -238,8 +240,14 @@ mod tests {
         let avro = to_value(&value)
             .and_then(|v| v.resolve(&schema))
             .unwrap_or_else(|e| panic!("{}: value does not fit the schema: {e}", T::SCHEMA_FILE));
-        let bytes = to_avro_datum(&schema, avro).expect("encode");
-        let back = from_avro_datum(&schema, &mut bytes.as_slice(), None).expect("decode");
+        let bytes = GenericDatumWriter::builder(&schema)
+            .build()
+            .and_then(|w| w.write_value_to_vec(avro))
+            .expect("encode");
+        let back = GenericDatumReader::builder(&schema)
+            .build()
+            .and_then(|r| r.read_value(&mut bytes.as_slice()))
+            .expect("decode");
         let decoded: T = from_value(&back).unwrap_or_else(|e| panic!("{}: {e}", T::SCHEMA_FILE));
         assert_eq!(decoded, value, "{}", T::SCHEMA_FILE);
     }

@@ -1,12 +1,19 @@
-//! Logging set-up shared by Switchyard's binaries: `tracing` to stderr, filtered by
-//! `RUST_LOG` (else the binary's default), with colours only on a terminal so log files
-//! stay plain text.
+//! Logging set-up and the `/metrics` + `/health` endpoint shared by Switchyard's services.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, Registry, TextEncoder};
 use tracing_subscriber::EnvFilter;
 
-/// Install the global subscriber. `default_filter` applies when `RUST_LOG` is unset.
+/// Install the global subscriber: `tracing` to stderr, filtered by `RUST_LOG` (else
+/// `default_filter`), with colours only on a terminal so log files stay plain text.
 pub fn init_tracing(default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
@@ -15,4 +22,70 @@ pub fn init_tracing(default_filter: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .init();
+}
+
+/// Whether a service is ready to do its work; `/health` answers 200 when it is, 503 before.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<AtomicBool>);
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Render a registry in Prometheus' text format.
+pub fn render(registry: &Registry) -> String {
+    let mut buffer = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(e) = encoder.encode(&registry.gather(), &mut buffer) {
+        return format!("# error encoding metrics: {e}\n");
+    }
+    String::from_utf8(buffer).unwrap_or_default()
+}
+
+/// Routes for `/metrics` and `/health`, to serve alone or merge into a service's router.
+pub fn router(registry: Registry, health: Health) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = render(&registry);
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+            }),
+        )
+        .route(
+            "/health",
+            get(move || {
+                let ready = health.is_ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ok\n").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+                    }
+                }
+            }),
+        )
+}
+
+/// Serve `/metrics` and `/health` on `addr` in the background; returns the bound address
+/// (useful with port 0).
+pub async fn serve(
+    addr: SocketAddr,
+    registry: Registry,
+    health: Health,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = router(registry, health);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
 }

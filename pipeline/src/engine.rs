@@ -1,0 +1,556 @@
+//! The synchronous core shared by the Kafka runner and the test driver: decode a record,
+//! call the processor, stage its outputs and store writes, apply the error policies, and
+//! fire timers. The runner and the driver only move bytes in and out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use apache_avro::Schema;
+use switchyard_schemas::Catalog;
+
+use crate::context::{Context, Encoders, Output};
+use crate::processor::{ErrorPolicy, Processor, Record, TimerKind, Topology};
+use crate::store::KeyValueStore;
+use crate::{codec, ProcessError, Timer};
+
+/// Header names on dead-lettered records.
+pub mod headers {
+    pub const TOPIC: &str = "switchyard.dlq.topic";
+    pub const PARTITION: &str = "switchyard.dlq.partition";
+    pub const OFFSET: &str = "switchyard.dlq.offset";
+    pub const TIMESTAMP: &str = "switchyard.dlq.timestamp";
+    pub const PROCESSOR: &str = "switchyard.dlq.processor";
+    pub const REASON: &str = "switchyard.dlq.reason";
+    pub const ERROR: &str = "switchyard.dlq.error";
+}
+
+/// Why a record or timer failed, as counted in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Undecodable,
+    Failed,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Undecodable => "undecodable",
+            FailureKind::Failed => "failed",
+        }
+    }
+}
+
+/// An input record as bytes.
+#[derive(Debug, Clone)]
+pub struct Incoming<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub payload: Option<&'a [u8]>,
+}
+
+/// What handling records and timers produced, to be sent before offsets are committed.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub outputs: Vec<Output>,
+    pub changelog: Vec<Output>,
+    pub dead_letters: Vec<(Output, FailureKind)>,
+    /// Failures not tied to a record (timers), logged and counted.
+    pub timer_failures: Vec<String>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.outputs.is_empty() && self.changelog.is_empty() && self.dead_letters.is_empty()
+    }
+}
+
+/// The processor must stop: a record or timer failed under [`ErrorPolicy::Stop`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{processor} stopped at {topic}[{partition}]@{offset}: {reason}")]
+pub struct Stopped {
+    pub processor: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("{processor}: topic {topic} is not in the catalog (schemas/topics.toml)")]
+    UnknownTopic { processor: String, topic: String },
+    #[error("{processor}: declares {topic} as {type_name} ({declared}), but the catalog says {topic} carries {actual}")]
+    WrongSchema {
+        processor: String,
+        topic: String,
+        type_name: String,
+        declared: String,
+        actual: String,
+    },
+    #[error("{processor}: {topic}: {reason}")]
+    Unreadable {
+        processor: String,
+        topic: String,
+        reason: String,
+    },
+    #[error("{processor}: the catalog has no dead-letter topic {topic}: add it to schemas/topics.toml (role dead-letter, value_format raw)")]
+    NoDeadLetterTopic { processor: String, topic: String },
+    #[error("catalog: {0}")]
+    Catalog(String),
+    #[error("{0}")]
+    Schema(String),
+}
+
+struct Task {
+    stores: BTreeMap<String, KeyValueStore>,
+    stream_time_ms: i64,
+    next_stream_fire: HashMap<String, i64>,
+}
+
+pub struct Engine<P: Processor> {
+    processor: P,
+    pub(crate) topology: Topology,
+    readers: HashMap<String, Arc<Schema>>,
+    writers: HashMap<i32, Arc<Schema>>,
+    pub(crate) encoders: Encoders,
+    tasks: BTreeMap<i32, Task>,
+    next_wall_fire: HashMap<String, i64>,
+}
+
+impl<P: Processor> Engine<P> {
+    /// Check the processor's topology against the catalog. Output schema ids are filled in
+    /// by the caller ([`Engine::set_output_id`]) once registered.
+    pub fn new(processor: P, catalog: &Catalog) -> Result<Self, TopologyError> {
+        let topology = processor.topology();
+        let mut readers = HashMap::new();
+        let mut encoders = Encoders::default();
+        for (spec, is_input) in topology
+            .inputs
+            .iter()
+            .map(|s| (s, true))
+            .chain(topology.outputs.iter().map(|s| (s, false)))
+        {
+            let unknown = || TopologyError::UnknownTopic {
+                processor: topology.name.clone(),
+                topic: spec.topic.clone(),
+            };
+            let actual = catalog.schema_file(&spec.topic).ok_or_else(unknown)?;
+            if actual != spec.schema_file {
+                return Err(TopologyError::WrongSchema {
+                    processor: topology.name.clone(),
+                    topic: spec.topic.clone(),
+                    type_name: spec.type_name.to_string(),
+                    declared: spec.schema_file.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+            let text = catalog.value_schema(&spec.topic).ok_or_else(unknown)?;
+            let schema = Arc::new(
+                Schema::parse_str(text).map_err(|e| TopologyError::Schema(e.to_string()))?,
+            );
+            if is_input {
+                (spec.check)(&schema).map_err(|reason| TopologyError::Unreadable {
+                    processor: topology.name.clone(),
+                    topic: spec.topic.clone(),
+                    reason,
+                })?;
+                readers.insert(spec.topic.clone(), schema);
+            } else {
+                encoders
+                    .by_topic
+                    .insert(spec.topic.clone(), (0, schema, spec.schema_file));
+            }
+        }
+        let dlq = topology.dead_letter_topic();
+        let wants_dlq = topology.on_undecodable == ErrorPolicy::DeadLetter
+            || topology.on_error == ErrorPolicy::DeadLetter;
+        if wants_dlq && catalog.topic(&dlq).is_none() {
+            return Err(TopologyError::NoDeadLetterTopic {
+                processor: topology.name.clone(),
+                topic: dlq,
+            });
+        }
+        Ok(Engine {
+            processor,
+            topology,
+            readers,
+            writers: HashMap::new(),
+            encoders,
+            tasks: BTreeMap::new(),
+            next_wall_fire: HashMap::new(),
+        })
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The catalog schema text of an input or output topic (for registration).
+    pub fn schema_of(&self, topic: &str) -> Option<Arc<Schema>> {
+        self.readers
+            .get(topic)
+            .cloned()
+            .or_else(|| self.encoders.by_topic.get(topic).map(|(_, s, _)| s.clone()))
+    }
+
+    pub fn set_output_id(&mut self, topic: &str, id: i32) {
+        if let Some(entry) = self.encoders.by_topic.get_mut(topic) {
+            entry.0 = id;
+        }
+    }
+
+    pub fn knows_writer(&self, id: i32) -> bool {
+        self.writers.contains_key(&id)
+    }
+
+    pub fn add_writer(&mut self, id: i32, schema: Arc<Schema>) {
+        self.writers.insert(id, schema);
+    }
+
+    pub fn assigned(&self) -> Vec<i32> {
+        self.tasks.keys().copied().collect()
+    }
+
+    /// Start a task for a partition, with empty stores (restore them next).
+    pub fn assign(&mut self, partition: i32) {
+        let stores = self
+            .topology
+            .stores
+            .iter()
+            .map(|s| (s.clone(), KeyValueStore::default()))
+            .collect();
+        self.tasks.entry(partition).or_insert(Task {
+            stores,
+            stream_time_ms: i64::MIN,
+            next_stream_fire: HashMap::new(),
+        });
+    }
+
+    /// Drop a task and its stores (the changelog keeps them for the next owner).
+    pub fn revoke(&mut self, partition: i32) {
+        self.tasks.remove(&partition);
+    }
+
+    /// Apply one changelog record to a task's store.
+    pub fn restore(&mut self, partition: i32, store: &str, key: String, value: Option<Vec<u8>>) {
+        if let Some(s) = self
+            .tasks
+            .get_mut(&partition)
+            .and_then(|t| t.stores.get_mut(store))
+        {
+            s.restore(key, value);
+        }
+    }
+
+    pub fn store(&self, partition: i32, name: &str) -> Option<&KeyValueStore> {
+        self.tasks.get(&partition)?.stores.get(name)
+    }
+
+    fn decode(&self, incoming: &Incoming<'_>) -> Result<apache_avro::types::Value, String> {
+        let payload = incoming
+            .payload
+            .ok_or("the record has no value (tombstone)")?;
+        let (id, mut body) = codec::split_frame(payload)?;
+        let writer = self
+            .writers
+            .get(&id)
+            .ok_or_else(|| format!("schema id {id} is not registered"))?;
+        let reader = self
+            .readers
+            .get(incoming.topic)
+            .ok_or_else(|| format!("{} is not an input topic", incoming.topic))?;
+        codec::read_datum(writer, Some(reader), &mut body)
+    }
+
+    /// Handle one input record; its effects are appended to `effects`.
+    pub fn handle(
+        &mut self,
+        incoming: &Incoming<'_>,
+        wall_clock_ms: i64,
+        effects: &mut Effects,
+    ) -> Result<(), Stopped> {
+        self.assign(incoming.partition);
+        let outcome = match self.decode(incoming) {
+            Err(e) => Err((FailureKind::Undecodable, e)),
+            Ok(value) => {
+                let record = Record {
+                    topic: incoming.topic.to_string(),
+                    partition: incoming.partition,
+                    offset: incoming.offset,
+                    timestamp_ms: incoming.timestamp_ms,
+                    key: incoming.key.map(<[u8]>::to_vec),
+                    headers: incoming.headers.clone(),
+                    value,
+                };
+                let Engine {
+                    processor,
+                    topology,
+                    encoders,
+                    tasks,
+                    ..
+                } = self;
+                let Some(task) = tasks.get_mut(&incoming.partition) else {
+                    return Ok(());
+                };
+                if let Some(ts) = incoming.timestamp_ms {
+                    task.stream_time_ms = task.stream_time_ms.max(ts);
+                }
+                let mut staged = Vec::new();
+                let mut ctx = Context {
+                    processor: &topology.name,
+                    partition: incoming.partition,
+                    stream_time_ms: task.stream_time_ms,
+                    wall_clock_ms,
+                    stores: &mut task.stores,
+                    outputs: &mut staged,
+                    encoders,
+                };
+                match processor.process(&record, &mut ctx) {
+                    Ok(()) => {
+                        effects.outputs.append(&mut staged);
+                        commit_stores(topology, incoming.partition, &mut task.stores, effects);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        task.stores.values_mut().for_each(KeyValueStore::discard);
+                        Err(match e {
+                            ProcessError::Undecodable(reason) => (FailureKind::Undecodable, reason),
+                            ProcessError::Failed(reason) => (FailureKind::Failed, reason),
+                        })
+                    }
+                }
+            }
+        };
+        if let Err((kind, reason)) = outcome {
+            let policy = match kind {
+                FailureKind::Undecodable => self.topology.on_undecodable,
+                FailureKind::Failed => self.topology.on_error,
+            };
+            match policy {
+                ErrorPolicy::Stop => {
+                    return Err(Stopped {
+                        processor: self.topology.name.clone(),
+                        topic: incoming.topic.to_string(),
+                        partition: incoming.partition,
+                        offset: incoming.offset,
+                        reason,
+                    })
+                }
+                ErrorPolicy::DeadLetter => effects
+                    .dead_letters
+                    .push((self.dead_letter(incoming, kind, &reason), kind)),
+            }
+        }
+        self.fire_stream_timers(incoming.partition, wall_clock_ms, effects)
+    }
+
+    fn dead_letter(&self, incoming: &Incoming<'_>, kind: FailureKind, reason: &str) -> Output {
+        let mut h = vec![
+            (
+                headers::TOPIC.to_string(),
+                incoming.topic.as_bytes().to_vec(),
+            ),
+            (
+                headers::PARTITION.to_string(),
+                incoming.partition.to_string().into_bytes(),
+            ),
+            (
+                headers::OFFSET.to_string(),
+                incoming.offset.to_string().into_bytes(),
+            ),
+            (
+                headers::PROCESSOR.to_string(),
+                self.topology.name.as_bytes().to_vec(),
+            ),
+            (
+                headers::REASON.to_string(),
+                kind.as_str().as_bytes().to_vec(),
+            ),
+            (headers::ERROR.to_string(), reason.as_bytes().to_vec()),
+        ];
+        if let Some(ts) = incoming.timestamp_ms {
+            h.push((headers::TIMESTAMP.to_string(), ts.to_string().into_bytes()));
+        }
+        Output {
+            topic: self.topology.dead_letter_topic(),
+            partition: None,
+            key: incoming.key.map(<[u8]>::to_vec),
+            payload: incoming.payload.map(<[u8]>::to_vec),
+            timestamp_ms: incoming.timestamp_ms,
+            headers: h,
+        }
+    }
+
+    fn fire_stream_timers(
+        &mut self,
+        partition: i32,
+        wall_clock_ms: i64,
+        effects: &mut Effects,
+    ) -> Result<(), Stopped> {
+        let timers: Vec<_> = self
+            .topology
+            .timers
+            .iter()
+            .filter(|t| t.kind == TimerKind::StreamTime)
+            .cloned()
+            .collect();
+        for spec in timers {
+            let interval = i64::try_from(spec.interval.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1);
+            let Some(task) = self.tasks.get_mut(&partition) else {
+                return Ok(());
+            };
+            let now = task.stream_time_ms;
+            if now == i64::MIN {
+                continue;
+            }
+            let next = *task
+                .next_stream_fire
+                .entry(spec.name.clone())
+                .or_insert((now / interval + 1) * interval);
+            if now >= next {
+                task.next_stream_fire
+                    .insert(spec.name.clone(), (now / interval + 1) * interval);
+                let timer = Timer {
+                    name: spec.name.clone(),
+                    kind: TimerKind::StreamTime,
+                    time_ms: now,
+                };
+                self.punctuate_task(partition, &timer, wall_clock_ms, effects)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Anchor the wall-clock timers: each first fires one interval after `now_ms`.
+    pub fn start_wall_clock(&mut self, now_ms: i64) {
+        for spec in self
+            .topology
+            .timers
+            .iter()
+            .filter(|t| t.kind == TimerKind::WallClock)
+        {
+            let interval = i64::try_from(spec.interval.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1);
+            self.next_wall_fire
+                .insert(spec.name.clone(), now_ms + interval);
+        }
+    }
+
+    /// Fire the wall-clock timers that are due at `wall_clock_ms`, for every task.
+    pub fn punctuate_wall_clock(
+        &mut self,
+        wall_clock_ms: i64,
+        effects: &mut Effects,
+    ) -> Result<(), Stopped> {
+        let timers: Vec<_> = self
+            .topology
+            .timers
+            .iter()
+            .filter(|t| t.kind == TimerKind::WallClock)
+            .cloned()
+            .collect();
+        for spec in timers {
+            let interval = i64::try_from(spec.interval.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1);
+            let next = *self
+                .next_wall_fire
+                .entry(spec.name.clone())
+                .or_insert(wall_clock_ms + interval);
+            if wall_clock_ms < next {
+                continue;
+            }
+            self.next_wall_fire
+                .insert(spec.name.clone(), wall_clock_ms + interval);
+            let timer = Timer {
+                name: spec.name.clone(),
+                kind: TimerKind::WallClock,
+                time_ms: wall_clock_ms,
+            };
+            for partition in self.assigned() {
+                self.punctuate_task(partition, &timer, wall_clock_ms, effects)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn punctuate_task(
+        &mut self,
+        partition: i32,
+        timer: &Timer,
+        wall_clock_ms: i64,
+        effects: &mut Effects,
+    ) -> Result<(), Stopped> {
+        let Engine {
+            processor,
+            topology,
+            encoders,
+            tasks,
+            ..
+        } = self;
+        let Some(task) = tasks.get_mut(&partition) else {
+            return Ok(());
+        };
+        let mut staged = Vec::new();
+        let mut ctx = Context {
+            processor: &topology.name,
+            partition,
+            stream_time_ms: task.stream_time_ms,
+            wall_clock_ms,
+            stores: &mut task.stores,
+            outputs: &mut staged,
+            encoders,
+        };
+        match processor.punctuate(timer, &mut ctx) {
+            Ok(()) => {
+                effects.outputs.append(&mut staged);
+                commit_stores(topology, partition, &mut task.stores, effects);
+                Ok(())
+            }
+            Err(e) => {
+                task.stores.values_mut().for_each(KeyValueStore::discard);
+                if topology.on_error == ErrorPolicy::Stop {
+                    return Err(Stopped {
+                        processor: topology.name.clone(),
+                        topic: format!("timer {}", timer.name),
+                        partition,
+                        offset: -1,
+                        reason: e.to_string(),
+                    });
+                }
+                effects.timer_failures.push(format!(
+                    "timer {} on partition {partition}: {e}",
+                    timer.name
+                ));
+                Ok(())
+            }
+        }
+    }
+}
+
+fn commit_stores(
+    topology: &Topology,
+    partition: i32,
+    stores: &mut BTreeMap<String, KeyValueStore>,
+    effects: &mut Effects,
+) {
+    for (name, store) in stores.iter_mut() {
+        for (key, value) in store.commit() {
+            effects.changelog.push(Output {
+                topic: topology.changelog_topic(name),
+                partition: Some(partition),
+                key: Some(key.into_bytes()),
+                payload: value,
+                timestamp_ms: None,
+                headers: Vec::new(),
+            });
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! What a processor is: its topology (inputs, outputs, stores, timers, error policies) and
+//! the callbacks the runner makes.
+
+use std::time::Duration;
+
+use apache_avro::types::Value;
+use serde::de::DeserializeOwned;
+use switchyard_schemas::records::TopicRecord;
+
+use crate::context::Context;
+
+/// What to do with a record that cannot be decoded, or whose processing fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorPolicy {
+    /// Send the record, as it was, to the processor's dead-letter topic with headers saying
+    /// why; count it; continue.
+    DeadLetter,
+    /// Stop the processor (after committing what came before the record).
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerKind {
+    /// Fires as wall-clock time passes.
+    WallClock,
+    /// Fires as stream time (the largest record timestamp seen by a task) passes.
+    StreamTime,
+}
+
+/// A timer a topology declares; [`Processor::punctuate`] is called for each task when it fires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimerSpec {
+    pub name: String,
+    pub kind: TimerKind,
+    pub interval: Duration,
+}
+
+/// A timer firing: which one, and the time (ms since the epoch) it fires for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    pub name: String,
+    pub kind: TimerKind,
+    pub time_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct TopicSpec {
+    pub topic: String,
+    pub schema_file: &'static str,
+    pub type_name: &'static str,
+    /// Checks that the declared type can be read from values of a schema.
+    pub check: fn(&apache_avro::Schema) -> Result<(), String>,
+}
+
+/// A processor's shape: what it reads, writes and keeps. The runner creates the consumer
+/// group (group id = name), the dead-letter topic `<name>-dlq` and the changelog topics
+/// `<name>-<store>-changelog` from it, and checks it against the topic catalog.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub(crate) name: String,
+    pub(crate) inputs: Vec<TopicSpec>,
+    pub(crate) outputs: Vec<TopicSpec>,
+    pub(crate) stores: Vec<String>,
+    pub(crate) timers: Vec<TimerSpec>,
+    pub(crate) on_undecodable: ErrorPolicy,
+    pub(crate) on_error: ErrorPolicy,
+}
+
+impl Topology {
+    pub fn new(name: impl Into<String>) -> Self {
+        Topology {
+            name: name.into(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            stores: Vec::new(),
+            timers: Vec::new(),
+            on_undecodable: ErrorPolicy::DeadLetter,
+            on_error: ErrorPolicy::DeadLetter,
+        }
+    }
+
+    fn spec<T: TopicRecord>(topic: String) -> TopicSpec {
+        TopicSpec {
+            topic,
+            schema_file: T::SCHEMA_FILE,
+            type_name: std::any::type_name::<T>(),
+            check: crate::codec::check_readable::<T>,
+        }
+    }
+
+    /// Read `topic`, whose values are `T`.
+    pub fn input<T: TopicRecord>(mut self, topic: impl Into<String>) -> Self {
+        self.inputs.push(Self::spec::<T>(topic.into()));
+        self
+    }
+
+    /// Read several topics whose values are all `T`.
+    pub fn inputs<T: TopicRecord>(
+        mut self,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        for t in topics {
+            self.inputs.push(Self::spec::<T>(t.into()));
+        }
+        self
+    }
+
+    /// Write `T` values to `topic`.
+    pub fn output<T: TopicRecord>(mut self, topic: impl Into<String>) -> Self {
+        self.outputs.push(Self::spec::<T>(topic.into()));
+        self
+    }
+
+    /// Write `T` values to several topics.
+    pub fn outputs<T: TopicRecord>(
+        mut self,
+        topics: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        for t in topics {
+            self.outputs.push(Self::spec::<T>(t.into()));
+        }
+        self
+    }
+
+    /// A key-value store, restored from `<name>-<store>-changelog` before processing.
+    pub fn store(mut self, name: impl Into<String>) -> Self {
+        self.stores.push(name.into());
+        self
+    }
+
+    /// A timer; `punctuate` is called with its name for every task each `interval`.
+    pub fn timer(mut self, name: impl Into<String>, kind: TimerKind, interval: Duration) -> Self {
+        self.timers.push(TimerSpec {
+            name: name.into(),
+            kind,
+            interval,
+        });
+        self
+    }
+
+    /// What to do with input that cannot be decoded (default: dead-letter).
+    pub fn on_undecodable(mut self, policy: ErrorPolicy) -> Self {
+        self.on_undecodable = policy;
+        self
+    }
+
+    /// What to do when `process` fails (default: dead-letter).
+    pub fn on_error(mut self, policy: ErrorPolicy) -> Self {
+        self.on_error = policy;
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn input_topics(&self) -> Vec<String> {
+        self.inputs.iter().map(|s| s.topic.clone()).collect()
+    }
+
+    pub fn output_topics(&self) -> Vec<String> {
+        self.outputs.iter().map(|s| s.topic.clone()).collect()
+    }
+
+    pub fn store_names(&self) -> &[String] {
+        &self.stores
+    }
+
+    pub fn dead_letter_topic(&self) -> String {
+        format!("{}-dlq", self.name)
+    }
+
+    pub fn changelog_topic(&self, store: &str) -> String {
+        format!("{}-{store}-changelog", self.name)
+    }
+}
+
+/// Why processing one record (or one timer) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProcessError {
+    /// The value is not what the topic's schema and the declared type say.
+    #[error("undecodable: {0}")]
+    Undecodable(String),
+    /// The processor could not handle the record.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ProcessError {
+    pub fn failed(reason: impl std::fmt::Display) -> Self {
+        ProcessError::Failed(reason.to_string())
+    }
+}
+
+/// One input record, with its value decoded against the topic's catalog schema.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Record timestamp, ms since the epoch.
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub(crate) value: Value,
+}
+
+impl Record {
+    /// The value as its type.
+    pub fn value<T: DeserializeOwned>(&self) -> Result<T, ProcessError> {
+        apache_avro::from_value::<T>(&self.value)
+            .map_err(|e| ProcessError::Undecodable(e.to_string()))
+    }
+
+    /// The key as UTF-8 (keys are strings throughout Switchyard).
+    pub fn key_str(&self) -> Option<&str> {
+        self.key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+    }
+}
+
+/// A stream processor. Implement this and hand it to [`crate::run`]; test it with
+/// [`crate::TestDriver`].
+pub trait Processor: Send + 'static {
+    /// What the processor reads, writes and keeps.
+    fn topology(&self) -> Topology;
+
+    /// Handle one input record: read stores, write stores, send outputs. Outputs and store
+    /// writes take effect only if this returns `Ok`.
+    fn process(&mut self, record: &Record, ctx: &mut Context<'_>) -> Result<(), ProcessError>;
+
+    /// A declared timer fired for the task (partition) `ctx` is bound to.
+    fn punctuate(&mut self, _timer: &Timer, _ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        Ok(())
+    }
+}

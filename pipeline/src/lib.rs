@@ -12,13 +12,17 @@ pub mod codec;
 mod context;
 mod driver;
 pub mod engine;
+mod metrics;
 mod processor;
+mod runner;
 mod store;
 
 pub use context::{Context, Output};
 pub use driver::{DeadLetter, TestDriver, TestRecord};
 pub use engine::{FailureKind, Stopped, TopologyError};
+pub use metrics::Metrics;
 pub use processor::{
     ErrorPolicy, ProcessError, Processor, Record, Timer, TimerKind, TimerSpec, Topology,
 };
+pub use runner::{run, run_until, shutdown_signal, Guarantee, RunnerConfig, RunnerError};
 pub use store::KeyValueStore;

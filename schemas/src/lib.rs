@@ -15,39 +15,7 @@ use thiserror::Error;
 /// The catalog as shipped in the repository.
 pub const CATALOG_TOML: &str = include_str!("../topics.toml");
 
-/// Every schema file shipped in `schemas/avro/`, by file name.
-pub const SCHEMA_FILES: &[(&str, &str)] = &[
-    ("anomaly.avsc", include_str!("../avro/anomaly.avsc")),
-    (
-        "carrier-state.avsc",
-        include_str!("../avro/carrier-state.avsc"),
-    ),
-    (
-        "carrier-switch-ack.avsc",
-        include_str!("../avro/carrier-switch-ack.avsc"),
-    ),
-    (
-        "carrier-switch-request.avsc",
-        include_str!("../avro/carrier-switch-request.avsc"),
-    ),
-    (
-        "downlink-delivery.avsc",
-        include_str!("../avro/downlink-delivery.avsc"),
-    ),
-    (
-        "gateway-reject.avsc",
-        include_str!("../avro/gateway-reject.avsc"),
-    ),
-    (
-        "grafana-reading.avsc",
-        include_str!("../avro/grafana-reading.avsc"),
-    ),
-    ("iot-status.avsc", include_str!("../avro/iot-status.avsc")),
-    (
-        "sensor-reading.avsc",
-        include_str!("../avro/sensor-reading.avsc"),
-    ),
-];
+include!(concat!(env!("OUT_DIR"), "/schema_files.rs"));
 
 /// Suffix of the topic that carries a sensor's readings projected for Grafana.
 pub const GRAFANA_SUFFIX: &str = "-grafana";

@@ -252,3 +252,224 @@ impl Registry {
         format!("http://{}", self.addr)
     }
 }
+
+impl Service {
+    /// Ask the process to stop (SIGTERM) and wait for it to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", self.child.id());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// The body of a plain HTTP GET.
+pub fn http_get_text(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
+}
+
+/// The value of an unlabelled-or-labelled Prometheus sample whose line starts with `prefix`
+/// (e.g. `switchyard_assigned_partitions{`), summed over matching lines.
+pub fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A broker and a registry with every catalog topic created and schema registered
+/// (by `switchyard topics apply`, as `make up` does).
+pub struct Stack {
+    pub registry: Registry,
+    pub broker: Broker,
+}
+
+impl Stack {
+    pub fn start() -> Result<Stack> {
+        let broker = Broker::start()?;
+        let registry = Registry::start(&broker, "registry")?;
+        let out = Command::new(workspace_binary("switchyard")?)
+            .args(["topics", "apply"])
+            .env("SWITCHYARD_BOOTSTRAP_SERVERS", broker.bootstrap())
+            .env("SWITCHYARD_REGISTRY_URL", registry.url())
+            .output()
+            .context("running switchyard topics apply")?;
+        if !out.status.success() {
+            bail!(
+                "switchyard topics apply failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Stack { registry, broker })
+    }
+
+    /// Environment for a Switchyard service pointed at this stack.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SWITCHYARD_BOOTSTRAP_SERVERS", self.broker.bootstrap()),
+            ("SWITCHYARD_REGISTRY_URL", self.registry.url()),
+        ]
+    }
+
+    /// Spawn a workspace binary with this stack's environment plus `env`.
+    pub fn spawn(&self, binary: &str, name: &str, env: &[(&str, String)]) -> Result<Service> {
+        let mut command = Command::new(workspace_binary(binary)?);
+        command.env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn");
+        for (k, v) in self
+            .env()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .chain(env.iter().map(|(k, v)| (*k, v.clone())))
+        {
+            command.env(k, v);
+        }
+        Service::spawn(name, command, self.broker.data_dir())
+    }
+}
+
+/// Raw Kafka access for tests.
+pub mod kafka {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, Context, Result};
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    /// One consumed record.
+    #[derive(Debug, Clone)]
+    pub struct RawRecord {
+        pub partition: i32,
+        pub offset: i64,
+        pub timestamp_ms: Option<i64>,
+        pub key: Option<Vec<u8>>,
+        pub payload: Option<Vec<u8>>,
+        pub headers: HashMap<String, String>,
+    }
+
+    /// Produce records (key, payload, timestamp ms) and wait until the broker has them all.
+    pub fn produce(bootstrap: &str, topic: &str, records: &[(String, Vec<u8>, i64)]) -> Result<()> {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()?;
+        for (key, payload, ts) in records {
+            let mut record = BaseRecord::to(topic)
+                .key(key.as_str())
+                .payload(payload.as_slice())
+                .timestamp(*ts);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+        producer
+            .flush(Duration::from_secs(60))
+            .context("flushing test records")?;
+        Ok(())
+    }
+
+    /// Read a topic from the beginning until `expected` records arrived (or `timeout`).
+    pub fn consume(
+        bootstrap: &str,
+        topic: &str,
+        expected: usize,
+        timeout: Duration,
+    ) -> Result<Vec<RawRecord>> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "switchyard-test-reader")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            bail!("topic {topic} does not exist");
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        let mut out = Vec::new();
+        let deadline = Instant::now() + timeout;
+        while out.len() < expected && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    h.value
+                                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                                        .unwrap_or_default(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(RawRecord {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,298 @@
+//! The framework on a real broker and registry, through the example processor's binary.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apache_avro::Schema;
+use reading_counter::{ReadingCount, NAME, OUTPUT};
+use switchyard_pipeline::codec;
+use switchyard_pipeline::engine::headers;
+use switchyard_registry::RegistryClient;
+use switchyard_schemas::records::SensorReading;
+use switchyard_schemas::{value_subject, Catalog};
+use switchyard_testkit::kafka::{consume, produce};
+use switchyard_testkit::{free_port, http_get_text, metric_sum, Service, Stack};
+
+const MAX_BATCH: usize = 100;
+const BASE_US: i64 = 1_700_000_000_000_000;
+const SENSORS: [&str; 3] = ["imu", "gyro", "temp"];
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Runtime::new().expect("runtime").block_on(f)
+}
+
+/// The registered id and the schema of a topic's values.
+fn schema(stack: &Stack, topic: &str) -> (i32, Arc<Schema>) {
+    let catalog = Catalog::embedded().expect("catalog");
+    let text = catalog.value_schema(topic).expect("avro topic");
+    let client = RegistryClient::new(&stack.registry.url());
+    let id = block(client.register(&value_subject(topic), text)).expect("registered");
+    (id, Arc::new(Schema::parse_str(text).expect("schema")))
+}
+
+/// Readings `from..to`: modem `m<i % modems>`, sensor by turn, sensor time unique per reading.
+fn produce_readings(
+    stack: &Stack,
+    from: usize,
+    to: usize,
+    modems: usize,
+) -> Vec<(String, String, i64)> {
+    let mut sent = Vec::new();
+    for sensor in SENSORS {
+        let (id, schema) = schema(stack, sensor);
+        let mut records = Vec::new();
+        for i in (from..to).filter(|i| SENSORS[i % 3] == sensor) {
+            let modem = format!("m{}", i % modems);
+            let t = BASE_US + i as i64 * 1_000;
+            let reading = SensorReading {
+                modem_id: modem.clone(),
+                device_id: 1,
+                sensor: sensor.into(),
+                timestamp: t,
+                value: Some(i as i32),
+                data: (i as i32).to_be_bytes().to_vec(),
+                received_at: t,
+                sequence: None,
+            };
+            records.push((
+                modem.clone(),
+                codec::encode(id, &schema, &reading).expect("encode"),
+                t / 1000,
+            ));
+            sent.push((modem, sensor.to_string(), t));
+        }
+        produce(&stack.broker.bootstrap(), sensor, &records).expect("produced");
+    }
+    sent
+}
+
+/// Every output so far, decoded (waits until at least `at_least` arrived, then drains).
+fn outputs(stack: &Stack, at_least: usize) -> Vec<ReadingCount> {
+    let (id, schema) = schema(stack, OUTPUT);
+    let schemas = HashMap::from([(id, schema)]);
+    let bootstrap = stack.broker.bootstrap();
+    let first = consume(&bootstrap, OUTPUT, at_least, Duration::from_secs(180)).expect("consume");
+    assert!(
+        first.len() >= at_least,
+        "only {} of {at_least} outputs arrived",
+        first.len()
+    );
+    // Then take whatever else is there.
+    let all = consume(&bootstrap, OUTPUT, usize::MAX, Duration::from_secs(3)).expect("consume");
+    all.iter()
+        .map(|r| {
+            let value = codec::decode_with(&schemas, r.payload.as_deref().unwrap_or_default())
+                .expect("decodes");
+            codec::from_value::<ReadingCount>(&value).expect("a ReadingCount")
+        })
+        .collect()
+}
+
+fn start_counter(stack: &Stack, name: &str) -> (Service, SocketAddr) {
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
+    let mut service = stack
+        .spawn(
+            "reading-counter",
+            name,
+            &[
+                ("SWITCHYARD_METRICS_LISTEN", metrics.to_string()),
+                ("SWITCHYARD_MAX_BATCH", MAX_BATCH.to_string()),
+                ("SWITCHYARD_COMMIT_INTERVAL_MS", "50".into()),
+            ],
+        )
+        .expect("spawn reading-counter");
+    service
+        .wait_until(Duration::from_secs(60), || {
+            switchyard_testkit::http_get_status(metrics, "/health").ok() == Some(200)
+        })
+        .expect("reading-counter healthy");
+    (service, metrics)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every input has an output, duplicates stay within the uncommitted window, and counts
+/// continue from the restored store.
+fn check(sent: &[(String, String, i64)], got: &[ReadingCount]) {
+    let inputs: BTreeSet<(String, String, i64)> = sent.iter().cloned().collect();
+    let outputs: BTreeSet<(String, String, i64)> = got
+        .iter()
+        .map(|o| (o.modem_id.clone(), o.sensor.clone(), o.last_sensor_time))
+        .collect();
+    let missing: Vec<_> = inputs.difference(&outputs).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "inputs without an output, e.g. {missing:?}"
+    );
+    let duplicates = got.len() - inputs.len();
+    assert!(
+        duplicates <= MAX_BATCH,
+        "{duplicates} duplicates exceed the uncommitted window of {MAX_BATCH}"
+    );
+    let mut per_key: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (m, s, _) in sent {
+        *per_key.entry((m.clone(), s.clone())).or_default() += 1;
+    }
+    for ((m, s), n) in per_key {
+        let max = got
+            .iter()
+            .filter(|o| o.modem_id == m && o.sensor == s)
+            .map(|o| o.count)
+            .max()
+            .unwrap_or(0) as usize;
+        assert!(
+            max >= n,
+            "{m}/{s}: count reached {max} for {n} readings: the store was not restored"
+        );
+        assert!(
+            max <= n + duplicates,
+            "{m}/{s}: count {max} for {n} readings and {duplicates} duplicates"
+        );
+    }
+}
+
+#[test]
+fn every_input_has_its_output_across_a_sigkill() {
+    let stack = Stack::start().expect("stack");
+    let sent = produce_readings(&stack, 0, 3000, 30);
+    let (mut first, _) = start_counter(&stack, "counter-1");
+    // Let it get well into the stream, then kill it without warning.
+    let _ = consume(
+        &stack.broker.bootstrap(),
+        OUTPUT,
+        800,
+        Duration::from_secs(120),
+    )
+    .expect("consume");
+    first.kill();
+    let (_second, metrics) = start_counter(&stack, "counter-2");
+    let got = outputs(&stack, sent.len());
+    check(&sent, &got);
+    let text = http_get_text(metrics, "/metrics").expect("metrics");
+    assert!(
+        metric_sum(&text, "switchyard_restored_records_total") > 0.0,
+        "the second instance restored its store:\n{text}"
+    );
+}
+
+#[test]
+fn sigterm_commits_so_a_restart_reprocesses_nothing() {
+    let stack = Stack::start().expect("stack");
+    let mut sent = produce_readings(&stack, 0, 600, 10);
+    let (mut first, _) = start_counter(&stack, "counter-1");
+    let _ = outputs(&stack, sent.len());
+    let status = first.terminate(Duration::from_secs(30)).expect("exits");
+    assert!(status.success(), "graceful shutdown exits 0: {status}");
+    assert!(
+        first.log_text().contains("stopped cleanly"),
+        "{}",
+        first.log_text()
+    );
+
+    let (_second, _) = start_counter(&stack, "counter-2");
+    sent.extend(produce_readings(&stack, 600, 900, 10));
+    let got = outputs(&stack, sent.len());
+    assert_eq!(got.len(), sent.len(), "no record was processed twice");
+    check(&sent, &got);
+}
+
+#[test]
+fn two_instances_share_the_partitions() {
+    let stack = Stack::start().expect("stack");
+    let (_a, metrics_a) = start_counter(&stack, "counter-a");
+    let (_b, metrics_b) = start_counter(&stack, "counter-b");
+    let tasks = |addr| {
+        metric_sum(
+            &http_get_text(addr, "/metrics").unwrap_or_default(),
+            "switchyard_assigned_partitions",
+        )
+    };
+    wait_for(
+        "both instances to own partitions",
+        Duration::from_secs(60),
+        || {
+            tasks(metrics_a) >= 1.0
+                && tasks(metrics_b) >= 1.0
+                && tasks(metrics_a) + tasks(metrics_b) == 3.0
+        },
+    );
+    let sent = produce_readings(&stack, 0, 1500, 30);
+    let got = outputs(&stack, sent.len());
+    check(&sent, &got);
+    let handled = |addr| {
+        metric_sum(
+            &http_get_text(addr, "/metrics").unwrap_or_default(),
+            "switchyard_records_in_total",
+        )
+    };
+    assert!(
+        handled(metrics_a) > 0.0 && handled(metrics_b) > 0.0,
+        "both instances processed records"
+    );
+    assert_eq!(
+        handled(metrics_a) + handled(metrics_b),
+        sent.len() as f64,
+        "each record was handled once"
+    );
+}
+
+#[test]
+fn a_poison_record_is_dead_lettered_and_processing_continues() {
+    let stack = Stack::start().expect("stack");
+    let (_counter, metrics) = start_counter(&stack, "counter");
+    let mut sent = produce_readings(&stack, 0, 3, 1);
+    produce(
+        &stack.broker.bootstrap(),
+        "imu",
+        &[("m0".into(), b"not avro".to_vec(), 1_700_000_000_000)],
+    )
+    .expect("poison");
+    sent.extend(produce_readings(&stack, 3, 6, 1));
+    let got = outputs(&stack, sent.len());
+    check(&sent, &got);
+
+    let dead = consume(
+        &stack.broker.bootstrap(),
+        &format!("{NAME}-dlq"),
+        1,
+        Duration::from_secs(60),
+    )
+    .expect("dlq");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].payload.as_deref(),
+        Some(&b"not avro"[..]),
+        "the record, as it was"
+    );
+    assert_eq!(dead[0].key.as_deref(), Some(&b"m0"[..]));
+    assert_eq!(dead[0].headers[headers::TOPIC], "imu");
+    assert_eq!(dead[0].headers[headers::PROCESSOR], NAME);
+    assert_eq!(dead[0].headers[headers::REASON], "undecodable");
+    assert!(
+        dead[0].headers.contains_key(headers::OFFSET)
+            && dead[0].headers.contains_key(headers::PARTITION)
+    );
+    assert!(
+        dead[0].headers[headers::ERROR].contains("magic"),
+        "{:?}",
+        dead[0].headers
+    );
+    wait_for(
+        "the dead letter to be counted",
+        Duration::from_secs(10),
+        || {
+            metric_sum(
+                &http_get_text(metrics, "/metrics").unwrap_or_default(),
+                "switchyard_dead_letters_total{",
+            ) == 1.0
+        },
+    );
+}

@@ -17,8 +17,10 @@ REGISTRY_PORT=${SWITCHYARD_REGISTRY_PORT:-8081}
 export SWITCHYARD_BOOTSTRAP_SERVERS="$BROKER_HOST:$BROKER_PORT"
 export SWITCHYARD_REGISTRY_URL="http://$BROKER_HOST:$REGISTRY_PORT"
 
-# Services in start order: name, then how to check it is healthy.
+# Services in start order. Processors: name=metrics port (serving /metrics and /health).
 SERVICES=(tansu registry)
+PROCESSORS=(reading-counter=9100)
+for p in "${PROCESSORS[@]}"; do SERVICES+=("${p%%=*}"); done
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -36,6 +38,8 @@ wait_for() { # name, seconds, command...
     sleep 0.3
   done
 }
+
+port_of() { local p; for p in "${PROCESSORS[@]}"; do [ "${p%%=*}" = "$1" ] && echo "${p##*=}"; done; }
 
 tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
@@ -56,7 +60,7 @@ start() { # name, port, workdir, command...
 
 up() {
   mkdir -p "$LOGS" "$PIDS" "$DATA"
-  for bin in switchyard switchyard-registry; do
+  for bin in switchyard switchyard-registry "${PROCESSORS[@]%%=*}"; do
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is not built (run: make build)"
   done
   command -v tansu >/dev/null || die "tansu is not installed (run: make deps)"
@@ -78,6 +82,18 @@ up() {
     || die "switchyard topics apply failed; see $LOGS/topics-apply.log:"$'\n'"$(tail -n 20 "$LOGS/topics-apply.log")"
   echo "    $(grep -c '^topic ' "$LOGS/topics-apply.log") topics, $(grep -c '^subject ' "$LOGS/topics-apply.log") schemas registered"
 
+  local name port
+  for p in "${PROCESSORS[@]}"; do
+    name=${p%%=*} port=${p##*=}
+    say "processor $name"
+    start "$name" "$port" "$RUN" env SWITCHYARD_METRICS_LISTEN="$BROKER_HOST:$port" \
+      RUST_LOG="${RUST_LOG:-info,librdkafka=warn,rdkafka=warn}" "$BIN/$name"
+  done
+  for p in "${PROCESSORS[@]}"; do
+    name=${p%%=*} port=${p##*=}
+    wait_for "$name" 60 curl -fsS "http://$BROKER_HOST:$port/health"
+  done
+
   status
   cat <<EOM
 
@@ -90,16 +106,17 @@ EOM
 }
 
 status() {
-  printf '\n%-10s %-8s %-28s %s\n' service pid address log
+  printf '\n%-16s %-8s %-36s %s\n' service pid address log
   local name pid addr
   for name in "${SERVICES[@]}"; do
     case $name in
       tansu) addr="kafka://$BROKER_HOST:$BROKER_PORT" ;;
       registry) addr="$SWITCHYARD_REGISTRY_URL" ;;
+      *) addr="http://$BROKER_HOST:$(port_of "$name")/metrics" ;;
     esac
     pid=$(pid_of "$name")
     running "$name" || pid="down"
-    printf '%-10s %-8s %-28s %s\n' "$name" "$pid" "$addr" "${LOGS#"$ROOT/"}/$name.log"
+    printf '%-16s %-8s %-36s %s\n' "$name" "$pid" "$addr" "${LOGS#"$ROOT/"}/$name.log"
   done
 }
 

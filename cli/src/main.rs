@@ -2,6 +2,7 @@
 
 mod avro_json;
 mod packet;
+mod produce;
 mod tail;
 mod topics;
 mod topics_doc;
@@ -56,6 +57,13 @@ enum Command {
         #[command(subcommand)]
         command: topics::TopicsCommand,
     },
+    /// Produce one record, given as JSON, encoded with the topic's schema through the registry.
+    Produce {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        #[command(flatten)]
+        args: produce::ProduceArgs,
+    },
     /// Print a topic's records as JSON lines, decoded through the schema registry.
     Tail {
         #[command(flatten)]
@@ -98,6 +106,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Packet { command } => packet::run(command),
         Command::Topics { endpoints, command } => topics::run(&endpoints, command).await,
+        Command::Produce { endpoints, args } => produce::run(&endpoints, args).await,
         Command::Tail { endpoints, args } => tail::run(&endpoints, args).await,
     };
     match result {

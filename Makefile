@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: help deps build up down status logs test lint fuzz clean
+.PHONY: help deps build up down status logs test lint bench fuzz clean
 
 help:
 	@echo "make up      install what is missing, build, start broker + registry + services, apply topics"
@@ -11,6 +11,7 @@ help:
 	@echo "make status  what runs where"
 	@echo "make logs    follow every service's log"
 	@echo "make test    lint, build, and run every test against real processes"
+	@echo "make bench   benchmarks, each against its baseline; writes results/bench.md and .json"
 	@echo "make fuzz    fuzz the packet decoder (FUZZ_SECONDS, default 60)"
 
 deps:
@@ -39,6 +40,12 @@ lint:
 # them), so `make test` works with or without `make up` running.
 test: deps lint build
 	$(CARGO) test --workspace
+
+# Timing matters here, so release builds. Results: results/bench.md and results/bench.json.
+BENCH_RECORDS ?= 100000
+bench: deps
+	$(CARGO) build --release --workspace --bins
+	./target/release/switchyard-bench pipeline --records $(BENCH_RECORDS)
 
 FUZZ_SECONDS ?= 60
 fuzz:

@@ -212,11 +212,13 @@ impl Broker {
 /// `cargo test --workspace` builds every binary; `make test` builds them first.
 pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test binary")?;
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary is not under target/<profile>/deps")?;
+    // A test runs from target/<profile>/deps/, a binary (the bench) from target/<profile>/.
+    let dir = exe.parent().context("the running binary has no folder")?;
+    let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().context("deps folder has no parent")?
+    } else {
+        dir
+    };
     let path = profile_dir.join(name);
     if !path.is_file() {
         bail!(

@@ -1,0 +1,117 @@
+//! `switchyard-bench`: measurements for `make bench`, each against its baseline in the same
+//! run on the same broker, written to `results/bench.md` and `results/bench.json`.
+
+mod pipeline_bench;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Switchyard benchmarks")]
+struct Cli {
+    /// Folder for bench.md and bench.json.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// A pass-through processor on the framework vs a raw rdkafka consume->produce loop.
+    Pipeline {
+        /// Records per round.
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Rounds of each (alternating); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    switchyard_telemetry::init_tracing("warn");
+    let cli = Cli::parse();
+    std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.bench {
+        Bench::Pipeline { records, rounds } => {
+            let report = runtime.block_on(pipeline_bench::run(records, rounds))?;
+            report.write(&cli.out)?;
+            println!("{}", report.markdown);
+        }
+    }
+    Ok(())
+}
+
+/// What one bench produced.
+pub struct Report {
+    pub name: &'static str,
+    pub markdown: String,
+    pub json: serde_json::Value,
+}
+
+impl Report {
+    /// Merge this bench's section into bench.md and bench.json (other benches' sections stay).
+    fn write(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        let json_path = dir.join("bench.json");
+        let mut all: serde_json::Map<String, serde_json::Value> =
+            std::fs::read_to_string(&json_path)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+        all.insert(self.name.to_string(), self.json.clone());
+        all.insert("machine".into(), machine());
+        std::fs::write(&json_path, serde_json::to_string_pretty(&all)? + "\n")?;
+
+        let md_path = dir.join("bench.md");
+        let mut sections: std::collections::BTreeMap<String, String> =
+            std::collections::BTreeMap::new();
+        if let Ok(text) = std::fs::read_to_string(&md_path) {
+            for part in text.split("\n<!-- bench: ").skip(1) {
+                if let Some((name, body)) = part.split_once(" -->\n") {
+                    sections.insert(name.to_string(), body.trim_end().to_string());
+                }
+            }
+        }
+        sections.insert(self.name.to_string(), self.markdown.trim_end().to_string());
+        let mut md = String::from("# Benchmark results\n\nWritten by `make bench`; each figure is measured against its baseline in the same run, on the same broker.\n\n");
+        md.push_str(&format!("Machine: {}\n", machine_line()));
+        for (name, body) in sections {
+            md.push_str(&format!("\n<!-- bench: {name} -->\n{body}\n"));
+        }
+        std::fs::write(&md_path, md)?;
+        Ok(())
+    }
+}
+
+fn machine_line() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB, tansu 0.6.0 with SQLite storage on loopback")
+}
+
+fn machine() -> serde_json::Value {
+    serde_json::json!({ "description": machine_line(), "measured_at": chrono::Utc::now().to_rfc3339() })
+}

@@ -391,17 +391,9 @@ impl<P: Processor> Engine<P> {
         wall_clock_ms: i64,
         effects: &mut Effects,
     ) -> Result<(), Stopped> {
-        let timers: Vec<_> = self
-            .topology
-            .timers
-            .iter()
-            .filter(|t| t.kind == TimerKind::StreamTime)
-            .cloned()
-            .collect();
+        let timers = self.topology.timers_of(TimerKind::StreamTime);
         for spec in timers {
-            let interval = i64::try_from(spec.interval.as_millis())
-                .unwrap_or(i64::MAX)
-                .max(1);
+            let interval = spec.interval_ms();
             let Some(task) = self.tasks.get_mut(&partition) else {
                 return Ok(());
             };
@@ -435,9 +427,7 @@ impl<P: Processor> Engine<P> {
             .iter()
             .filter(|t| t.kind == TimerKind::WallClock)
         {
-            let interval = i64::try_from(spec.interval.as_millis())
-                .unwrap_or(i64::MAX)
-                .max(1);
+            let interval = spec.interval_ms();
             self.next_wall_fire
                 .insert(spec.name.clone(), now_ms + interval);
         }
@@ -449,17 +439,9 @@ impl<P: Processor> Engine<P> {
         wall_clock_ms: i64,
         effects: &mut Effects,
     ) -> Result<(), Stopped> {
-        let timers: Vec<_> = self
-            .topology
-            .timers
-            .iter()
-            .filter(|t| t.kind == TimerKind::WallClock)
-            .cloned()
-            .collect();
+        let timers = self.topology.timers_of(TimerKind::WallClock);
         for spec in timers {
-            let interval = i64::try_from(spec.interval.as_millis())
-                .unwrap_or(i64::MAX)
-                .max(1);
+            let interval = spec.interval_ms();
             let next = *self
                 .next_wall_fire
                 .entry(spec.name.clone())

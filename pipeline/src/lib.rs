@@ -24,5 +24,5 @@ pub use metrics::Metrics;
 pub use processor::{
     ErrorPolicy, ProcessError, Processor, Record, Timer, TimerKind, TimerSpec, Topology,
 };
-pub use runner::{run, run_until, shutdown_signal, Guarantee, RunnerConfig, RunnerError};
+pub use runner::{run, run_until, Guarantee, RunnerConfig, RunnerError};
 pub use store::KeyValueStore;

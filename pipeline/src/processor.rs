@@ -35,6 +35,15 @@ pub struct TimerSpec {
     pub interval: Duration,
 }
 
+impl TimerSpec {
+    /// The interval in milliseconds (at least 1).
+    pub fn interval_ms(&self) -> i64 {
+        i64::try_from(self.interval.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1)
+    }
+}
+
 /// A timer firing: which one, and the time (ms since the epoch) it fires for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timer {
@@ -164,6 +173,15 @@ impl Topology {
 
     pub fn store_names(&self) -> &[String] {
         &self.stores
+    }
+
+    /// The declared timers of one kind.
+    pub fn timers_of(&self, kind: TimerKind) -> Vec<TimerSpec> {
+        self.timers
+            .iter()
+            .filter(|t| t.kind == kind)
+            .cloned()
+            .collect()
     }
 
     pub fn dead_letter_topic(&self) -> String {

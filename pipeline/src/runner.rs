@@ -37,7 +37,7 @@ use schema_registry_converter::async_impl::schema_registry::{
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 use switchyard_kafka::is_partition_eof;
 use switchyard_schemas::{value_subject, Catalog};
-use switchyard_telemetry::Health;
+use switchyard_telemetry::{shutdown_signal, Health};
 use tracing::{debug, error, info, warn};
 
 use crate::codec;
@@ -890,23 +890,4 @@ fn now_ms() -> i64 {
 fn default_instance_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
     format!("{host}-{}", std::process::id())
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
 }

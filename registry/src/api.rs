@@ -168,6 +168,14 @@ fn resolve(
     }
 }
 
+/// A schema's text as the whole response body (the `/schema` endpoints).
+fn raw_schema(state: &state::State, id: i32) -> ApiResult {
+    let schema = state
+        .schema(id)
+        .ok_or_else(|| ApiError::schema_id_not_found(id))?;
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], schema.text.clone()).into_response())
+}
+
 fn registered(
     state: &state::State,
     subject: &str,
@@ -272,10 +280,7 @@ async fn get_version_schema(
     let spec = parse_version(&version)?;
     let st = store.read();
     let (_, id) = resolve(&st, &subject, &spec, flag(&params, "deleted"))?;
-    let schema = st
-        .schema(id)
-        .ok_or_else(|| ApiError::schema_id_not_found(id))?;
-    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], schema.text.clone()).into_response())
+    raw_schema(&st, id)
 }
 
 async fn referenced_by(
@@ -328,11 +333,7 @@ async fn schema_by_id(State(store): Store, Path(id): Path<String>) -> ApiResult 
 
 async fn raw_schema_by_id(State(store): Store, Path(id): Path<String>) -> ApiResult {
     let id = parse_id(&id)?;
-    let st = store.read();
-    let schema = st
-        .schema(id)
-        .ok_or_else(|| ApiError::schema_id_not_found(id))?;
-    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], schema.text.clone()).into_response())
+    raw_schema(&store.read(), id)
 }
 
 async fn subjects_by_id(

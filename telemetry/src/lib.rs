@@ -1,4 +1,5 @@
-//! Logging set-up and the `/metrics` + `/health` endpoint shared by Switchyard's services.
+//! Service plumbing shared by Switchyard's binaries: logging set-up, the `/metrics` +
+//! `/health` endpoint, and the shutdown signal.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -88,4 +89,23 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
 }

@@ -37,6 +37,7 @@ pub struct Context<'a> {
     pub(crate) stores: &'a mut BTreeMap<String, KeyValueStore>,
     pub(crate) outputs: &'a mut Vec<Output>,
     pub(crate) encoders: &'a Encoders,
+    pub(crate) counts: &'a mut Vec<&'static str>,
 }
 
 impl Context<'_> {
@@ -82,6 +83,12 @@ impl Context<'_> {
         self.stores
             .get_mut(name)
             .ok_or_else(|| ProcessError::failed(format!("{processor} has no store named {name}")))
+    }
+
+    /// Count an event worth watching that is not an error (e.g. a reading skipped on
+    /// purpose); exported as `switchyard_processor_events_total{event}`.
+    pub fn count(&mut self, event: &'static str) {
+        self.counts.push(event);
     }
 
     /// The task's partition.

@@ -48,6 +48,7 @@ pub struct TestDriver<P: Processor> {
     dead_letters: VecDeque<(Output, FailureKind)>,
     changelog: Vec<Output>,
     timer_failures: Vec<String>,
+    counts: HashMap<&'static str, u64>,
 }
 
 impl<P: Processor> TestDriver<P> {
@@ -106,6 +107,7 @@ impl<P: Processor> TestDriver<P> {
             dead_letters: VecDeque::new(),
             changelog: Vec::new(),
             timer_failures: Vec::new(),
+            counts: HashMap::new(),
         })
     }
 
@@ -192,6 +194,14 @@ impl<P: Processor> TestDriver<P> {
         self.dead_letters.extend(effects.dead_letters);
         self.changelog.extend(effects.changelog);
         self.timer_failures.extend(effects.timer_failures);
+        for event in effects.counts {
+            *self.counts.entry(event).or_default() += 1;
+        }
+    }
+
+    /// How often the processor counted `event` with `ctx.count`.
+    pub fn count(&self, event: &str) -> u64 {
+        self.counts.get(event).copied().unwrap_or(0)
     }
 
     /// Take every record sent to `topic` so far, decoded as `T`.

@@ -60,6 +60,8 @@ pub struct Effects {
     pub dead_letters: Vec<(Output, FailureKind)>,
     /// Failures not tied to a record (timers), logged and counted.
     pub timer_failures: Vec<String>,
+    /// Events the processor counted with `ctx.count` (kept only when its callback succeeded).
+    pub counts: Vec<&'static str>,
 }
 
 impl Effects {
@@ -300,6 +302,7 @@ impl<P: Processor> Engine<P> {
                     task.stream_time_ms = task.stream_time_ms.max(ts);
                 }
                 let mut staged = Vec::new();
+                let mut counted = Vec::new();
                 let mut ctx = Context {
                     processor: &topology.name,
                     partition: incoming.partition,
@@ -308,10 +311,12 @@ impl<P: Processor> Engine<P> {
                     stores: &mut task.stores,
                     outputs: &mut staged,
                     encoders,
+                    counts: &mut counted,
                 };
                 match processor.process(&record, &mut ctx) {
                     Ok(()) => {
                         effects.outputs.append(&mut staged);
+                        effects.counts.append(&mut counted);
                         commit_stores(topology, incoming.partition, &mut task.stores, effects);
                         Ok(())
                     }
@@ -481,6 +486,7 @@ impl<P: Processor> Engine<P> {
             return Ok(());
         };
         let mut staged = Vec::new();
+        let mut counted = Vec::new();
         let mut ctx = Context {
             processor: &topology.name,
             partition,
@@ -489,10 +495,12 @@ impl<P: Processor> Engine<P> {
             stores: &mut task.stores,
             outputs: &mut staged,
             encoders,
+            counts: &mut counted,
         };
         match processor.punctuate(timer, &mut ctx) {
             Ok(()) => {
                 effects.outputs.append(&mut staged);
+                effects.counts.append(&mut counted);
                 commit_stores(topology, partition, &mut task.stores, effects);
                 Ok(())
             }

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub producer_retries: IntCounter,
     pub timer_failures: IntCounter,
     pub assigned_partitions: IntGauge,
+    pub events: IntCounterVec,
+    pub rejoins: IntCounter,
 }
 
 impl Metrics {
@@ -81,6 +83,11 @@ impl Metrics {
             "Changelog records applied while restoring.",
             &["store"],
         )?;
+        let events = counter_vec(
+            "processor_events_total",
+            "Events the processor counted (ctx.count), by event.",
+            &["event"],
+        )?;
         let assigned_partitions = IntGauge::new(
             "assigned_partitions",
             "Tasks (input partitions) this instance owns.",
@@ -108,6 +115,8 @@ impl Metrics {
             )?,
             timer_failures: counter("timer_failures_total", "Timer callbacks that failed.")?,
             assigned_partitions,
+            events,
+            rejoins: counter("group_rejoins_total", "Times the instance left and rejoined its group after waiting too long for an assignment.")?,
             registry,
         })
     }

@@ -52,6 +52,12 @@ pub enum Guarantee {
     ExactlyOnce,
 }
 
+/// Session timeout asked of the group coordinator.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Owning no partition this long, rejoin the group (then twice as long, up to the maximum).
+const JOIN_WATCHDOG: Duration = Duration::from_secs(25);
+const JOIN_WATCHDOG_MAX: Duration = Duration::from_secs(600);
+
 /// Runner settings; processors `#[command(flatten)]` this into their CLI.
 #[derive(Debug, Clone, Args)]
 pub struct RunnerConfig {
@@ -194,6 +200,12 @@ pub async fn run_until<P: Processor>(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
+        // A crashed instance's partitions move to the others after 10 s, not librdkafka's 45.
+        .set(
+            "session.timeout.ms",
+            SESSION_TIMEOUT.as_millis().to_string(),
+        )
+        .set("heartbeat.interval.ms", "3000")
         .set(
             "isolation.level",
             if config.processing_guarantee == Guarantee::ExactlyOnce {
@@ -478,6 +490,9 @@ impl<P: Processor> Runner<P> {
         wall_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let commit_interval = Duration::from_millis(self.config.commit_interval_ms.max(1));
         let consumer = Arc::clone(&self.consumer);
+        // Join watchdog: owning nothing for this long means a crashed member may hold the group.
+        let mut unassigned_since = Instant::now();
+        let mut watchdog = JOIN_WATCHDOG;
         loop {
             let deadline = self
                 .batch
@@ -493,6 +508,14 @@ impl<P: Processor> Runner<P> {
                     self.flush().await?;
                 }
                 _ = wall_tick.tick() => {
+                    if self.metrics.assigned_partitions.get() > 0 {
+                        unassigned_since = Instant::now();
+                        watchdog = JOIN_WATCHDOG;
+                    } else if unassigned_since.elapsed() > watchdog {
+                        self.rejoin(watchdog)?;
+                        unassigned_since = Instant::now();
+                        watchdog = (watchdog * 2).min(JOIN_WATCHDOG_MAX);
+                    }
                     self.begin();
                     let result = self.engine.punctuate_wall_clock(now_ms(), &mut self.batch.effects);
                     self.after_effects();
@@ -516,6 +539,24 @@ impl<P: Processor> Runner<P> {
         }
     }
 
+    /// Leave and rejoin the group. tansu 0.6.0 can leave a member that joined while a crashed
+    /// member was still in the group with an empty assignment indefinitely; joining again,
+    /// after the crashed member's session timeout, recovers. An instance that is idle because
+    /// there are more instances than partitions also rejoins, ever more rarely (the delay
+    /// doubles up to ten minutes), which costs one rebalance each time.
+    fn rejoin(&mut self, after: Duration) -> Result<(), RunnerError> {
+        warn!(
+            ?after,
+            "no partitions assigned; rejoining the group (a crashed member may still hold them)"
+        );
+        self.metrics.rejoins.inc();
+        self.consumer.unsubscribe();
+        let topics = self.engine.topology().input_topics();
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&refs)?;
+        Ok(())
+    }
+
     fn begin(&mut self) {
         if self.batch.started.is_none() {
             self.batch.started = Some(Instant::now());
@@ -531,6 +572,9 @@ impl<P: Processor> Runner<P> {
     }
 
     fn after_effects(&mut self) {
+        for event in self.batch.effects.counts.drain(..) {
+            self.metrics.events.with_label_values(&[event]).inc();
+        }
         for failure in self.batch.effects.timer_failures.drain(..) {
             self.metrics.timer_failures.inc();
             warn!(%failure, "timer failed");

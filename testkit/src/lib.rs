@@ -475,3 +475,132 @@ pub mod kafka {
         Ok(out)
     }
 }
+
+/// A plain HTTP request with a JSON body; returns (status, body).
+pub fn http_json(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .context("not an HTTP answer")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A decoded record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct TypedRecord<T> {
+    pub raw: kafka::RawRecord,
+    pub value: T,
+}
+
+impl Stack {
+    /// Register a catalog topic's value schema (idempotent); returns its id and schema.
+    pub fn schema(&self, topic: &str) -> Result<(i32, std::sync::Arc<apache_avro::Schema>)> {
+        let catalog = switchyard_schemas::Catalog::embedded()?;
+        let text = catalog
+            .value_schema(topic)
+            .with_context(|| format!("{topic} is not an Avro topic"))?;
+        let body = serde_json::json!({ "schema": text }).to_string();
+        let path = format!(
+            "/subjects/{}/versions",
+            switchyard_schemas::value_subject(topic)
+        );
+        let (status, answer) = http_json(self.registry.addr, "POST", &path, &body)?;
+        if status != 200 {
+            bail!("registering {topic}: {status} {answer}");
+        }
+        let id = serde_json::from_str::<serde_json::Value>(&answer)?["id"]
+            .as_i64()
+            .context("no id in the registry's answer")?;
+        Ok((
+            i32::try_from(id)?,
+            std::sync::Arc::new(apache_avro::Schema::parse_str(text)?),
+        ))
+    }
+
+    /// Produce typed values (key, value, record timestamp ms) to a catalog topic.
+    pub fn produce<T: serde::Serialize>(
+        &self,
+        topic: &str,
+        records: &[(String, T, i64)],
+    ) -> Result<()> {
+        let (id, schema) = self.schema(topic)?;
+        let encoded = records
+            .iter()
+            .map(|(k, v, ts)| {
+                Ok((
+                    k.clone(),
+                    switchyard_schemas::wire::encode(id, &schema, v).map_err(anyhow::Error::msg)?,
+                    *ts,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        kafka::produce(&self.broker.bootstrap(), topic, &encoded)
+    }
+
+    /// Read a catalog topic from the beginning until `at_least` records arrived (or `timeout`),
+    /// decoded with the catalog schema.
+    pub fn consume<T: serde::de::DeserializeOwned>(
+        &self,
+        topic: &str,
+        at_least: usize,
+        timeout: Duration,
+    ) -> Result<Vec<TypedRecord<T>>> {
+        let (id, schema) = self.schema(topic)?;
+        let schemas = std::collections::HashMap::from([(id, schema)]);
+        kafka::consume(&self.broker.bootstrap(), topic, at_least, timeout)?
+            .into_iter()
+            .map(|raw| {
+                let value = switchyard_schemas::wire::decode_with(
+                    &schemas,
+                    raw.payload.as_deref().unwrap_or_default(),
+                )
+                .and_then(|v| switchyard_schemas::wire::from_value::<T>(&v))
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{topic}[{}]@{}", raw.partition, raw.offset))?;
+                Ok(TypedRecord { raw, value })
+            })
+            .collect()
+    }
+
+    /// Spawn a processor binary with a free metrics port and wait for its /health.
+    pub fn start_processor(
+        &self,
+        binary: &str,
+        name: &str,
+        env: &[(&str, String)],
+    ) -> Result<(Service, SocketAddr)> {
+        let metrics: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let mut all: Vec<(&str, String)> = vec![("SWITCHYARD_METRICS_LISTEN", metrics.to_string())];
+        all.extend(env.iter().map(|(k, v)| (*k, v.clone())));
+        let mut service = self.spawn(binary, name, &all)?;
+        service.wait_until(Duration::from_secs(60), || {
+            http_get_status(metrics, "/health").ok() == Some(200)
+        })?;
+        Ok((service, metrics))
+    }
+}
+
+/// Poll `done` until it holds, failing after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}

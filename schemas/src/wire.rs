@@ -1,0 +1,72 @@
+//! The Confluent wire format: `0x00 | schema id (u32 big-endian) | Avro binary`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Split a Confluent-framed payload into schema id and Avro body.
+pub fn split_frame(payload: &[u8]) -> Result<(i32, &[u8]), String> {
+    match payload {
+        [0, a, b, c, d, body @ ..] => Ok((i32::from_be_bytes([*a, *b, *c, *d]), body)),
+        [magic, ..] if payload.len() >= 5 => Err(format!(
+            "unknown magic byte {magic:#04x} (Confluent framing starts with 0x00)"
+        )),
+        _ => Err(format!(
+            "{} bytes is too short for the Confluent wire format",
+            payload.len()
+        )),
+    }
+}
+
+/// Encode `value` with `schema` and frame it with `id`.
+pub fn encode<T: Serialize>(id: i32, schema: &Schema, value: &T) -> Result<Vec<u8>, String> {
+    let avro = apache_avro::to_value(value)
+        .and_then(|v| v.resolve(schema))
+        .map_err(|e| format!("value does not fit the schema: {e}"))?;
+    let body = GenericDatumWriter::builder(schema)
+        .build()
+        .and_then(|w| w.write_value_to_vec(avro))
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(5 + body.len());
+    out.push(0);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decode a framed payload whose writer schema is known locally (the test driver's path).
+pub fn decode_with(schemas: &HashMap<i32, Arc<Schema>>, payload: &[u8]) -> Result<Value, String> {
+    let (id, mut body) = split_frame(payload)?;
+    let schema = schemas
+        .get(&id)
+        .ok_or_else(|| format!("unknown schema id {id}"))?;
+    read_datum(schema, None, &mut body)
+}
+
+/// Read one Avro datum written with `writer`, resolved to `reader` when given.
+pub fn read_datum(
+    writer: &Schema,
+    reader: Option<&Schema>,
+    body: &mut &[u8],
+) -> Result<Value, String> {
+    let datum = match reader {
+        Some(reader) => GenericDatumReader::builder(writer)
+            .reader_schema(reader)
+            .build(),
+        None => GenericDatumReader::builder(writer).build(),
+    };
+    datum
+        .and_then(|d| d.read_value(body))
+        .map_err(|e| e.to_string())
+}
+
+/// Decode a value as `T` (used by typed test-driver reads).
+pub fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
+    apache_avro::from_value(value).map_err(|e| e.to_string())
+}

@@ -1,0 +1,117 @@
+//! grafana-projector on a real broker and registry.
+
+use std::time::Duration;
+
+use switchyard_schemas::records::{GrafanaReading, SensorReading};
+use switchyard_testkit::{http_get_text, metric_sum, wait_for, Stack};
+
+const T0_US: i64 = 1_685_620_800_123_456;
+
+fn reading(
+    modem: &str,
+    sensor: &str,
+    device_id: i64,
+    value: Option<i32>,
+    t_us: i64,
+) -> SensorReading {
+    SensorReading {
+        modem_id: modem.into(),
+        device_id,
+        sensor: sensor.into(),
+        timestamp: t_us,
+        value,
+        data: value
+            .map(|v| v.to_be_bytes().to_vec())
+            .unwrap_or_else(|| vec![9, 9, 9]),
+        received_at: t_us + 3_000_000,
+        sequence: None,
+    }
+}
+
+#[test]
+fn readings_reach_their_grafana_topics_at_sensor_time() {
+    let stack = Stack::start().expect("stack");
+    let (_projector, metrics) = stack
+        .start_processor("grafana-projector", "grafana-projector", &[])
+        .expect("healthy");
+    let sensors = [("imu", 1), ("gyro", 2), ("temp", 3), ("unknown", 77)];
+    for (i, (sensor, device)) in sensors.iter().enumerate() {
+        let records: Vec<(String, SensorReading, i64)> = (0..20)
+            .map(|n| {
+                let t = T0_US + (i as i64 * 1000 + n) * 1_000_000;
+                // Record timestamp = arrival, three seconds after the sensor time.
+                (
+                    "356938035643809".to_string(),
+                    reading(
+                        "356938035643809",
+                        sensor,
+                        *device,
+                        Some(n as i32 * 10 - 50),
+                        t,
+                    ),
+                    t / 1000 + 3000,
+                )
+            })
+            .collect();
+        stack.produce(sensor, &records).expect("produce");
+    }
+    stack
+        .produce(
+            "temp",
+            &[("m".to_string(), reading("m", "temp", 3, None, T0_US), 1)],
+        )
+        .expect("produce");
+
+    for (i, (sensor, device)) in sensors.iter().enumerate() {
+        let topic = format!("{sensor}-grafana");
+        let out = stack
+            .consume::<GrafanaReading>(&topic, 20, Duration::from_secs(120))
+            .expect("consume");
+        assert_eq!(out.len(), 20, "{topic}");
+        let latest = http_get_text(
+            stack.registry.addr,
+            &format!("/subjects/{topic}-value/versions/latest"),
+        )
+        .expect("registry");
+        let latest_id = serde_json::from_str::<serde_json::Value>(&latest).expect("json")["id"]
+            .as_i64()
+            .expect("id");
+        let mut seen: Vec<(i64, i32)> = Vec::new();
+        for r in &out {
+            assert_eq!(r.value.device_id, *device);
+            assert_eq!(r.raw.key.as_deref(), Some(&b"356938035643809"[..]));
+            let payload = r.raw.payload.as_deref().expect("payload");
+            let id = i32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
+            assert_eq!(
+                i64::from(id),
+                latest_id,
+                "written with the latest {topic}-value schema, which Grafana decodes with"
+            );
+            seen.push((r.raw.timestamp_ms.expect("timestamp"), r.value.value));
+        }
+        seen.sort();
+        let expected: Vec<(i64, i32)> = (0..20)
+            .map(|n| {
+                (
+                    (T0_US + (i as i64 * 1000 + n) * 1_000_000) / 1000,
+                    n as i32 * 10 - 50,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen, expected,
+            "{topic}: record time is the sensor time, not the arrival time"
+        );
+    }
+    wait_for(
+        "the skipped reading to be counted",
+        Duration::from_secs(10),
+        || {
+            metric_sum(
+                &http_get_text(metrics, "/metrics").unwrap_or_default(),
+                "switchyard_processor_events_total{",
+            ) == 1.0
+        },
+    )
+    .expect("counted");
+}

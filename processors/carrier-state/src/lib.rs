@@ -1,0 +1,292 @@
+//! carrier-state: the store of every modem's SIM. Consumes switch requests, the SIM's
+//! answers, the gateway's delivery events and status reports, and publishes each modem's
+//! state to the compacted `carrier-state` topic keyed by modem id: the table the switch API
+//! reads. State lives in a changelogged store, so a restart resumes where it was; request
+//! deadlines are enforced by a wall-clock timer, not by the next message.
+//! The rules are in [`lifecycle`].
+
+pub mod lifecycle;
+
+use std::time::Duration;
+
+use clap::Args;
+use switchyard_pipeline::{Context, ProcessError, Processor, Record, Timer, TimerKind, Topology};
+use switchyard_schemas::records::{
+    CarrierState, CarrierSwitchAck, CarrierSwitchRequest, DownlinkDelivery, IotStatusReport,
+};
+
+use crate::lifecycle::ModemRecord;
+
+pub const NAME: &str = "carrier-state";
+pub const REQUESTS: &str = "downstream-request";
+pub const ACKS: &str = "carrier-switch-ack";
+pub const DELIVERIES: &str = "downlink-delivery";
+pub const STATUS: &str = "iot-status";
+pub const OUTPUT: &str = "carrier-state";
+const MODEMS: &str = "modems";
+/// Modems with a pending request, and its earliest deadline: what the timer scans.
+const PENDING: &str = "pending";
+const DEADLINES: &str = "deadlines";
+
+#[derive(Debug, Clone, Args)]
+pub struct CarrierStateConfig {
+    /// Longest a request may stay pending, whatever deadline it asks for (seconds).
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_REQUEST_TIMEOUT_SECS",
+        default_value_t = 120
+    )]
+    pub max_request_timeout_secs: u64,
+    /// How often deadlines are checked (milliseconds).
+    #[arg(long, env = "SWITCHYARD_DEADLINE_CHECK_MS", default_value_t = 1000)]
+    pub deadline_check_ms: u64,
+    /// Requests kept per modem (finished ones beyond this are dropped, oldest first).
+    #[arg(long, env = "SWITCHYARD_REQUEST_HISTORY", default_value_t = 20)]
+    pub request_history: usize,
+}
+
+impl Default for CarrierStateConfig {
+    fn default() -> Self {
+        CarrierStateConfig {
+            max_request_timeout_secs: 120,
+            deadline_check_ms: 1000,
+            request_history: 20,
+        }
+    }
+}
+
+pub struct CarrierStateProcessor {
+    config: CarrierStateConfig,
+}
+
+impl CarrierStateProcessor {
+    pub fn new(config: CarrierStateConfig) -> Self {
+        CarrierStateProcessor { config }
+    }
+
+    fn max_timeout_us(&self) -> i64 {
+        i64::try_from(
+            self.config
+                .max_request_timeout_secs
+                .saturating_mul(1_000_000),
+        )
+        .unwrap_or(i64::MAX)
+    }
+}
+
+/// Load a modem, apply `change`, and if anything changed save it, index its deadline and
+/// publish its state.
+fn update(
+    ctx: &mut Context<'_>,
+    modem_id: &str,
+    change: impl FnOnce(&mut ModemRecord) -> bool,
+) -> Result<(), ProcessError> {
+    let mut record: ModemRecord = ctx
+        .store(MODEMS)?
+        .get(modem_id)?
+        .unwrap_or_else(|| ModemRecord::new(modem_id));
+    if !change(&mut record) {
+        ctx.count("unchanged");
+        return Ok(());
+    }
+    let now_ms = ctx.wall_clock_ms();
+    record.state.updated_at = now_ms.saturating_mul(1000);
+    ctx.store(MODEMS)?.put(modem_id, &record)?;
+    match record.next_deadline() {
+        Some(deadline) => ctx.store(PENDING)?.put(modem_id, &deadline)?,
+        None => ctx.store(PENDING)?.delete(modem_id),
+    }
+    ctx.send::<CarrierState>(OUTPUT, modem_id, &record.state, Some(now_ms))
+}
+
+impl Processor for CarrierStateProcessor {
+    fn topology(&self) -> Topology {
+        Topology::new(NAME)
+            .input::<CarrierSwitchRequest>(REQUESTS)
+            .input::<CarrierSwitchAck>(ACKS)
+            .input::<DownlinkDelivery>(DELIVERIES)
+            .input::<IotStatusReport>(STATUS)
+            .output::<CarrierState>(OUTPUT)
+            .store(MODEMS)
+            .store(PENDING)
+            .timer(
+                DEADLINES,
+                TimerKind::WallClock,
+                Duration::from_millis(self.config.deadline_check_ms.max(1)),
+            )
+    }
+
+    fn process(&mut self, record: &Record, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let (cap, history) = (self.max_timeout_us(), self.config.request_history);
+        match record.topic.as_str() {
+            REQUESTS => {
+                let req: CarrierSwitchRequest = record.value()?;
+                update(ctx, &req.modem_id, |m| {
+                    lifecycle::apply_request(m, &req, cap, history)
+                })
+            }
+            ACKS => {
+                let ack: CarrierSwitchAck = record.value()?;
+                update(ctx, &ack.modem_id, |m| lifecycle::apply_ack(m, &ack))
+            }
+            DELIVERIES => {
+                let event: DownlinkDelivery = record.value()?;
+                update(ctx, &event.modem_id, |m| {
+                    lifecycle::apply_delivery(m, &event)
+                })
+            }
+            STATUS => {
+                let status: IotStatusReport = record.value()?;
+                update(ctx, &status.modem_id, |m| {
+                    lifecycle::apply_status(m, &status)
+                })
+            }
+            other => Err(ProcessError::failed(format!(
+                "unexpected input topic {other}"
+            ))),
+        }
+    }
+
+    fn punctuate(&mut self, timer: &Timer, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        if timer.name != DEADLINES {
+            return Ok(());
+        }
+        let now_us = timer.time_ms.saturating_mul(1000);
+        let due: Vec<String> = ctx
+            .store(PENDING)?
+            .entries::<i64>()?
+            .into_iter()
+            .filter(|(_, deadline)| *deadline <= now_us)
+            .map(|(modem, _)| modem)
+            .collect();
+        for modem in due {
+            update(ctx, &modem, |m| lifecycle::expire(m, now_us))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_pipeline::TestDriver;
+    use switchyard_schemas::records::{AckStatus, Carrier, DeliveryEvent, IotStatus, RequestState};
+
+    const MODEM: &str = "356938035643809";
+
+    fn driver() -> TestDriver<CarrierStateProcessor> {
+        TestDriver::new(CarrierStateProcessor::new(CarrierStateConfig::default()))
+            .expect("valid topology")
+    }
+
+    fn request(
+        d: &TestDriver<CarrierStateProcessor>,
+        id: &str,
+        carrier: Carrier,
+        timeout_s: i64,
+    ) -> CarrierSwitchRequest {
+        let now = d.wall_clock_ms() * 1000;
+        CarrierSwitchRequest {
+            request_id: id.into(),
+            modem_id: MODEM.into(),
+            carrier,
+            requested_at: now,
+            deadline: now + timeout_s * 1_000_000,
+            requested_by: Some("test".into()),
+        }
+    }
+
+    fn latest(d: &mut TestDriver<CarrierStateProcessor>) -> CarrierState {
+        d.read_output::<CarrierState>(OUTPUT)
+            .pop()
+            .expect("a state was published")
+            .value
+    }
+
+    #[test]
+    fn a_switch_is_requested_sent_and_acknowledged() {
+        let mut d = driver();
+        let req = request(&d, "00000000000000aa", Carrier::Verizon, 30);
+        d.pipe(REQUESTS, MODEM, &req, 1).expect("ok");
+        let state = latest(&mut d);
+        assert_eq!(state.requests[0].state, RequestState::Requested);
+        let sent = DownlinkDelivery {
+            request_id: req.request_id.clone(),
+            modem_id: MODEM.into(),
+            event: DeliveryEvent::Sent,
+            attempt: 1,
+            address: Some("127.0.0.1:5000".into()),
+            reason: None,
+            at: req.requested_at + 1000,
+        };
+        d.pipe(DELIVERIES, MODEM, &sent, 2).expect("ok");
+        assert_eq!(latest(&mut d).requests[0].state, RequestState::Sent);
+        let ack = CarrierSwitchAck {
+            modem_id: MODEM.into(),
+            request_id: Some(req.request_id.clone()),
+            status: AckStatus::Ack,
+            carrier: Carrier::Verizon,
+            received_at: req.requested_at + 2000,
+            sequence: Some(4),
+        };
+        d.pipe(ACKS, MODEM, &ack, 3).expect("ok");
+        let out = d.read_output::<CarrierState>(OUTPUT);
+        let last = out.last().expect("published");
+        assert_eq!(last.key.as_deref(), Some(MODEM), "keyed by modem id");
+        assert_eq!(last.value.carrier, Some(Carrier::Verizon));
+        assert_eq!(last.value.requests[0].state, RequestState::Acked);
+        // The same ACK again (at-least-once input) publishes nothing new.
+        d.pipe(ACKS, MODEM, &ack, 4).expect("ok");
+        assert!(d.read_output::<CarrierState>(OUTPUT).is_empty());
+        assert_eq!(d.count("unchanged"), 1);
+    }
+
+    #[test]
+    fn a_request_without_an_answer_times_out_from_the_timer() {
+        let mut d = driver();
+        let req = request(&d, "00000000000000bb", Carrier::TMobile, 5);
+        d.pipe(REQUESTS, MODEM, &req, 1).expect("ok");
+        let _ = d.read_output::<CarrierState>(OUTPUT);
+        d.advance_wall_clock(Duration::from_secs(4)).expect("ok");
+        assert!(d.read_output::<CarrierState>(OUTPUT).is_empty(), "not yet");
+        d.advance_wall_clock(Duration::from_secs(2)).expect("ok");
+        let state = latest(&mut d);
+        assert_eq!(state.requests[0].state, RequestState::TimedOut);
+        // Nothing pending any more: further ticks publish nothing.
+        d.advance_wall_clock(Duration::from_secs(10)).expect("ok");
+        assert!(d.read_output::<CarrierState>(OUTPUT).is_empty());
+    }
+
+    #[test]
+    fn status_reports_update_the_modem() {
+        let mut d = driver();
+        let status = IotStatusReport {
+            modem_id: MODEM.into(),
+            status: IotStatus::OffNominal,
+            received_at: 1_700_000_000_000_000,
+            sequence: None,
+        };
+        d.pipe(STATUS, MODEM, &status, 1).expect("ok");
+        let state = latest(&mut d);
+        assert_eq!(state.last_status, Some(IotStatus::OffNominal));
+        assert_eq!(state.last_seen, Some(1_700_000_000_000_000));
+    }
+
+    #[test]
+    fn state_and_deadlines_survive_a_restart() {
+        let mut d = driver();
+        let req = request(&d, "00000000000000cc", Carrier::AtAndT, 5);
+        d.pipe(REQUESTS, MODEM, &req, 1).expect("ok");
+        let mut d = d
+            .restart(CarrierStateProcessor::new(CarrierStateConfig::default()))
+            .expect("restart");
+        d.advance_wall_clock(Duration::from_secs(6)).expect("ok");
+        let state = latest(&mut d);
+        assert_eq!(state.requests[0].request_id, req.request_id);
+        assert_eq!(
+            state.requests[0].state,
+            RequestState::TimedOut,
+            "the restored pending index still drives the timer"
+        );
+    }
+}

@@ -19,7 +19,7 @@ export SWITCHYARD_REGISTRY_URL="http://$BROKER_HOST:$REGISTRY_PORT"
 
 # Services in start order. Processors: name=metrics port (serving /metrics and /health).
 SERVICES=(tansu registry)
-PROCESSORS=(reading-counter=9100 grafana-projector=9101 carrier-state=9102)
+PROCESSORS=(reading-counter=9100 grafana-projector=9101 carrier-state=9102 anomaly-detector=9103)
 for p in "${PROCESSORS[@]}"; do SERVICES+=("${p%%=*}"); done
 
 say() { printf '==> %s\n' "$*"; }

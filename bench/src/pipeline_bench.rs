@@ -70,7 +70,7 @@ impl Processor for PassThrough {
             .on_undecodable(ErrorPolicy::Stop)
     }
 
-    fn process(&mut self, record: &Record, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+    fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         if let Ok(mut first) = self.first.lock() {
             first.get_or_insert_with(Instant::now);
         }

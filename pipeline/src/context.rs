@@ -4,11 +4,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use apache_avro::Schema;
 use switchyard_schemas::records::TopicRecord;
 
 use crate::store::KeyValueStore;
-use crate::{codec, ProcessError};
+use switchyard_schemas::wire::SchemaCodec;
+
+use crate::ProcessError;
 
 /// A record to produce.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +26,7 @@ pub struct Output {
 /// Per output topic: the registered schema id and the schema to encode with.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Encoders {
-    pub(crate) by_topic: HashMap<String, (i32, Arc<Schema>, &'static str)>,
+    pub(crate) by_topic: HashMap<String, (i32, Arc<SchemaCodec>, &'static str)>,
 }
 
 /// Handed to [`crate::Processor::process`] and [`crate::Processor::punctuate`].
@@ -50,7 +51,7 @@ impl Context<'_> {
         value: &T,
         timestamp_ms: Option<i64>,
     ) -> Result<(), ProcessError> {
-        let (id, schema, file) = self.encoders.by_topic.get(topic).ok_or_else(|| {
+        let (id, codec, file) = self.encoders.by_topic.get(topic).ok_or_else(|| {
             ProcessError::failed(format!(
                 "{} sends to {topic}, which its topology does not declare as an output",
                 self.processor
@@ -64,7 +65,8 @@ impl Context<'_> {
                 T::SCHEMA_FILE
             )));
         }
-        let payload = codec::encode(*id, schema, value)
+        let payload = codec
+            .encode(*id, value)
             .map_err(|e| ProcessError::failed(format!("encoding for {topic}: {e}")))?;
         self.outputs.push(Output {
             topic: topic.to_string(),

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use switchyard_schemas::records::TopicRecord;
+use switchyard_schemas::wire::{split_frame, SchemaCodec};
 use switchyard_schemas::Catalog;
 
 use crate::context::Output;
 use crate::engine::{Effects, Engine, FailureKind, Incoming, Stopped, TopologyError};
 use crate::store::KeyValueStore;
-use crate::{codec, Processor};
+use crate::Processor;
 
 /// A record read back from an output topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +41,7 @@ pub struct TestDriver<P: Processor> {
     catalog: Catalog,
     /// Local stand-in for the registry: one id per schema file.
     ids: HashMap<&'static str, i32>,
-    schemas: HashMap<i32, Arc<apache_avro::Schema>>,
+    schemas: HashMap<i32, Arc<SchemaCodec>>,
     partitions: i32,
     offsets: HashMap<(String, i32), i64>,
     wall_clock_ms: i64,
@@ -131,7 +132,8 @@ impl<P: Processor> TestDriver<P> {
         let id = self.ids.get(file).copied().unwrap_or(0);
         let schema = self.schemas.get(&id).cloned();
         let payload = match schema {
-            Some(schema) => codec::encode(id, &schema, value)
+            Some(codec) => codec
+                .encode(id, value)
                 .unwrap_or_else(|e| panic!("test value does not fit {topic}: {e}")),
             None => panic!("{topic} is not an input or output of this processor"),
         };
@@ -211,8 +213,14 @@ impl<P: Processor> TestDriver<P> {
             .into_iter()
             .map(|out| {
                 let payload = out.payload.unwrap_or_default();
-                let value = codec::decode_with(&self.schemas, &payload)
-                    .and_then(|v| codec::from_value::<T>(&v))
+                let value = split_frame(&payload)
+                    .and_then(|(id, body)| {
+                        let codec = self
+                            .schemas
+                            .get(&id)
+                            .ok_or_else(|| format!("unknown schema id {id}"))?;
+                        codec.decode::<T>(body)
+                    })
                     .unwrap_or_else(|e| panic!("output on {topic} does not decode: {e}"));
                 TestRecord {
                     key: out.key.map(|k| String::from_utf8_lossy(&k).into_owned()),

@@ -5,13 +5,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use apache_avro::Schema;
+use switchyard_schemas::wire::{split_frame, ResolvingReader, SchemaCodec};
 use switchyard_schemas::Catalog;
 
 use crate::context::{Context, Encoders, Output};
-use crate::processor::{ErrorPolicy, Processor, Record, TimerKind, Topology};
+use crate::processor::{Body, ErrorPolicy, Processor, Record, TimerKind, Topology};
 use crate::store::KeyValueStore;
-use crate::{codec, ProcessError, Timer};
+use crate::{ProcessError, Timer};
 
 /// Header names on dead-lettered records.
 pub mod headers {
@@ -116,8 +116,10 @@ struct Task {
 pub struct Engine<P: Processor> {
     processor: P,
     pub(crate) topology: Topology,
-    readers: HashMap<String, Arc<Schema>>,
-    writers: HashMap<i32, Arc<Schema>>,
+    readers: HashMap<String, Arc<SchemaCodec>>,
+    writers: HashMap<i32, Arc<SchemaCodec>>,
+    /// Readers for records written with another schema than their topic's, built once.
+    resolving: HashMap<(i32, String), ResolvingReader>,
     pub(crate) encoders: Encoders,
     tasks: BTreeMap<i32, Task>,
     next_wall_fire: HashMap<String, i64>,
@@ -151,11 +153,9 @@ impl<P: Processor> Engine<P> {
                 });
             }
             let text = catalog.value_schema(&spec.topic).ok_or_else(unknown)?;
-            let schema = Arc::new(
-                Schema::parse_str(text).map_err(|e| TopologyError::Schema(e.to_string()))?,
-            );
+            let schema = SchemaCodec::parse(text).map_err(TopologyError::Schema)?;
             if is_input {
-                (spec.check)(&schema).map_err(|reason| TopologyError::Unreadable {
+                (spec.check)(schema.schema()).map_err(|reason| TopologyError::Unreadable {
                     processor: topology.name.clone(),
                     topic: spec.topic.clone(),
                     reason,
@@ -181,6 +181,7 @@ impl<P: Processor> Engine<P> {
             topology,
             readers,
             writers: HashMap::new(),
+            resolving: HashMap::new(),
             encoders,
             tasks: BTreeMap::new(),
             next_wall_fire: HashMap::new(),
@@ -192,7 +193,7 @@ impl<P: Processor> Engine<P> {
     }
 
     /// The catalog schema text of an input or output topic (for registration).
-    pub fn schema_of(&self, topic: &str) -> Option<Arc<Schema>> {
+    pub fn schema_of(&self, topic: &str) -> Option<Arc<SchemaCodec>> {
         self.readers
             .get(topic)
             .cloned()
@@ -209,7 +210,7 @@ impl<P: Processor> Engine<P> {
         self.writers.contains_key(&id)
     }
 
-    pub fn add_writer(&mut self, id: i32, schema: Arc<Schema>) {
+    pub fn add_writer(&mut self, id: i32, schema: Arc<SchemaCodec>) {
         self.writers.insert(id, schema);
     }
 
@@ -252,22 +253,6 @@ impl<P: Processor> Engine<P> {
         self.tasks.get(&partition)?.stores.get(name)
     }
 
-    fn decode(&self, incoming: &Incoming<'_>) -> Result<apache_avro::types::Value, String> {
-        let payload = incoming
-            .payload
-            .ok_or("the record has no value (tombstone)")?;
-        let (id, mut body) = codec::split_frame(payload)?;
-        let writer = self
-            .writers
-            .get(&id)
-            .ok_or_else(|| format!("schema id {id} is not registered"))?;
-        let reader = self
-            .readers
-            .get(incoming.topic)
-            .ok_or_else(|| format!("{} is not an input topic", incoming.topic))?;
-        codec::read_datum(writer, Some(reader), &mut body)
-    }
-
     /// Handle one input record; its effects are appended to `effects`.
     pub fn handle(
         &mut self,
@@ -276,60 +261,7 @@ impl<P: Processor> Engine<P> {
         effects: &mut Effects,
     ) -> Result<(), Stopped> {
         self.assign(incoming.partition);
-        let outcome = match self.decode(incoming) {
-            Err(e) => Err((FailureKind::Undecodable, e)),
-            Ok(value) => {
-                let record = Record {
-                    topic: incoming.topic.to_string(),
-                    partition: incoming.partition,
-                    offset: incoming.offset,
-                    timestamp_ms: incoming.timestamp_ms,
-                    key: incoming.key.map(<[u8]>::to_vec),
-                    headers: incoming.headers.clone(),
-                    value,
-                };
-                let Engine {
-                    processor,
-                    topology,
-                    encoders,
-                    tasks,
-                    ..
-                } = self;
-                let Some(task) = tasks.get_mut(&incoming.partition) else {
-                    return Ok(());
-                };
-                if let Some(ts) = incoming.timestamp_ms {
-                    task.stream_time_ms = task.stream_time_ms.max(ts);
-                }
-                let mut staged = Vec::new();
-                let mut counted = Vec::new();
-                let mut ctx = Context {
-                    processor: &topology.name,
-                    partition: incoming.partition,
-                    stream_time_ms: task.stream_time_ms,
-                    wall_clock_ms,
-                    stores: &mut task.stores,
-                    outputs: &mut staged,
-                    encoders,
-                    counts: &mut counted,
-                };
-                match processor.process(&record, &mut ctx) {
-                    Ok(()) => {
-                        effects.outputs.append(&mut staged);
-                        effects.counts.append(&mut counted);
-                        commit_stores(topology, incoming.partition, &mut task.stores, effects);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        task.stores.values_mut().for_each(KeyValueStore::discard);
-                        Err(match e {
-                            ProcessError::Undecodable(reason) => (FailureKind::Undecodable, reason),
-                            ProcessError::Failed(reason) => (FailureKind::Failed, reason),
-                        })
-                    }
-                }
-            }
-        };
+        let outcome = self.process_one(incoming, wall_clock_ms, effects);
         if let Err((kind, reason)) = outcome {
             let policy = match kind {
                 FailureKind::Undecodable => self.topology.on_undecodable,
@@ -351,6 +283,69 @@ impl<P: Processor> Engine<P> {
             }
         }
         self.fire_stream_timers(incoming.partition, wall_clock_ms, effects)
+    }
+
+    /// Decode and process one record: Ok, or the failure to apply a policy to.
+    fn process_one(
+        &mut self,
+        incoming: &Incoming<'_>,
+        wall_clock_ms: i64,
+        effects: &mut Effects,
+    ) -> Result<(), (FailureKind, String)> {
+        let Engine {
+            processor,
+            topology,
+            readers,
+            writers,
+            resolving,
+            encoders,
+            tasks,
+            ..
+        } = self;
+        let body = decode(readers, writers, resolving, incoming)
+            .map_err(|e| (FailureKind::Undecodable, e))?;
+        let record = Record {
+            topic: incoming.topic,
+            partition: incoming.partition,
+            offset: incoming.offset,
+            timestamp_ms: incoming.timestamp_ms,
+            key: incoming.key,
+            headers: &incoming.headers,
+            body,
+        };
+        let Some(task) = tasks.get_mut(&incoming.partition) else {
+            return Ok(());
+        };
+        if let Some(ts) = incoming.timestamp_ms {
+            task.stream_time_ms = task.stream_time_ms.max(ts);
+        }
+        let mut staged = Vec::new();
+        let mut counted = Vec::new();
+        let mut ctx = Context {
+            processor: &topology.name,
+            partition: incoming.partition,
+            stream_time_ms: task.stream_time_ms,
+            wall_clock_ms,
+            stores: &mut task.stores,
+            outputs: &mut staged,
+            encoders,
+            counts: &mut counted,
+        };
+        match processor.process(&record, &mut ctx) {
+            Ok(()) => {
+                effects.outputs.append(&mut staged);
+                effects.counts.append(&mut counted);
+                commit_stores(topology, incoming.partition, &mut task.stores, effects);
+                Ok(())
+            }
+            Err(e) => {
+                task.stores.values_mut().for_each(KeyValueStore::discard);
+                Err(match e {
+                    ProcessError::Undecodable(reason) => (FailureKind::Undecodable, reason),
+                    ProcessError::Failed(reason) => (FailureKind::Failed, reason),
+                })
+            }
+        }
     }
 
     fn dead_letter(&self, incoming: &Incoming<'_>, kind: FailureKind, reason: &str) -> Output {
@@ -523,6 +518,38 @@ impl<P: Processor> Engine<P> {
             }
         }
     }
+}
+
+/// The body of a framed record, ready for the processor: direct when it was written with its
+/// topic's catalog schema, resolved to that schema otherwise.
+fn decode<'a>(
+    readers: &'a HashMap<String, Arc<SchemaCodec>>,
+    writers: &HashMap<i32, Arc<SchemaCodec>>,
+    resolving: &mut HashMap<(i32, String), ResolvingReader>,
+    incoming: &Incoming<'a>,
+) -> Result<Body<'a>, String> {
+    let payload = incoming
+        .payload
+        .ok_or("the record has no value (tombstone)")?;
+    let (id, body) = split_frame(payload)?;
+    let writer = writers
+        .get(&id)
+        .ok_or_else(|| format!("schema id {id} is not registered"))?;
+    let reader = readers
+        .get(incoming.topic)
+        .ok_or_else(|| format!("{} is not an input topic", incoming.topic))?;
+    if Arc::ptr_eq(writer, reader) {
+        return Ok(Body::Direct {
+            codec: reader,
+            bytes: body,
+        });
+    }
+    let key = (id, incoming.topic.to_string());
+    if !resolving.contains_key(&key) {
+        resolving.insert(key.clone(), ResolvingReader::new(writer, reader)?);
+    }
+    let resolver = resolving.get(&key).ok_or("resolver vanished")?;
+    resolver.read_value(body).map(Body::Resolved)
 }
 
 fn commit_stores(

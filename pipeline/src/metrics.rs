@@ -1,8 +1,13 @@
 //! Prometheus metrics of one processor, labelled `processor="<name>"`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+
+type TopicCounters = HashMap<String, IntCounter>;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -21,9 +26,40 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     pub events: IntCounterVec,
     pub rejoins: IntCounter,
+    /// Per-topic counter handles (in, out), so counting a record is not a label lookup.
+    handles: Arc<Mutex<(TopicCounters, TopicCounters)>>,
 }
 
 impl Metrics {
+    fn count(&self, incoming: bool, topic: &str) {
+        let Ok(mut handles) = self.handles.lock() else {
+            return;
+        };
+        let (map, vec) = if incoming {
+            (&mut handles.0, &self.records_in)
+        } else {
+            (&mut handles.1, &self.records_out)
+        };
+        match map.get(topic) {
+            Some(counter) => counter.inc(),
+            None => {
+                let counter = vec.with_label_values(&[topic]);
+                counter.inc();
+                map.insert(topic.to_string(), counter);
+            }
+        }
+    }
+
+    /// One input record handled from `topic`.
+    pub fn count_in(&self, topic: &str) {
+        self.count(true, topic);
+    }
+
+    /// One record acknowledged on `topic`.
+    pub fn count_out(&self, topic: &str) {
+        self.count(false, topic);
+    }
+
     pub fn new(processor: &str) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new_custom(
             Some("switchyard".into()),
@@ -116,6 +152,7 @@ impl Metrics {
             timer_failures: counter("timer_failures_total", "Timer callbacks that failed.")?,
             assigned_partitions,
             events,
+            handles: Arc::new(Mutex::new((HashMap::new(), HashMap::new()))),
             rejoins: counter("group_rejoins_total", "Times the instance left and rejoined its group after waiting too long for an assignment.")?,
             registry,
         })

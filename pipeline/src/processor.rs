@@ -6,6 +6,7 @@ use std::time::Duration;
 use apache_avro::types::Value;
 use serde::de::DeserializeOwned;
 use switchyard_schemas::records::TopicRecord;
+use switchyard_schemas::wire::SchemaCodec;
 
 use crate::context::Context;
 
@@ -210,31 +211,45 @@ impl ProcessError {
     }
 }
 
-/// One input record, with its value decoded against the topic's catalog schema.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub topic: String,
+/// One input record. Its value is decoded when asked for, straight into the requested type
+/// when the record was written with the topic's catalog schema, through schema resolution
+/// otherwise.
+#[derive(Debug)]
+pub struct Record<'a> {
+    pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
     /// Record timestamp, ms since the epoch.
     pub timestamp_ms: Option<i64>,
-    pub key: Option<Vec<u8>>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
-    pub(crate) value: Value,
+    pub key: Option<&'a [u8]>,
+    pub headers: &'a [(String, Option<Vec<u8>>)],
+    pub(crate) body: Body<'a>,
 }
 
-impl Record {
+#[derive(Debug)]
+pub(crate) enum Body<'a> {
+    /// Written with the reader's own schema: deserialize directly.
+    Direct {
+        codec: &'a SchemaCodec,
+        bytes: &'a [u8],
+    },
+    /// Written with another schema: already resolved to the reader's.
+    Resolved(Value),
+}
+
+impl Record<'_> {
     /// The value as its type.
     pub fn value<T: DeserializeOwned>(&self) -> Result<T, ProcessError> {
-        apache_avro::from_value::<T>(&self.value)
-            .map_err(|e| ProcessError::Undecodable(e.to_string()))
+        match &self.body {
+            Body::Direct { codec, bytes } => codec.decode::<T>(bytes),
+            Body::Resolved(value) => apache_avro::from_value::<T>(value).map_err(|e| e.to_string()),
+        }
+        .map_err(ProcessError::Undecodable)
     }
 
     /// The key as UTF-8 (keys are strings throughout Switchyard).
     pub fn key_str(&self) -> Option<&str> {
-        self.key
-            .as_deref()
-            .and_then(|k| std::str::from_utf8(k).ok())
+        self.key.and_then(|k| std::str::from_utf8(k).ok())
     }
 }
 
@@ -246,7 +261,7 @@ pub trait Processor: Send + 'static {
 
     /// Handle one input record: read stores, write stores, send outputs. Outputs and store
     /// writes take effect only if this returns `Ok`.
-    fn process(&mut self, record: &Record, ctx: &mut Context<'_>) -> Result<(), ProcessError>;
+    fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError>;
 
     /// A declared timer fired for the task (partition) `ctx` is bound to.
     fn punctuate(&mut self, _timer: &Timer, _ctx: &mut Context<'_>) -> Result<(), ProcessError> {

@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use apache_avro::Schema;
 use clap::{Args, ValueEnum};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -36,6 +35,7 @@ use schema_registry_converter::async_impl::schema_registry::{
 };
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 use switchyard_kafka::is_partition_eof;
+use switchyard_schemas::wire::SchemaCodec;
 use switchyard_schemas::{value_subject, Catalog};
 use switchyard_telemetry::{shutdown_signal, Health};
 use tracing::{debug, error, info, warn};
@@ -462,7 +462,8 @@ impl ConsumerContext for RunnerContext {
 #[derive(Default)]
 struct Batch {
     effects: Effects,
-    offsets: HashMap<(String, i32), i64>,
+    /// Next offset to commit, per topic and partition.
+    offsets: HashMap<String, HashMap<i32, i64>>,
     records: usize,
     started: Option<Instant>,
     in_transaction: bool,
@@ -618,18 +619,24 @@ impl<P: Processor> Runner<P> {
         self.metrics
             .processing_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .records_in
-            .with_label_values(&[m.topic()])
-            .inc();
+        self.metrics.count_in(m.topic());
         if let Err(stopped) = handled {
             // Commit everything before the record that stopped us.
             self.flush().await?;
             return Err(stopped.into());
         }
-        self.batch
-            .offsets
-            .insert((m.topic().to_string(), m.partition()), m.offset() + 1);
+        // Look up by &str first: no allocation per record.
+        match self.batch.offsets.get_mut(m.topic()) {
+            Some(partitions) => {
+                partitions.insert(m.partition(), m.offset() + 1);
+            }
+            None => {
+                self.batch.offsets.insert(
+                    m.topic().to_string(),
+                    HashMap::from([(m.partition(), m.offset() + 1)]),
+                );
+            }
+        }
         self.batch.records += 1;
         self.after_effects();
         if self.batch.records >= self.config.max_batch {
@@ -651,9 +658,9 @@ impl<P: Processor> Runner<P> {
         let mut delay = Duration::from_millis(250);
         loop {
             match get_schema_by_id(id_u32, &self.sr).await {
-                Ok(registered) => match Schema::parse_str(&registered.schema) {
-                    Ok(schema) => {
-                        self.engine.add_writer(id, Arc::new(schema));
+                Ok(registered) => match SchemaCodec::parse(&registered.schema) {
+                    Ok(codec) => {
+                        self.engine.add_writer(id, codec);
                         return;
                     }
                     Err(e) => {
@@ -686,7 +693,9 @@ impl<P: Processor> Runner<P> {
                 RebalanceEvent::Revoked(parts) => {
                     for p in &parts {
                         self.owned.remove(p);
-                        self.batch.offsets.remove(p);
+                        if let Some(partitions) = self.batch.offsets.get_mut(&p.0) {
+                            partitions.remove(&p.1);
+                        }
                     }
                     let still: BTreeSet<i32> = self.owned.iter().map(|(_, p)| *p).collect();
                     for partition in self.engine.assigned() {
@@ -773,9 +782,11 @@ impl<P: Processor> Runner<P> {
         self.deliver(pending).await;
 
         let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), next) in &batch.offsets {
-            if self.owned.contains(&(topic.clone(), *partition)) || self.owned.is_empty() {
-                offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        for (topic, partitions) in &batch.offsets {
+            for (partition, next) in partitions {
+                if self.owned.is_empty() || self.owned.contains(&(topic.clone(), *partition)) {
+                    offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+                }
             }
         }
         if batch.in_transaction {
@@ -831,11 +842,7 @@ impl<P: Processor> Runner<P> {
             }
             for (out, future) in in_flight {
                 match future.await {
-                    Ok(Ok(_)) => self
-                        .metrics
-                        .records_out
-                        .with_label_values(&[out.topic.as_str()])
-                        .inc(),
+                    Ok(Ok(_)) => self.metrics.count_out(&out.topic),
                     Ok(Err((e, _))) => {
                         self.metrics.producer_retries.inc();
                         warn!(error = %e, topic = %out.topic, "delivery failed; will re-send");

@@ -28,7 +28,7 @@ impl Processor for Counter {
             .on_undecodable(self.policy)
     }
 
-    fn process(&mut self, record: &Record, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+    fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         let reading: SensorReading = record.value()?;
         let counts = ctx.store("counts")?;
         let n: u64 = counts.get(&reading.modem_id)?.unwrap_or(0);
@@ -307,7 +307,7 @@ impl Processor for WrongType {
     fn topology(&self) -> Topology {
         Topology::new("counter").input::<GrafanaReading>("imu")
     }
-    fn process(&mut self, _: &Record, _: &mut Context<'_>) -> Result<(), ProcessError> {
+    fn process(&mut self, _: &Record<'_>, _: &mut Context<'_>) -> Result<(), ProcessError> {
         Ok(())
     }
 }

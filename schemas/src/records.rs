@@ -250,6 +250,17 @@ mod tests {
             .expect("decode");
         let decoded: T = from_value(&back).unwrap_or_else(|e| panic!("{}: {e}", T::SCHEMA_FILE));
         assert_eq!(decoded, value, "{}", T::SCHEMA_FILE);
+        // The direct serde path (no intermediate Value) writes the same bytes and reads them back.
+        let direct = GenericDatumWriter::builder(&schema)
+            .build()
+            .and_then(|w| w.write_ser_to_vec(&value))
+            .unwrap_or_else(|e| panic!("{}: direct encode: {e}", T::SCHEMA_FILE));
+        assert_eq!(direct, bytes, "{}: direct encoding differs", T::SCHEMA_FILE);
+        let read: T = GenericDatumReader::builder(&schema)
+            .build()
+            .and_then(|r| r.read_deser(&mut direct.as_slice()))
+            .unwrap_or_else(|e| panic!("{}: direct decode: {e}", T::SCHEMA_FILE));
+        assert_eq!(read, value, "{}: direct decoding differs", T::SCHEMA_FILE);
     }
 
     const T0: i64 = 1_685_620_800_123_456;

@@ -70,3 +70,87 @@ pub fn read_datum(
 pub fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
     apache_avro::from_value(value).map_err(|e| e.to_string())
 }
+
+/// A schema fixed for the life of the process, with its Avro reader and writer built once
+/// (building them resolves every named type, which is too slow to repeat per record).
+///
+/// The schema is leaked to give the reader and writer a `'static` borrow: a process holds
+/// one codec per topic schema and per writer schema id it meets, a small, bounded set.
+pub struct SchemaCodec {
+    schema: &'static Schema,
+    reader: GenericDatumReader<'static>,
+    writer: GenericDatumWriter<'static>,
+}
+
+impl std::fmt::Debug for SchemaCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaCodec")
+            .field("schema", &self.schema.name())
+            .finish()
+    }
+}
+
+impl SchemaCodec {
+    pub fn new(schema: Schema) -> Result<Arc<SchemaCodec>, String> {
+        let schema: &'static Schema = Box::leak(Box::new(schema));
+        let reader = GenericDatumReader::builder(schema)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let writer = GenericDatumWriter::builder(schema)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(SchemaCodec {
+            schema,
+            reader,
+            writer,
+        }))
+    }
+
+    pub fn parse(text: &str) -> Result<Arc<SchemaCodec>, String> {
+        SchemaCodec::new(Schema::parse_str(text).map_err(|e| e.to_string())?)
+    }
+
+    pub fn schema(&self) -> &'static Schema {
+        self.schema
+    }
+
+    /// Serialize `value` straight into a Confluent frame with schema id `id`.
+    pub fn encode<T: Serialize>(&self, id: i32, value: &T) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(64);
+        out.push(0);
+        out.extend_from_slice(&id.to_be_bytes());
+        self.writer
+            .write_ser(&mut out, value)
+            .map_err(|e| format!("value does not fit the schema: {e}"))?;
+        Ok(out)
+    }
+
+    /// Deserialize an Avro body written with this schema straight into `T`.
+    pub fn decode<T: DeserializeOwned>(&self, mut body: &[u8]) -> Result<T, String> {
+        self.reader.read_deser(&mut body).map_err(|e| e.to_string())
+    }
+
+    /// Read an Avro body written with this schema as a generic value.
+    pub fn read_value(&self, mut body: &[u8]) -> Result<Value, String> {
+        self.reader.read_value(&mut body).map_err(|e| e.to_string())
+    }
+}
+
+/// Reads bodies written with one schema as another (schema resolution), built once.
+pub struct ResolvingReader {
+    reader: GenericDatumReader<'static>,
+}
+
+impl ResolvingReader {
+    pub fn new(writer: &SchemaCodec, reader: &SchemaCodec) -> Result<ResolvingReader, String> {
+        let reader = GenericDatumReader::builder(writer.schema())
+            .reader_schema(reader.schema())
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(ResolvingReader { reader })
+    }
+
+    pub fn read_value(&self, mut body: &[u8]) -> Result<Value, String> {
+        self.reader.read_value(&mut body).map_err(|e| e.to_string())
+    }
+}

@@ -151,7 +151,7 @@ impl Processor for AnomalyDetector {
             .timer(SILENCE, TimerKind::WallClock, self.silence_check)
     }
 
-    fn process(&mut self, record: &Record, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+    fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         let reading: SensorReading = record.value()?;
         let key = device_key(&reading);
         let Some(value) = reading.value else {

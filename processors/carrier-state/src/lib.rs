@@ -116,9 +116,9 @@ impl Processor for CarrierStateProcessor {
             )
     }
 
-    fn process(&mut self, record: &Record, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+    fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         let (cap, history) = (self.max_timeout_us(), self.config.request_history);
-        match record.topic.as_str() {
+        match record.topic {
             REQUESTS => {
                 let req: CarrierSwitchRequest = record.value()?;
                 update(ctx, &req.modem_id, |m| {

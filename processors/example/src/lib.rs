@@ -53,7 +53,7 @@ impl Processor for ReadingCounter {
             .store(STORE)
     }
 
-    fn process(&mut self, record: &Record, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+    fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         let reading: SensorReading = record.value()?;
         let key = format!("{}/{}", reading.modem_id, reading.sensor);
         let counts = ctx.store(STORE)?;

@@ -39,7 +39,7 @@ impl Processor for GrafanaProjector {
             .outputs::<GrafanaReading>(self.sensor_topics.iter().map(|t| Catalog::grafana_topic(t)))
     }
 
-    fn process(&mut self, record: &Record, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+    fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         let reading: SensorReading = record.value()?;
         let Some(value) = reading.value else {
             ctx.count("skipped_no_value");
@@ -52,7 +52,7 @@ impl Processor for GrafanaProjector {
         };
         let sensor_time_ms = reading.timestamp.div_euclid(1000);
         ctx.send(
-            &Catalog::grafana_topic(&record.topic),
+            &Catalog::grafana_topic(record.topic),
             &reading.modem_id,
             &projected,
             Some(sensor_time_ms),

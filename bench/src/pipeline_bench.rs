@@ -273,7 +273,7 @@ pub async fn run(records: usize, rounds: usize) -> anyhow::Result<Report> {
         "## Pipeline: pass-through processor vs raw rdkafka loop\n\n\
          {records} records (GrafanaReading, Confluent-framed Avro, ~30 bytes) per round, {rounds} rounds, median.\n\
          Both: acks=all, idempotent producer, offsets committed after every output of a batch is acknowledged.\n\
-         The raw loop copies bytes; the framework decodes, resolves and re-encodes each record.\n\n\
+         The raw loop copies bytes; the framework decodes and re-encodes each record (resolving it first when its writer schema is not the catalog's).\n\n\
          | | records/s (median) | rounds |\n|---|---|---|\n\
          | raw rdkafka consume→produce | {raw:.0} | {} |\n\
          | framework pass-through | {framework:.0} | {} |\n\

@@ -319,33 +319,19 @@ impl<P: Processor> Engine<P> {
         if let Some(ts) = incoming.timestamp_ms {
             task.stream_time_ms = task.stream_time_ms.max(ts);
         }
-        let mut staged = Vec::new();
-        let mut counted = Vec::new();
-        let mut ctx = Context {
-            processor: &topology.name,
-            partition: incoming.partition,
-            stream_time_ms: task.stream_time_ms,
-            wall_clock_ms,
-            stores: &mut task.stores,
-            outputs: &mut staged,
+        run_staged(
+            topology,
             encoders,
-            counts: &mut counted,
-        };
-        match processor.process(&record, &mut ctx) {
-            Ok(()) => {
-                effects.outputs.append(&mut staged);
-                effects.counts.append(&mut counted);
-                commit_stores(topology, incoming.partition, &mut task.stores, effects);
-                Ok(())
-            }
-            Err(e) => {
-                task.stores.values_mut().for_each(KeyValueStore::discard);
-                Err(match e {
-                    ProcessError::Undecodable(reason) => (FailureKind::Undecodable, reason),
-                    ProcessError::Failed(reason) => (FailureKind::Failed, reason),
-                })
-            }
-        }
+            incoming.partition,
+            task,
+            wall_clock_ms,
+            effects,
+            |ctx| processor.process(&record, ctx),
+        )
+        .map_err(|e| match e {
+            ProcessError::Undecodable(reason) => (FailureKind::Undecodable, reason),
+            ProcessError::Failed(reason) => (FailureKind::Failed, reason),
+        })
     }
 
     fn dead_letter(&self, incoming: &Incoming<'_>, kind: FailureKind, reason: &str) -> Output {
@@ -480,27 +466,17 @@ impl<P: Processor> Engine<P> {
         let Some(task) = tasks.get_mut(&partition) else {
             return Ok(());
         };
-        let mut staged = Vec::new();
-        let mut counted = Vec::new();
-        let mut ctx = Context {
-            processor: &topology.name,
-            partition,
-            stream_time_ms: task.stream_time_ms,
-            wall_clock_ms,
-            stores: &mut task.stores,
-            outputs: &mut staged,
+        match run_staged(
+            topology,
             encoders,
-            counts: &mut counted,
-        };
-        match processor.punctuate(timer, &mut ctx) {
-            Ok(()) => {
-                effects.outputs.append(&mut staged);
-                effects.counts.append(&mut counted);
-                commit_stores(topology, partition, &mut task.stores, effects);
-                Ok(())
-            }
+            partition,
+            task,
+            wall_clock_ms,
+            effects,
+            |ctx| processor.punctuate(timer, ctx),
+        ) {
+            Ok(()) => Ok(()),
             Err(e) => {
-                task.stores.values_mut().for_each(KeyValueStore::discard);
                 if topology.on_error == ErrorPolicy::Stop {
                     return Err(Stopped {
                         processor: topology.name.clone(),
@@ -516,6 +492,43 @@ impl<P: Processor> Engine<P> {
                 ));
                 Ok(())
             }
+        }
+    }
+}
+
+/// Run one processor callback for a task with its outputs, store writes and counts staged:
+/// they join `effects` if it succeeds and are dropped if it fails.
+fn run_staged(
+    topology: &Topology,
+    encoders: &Encoders,
+    partition: i32,
+    task: &mut Task,
+    wall_clock_ms: i64,
+    effects: &mut Effects,
+    call: impl FnOnce(&mut Context<'_>) -> Result<(), ProcessError>,
+) -> Result<(), ProcessError> {
+    let mut staged = Vec::new();
+    let mut counted = Vec::new();
+    let mut ctx = Context {
+        processor: &topology.name,
+        partition,
+        stream_time_ms: task.stream_time_ms,
+        wall_clock_ms,
+        stores: &mut task.stores,
+        outputs: &mut staged,
+        encoders,
+        counts: &mut counted,
+    };
+    match call(&mut ctx) {
+        Ok(()) => {
+            effects.outputs.append(&mut staged);
+            effects.counts.append(&mut counted);
+            commit_stores(topology, partition, &mut task.stores, effects);
+            Ok(())
+        }
+        Err(e) => {
+            task.stores.values_mut().for_each(KeyValueStore::discard);
+            Err(e)
         }
     }
 }

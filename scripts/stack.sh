@@ -18,7 +18,9 @@ export SWITCHYARD_BOOTSTRAP_SERVERS="$BROKER_HOST:$BROKER_PORT"
 export SWITCHYARD_REGISTRY_URL="http://$BROKER_HOST:$REGISTRY_PORT"
 
 # Services in start order. Processors: name=metrics port (serving /metrics and /health).
-SERVICES=(tansu registry)
+SERVICES=(tansu registry gateway)
+GATEWAY_UDP=${SWITCHYARD_GATEWAY_PORT:-6001}
+GATEWAY_METRICS=9104
 PROCESSORS=(reading-counter=9100 grafana-projector=9101 carrier-state=9102 anomaly-detector=9103)
 for p in "${PROCESSORS[@]}"; do SERVICES+=("${p%%=*}"); done
 
@@ -39,7 +41,7 @@ wait_for() { # name, seconds, command...
   done
 }
 
-port_of() { local p; for p in "${PROCESSORS[@]}"; do [ "${p%%=*}" = "$1" ] && echo "${p##*=}"; done; }
+port_of() { local p; for p in "${PROCESSORS[@]}"; do if [ "${p%%=*}" = "$1" ]; then echo "${p##*=}"; fi; done; }
 
 tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
@@ -60,7 +62,7 @@ start() { # name, port, workdir, command...
 
 up() {
   mkdir -p "$LOGS" "$PIDS" "$DATA"
-  for bin in switchyard switchyard-registry "${PROCESSORS[@]%%=*}"; do
+  for bin in switchyard switchyard-registry switchyard-gateway "${PROCESSORS[@]%%=*}"; do
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is not built (run: make build)"
   done
   command -v tansu >/dev/null || die "tansu is not installed (run: make deps)"
@@ -81,6 +83,15 @@ up() {
   "$BIN/switchyard" topics apply >"$LOGS/topics-apply.log" 2>&1 \
     || die "switchyard topics apply failed; see $LOGS/topics-apply.log:"$'\n'"$(tail -n 20 "$LOGS/topics-apply.log")"
   echo "    $(grep -c '^topic ' "$LOGS/topics-apply.log") topics, $(grep -c '^subject ' "$LOGS/topics-apply.log") schemas registered"
+
+  say "gateway (UDP $BROKER_HOST:$GATEWAY_UDP)"
+  if ss -Hlun "sport = :$GATEWAY_UDP" | grep -q . && ! running gateway; then
+    die "UDP port $GATEWAY_UDP is taken by another process; cannot start the gateway"
+  fi
+  start gateway "$GATEWAY_METRICS" "$RUN" env SWITCHYARD_GATEWAY_LISTEN="$BROKER_HOST:$GATEWAY_UDP" \
+    SWITCHYARD_METRICS_LISTEN="$BROKER_HOST:$GATEWAY_METRICS" \
+    RUST_LOG="${RUST_LOG:-info,librdkafka=warn,rdkafka=warn}" "$BIN/switchyard-gateway"
+  wait_for gateway 60 curl -fsS "http://$BROKER_HOST:$GATEWAY_METRICS/health"
 
   local name port
   for p in "${PROCESSORS[@]}"; do
@@ -106,17 +117,18 @@ EOM
 }
 
 status() {
-  printf '\n%-16s %-8s %-36s %s\n' service pid address log
+  printf '\n%-18s %-8s %-36s %s\n' service pid address log
   local name pid addr
   for name in "${SERVICES[@]}"; do
     case $name in
       tansu) addr="kafka://$BROKER_HOST:$BROKER_PORT" ;;
       registry) addr="$SWITCHYARD_REGISTRY_URL" ;;
+      gateway) addr="udp://$BROKER_HOST:$GATEWAY_UDP" ;;
       *) addr="http://$BROKER_HOST:$(port_of "$name")/metrics" ;;
     esac
     pid=$(pid_of "$name")
     running "$name" || pid="down"
-    printf '%-16s %-8s %-36s %s\n' "$name" "$pid" "$addr" "${LOGS#"$ROOT/"}/$name.log"
+    printf '%-18s %-8s %-36s %s\n' "$name" "$pid" "$addr" "${LOGS#"$ROOT/"}/$name.log"
   done
 }
 
@@ -140,7 +152,7 @@ down() {
   for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
     stop_one "${SERVICES[$i]}"
   done
-  for port in "$REGISTRY_PORT" "$BROKER_PORT"; do
+  for port in "$REGISTRY_PORT" "$BROKER_PORT" "$GATEWAY_METRICS"; do
     if port_busy "$port"; then echo "    warning: port $port is still in use by another process"; fi
   done
 }

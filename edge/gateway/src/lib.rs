@@ -1,0 +1,700 @@
+//! The gateway: UDP <-> Kafka and nothing else, on one socket for both directions (the
+//! original system learned that a second socket breaks under carrier-grade NAT).
+//!
+//! * Uplink: each datagram is decoded; IoT Data becomes a `SensorReading` on the sensor topic
+//!   the device-id catalog names, IoT Status goes to `iot-status`, an ACK to
+//!   `carrier-switch-ack` with the request id it answers. Anything else (malformed,
+//!   unauthenticated, replayed, a downlink packet sent uplink) is published whole to
+//!   `gateway-rejects` with its reason, counted, and logged at a rate-limited level.
+//! * Identity: an envelope names its modem; a v1 packet is attributed to the configured
+//!   legacy modem id. The latest source address of each modem is its downlink address; with
+//!   keys configured, only a packet with a valid tag and a fresh sequence number moves it.
+//! * Downlink: `downstream-request` becomes a Carrier Switch Perform (in an envelope with
+//!   the request id, signed when the modem has a key; a bare v1 packet for the legacy
+//!   modem), sent to the modem's address and re-sent with backoff until its ACK arrives or
+//!   its deadline passes; each step is published to `downlink-delivery`.
+//! * A broker that is down: records wait in the producer's bounded queue and go out when it
+//!   returns; a full queue drops the record and counts it (`switchyard_gateway_backpressure_total`).
+
+pub mod downlink;
+pub mod metrics;
+pub mod replay;
+pub mod uplink;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use switchyard_kafka::{is_partition_eof, TracingContext};
+use switchyard_protocol::json::parse_request_id;
+use switchyard_protocol::{verify, AuthError, Envelope, Frame, Packet};
+use switchyard_registry::RegistryClient;
+use switchyard_schemas::records::{
+    CarrierSwitchRequest, DeliveryEvent, DownlinkDelivery, GatewayReject,
+};
+use switchyard_schemas::wire::{split_frame, SchemaCodec};
+use switchyard_schemas::{value_subject, Catalog, Role};
+use switchyard_telemetry::Health;
+use tokio::net::UdpSocket;
+use tracing::{info, warn};
+
+use crate::downlink::{Action, Downlink};
+use crate::metrics::GatewayMetrics;
+use crate::replay::ReplayWindow;
+use crate::uplink::{to_record, wire_carrier, Uplink, ACK_TOPIC, STATUS_TOPIC};
+
+pub const REQUEST_TOPIC: &str = "downstream-request";
+pub const DELIVERY_TOPIC: &str = "downlink-delivery";
+pub const REJECT_TOPIC: &str = "gateway-rejects";
+
+#[derive(Debug, Clone, Args)]
+pub struct GatewayConfig {
+    /// UDP address devices send to (and receive from: one socket).
+    #[arg(
+        long,
+        env = "SWITCHYARD_GATEWAY_LISTEN",
+        default_value = "0.0.0.0:6001"
+    )]
+    pub listen: SocketAddr,
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        env = "SWITCHYARD_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub bootstrap_servers: String,
+    /// Schema registry URL.
+    #[arg(
+        long,
+        env = "SWITCHYARD_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub registry_url: String,
+    /// Serve /metrics and /health here.
+    #[arg(
+        long,
+        env = "SWITCHYARD_METRICS_LISTEN",
+        default_value = "127.0.0.1:9104"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// Modem id that v1 packets (which carry no identity) are attributed to.
+    #[arg(long, env = "SWITCHYARD_LEGACY_MODEM_ID", default_value = "0")]
+    pub legacy_modem_id: String,
+    /// Refuse v1 packets (once every device speaks the envelope).
+    #[arg(long, env = "SWITCHYARD_REJECT_V1")]
+    pub reject_v1: bool,
+    /// Modem keys, one `MODEM_ID HEX_KEY` per line. With keys, envelopes must carry a
+    /// valid tag and a fresh sequence number.
+    #[arg(long, env = "SWITCHYARD_MODEM_KEYS")]
+    pub modem_keys: Option<PathBuf>,
+    /// First retransmission after this many milliseconds (then doubling).
+    #[arg(long, env = "SWITCHYARD_RETRY_INITIAL_MS", default_value_t = 1000)]
+    pub retry_initial_ms: u64,
+    /// Longest wait between retransmissions.
+    #[arg(long, env = "SWITCHYARD_RETRY_MAX_MS", default_value_t = 8000)]
+    pub retry_max_ms: u64,
+    /// Records the producer may hold while the broker is unreachable.
+    #[arg(long, env = "SWITCHYARD_GATEWAY_BUFFER", default_value_t = 100_000)]
+    pub buffer_records: u32,
+}
+
+/// Parse a keys file: `MODEM_ID HEX_KEY` per line, `#` comments.
+pub fn parse_keys(text: &str) -> anyhow::Result<HashMap<u64, Vec<u8>>> {
+    let mut keys = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(modem), Some(key), None) = (parts.next(), parts.next(), parts.next()) else {
+            bail!("line {}: expected `MODEM_ID HEX_KEY`", n + 1);
+        };
+        let modem: u64 = modem
+            .parse()
+            .with_context(|| format!("line {}: modem id {modem:?}", n + 1))?;
+        let key = hex::decode(key).with_context(|| format!("line {}: key is not hex", n + 1))?;
+        if key.is_empty() {
+            bail!("line {}: empty key", n + 1);
+        }
+        keys.insert(modem, key);
+    }
+    Ok(keys)
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+struct Gateway {
+    config: GatewayConfig,
+    catalog: Catalog,
+    socket: UdpSocket,
+    producer: FutureProducer,
+    codecs: HashMap<String, (i32, Arc<SchemaCodec>)>,
+    keys: HashMap<u64, Vec<u8>>,
+    addresses: Mutex<HashMap<String, SocketAddr>>,
+    windows: Mutex<HashMap<u64, ReplayWindow>>,
+    downlink: Mutex<Downlink>,
+    downlink_sequence: Mutex<HashMap<u64, u32>>,
+    metrics: GatewayMetrics,
+}
+
+/// Run the gateway until `shutdown` completes.
+pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let catalog = Catalog::embedded().context("the built-in catalog is invalid")?;
+    let keys = match &config.modem_keys {
+        Some(path) => parse_keys(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?,
+        None => HashMap::new(),
+    };
+    let metrics = GatewayMetrics::new()?;
+    let health = Health::default();
+    let bound = switchyard_telemetry::serve(
+        config.metrics_listen,
+        metrics.registry.clone(),
+        health.clone(),
+    )
+    .await
+    .with_context(|| format!("metrics endpoint on {}", config.metrics_listen))?;
+    tokio::pin!(shutdown);
+
+    // Every topic the gateway writes or reads, with its registered schema.
+    let mut topics: Vec<String> = catalog
+        .topics_with_role(Role::Sensor)
+        .map(|t| t.name.clone())
+        .collect();
+    topics.extend(
+        [
+            STATUS_TOPIC,
+            ACK_TOPIC,
+            DELIVERY_TOPIC,
+            REJECT_TOPIC,
+            REQUEST_TOPIC,
+        ]
+        .map(String::from),
+    );
+    let registry = RegistryClient::new(&config.registry_url);
+    let mut codecs = HashMap::new();
+    for topic in topics {
+        let text = catalog
+            .value_schema(&topic)
+            .with_context(|| format!("{topic} has no schema"))?;
+        let mut delay = Duration::from_millis(250);
+        let subject = value_subject(&topic);
+        let id = loop {
+            tokio::select! {
+                registered = registry.register(&subject, text) => match registered {
+                    Ok(id) => break id,
+                    Err(e) if e.error_code().is_none() => {
+                        warn!(error = %e, retry_in = ?delay, "schema registry unreachable; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                    Err(e) => bail!("registering {topic}: {e}"),
+                },
+                _ = &mut shutdown => return Ok(()),
+            }
+        };
+        codecs.insert(
+            topic,
+            (id, SchemaCodec::parse(text).map_err(anyhow::Error::msg)?),
+        );
+    }
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set(
+            "queue.buffering.max.messages",
+            config.buffer_records.to_string(),
+        )
+        .set("message.timeout.ms", "300000")
+        .create()
+        .context("creating the producer")?;
+    let consumer: StreamConsumer<TracingContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("group.id", "switchyard-gateway")
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        // With no committed offset, start from the beginning: a request made before the
+        // gateway's first start is not skipped (a stale one fails its deadline at once).
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .create_with_context(TracingContext)
+        .context("creating the consumer")?;
+    consumer
+        .subscribe(&[REQUEST_TOPIC])
+        .context("subscribing to downstream-request")?;
+
+    let socket = UdpSocket::bind(config.listen)
+        .await
+        .with_context(|| format!("binding UDP {}", config.listen))?;
+    let listen = socket.local_addr()?;
+    let gateway = Arc::new(Gateway {
+        downlink: Mutex::new(Downlink::new(
+            i64::try_from(config.retry_initial_ms.saturating_mul(1000)).unwrap_or(i64::MAX),
+            i64::try_from(config.retry_max_ms.saturating_mul(1000)).unwrap_or(i64::MAX),
+        )),
+        config,
+        catalog,
+        socket,
+        producer,
+        codecs,
+        keys,
+        addresses: Mutex::new(HashMap::new()),
+        windows: Mutex::new(HashMap::new()),
+        downlink_sequence: Mutex::new(HashMap::new()),
+        metrics,
+    });
+    health.set_ready(true);
+    info!(udp = %listen, metrics = %bound, authenticated = !gateway.keys.is_empty(), "gateway running");
+
+    let uplink = tokio::spawn(Arc::clone(&gateway).receive());
+    let requests = tokio::spawn(Arc::clone(&gateway).take_requests(consumer));
+    let retransmit = tokio::spawn(Arc::clone(&gateway).retransmit());
+    shutdown.await;
+    info!("shutting down");
+    uplink.abort();
+    requests.abort();
+    retransmit.abort();
+    let producer = gateway.producer.clone();
+    tokio::task::spawn_blocking(move || {
+        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10))
+    })
+    .await
+    .ok();
+    Ok(())
+}
+
+/// Logs the 1st, 2nd, 4th, 8th… occurrence of a recurring problem.
+fn rate_limited(count: u64) -> bool {
+    count.is_power_of_two()
+}
+
+impl Gateway {
+    async fn receive(self: Arc<Self>) {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            match self.socket.recv_from(&mut buf).await {
+                Ok((n, source)) => self.uplink(&buf[..n], source),
+                Err(e) => {
+                    warn!(error = %e, "UDP receive failed; continuing");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    /// One datagram from a device.
+    fn uplink(&self, datagram: &[u8], source: SocketAddr) {
+        let received_at = now_us();
+        let frame = match Frame::decode(datagram) {
+            Ok(frame) => frame,
+            Err(e) => return self.reject(datagram, source, e.reason_code(), &e.to_string(), None),
+        };
+        let modem_id = match &frame.envelope {
+            Some(envelope) => {
+                if let Err((reason, detail)) = self.authenticate(datagram, envelope) {
+                    return self.reject(
+                        datagram,
+                        source,
+                        reason,
+                        &detail,
+                        Some(envelope.modem_id.to_string()),
+                    );
+                }
+                envelope.modem_id.to_string()
+            }
+            None if self.config.reject_v1 => {
+                return self.reject(
+                    datagram,
+                    source,
+                    "v1_not_accepted",
+                    "v1 packets are refused (--reject-v1)",
+                    None,
+                )
+            }
+            None => self.config.legacy_modem_id.clone(),
+        };
+        let record = match to_record(&frame, &modem_id, received_at, &self.catalog) {
+            Ok(record) => record,
+            Err(reason) => {
+                return self.reject(
+                    datagram,
+                    source,
+                    reason,
+                    "a device sent a downlink packet",
+                    Some(modem_id),
+                )
+            }
+        };
+        self.metrics
+            .packets
+            .with_label_values(&[frame.packet.kind()])
+            .inc();
+        if let Ok(mut book) = self.addresses.lock() {
+            book.insert(modem_id.clone(), source);
+            self.metrics.known_modems.set(book.len() as i64);
+        }
+        match record {
+            Uplink::Reading { topic, reading } => self.publish(&topic, &modem_id, &reading),
+            Uplink::Status(status) => self.publish(STATUS_TOPIC, &modem_id, &status),
+            Uplink::Ack(ack) => {
+                let request_id = ack
+                    .request_id
+                    .as_deref()
+                    .and_then(|id| parse_request_id(id).ok());
+                self.publish(ACK_TOPIC, &modem_id, &ack);
+                let answered = self
+                    .downlink
+                    .lock()
+                    .ok()
+                    .and_then(|mut d| d.answered(request_id, &modem_id));
+                if let Some(p) = answered {
+                    self.delivery(
+                        p.request_id,
+                        &modem_id,
+                        DeliveryEvent::Acked,
+                        p.attempts,
+                        Some(source),
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
+    /// With keys configured: a known modem, a valid tag, a fresh sequence number.
+    fn authenticate(
+        &self,
+        datagram: &[u8],
+        envelope: &Envelope,
+    ) -> Result<(), (&'static str, String)> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.get(&envelope.modem_id).ok_or((
+            "unknown_modem",
+            format!("no key for modem {}", envelope.modem_id),
+        ))?;
+        verify(datagram, key).map_err(|e| {
+            let reason = match e {
+                AuthError::MissingTag => "missing_tag",
+                _ => "bad_tag",
+            };
+            (reason, e.to_string())
+        })?;
+        let fresh = self
+            .windows
+            .lock()
+            .map(|mut w| {
+                w.entry(envelope.modem_id)
+                    .or_default()
+                    .accept(envelope.sequence)
+            })
+            .unwrap_or(false);
+        if !fresh {
+            return Err((
+                "replayed_sequence",
+                format!("sequence {} was seen or is too old", envelope.sequence),
+            ));
+        }
+        Ok(())
+    }
+
+    fn reject(
+        &self,
+        datagram: &[u8],
+        source: SocketAddr,
+        reason: &'static str,
+        detail: &str,
+        modem_id: Option<String>,
+    ) {
+        let counter = self.metrics.rejects.with_label_values(&[reason]);
+        counter.inc();
+        if rate_limited(counter.get()) {
+            warn!(%source, reason, detail, occurrences = counter.get(), "datagram rejected");
+        }
+        let record = GatewayReject {
+            received_at: now_us(),
+            source: source.to_string(),
+            reason: reason.to_string(),
+            detail: detail.to_string(),
+            modem_id,
+            raw: datagram.to_vec(),
+        };
+        self.publish(REJECT_TOPIC, &source.to_string(), &record);
+    }
+
+    /// Hand a record to the producer; its delivery is awaited in the background.
+    fn publish<T: Serialize>(&self, topic: &str, key: &str, value: &T) {
+        let Some((id, codec)) = self.codecs.get(topic) else {
+            warn!(%topic, "no schema for topic; record dropped");
+            return;
+        };
+        let payload = match codec.encode(*id, value) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(%topic, error = %e, "cannot encode; record dropped");
+                return;
+            }
+        };
+        let record = FutureRecord::to(topic).key(key).payload(&payload);
+        let started = std::time::Instant::now();
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                let metrics = self.metrics.clone();
+                let topic = topic.to_string();
+                tokio::spawn(async move {
+                    match delivery.await {
+                        Ok(Ok(_)) => metrics
+                            .produce_seconds
+                            .observe(started.elapsed().as_secs_f64()),
+                        _ => {
+                            let c = metrics.produce_failures.with_label_values(&[&topic]);
+                            c.inc();
+                            if rate_limited(c.get()) {
+                                warn!(%topic, failures = c.get(), "record not delivered to the broker");
+                            }
+                        }
+                    }
+                });
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                self.metrics.backpressure.inc();
+                if rate_limited(self.metrics.backpressure.get()) {
+                    warn!(%topic, dropped = self.metrics.backpressure.get(), "producer buffer full (broker down?); record dropped");
+                }
+            }
+            Err((e, _)) => warn!(%topic, error = %e, "cannot produce; record dropped"),
+        }
+    }
+
+    fn delivery(
+        &self,
+        request_id: u64,
+        modem_id: &str,
+        event: DeliveryEvent,
+        attempt: i32,
+        address: Option<SocketAddr>,
+        reason: Option<&str>,
+    ) {
+        let record = DownlinkDelivery {
+            request_id: format!("{request_id:016x}"),
+            modem_id: modem_id.to_string(),
+            event,
+            attempt,
+            address: address.map(|a| a.to_string()),
+            reason: reason.map(str::to_string),
+            at: now_us(),
+        };
+        self.publish(DELIVERY_TOPIC, modem_id, &record);
+    }
+
+    async fn take_requests(self: Arc<Self>, consumer: StreamConsumer<TracingContext>) {
+        let (id, codec) = match self.codecs.get(REQUEST_TOPIC) {
+            Some(c) => c.clone(),
+            None => return,
+        };
+        loop {
+            let message = match consumer.recv().await {
+                Ok(m) => m,
+                Err(e) if is_partition_eof(&e) => continue,
+                Err(e) => {
+                    warn!(error = %e, "reading downstream-request; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let request = match message.payload().map(split_frame) {
+                Some(Ok((writer, body))) if writer == id => {
+                    codec.decode::<CarrierSwitchRequest>(body)
+                }
+                Some(Ok((writer, _))) => {
+                    Err(format!("schema id {writer} is not the catalog's ({id})"))
+                }
+                Some(Err(e)) => Err(e),
+                None => Err("empty record".into()),
+            };
+            match request.and_then(|r| {
+                parse_request_id(&r.request_id)
+                    .map(|rid| (r, rid))
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok((request, request_id)) => {
+                    let added = self.downlink.lock().map(|mut d| {
+                        d.add(
+                            request_id,
+                            &request.modem_id,
+                            wire_carrier(request.carrier),
+                            request.deadline,
+                            now_us(),
+                        )
+                    });
+                    if added.unwrap_or(false) {
+                        info!(request = %request.request_id, modem = %request.modem_id, carrier = ?request.carrier, "switch request taken");
+                    }
+                }
+                Err(e) => {
+                    self.metrics
+                        .rejects
+                        .with_label_values(&["bad_request_record"])
+                        .inc();
+                    warn!(error = %e, offset = message.offset(), "unreadable switch request skipped");
+                }
+            }
+            let _ = consumer.store_offset_from_message(&message);
+        }
+    }
+
+    async fn retransmit(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let book = self.addresses.lock().map(|b| b.clone()).unwrap_or_default();
+            let actions = self
+                .downlink
+                .lock()
+                .map(|mut d| d.due(now_us(), |m| book.contains_key(m)))
+                .unwrap_or_default();
+            for action in actions {
+                match action {
+                    Action::Send {
+                        request_id,
+                        modem_id,
+                        carrier,
+                        attempt,
+                    } => {
+                        let Some(address) = book.get(&modem_id).copied() else {
+                            continue;
+                        };
+                        let packet = match self.perform_packet(&modem_id, request_id, carrier) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                warn!(modem = %modem_id, error = %e, "cannot build a Perform packet");
+                                continue;
+                            }
+                        };
+                        if let Err(e) = self.socket.send_to(&packet, address).await {
+                            warn!(%address, error = %e, "UDP send failed");
+                        }
+                        let event = if attempt == 1 {
+                            DeliveryEvent::Sent
+                        } else {
+                            DeliveryEvent::Retried
+                        };
+                        if attempt > 1 {
+                            self.metrics.downlink_retries.inc();
+                        } else {
+                            self.metrics.downlink_sent.inc();
+                        }
+                        self.delivery(request_id, &modem_id, event, attempt, Some(address), None);
+                    }
+                    Action::GiveUp {
+                        request_id,
+                        modem_id,
+                        attempts,
+                        reason,
+                    } => {
+                        self.metrics
+                            .undeliverable
+                            .with_label_values(&[reason])
+                            .inc();
+                        warn!(request = format!("{request_id:016x}"), modem = %modem_id, reason, "switch request undeliverable");
+                        self.delivery(
+                            request_id,
+                            &modem_id,
+                            DeliveryEvent::Undeliverable,
+                            attempts,
+                            None,
+                            Some(reason),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The Perform packet for a modem: bare v1 for the legacy modem, else an envelope with
+    /// the request id, signed when the modem has a key.
+    fn perform_packet(
+        &self,
+        modem_id: &str,
+        request_id: u64,
+        carrier: switchyard_protocol::Carrier,
+    ) -> anyhow::Result<Vec<u8>> {
+        let packet = Packet::CarrierSwitchPerform(carrier);
+        if modem_id == self.config.legacy_modem_id {
+            return Ok(packet.encode()?);
+        }
+        let modem: u64 = modem_id
+            .parse()
+            .with_context(|| format!("modem id {modem_id:?} is not a number"))?;
+        let sequence = self
+            .downlink_sequence
+            .lock()
+            .map(|mut s| {
+                let n = s.entry(modem).or_insert(0);
+                *n = n.wrapping_add(1);
+                *n
+            })
+            .unwrap_or(0);
+        let frame = Frame {
+            envelope: Some(Envelope {
+                modem_id: modem,
+                sequence,
+                request_id: Some(request_id),
+                auth_tag: None,
+            }),
+            packet,
+        };
+        Ok(match self.keys.get(&modem) {
+            Some(key) => frame.encode_signed(key)?,
+            None => frame.encode()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_files_parse_and_bad_lines_are_named() {
+        let keys = parse_keys("# fleet keys\n42 00ff\n\n7 0102 # spare\n").expect("parses");
+        assert_eq!(keys.get(&42), Some(&vec![0, 255]));
+        assert_eq!(keys.get(&7), Some(&vec![1, 2]));
+        assert!(parse_keys("42")
+            .expect_err("missing key")
+            .to_string()
+            .contains("line 1"));
+        assert!(parse_keys("x 00").is_err());
+        assert!(parse_keys("1 zz").is_err());
+    }
+
+    #[test]
+    fn rate_limited_logging_thins_out() {
+        let logged: Vec<u64> = (1..=20).filter(|n| rate_limited(*n)).collect();
+        assert_eq!(logged, vec![1, 2, 4, 8, 16]);
+    }
+}

@@ -1,0 +1,80 @@
+//! The gateway's Prometheus metrics.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub registry: Registry,
+    pub packets: IntCounterVec,
+    pub rejects: IntCounterVec,
+    pub produce_seconds: Histogram,
+    pub produce_failures: IntCounterVec,
+    pub backpressure: IntCounter,
+    pub downlink_sent: IntCounter,
+    pub downlink_retries: IntCounter,
+    pub undeliverable: IntCounterVec,
+    pub known_modems: IntGauge,
+}
+
+impl GatewayMetrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("switchyard_gateway".into()), None)?;
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                registry.register(Box::new(m.clone()))?;
+                m
+            }};
+        }
+        Ok(GatewayMetrics {
+            packets: reg!(IntCounterVec::new(
+                Opts::new("packets_total", "Accepted packets, by type."),
+                &["type"]
+            )?),
+            rejects: reg!(IntCounterVec::new(
+                Opts::new("rejects_total", "Rejected datagrams, by reason."),
+                &["reason"]
+            )?),
+            produce_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "produce_seconds",
+                    "From hand-off to the producer to the broker's acknowledgement."
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0
+                ])
+            )?),
+            produce_failures: reg!(IntCounterVec::new(
+                Opts::new(
+                    "produce_failures_total",
+                    "Records the broker never acknowledged, by topic."
+                ),
+                &["topic"]
+            )?),
+            backpressure: reg!(IntCounter::new(
+                "backpressure_total",
+                "Records dropped because the producer's buffer was full."
+            )?),
+            downlink_sent: reg!(IntCounter::new(
+                "downlink_sent_total",
+                "Perform packets sent (first attempts)."
+            )?),
+            downlink_retries: reg!(IntCounter::new(
+                "downlink_retries_total",
+                "Perform packets re-sent."
+            )?),
+            undeliverable: reg!(IntCounterVec::new(
+                Opts::new(
+                    "undeliverable_total",
+                    "Switch requests given up, by reason."
+                ),
+                &["reason"]
+            )?),
+            known_modems: reg!(IntGauge::new(
+                "known_modems",
+                "Modems in the address book."
+            )?),
+            registry,
+        })
+    }
+}

@@ -1,0 +1,302 @@
+//! The gateway on a real broker and registry, with real UDP sockets.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use switchyard_protocol::{verify, AckStatus, Carrier, Envelope, Frame, IotStatus, Packet};
+use switchyard_schemas::records::{
+    self, CarrierSwitchAck, CarrierSwitchRequest, DeliveryEvent, DownlinkDelivery, GatewayReject,
+    IotStatusReport, SensorReading,
+};
+use switchyard_testkit::{free_port, Service, Stack};
+
+const SEED_VECTORS: &str = include_str!("../../protocol/tests/vectors/seed-vectors.json");
+const WAIT: Duration = Duration::from_secs(90);
+
+fn start_gateway(stack: &Stack, env: &[(&str, String)]) -> (Service, SocketAddr) {
+    let udp: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
+    let mut all = vec![
+        ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
+        ("SWITCHYARD_RETRY_INITIAL_MS", "300".to_string()),
+    ];
+    all.extend(env.iter().map(|(k, v)| (*k, v.clone())));
+    let (service, _) = stack
+        .start_processor("switchyard-gateway", "gateway", &all)
+        .expect("gateway healthy");
+    (service, udp)
+}
+
+fn client() -> UdpSocket {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("client socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    socket
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+fn request(modem: &str, request_id: &str, carrier: records::Carrier) -> CarrierSwitchRequest {
+    let now = now_us();
+    CarrierSwitchRequest {
+        request_id: request_id.into(),
+        modem_id: modem.into(),
+        carrier,
+        requested_at: now,
+        deadline: now + 60_000_000,
+        requested_by: Some("test".into()),
+    }
+}
+
+fn envelope(modem: u64, sequence: u32, request_id: Option<u64>, packet: Packet) -> Frame {
+    Frame {
+        envelope: Some(Envelope {
+            modem_id: modem,
+            sequence,
+            request_id,
+            auth_tag: None,
+        }),
+        packet,
+    }
+}
+
+#[test]
+fn the_original_systems_packets_reach_their_topics_and_bad_datagrams_are_kept_as_rejects() {
+    let stack = Stack::start().expect("stack");
+    let (_gateway, udp) = start_gateway(&stack, &[]);
+    let device = client();
+    let vectors: Vec<serde_json::Value> = serde_json::from_str(SEED_VECTORS).expect("vectors");
+    for v in &vectors {
+        device
+            .send_to(
+                &hex::decode(v["hex"].as_str().expect("hex")).expect("hex"),
+                udp,
+            )
+            .expect("send");
+    }
+    device.send_to(&[0x30, 0x00], udp).expect("send");
+    device.send_to(&[], udp).expect("send");
+
+    let imu = stack.consume::<SensorReading>("imu", 1, WAIT).expect("imu");
+    assert_eq!(imu.len(), 1);
+    let r = &imu[0].value;
+    assert_eq!(
+        (r.modem_id.as_str(), r.device_id, r.value, r.timestamp),
+        ("0", 1, Some(42), 1_685_620_800_000_000)
+    );
+    assert_eq!(
+        imu[0].raw.key.as_deref(),
+        Some(&b"0"[..]),
+        "v1 packets belong to the legacy modem"
+    );
+    assert_eq!(
+        stack
+            .consume::<SensorReading>("gyro", 1, WAIT)
+            .expect("gyro")
+            .len(),
+        1
+    );
+    assert_eq!(
+        stack
+            .consume::<SensorReading>("temp", 2, WAIT)
+            .expect("temp")
+            .len(),
+        2
+    );
+    let unknown = stack
+        .consume::<SensorReading>("unknown", 1, WAIT)
+        .expect("unknown");
+    assert_eq!(
+        (unknown.len(), unknown[0].value.device_id),
+        (1, 0xDEAD_BEEF)
+    );
+    let statuses = stack
+        .consume::<IotStatusReport>("iot-status", 3, WAIT)
+        .expect("status");
+    assert_eq!(statuses.len(), 3);
+    let acks = stack
+        .consume::<CarrierSwitchAck>("carrier-switch-ack", 8, WAIT)
+        .expect("acks");
+    assert_eq!(acks.len(), 8);
+    assert!(
+        acks.iter().all(|a| a.value.request_id.is_none()),
+        "v1 ACKs cannot name a request"
+    );
+
+    // The four Perform vectors are downlink packets sent uplink; plus two malformed datagrams.
+    let rejects = stack
+        .consume::<GatewayReject>("gateway-rejects", 6, WAIT)
+        .expect("rejects");
+    let reasons: Vec<&str> = rejects.iter().map(|r| r.value.reason.as_str()).collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| **r == "downlink_packet_on_uplink")
+            .count(),
+        4,
+        "{reasons:?}"
+    );
+    let unknown_flow = rejects
+        .iter()
+        .find(|r| r.value.reason == "unknown_flow")
+        .expect("unknown flow");
+    assert_eq!(unknown_flow.value.raw, vec![0x30, 0x00], "kept whole");
+    assert_eq!(
+        unknown_flow.value.source,
+        device.local_addr().expect("addr").to_string()
+    );
+    assert!(reasons.contains(&"empty"));
+}
+
+#[test]
+fn a_switch_reaches_the_device_is_retried_and_its_ack_closes_it() {
+    let stack = Stack::start().expect("stack");
+    let (_gateway, udp) = start_gateway(&stack, &[]);
+    let device = client();
+    let modem = 356_938_035_643_809u64;
+    let hello = envelope(modem, 1, None, Packet::IotStatus(IotStatus::Nominal));
+    device
+        .send_to(&hello.encode().expect("encode"), udp)
+        .expect("send");
+    let _ = stack
+        .consume::<IotStatusReport>("iot-status", 1, WAIT)
+        .expect("the gateway saw the modem");
+
+    let req = request(
+        &modem.to_string(),
+        "00000000000000a7",
+        records::Carrier::Verizon,
+    );
+    stack
+        .produce(
+            "downstream-request",
+            &[(modem.to_string(), req, now_us() / 1000)],
+        )
+        .expect("request");
+    let mut buf = [0u8; 512];
+    let mut received = Vec::new();
+    for _ in 0..2 {
+        let (n, from) = device
+            .recv_from(&mut buf)
+            .expect("a Perform packet arrives");
+        assert_eq!(from, udp, "sent from the one gateway socket");
+        received.push(Frame::decode(&buf[..n]).expect("decodes"));
+    }
+    for frame in &received {
+        assert_eq!(frame.packet, Packet::CarrierSwitchPerform(Carrier::Verizon));
+        let env = frame.envelope.as_ref().expect("enveloped");
+        assert_eq!((env.modem_id, env.request_id), (modem, Some(0xa7)));
+    }
+    assert_ne!(
+        received[0].envelope.as_ref().map(|e| e.sequence),
+        received[1].envelope.as_ref().map(|e| e.sequence)
+    );
+
+    let ack = envelope(
+        modem,
+        2,
+        Some(0xa7),
+        Packet::CarrierSwitchAck {
+            status: AckStatus::Ack,
+            carrier: Carrier::Verizon,
+        },
+    );
+    device
+        .send_to(&ack.encode().expect("encode"), udp)
+        .expect("send");
+    let acks = stack
+        .consume::<CarrierSwitchAck>("carrier-switch-ack", 1, WAIT)
+        .expect("ack");
+    assert_eq!(
+        acks[0].value.request_id.as_deref(),
+        Some("00000000000000a7")
+    );
+    let events = stack
+        .consume::<DownlinkDelivery>("downlink-delivery", 3, WAIT)
+        .expect("deliveries");
+    let kinds: Vec<DeliveryEvent> = events.iter().map(|e| e.value.event).collect();
+    assert_eq!(kinds[0], DeliveryEvent::Sent);
+    assert!(kinds.contains(&DeliveryEvent::Retried), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&DeliveryEvent::Acked), "{kinds:?}");
+    assert_eq!(
+        events[0].value.address.as_deref(),
+        Some(device.local_addr().expect("addr").to_string().as_str())
+    );
+}
+
+#[test]
+fn with_keys_spoofed_and_replayed_packets_are_rejected_and_do_not_move_the_address() {
+    let stack = Stack::start().expect("stack");
+    let key = hex::decode("000102030405060708090a0b0c0d0e0f").expect("hex");
+    let keys = stack.broker.data_dir().join("modem-keys");
+    std::fs::write(&keys, "42 000102030405060708090a0b0c0d0e0f\n").expect("keys file");
+    let (_gateway, udp) = start_gateway(
+        &stack,
+        &[("SWITCHYARD_MODEM_KEYS", keys.display().to_string())],
+    );
+    let genuine = client();
+    let spoofer = client();
+    spoofer
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+
+    let hello = envelope(42, 1, None, Packet::IotStatus(IotStatus::Idle))
+        .encode_signed(&key)
+        .expect("sign");
+    genuine.send_to(&hello, udp).expect("send");
+    let _ = stack
+        .consume::<IotStatusReport>("iot-status", 1, WAIT)
+        .expect("accepted");
+    // Another address claims modem 42 with the wrong key, then replays the genuine packet.
+    let forged = envelope(42, 2, None, Packet::IotStatus(IotStatus::OffNominal))
+        .encode_signed(b"not the key")
+        .expect("sign");
+    spoofer.send_to(&forged, udp).expect("send");
+    spoofer.send_to(&hello, udp).expect("send");
+    let rejects = stack
+        .consume::<GatewayReject>("gateway-rejects", 2, WAIT)
+        .expect("rejects");
+    let reasons: Vec<&str> = rejects.iter().map(|r| r.value.reason.as_str()).collect();
+    assert!(
+        reasons.contains(&"bad_tag") && reasons.contains(&"replayed_sequence"),
+        "{reasons:?}"
+    );
+    assert!(rejects
+        .iter()
+        .all(|r| r.value.modem_id.as_deref() == Some("42")));
+    assert_eq!(
+        stack
+            .consume::<IotStatusReport>("iot-status", 2, Duration::from_secs(3))
+            .expect("status")
+            .len(),
+        1,
+        "nothing from the spoofer was published"
+    );
+
+    // The downlink still goes to the genuine address, signed.
+    stack
+        .produce(
+            "downstream-request",
+            &[(
+                "42".to_string(),
+                request("42", "00000000000000c3", records::Carrier::TMobile),
+                now_us() / 1000,
+            )],
+        )
+        .expect("request");
+    let mut buf = [0u8; 512];
+    let (n, _) = genuine
+        .recv_from(&mut buf)
+        .expect("the genuine device gets the Perform");
+    let frame = verify(&buf[..n], &key).expect("signed with the modem's key");
+    assert_eq!(frame.packet, Packet::CarrierSwitchPerform(Carrier::TMobile));
+    assert!(
+        spoofer.recv_from(&mut buf).is_err(),
+        "the spoofer's address was never learned"
+    );
+}

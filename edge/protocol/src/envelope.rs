@@ -181,6 +181,28 @@ impl Frame {
     }
 }
 
+/// Read an envelope's fixed header (modem id, sequence, request id) without judging its
+/// inner packet, so a receiver can answer even a packet it must refuse (e.g. a NACK for a
+/// Perform naming an unknown carrier). `None` if the bytes are not an envelope header.
+pub fn peek_envelope(bytes: &[u8]) -> Option<(u64, u32, Option<u64>)> {
+    if bytes.len() < FIXED_LEN
+        || bytes[0] != (FLOW_ENVELOPE << 4 | ENVELOPE_VERSION)
+        || bytes[1] & !KNOWN_FLAGS != 0
+    {
+        return None;
+    }
+    let modem_id = u64::from_be_bytes(array(&bytes[2..10]));
+    let sequence = u32::from_be_bytes(array(&bytes[10..14]));
+    let request_id = if bytes[1] & FLAG_REQUEST_ID != 0 {
+        Some(u64::from_be_bytes(array(
+            bytes.get(FIXED_LEN..FIXED_LEN + 8)?,
+        )))
+    } else {
+        None
+    };
+    Some((modem_id, sequence, request_id))
+}
+
 /// Check a datagram's authentication tag against the modem's key, in constant time.
 pub fn verify(datagram: &[u8], key: &[u8]) -> Result<Frame, AuthError> {
     let frame = Frame::decode(datagram)?;

@@ -14,7 +14,7 @@ pub mod json;
 mod packet;
 mod timestamp;
 
-pub use envelope::{verify, Envelope, Frame, AUTH_TAG_LEN, ENVELOPE_VERSION};
+pub use envelope::{peek_envelope, verify, Envelope, Frame, AUTH_TAG_LEN, ENVELOPE_VERSION};
 pub use error::{AuthError, DecodeError, EncodeError};
 pub use packet::{AckStatus, Carrier, IotData, IotStatus, Packet};
 pub use timestamp::{decode_timestamp, encode_timestamp, TimestampError, TIMESTAMP_LEN};

@@ -67,3 +67,21 @@ proptest! {
 fn a_v1_packet_cannot_be_verified() {
     assert_eq!(verify(&[0x01, 0x00], b"key"), Err(AuthError::NotAnEnvelope));
 }
+
+#[test]
+fn an_envelope_header_can_be_read_even_when_its_inner_packet_is_invalid() {
+    use switchyard_protocol::peek_envelope;
+    // Perform with carrier code 3 (invalid) inside an envelope with request id 0xab.
+    let bytes = hex::decode(concat!(
+        "2001",
+        "000000000000002a",
+        "00000007",
+        "00000000000000ab",
+        "02",
+        "1030"
+    ))
+    .expect("hex");
+    assert!(Frame::decode(&bytes).is_err());
+    assert_eq!(peek_envelope(&bytes), Some((42, 7, Some(0xab))));
+    assert_eq!(peek_envelope(&[0x10, 0x20]), None);
+}

@@ -1,0 +1,431 @@
+//! A software UICC carrying the multi-carrier applet, spoken to with APDUs exactly as a
+//! modem speaks to a physical SIM. The same [`Applet`] runs in process (unit tests, the
+//! simulator's `--sim in-process`) and behind PC/SC through the vpcd virtual reader.
+//!
+//! The SIM holds the modem's identity and key: it signs what the modem sends and checks
+//! what the network asks of it. Interface (documented with example exchanges in
+//! `docs/sim.md`):
+//!
+//! | APDU | meaning |
+//! |---|---|
+//! | `00 A4 00 04 02 FID` | SELECT a file: `3F00` MF, `2FE2` EF ICCID, `6F07` EF IMSI |
+//! | `00 B0 00 00 Le` | READ BINARY of the selected EF |
+//! | `00 F4 00 00 Lc packet` | push a packet (the original system's command): a Carrier Switch Perform from the network, or an IoT packet from the modem to send |
+//! | `80 12 00 00 Le` (or the original's `00 F3 00 00 Le`) | FETCH the pending proactive command |
+//! | `80 14 00 00 Lc TLVs` | TERMINAL RESPONSE to the fetched command |
+//!
+//! Proactive commands (ETSI TS 102 223, BER-TLV `D0`): OPEN CHANNEL after power-on, then a
+//! SEND DATA for each packet the modem must send (the signed uplink envelope, or the ACK
+//! of a switch). A pending command is announced by the status word `91 xx` (xx = its length).
+
+mod tlv;
+
+use std::collections::VecDeque;
+
+use switchyard_protocol::{
+    peek_envelope, verify, AckStatus, Carrier, DecodeError, Envelope, Frame, Packet,
+};
+
+/// The answer to a reset: direct convention, T=0, historical bytes "SWITCHYARD".
+pub const ATR: &[u8] = &[
+    0x3B, 0x8A, 0x80, 0x01, b'S', b'W', b'I', b'T', b'C', b'H', b'Y', b'A', b'R', b'D', 0x14,
+];
+
+const FID_MF: u16 = 0x3F00;
+const FID_ICCID: u16 = 0x2FE2;
+const FID_IMSI: u16 = 0x6F07;
+
+/// Status words.
+pub mod sw {
+    pub const OK: [u8; 2] = [0x90, 0x00];
+    pub const WRONG_LENGTH: [u8; 2] = [0x67, 0x00];
+    pub const SECURITY: [u8; 2] = [0x69, 0x82];
+    pub const NOT_ALLOWED: [u8; 2] = [0x69, 0x85];
+    pub const NO_EF: [u8; 2] = [0x69, 0x86];
+    pub const BAD_DATA: [u8; 2] = [0x6A, 0x80];
+    pub const FILE_NOT_FOUND: [u8; 2] = [0x6A, 0x82];
+    pub const BAD_P1P2: [u8; 2] = [0x6B, 0x00];
+    pub const BAD_INS: [u8; 2] = [0x6D, 0x00];
+    pub const BAD_CLA: [u8; 2] = [0x6E, 0x00];
+}
+
+/// A carrier profile the SIM can switch to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Profile {
+    pub carrier: Carrier,
+    /// 15 digits; empty for Disconnect.
+    pub imsi: &'static str,
+    pub mcc_mnc: &'static str,
+}
+
+pub const PROFILES: &[Profile] = &[
+    Profile {
+        carrier: Carrier::AtAndT,
+        imsi: "310410000000001",
+        mcc_mnc: "310-410",
+    },
+    Profile {
+        carrier: Carrier::TMobile,
+        imsi: "310260000000001",
+        mcc_mnc: "310-260",
+    },
+    Profile {
+        carrier: Carrier::Verizon,
+        imsi: "311480000000001",
+        mcc_mnc: "311-480",
+    },
+    Profile {
+        carrier: Carrier::Disconnect,
+        imsi: "",
+        mcc_mnc: "",
+    },
+];
+
+pub fn profile(carrier: Carrier) -> &'static Profile {
+    PROFILES
+        .iter()
+        .find(|p| p.carrier == carrier)
+        .unwrap_or(&PROFILES[3])
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// 19 or 20 digits.
+    pub iccid: String,
+    /// The modem identity the SIM speaks for.
+    pub modem_id: u64,
+    /// The modem's key: with it, uplink envelopes are signed and downlink envelopes must be.
+    pub key: Option<Vec<u8>>,
+    /// Speak v1 (no envelope), like the original devices.
+    pub v1: bool,
+    pub carrier: Carrier,
+}
+
+#[derive(Debug)]
+pub struct Applet {
+    config: SimConfig,
+    carrier: Carrier,
+    selected: Option<u16>,
+    pending: VecDeque<Vec<u8>>,
+    /// A fetched command awaiting its TERMINAL RESPONSE.
+    awaiting_response: bool,
+    command_number: u8,
+    uplink_sequence: u32,
+    channel_open: bool,
+}
+
+impl Applet {
+    pub fn new(config: SimConfig) -> Self {
+        let mut applet = Applet {
+            carrier: config.carrier,
+            config,
+            selected: None,
+            pending: VecDeque::new(),
+            awaiting_response: false,
+            command_number: 0,
+            uplink_sequence: 0,
+            channel_open: false,
+        };
+        applet.reset();
+        applet
+    }
+
+    /// Power-on or reset: forget the selection and pending commands, ask for a channel.
+    pub fn reset(&mut self) -> &'static [u8] {
+        self.selected = None;
+        self.pending.clear();
+        self.awaiting_response = false;
+        self.channel_open = false;
+        let cmd = self.command(0x40, 0x01, |body| {
+            tlv::push(body, 0x82, &[0x81, 0x82]);
+            tlv::push(body, 0x35, &[0x02, 0x03, 0x04, 0x03, 0x04, 0x1F, 0x02]);
+            tlv::push(body, 0x39, &[0x05, 0xDC]);
+            tlv::push(body, 0x3C, &[0x01, 0x17, 0x71]);
+        });
+        self.pending.push_back(cmd);
+        ATR
+    }
+
+    pub fn carrier(&self) -> Carrier {
+        self.carrier
+    }
+
+    pub fn imsi(&self) -> &'static str {
+        profile(self.carrier).imsi
+    }
+
+    /// Handle one C-APDU; returns the R-APDU (data, SW1, SW2). Never panics.
+    pub fn transmit(&mut self, apdu: &[u8]) -> Vec<u8> {
+        let [cla, ins, p1, p2] = match apdu.get(..4) {
+            Some(&[cla, ins, p1, p2]) => [cla, ins, p1, p2],
+            _ => return sw::WRONG_LENGTH.to_vec(),
+        };
+        let body = &apdu[4..];
+        let (data, le) = match body {
+            [] => (&[][..], None),
+            [le] => (&[][..], Some(usize::from(*le))),
+            [lc, rest @ ..] if rest.len() == usize::from(*lc) => (rest, None),
+            [lc, rest @ ..] if rest.len() == usize::from(*lc) + 1 => (
+                &rest[..rest.len() - 1],
+                rest.last().map(|l| usize::from(*l)),
+            ),
+            _ => return sw::WRONG_LENGTH.to_vec(),
+        };
+        let (mut out, status) = match (cla, ins) {
+            (0x00, 0xA4) => (Vec::new(), self.select(p1, p2, data)),
+            (0x00, 0xB0) => self.read_binary(p1, p2, le),
+            (0x00, 0xF4) => (Vec::new(), self.push(data)),
+            (0x80, 0x12) | (0x00, 0xF3) => self.fetch(le),
+            (0x80, 0x14) => (Vec::new(), self.terminal_response(data)),
+            (0x00 | 0x80, _) => (Vec::new(), sw::BAD_INS),
+            _ => (Vec::new(), sw::BAD_CLA),
+        };
+        let status = match (status, self.pending.front()) {
+            (sw::OK, Some(next)) if !self.awaiting_response => [0x91, next.len().min(255) as u8],
+            (s, _) => s,
+        };
+        out.extend_from_slice(&status);
+        out
+    }
+
+    fn select(&mut self, p1: u8, p2: u8, data: &[u8]) -> [u8; 2] {
+        if p1 != 0x00 || !matches!(p2, 0x04 | 0x0C | 0x00) {
+            return sw::BAD_P1P2;
+        }
+        let [a, b] = data else {
+            return sw::WRONG_LENGTH;
+        };
+        match u16::from_be_bytes([*a, *b]) {
+            fid @ (FID_MF | FID_ICCID | FID_IMSI) => {
+                self.selected = Some(fid);
+                sw::OK
+            }
+            _ => sw::FILE_NOT_FOUND,
+        }
+    }
+
+    fn read_binary(&self, p1: u8, p2: u8, le: Option<usize>) -> (Vec<u8>, [u8; 2]) {
+        let content = match self.selected {
+            Some(FID_ICCID) => bcd(&self.config.iccid, 10),
+            Some(FID_IMSI) => ef_imsi(self.imsi()),
+            _ => return (Vec::new(), sw::NO_EF),
+        };
+        let offset = usize::from(u16::from_be_bytes([p1 & 0x7F, p2]));
+        if offset > content.len() {
+            return (Vec::new(), sw::BAD_P1P2);
+        }
+        let available = &content[offset..];
+        let n = le
+            .filter(|l| *l > 0)
+            .unwrap_or(available.len())
+            .min(available.len());
+        (available[..n].to_vec(), sw::OK)
+    }
+
+    fn push(&mut self, packet: &[u8]) -> [u8; 2] {
+        match Frame::decode(packet) {
+            Ok(frame) => match frame.packet {
+                Packet::CarrierSwitchPerform(target) => {
+                    if let Some(env) = &frame.envelope {
+                        if env.modem_id != self.config.modem_id {
+                            return sw::SECURITY;
+                        }
+                        if let Some(key) = &self.config.key {
+                            if verify(packet, key).is_err() {
+                                return sw::SECURITY;
+                            }
+                        }
+                    }
+                    let request_id = frame.envelope.as_ref().and_then(|e| e.request_id);
+                    self.carrier = target;
+                    self.queue_send(
+                        Packet::CarrierSwitchAck {
+                            status: AckStatus::Ack,
+                            carrier: target,
+                        },
+                        request_id,
+                    )
+                }
+                Packet::CarrierSwitchAck { .. } => sw::BAD_DATA,
+                uplink => self.queue_send(uplink, None),
+            },
+            // A Perform naming a carrier this SIM has no profile for: refuse, keep the carrier.
+            Err(DecodeError::UnknownCarrier(_)) if packet.first() == Some(&0x10) => self.nack(None),
+            Err(DecodeError::Inner(inner)) if matches!(*inner, DecodeError::UnknownCarrier(_)) => {
+                match peek_envelope(packet) {
+                    Some((modem, _, request_id)) if modem == self.config.modem_id => {
+                        self.nack(request_id)
+                    }
+                    _ => sw::SECURITY,
+                }
+            }
+            Err(_) => sw::BAD_DATA,
+        }
+    }
+
+    fn nack(&mut self, request_id: Option<u64>) -> [u8; 2] {
+        let current = self.carrier;
+        self.queue_send(
+            Packet::CarrierSwitchAck {
+                status: AckStatus::Nack,
+                carrier: current,
+            },
+            request_id,
+        )
+    }
+
+    /// Queue a SEND DATA carrying `packet`, enveloped (and signed) unless the SIM speaks v1.
+    fn queue_send(&mut self, packet: Packet, request_id: Option<u64>) -> [u8; 2] {
+        let bytes = if self.config.v1 {
+            packet.encode()
+        } else {
+            self.uplink_sequence = self.uplink_sequence.wrapping_add(1);
+            let frame = Frame {
+                envelope: Some(Envelope {
+                    modem_id: self.config.modem_id,
+                    sequence: self.uplink_sequence,
+                    request_id,
+                    auth_tag: None,
+                }),
+                packet,
+            };
+            match &self.config.key {
+                Some(key) => frame.encode_signed(key),
+                None => frame.encode(),
+            }
+        };
+        let Ok(bytes) = bytes else {
+            return sw::BAD_DATA;
+        };
+        let cmd = self.command(0x43, 0x01, |body| {
+            tlv::push(body, 0x82, &[0x81, 0x21]);
+            tlv::push(body, 0xB6, &bytes);
+        });
+        self.pending.push_back(cmd);
+        sw::OK
+    }
+
+    fn command(&mut self, kind: u8, qualifier: u8, add: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        self.command_number = self.command_number.wrapping_add(1).max(1);
+        let mut body = Vec::new();
+        tlv::push(&mut body, 0x81, &[self.command_number, kind, qualifier]);
+        add(&mut body);
+        tlv::proactive(&body)
+    }
+
+    fn fetch(&mut self, le: Option<usize>) -> (Vec<u8>, [u8; 2]) {
+        if self.awaiting_response {
+            return (Vec::new(), sw::NOT_ALLOWED);
+        }
+        let Some(cmd) = self.pending.front() else {
+            return (Vec::new(), sw::NOT_ALLOWED);
+        };
+        if let Some(le) = le.filter(|l| *l > 0) {
+            if le < cmd.len() {
+                return (Vec::new(), [0x6C, cmd.len().min(255) as u8]);
+            }
+        }
+        self.awaiting_response = true;
+        (cmd.clone(), sw::OK)
+    }
+
+    fn terminal_response(&mut self, data: &[u8]) -> [u8; 2] {
+        if !self.awaiting_response {
+            return sw::NOT_ALLOWED;
+        }
+        let Some(tlvs) = tlv::parse(data) else {
+            return sw::BAD_DATA;
+        };
+        // Command details (81) must echo the fetched command; result (83) 00 = performed.
+        let fetched = self.pending.front().cloned().unwrap_or_default();
+        let details = tlvs
+            .iter()
+            .find(|(t, _)| *t & 0x7F == 0x01)
+            .map(|(_, v)| *v);
+        if details.is_none() || details != fetched.get(4..7) {
+            return sw::BAD_DATA;
+        }
+        if let Some((_, result)) = tlvs.iter().find(|(t, _)| *t & 0x7F == 0x03) {
+            if fetched.get(5) == Some(&0x40) && result.first() == Some(&0x00) {
+                self.channel_open = true;
+            }
+        }
+        self.pending.pop_front();
+        self.awaiting_response = false;
+        sw::OK
+    }
+
+    pub fn channel_open(&self) -> bool {
+        self.channel_open
+    }
+}
+
+/// Digits as swapped-nibble BCD, padded with F, `len` bytes (EF ICCID).
+fn bcd(digits: &str, len: usize) -> Vec<u8> {
+    let nibbles: Vec<u8> = digits
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .map(|d| d - b'0')
+        .collect();
+    (0..len)
+        .map(|i| {
+            let lo = nibbles.get(2 * i).copied().unwrap_or(0xF);
+            let hi = nibbles.get(2 * i + 1).copied().unwrap_or(0xF);
+            hi << 4 | lo
+        })
+        .collect()
+}
+
+/// EF IMSI per TS 31.102: length byte, then the parity nibble and digits, swapped.
+fn ef_imsi(imsi: &str) -> Vec<u8> {
+    if imsi.is_empty() {
+        return vec![0xFF; 9];
+    }
+    let digits: Vec<u8> = imsi.bytes().map(|d| d - b'0').collect();
+    let parity = if digits.len() % 2 == 1 { 0x9 } else { 0x1 };
+    let mut nibbles = vec![parity];
+    nibbles.extend(digits);
+    let mut out = vec![nibbles.len().div_ceil(2) as u8];
+    for pair in nibbles.chunks(2) {
+        let lo = pair[0];
+        let hi = pair.get(1).copied().unwrap_or(0xF);
+        out.push(hi << 4 | lo);
+    }
+    out.resize(9, 0xFF);
+    out
+}
+
+/// The packet a fetched SEND DATA carries, if it is one.
+pub fn send_data_payload(command: &[u8]) -> Option<Vec<u8>> {
+    let outer = tlv::parse(command)?;
+    let (tag, body) = outer.first()?;
+    if *tag != 0xD0 {
+        return None;
+    }
+    let inner = tlv::parse(body)?;
+    let details = inner.iter().find(|(t, _)| t & 0x7F == 0x01)?.1;
+    if details.get(1) != Some(&0x43) {
+        return None;
+    }
+    inner
+        .iter()
+        .find(|(t, _)| t & 0x7F == 0x36)
+        .map(|(_, v)| v.to_vec())
+}
+
+/// The TERMINAL RESPONSE a terminal sends after performing a fetched command successfully.
+pub fn terminal_response_for(command: &[u8]) -> Option<Vec<u8>> {
+    let outer = tlv::parse(command)?;
+    let inner = tlv::parse(outer.first()?.1)?;
+    let details = inner.iter().find(|(t, _)| t & 0x7F == 0x01)?.1;
+    let mut data = Vec::new();
+    tlv::push(&mut data, 0x81, details);
+    tlv::push(&mut data, 0x82, &[0x82, 0x81]);
+    tlv::push(&mut data, 0x83, &[0x00]);
+    let mut apdu = vec![0x80, 0x14, 0x00, 0x00, data.len() as u8];
+    apdu.extend(data);
+    Some(apdu)
+}
+
+#[cfg(test)]
+mod tests;

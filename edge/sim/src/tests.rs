@@ -1,0 +1,212 @@
+use proptest::prelude::*;
+use switchyard_protocol::{verify, AckStatus, Carrier, Envelope, Frame, Packet};
+
+use super::*;
+
+const KEY: &[u8] = b"modem-42-key";
+
+fn sim(key: Option<&[u8]>, v1: bool) -> Applet {
+    Applet::new(SimConfig {
+        iccid: "8901260000000000042".into(),
+        modem_id: 42,
+        key: key.map(<[u8]>::to_vec),
+        v1,
+        carrier: Carrier::AtAndT,
+    })
+}
+
+fn sw(r: &[u8]) -> [u8; 2] {
+    [r[r.len() - 2], r[r.len() - 1]]
+}
+
+/// FETCH the pending command, answer it, and return it.
+fn fetch_and_respond(applet: &mut Applet) -> Vec<u8> {
+    let r = applet.transmit(&[0x80, 0x12, 0x00, 0x00, 0x00]);
+    assert_eq!(sw(&r), sw::OK, "{r:02x?}");
+    let cmd = r[..r.len() - 2].to_vec();
+    let tr = terminal_response_for(&cmd).expect("a proactive command");
+    let r = applet.transmit(&tr);
+    assert!(matches!(sw(&r), [0x90, 0x00] | [0x91, _]), "{r:02x?}");
+    cmd
+}
+
+fn push(applet: &mut Applet, packet: &[u8]) -> Vec<u8> {
+    let mut apdu = vec![0x00, 0xF4, 0x00, 0x00, packet.len() as u8];
+    apdu.extend_from_slice(packet);
+    applet.transmit(&apdu)
+}
+
+fn open_channel(applet: &mut Applet) {
+    let cmd = fetch_and_respond(applet);
+    assert_eq!(cmd[0], 0xD0);
+    assert_eq!(&cmd[4..7], &[1, 0x40, 0x01], "OPEN CHANNEL comes first");
+    assert!(applet.channel_open());
+}
+
+#[test]
+fn power_on_asks_for_a_channel_and_files_read_back() {
+    let mut applet = sim(None, false);
+    let r = applet.transmit(&[0x00, 0xA4, 0x00, 0x04, 0x02, 0x2F, 0xE2]);
+    assert_eq!(sw(&r)[0], 0x91, "a proactive command is announced");
+    let r = applet.transmit(&[0x00, 0xB0, 0x00, 0x00, 0x0A]);
+    assert_eq!(
+        &r[..10],
+        &hex::decode("981062000000000040f2").expect("hex")[..],
+        "ICCID in swapped BCD"
+    );
+    open_channel(&mut applet);
+    applet.transmit(&[0x00, 0xA4, 0x00, 0x04, 0x02, 0x6F, 0x07]);
+    let r = applet.transmit(&[0x00, 0xB0, 0x00, 0x00, 0x09]);
+    assert_eq!(sw(&r), sw::OK);
+    assert_eq!(
+        &r[..9],
+        &hex::decode("083901140000000010").expect("hex")[..],
+        "IMSI 310410000000001 per TS 31.102"
+    );
+    assert_eq!(
+        sw(&applet.transmit(&[0x00, 0xA4, 0x00, 0x04, 0x02, 0x12, 0x34])),
+        sw::FILE_NOT_FOUND
+    );
+}
+
+#[test]
+fn a_perform_switches_the_carrier_and_the_ack_is_sent_through_a_proactive_command() {
+    let mut applet = sim(None, true);
+    open_channel(&mut applet);
+    let r = push(
+        &mut applet,
+        &Packet::CarrierSwitchPerform(Carrier::Verizon)
+            .encode()
+            .expect("encode"),
+    );
+    assert_eq!(sw(&r)[0], 0x91);
+    assert_eq!(applet.carrier(), Carrier::Verizon);
+    assert_eq!(applet.imsi(), "311480000000001");
+    let cmd = fetch_and_respond(&mut applet);
+    let payload = send_data_payload(&cmd).expect("SEND DATA");
+    assert_eq!(
+        Packet::decode(&payload).expect("v1 ACK"),
+        Packet::CarrierSwitchAck {
+            status: AckStatus::Ack,
+            carrier: Carrier::Verizon
+        }
+    );
+}
+
+#[test]
+fn an_unknown_carrier_is_nacked_and_the_carrier_stays() {
+    let mut applet = sim(None, true);
+    open_channel(&mut applet);
+    push(&mut applet, &[0x10, 0x30]);
+    assert_eq!(applet.carrier(), Carrier::AtAndT);
+    let payload = send_data_payload(&fetch_and_respond(&mut applet)).expect("SEND DATA");
+    assert_eq!(
+        Packet::decode(&payload).expect("ack"),
+        Packet::CarrierSwitchAck {
+            status: AckStatus::Nack,
+            carrier: Carrier::AtAndT
+        }
+    );
+}
+
+#[test]
+fn enveloped_switches_are_checked_and_answered_with_the_request_id_signed() {
+    let mut applet = sim(Some(KEY), false);
+    open_channel(&mut applet);
+    let perform = Frame {
+        envelope: Some(Envelope {
+            modem_id: 42,
+            sequence: 1,
+            request_id: Some(0xabc),
+            auth_tag: None,
+        }),
+        packet: Packet::CarrierSwitchPerform(Carrier::TMobile),
+    };
+    // Forged (wrong key) and for another modem: refused, nothing changes.
+    assert_eq!(
+        sw(&push(
+            &mut applet,
+            &perform.encode_signed(b"wrong").expect("sign")
+        )),
+        sw::SECURITY
+    );
+    let mut other = perform.clone();
+    if let Some(e) = other.envelope.as_mut() {
+        e.modem_id = 43;
+    }
+    assert_eq!(
+        sw(&push(&mut applet, &other.encode_signed(KEY).expect("sign"))),
+        sw::SECURITY
+    );
+    assert_eq!(applet.carrier(), Carrier::AtAndT);
+
+    push(&mut applet, &perform.encode_signed(KEY).expect("sign"));
+    assert_eq!(applet.carrier(), Carrier::TMobile);
+    let payload = send_data_payload(&fetch_and_respond(&mut applet)).expect("SEND DATA");
+    let ack = verify(&payload, KEY).expect("signed by the SIM");
+    let env = ack.envelope.expect("enveloped");
+    assert_eq!((env.modem_id, env.request_id), (42, Some(0xabc)));
+    assert_eq!(
+        ack.packet,
+        Packet::CarrierSwitchAck {
+            status: AckStatus::Ack,
+            carrier: Carrier::TMobile
+        }
+    );
+}
+
+#[test]
+fn uplink_packets_go_out_enveloped_and_signed_with_increasing_sequence() {
+    let mut applet = sim(Some(KEY), false);
+    open_channel(&mut applet);
+    // The original system's "iot-data imu 42" packet.
+    let reading =
+        Packet::decode(&hex::decode("000000000157e7503000000000040000002a").expect("hex"))
+            .expect("seed vector");
+    let mut sequences = Vec::new();
+    for _ in 0..3 {
+        push(&mut applet, &reading.encode().expect("encode"));
+        let payload = send_data_payload(&fetch_and_respond(&mut applet)).expect("SEND DATA");
+        let frame = verify(&payload, KEY).expect("signed");
+        assert_eq!(
+            frame.packet, reading,
+            "the reading itself is carried unchanged"
+        );
+        sequences.push(frame.envelope.map(|e| e.sequence));
+    }
+    assert_eq!(sequences, vec![Some(1), Some(2), Some(3)]);
+}
+
+#[test]
+fn fetch_and_terminal_response_follow_the_protocol() {
+    let mut applet = sim(None, true);
+    assert_eq!(
+        sw(&applet.transmit(&[0x80, 0x14, 0x00, 0x00, 0x03, 0x81, 0x01, 0x00])),
+        sw::NOT_ALLOWED,
+        "no command fetched"
+    );
+    let r = applet.transmit(&[0x80, 0x12, 0x00, 0x00, 0x05]);
+    assert_eq!(sw(&r)[0], 0x6C, "Le too small: told the right length");
+    open_channel(&mut applet);
+    assert_eq!(
+        sw(&applet.transmit(&[0x80, 0x12, 0x00, 0x00, 0x00])),
+        sw::NOT_ALLOWED,
+        "nothing pending"
+    );
+}
+
+proptest! {
+    #[test]
+    fn random_apdus_never_panic(apdu in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut applet = sim(Some(KEY), false);
+        let r = applet.transmit(&apdu);
+        prop_assert!(r.len() >= 2);
+    }
+
+    #[test]
+    fn random_pushes_never_panic(packet in proptest::collection::vec(any::<u8>(), 0..250)) {
+        let mut applet = sim(Some(KEY), false);
+        let r = push(&mut applet, &packet);
+        prop_assert!(r.len() >= 2);
+    }
+}

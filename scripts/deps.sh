@@ -4,7 +4,7 @@
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
-APT_PACKAGES=(curl iproute2 procps util-linux python3-pip)
+APT_PACKAGES=(curl iproute2 procps util-linux python3-pip pcscd libpcsclite-dev vsmartcard-vpcd)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 

@@ -19,10 +19,12 @@ export SWITCHYARD_REGISTRY_URL="http://$BROKER_HOST:$REGISTRY_PORT"
 
 # Services in start order. Processors: name=metrics port (serving /metrics and /health).
 SERVICES=(tansu registry gateway)
+FLEET=${SWITCHYARD_FLEET:-3}
 GATEWAY_UDP=${SWITCHYARD_GATEWAY_PORT:-6001}
 GATEWAY_METRICS=9104
 PROCESSORS=(reading-counter=9100 grafana-projector=9101 carrier-state=9102 anomaly-detector=9103)
 for p in "${PROCESSORS[@]}"; do SERVICES+=("${p%%=*}"); done
+SERVICES+=(modems)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -62,7 +64,7 @@ start() { # name, port, workdir, command...
 
 up() {
   mkdir -p "$LOGS" "$PIDS" "$DATA"
-  for bin in switchyard switchyard-registry switchyard-gateway "${PROCESSORS[@]%%=*}"; do
+  for bin in switchyard switchyard-registry switchyard-gateway switchyard-modem "${PROCESSORS[@]%%=*}"; do
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is not built (run: make build)"
   done
   command -v tansu >/dev/null || die "tansu is not installed (run: make deps)"
@@ -105,6 +107,12 @@ up() {
     wait_for "$name" 60 curl -fsS "http://$BROKER_HOST:$port/health"
   done
 
+  say "simulated modems ($FLEET, software SIMs in process)"
+  start modems 0 "$RUN" env RUST_LOG="${RUST_LOG:-info}" "$BIN/switchyard-modem" --sim in-process \
+    --fleet "$FLEET" --gateway "$BROKER_HOST:$GATEWAY_UDP" --rates 1,1,0.2 --status-secs 10
+  sleep 1
+  running modems || die "the modem simulator exited; see $LOGS/modems.log"
+
   status
   cat <<EOM
 
@@ -124,6 +132,7 @@ status() {
       tansu) addr="kafka://$BROKER_HOST:$BROKER_PORT" ;;
       registry) addr="$SWITCHYARD_REGISTRY_URL" ;;
       gateway) addr="udp://$BROKER_HOST:$GATEWAY_UDP" ;;
+      modems) addr="$FLEET modems -> udp://$BROKER_HOST:$GATEWAY_UDP" ;;
       *) addr="http://$BROKER_HOST:$(port_of "$name")/metrics" ;;
     esac
     pid=$(pid_of "$name")

@@ -19,6 +19,7 @@
 //! of a switch). A pending command is announced by the status word `91 xx` (xx = its length).
 
 mod tlv;
+pub mod vpcd;
 
 use std::collections::VecDeque;
 

@@ -1,0 +1,406 @@
+//! The modem simulator: a device as the original system's devices are. Sensors produce
+//! readings; every packet goes through the SIM (pushed with `00 F4`, sent when the SIM's
+//! SEND DATA says so) over one UDP socket to the gateway; a downlink packet from the gateway
+//! is pushed to the SIM, which switches carrier and produces the ACK.
+//!
+//! The SIM is reached through a [`SimLink`]: the software SIM in process, or any card behind
+//! PC/SC (the `pcsc` crate), such as `switchyard-sim` in vpcd's virtual reader.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use switchyard_protocol::{IotData, IotStatus, Packet};
+use switchyard_sim::{send_data_payload, terminal_response_for, Applet};
+use tracing::{debug, info, warn};
+
+/// Something that answers APDUs: a SIM.
+pub trait SimLink: Send {
+    fn transmit(&mut self, apdu: &[u8]) -> anyhow::Result<Vec<u8>>;
+}
+
+/// The software SIM, in this process.
+pub struct InProcess(pub Applet);
+
+impl SimLink for InProcess {
+    fn transmit(&mut self, apdu: &[u8]) -> anyhow::Result<Vec<u8>> {
+        Ok(self.0.transmit(apdu))
+    }
+}
+
+/// A card in a PC/SC reader.
+pub struct PcscCard {
+    card: pcsc::Card,
+}
+
+impl PcscCard {
+    /// Connect (shared) to the first reader whose name contains `reader`.
+    pub fn connect(reader: &str) -> anyhow::Result<Self> {
+        let ctx = pcsc::Context::establish(pcsc::Scope::User)
+            .context("no PC/SC service (is pcscd running?)")?;
+        let readers = ctx.list_readers_owned().context("listing PC/SC readers")?;
+        let name = readers
+            .iter()
+            .find(|r| r.to_string_lossy().contains(reader))
+            .with_context(|| format!("no PC/SC reader named like {reader:?} among {readers:?}"))?;
+        let card = ctx
+            .connect(name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
+            .with_context(|| format!("no card in {name:?}"))?;
+        info!(reader = %name.to_string_lossy(), "SIM connected over PC/SC");
+        Ok(PcscCard { card })
+    }
+}
+
+impl SimLink for PcscCard {
+    fn transmit(&mut self, apdu: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let mut buf = [0u8; pcsc::MAX_BUFFER_SIZE];
+        Ok(self
+            .card
+            .transmit(apdu, &mut buf)
+            .context("PC/SC transmit")?
+            .to_vec())
+    }
+}
+
+/// Fractions of packets to drop, duplicate or delay, each way.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    pub drop: f64,
+    pub duplicate: f64,
+    pub delay: f64,
+    pub delay_by: Duration,
+}
+
+/// A sensor: device id and how often it reads.
+#[derive(Debug, Clone)]
+pub struct Sensor {
+    pub device_id: u32,
+    pub period: Duration,
+    pub next: Instant,
+    phase: f64,
+}
+
+impl Sensor {
+    pub fn new(device_id: u32, rate_hz: f64) -> Self {
+        let period = Duration::from_secs_f64(1.0 / rate_hz.max(0.001));
+        Sensor {
+            device_id,
+            period,
+            next: Instant::now(),
+            phase: 0.0,
+        }
+    }
+
+    /// The original's sensors: 1 imu (a sine), 2 gyro (a wobble), 3 temp (slow drift around 21).
+    fn read(&mut self) -> i32 {
+        self.phase += 0.05;
+        match self.device_id {
+            1 => (1000.0 * self.phase.sin()) as i32,
+            2 => (50.0 * (self.phase * 3.0).sin() + 10.0 * (self.phase * 7.0).cos()) as i32,
+            _ => 21 + (self.phase / 10.0).sin().round() as i32,
+        }
+    }
+}
+
+pub struct Modem<S: SimLink> {
+    sim: S,
+    socket: UdpSocket,
+    gateway: SocketAddr,
+    faults: Faults,
+    rng: u64,
+    delayed: Vec<(Instant, Vec<u8>)>,
+    pub sent: u64,
+    pub received: u64,
+}
+
+fn sw(r: &[u8]) -> [u8; 2] {
+    match r {
+        [.., a, b] => [*a, *b],
+        _ => [0, 0],
+    }
+}
+
+impl<S: SimLink> Modem<S> {
+    pub fn new(sim: S, gateway: SocketAddr, faults: Faults, seed: u64) -> anyhow::Result<Self> {
+        let socket = UdpSocket::bind("0.0.0.0:0").context("binding the modem's UDP socket")?;
+        Ok(Modem {
+            sim,
+            socket,
+            gateway,
+            faults,
+            rng: seed.max(1),
+            delayed: Vec::new(),
+            sent: 0,
+            received: 0,
+        })
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0
+    }
+
+    /// Power on: talk to the SIM until it has no proactive command left (OPEN CHANNEL).
+    pub fn power_on(&mut self) -> anyhow::Result<()> {
+        let r = self
+            .sim
+            .transmit(&[0x00, 0xA4, 0x00, 0x04, 0x02, 0x3F, 0x00])?;
+        self.drain(sw(&r))
+    }
+
+    /// FETCH and perform proactive commands while the SIM announces them (`91 xx`).
+    fn drain(&mut self, mut status: [u8; 2]) -> anyhow::Result<()> {
+        let mut guard = 0;
+        while status[0] == 0x91 {
+            guard += 1;
+            if guard > 64 {
+                bail!("the SIM keeps announcing proactive commands");
+            }
+            let mut r = self.sim.transmit(&[0x80, 0x12, 0x00, 0x00, status[1]])?;
+            if sw(&r)[0] == 0x6C {
+                r = self.sim.transmit(&[0x80, 0x12, 0x00, 0x00, sw(&r)[1]])?;
+            }
+            if sw(&r) != [0x90, 0x00] {
+                bail!("FETCH failed: {:02X?}", sw(&r));
+            }
+            let command = &r[..r.len() - 2];
+            if let Some(payload) = send_data_payload(command) {
+                self.send(&payload)?;
+            }
+            let response = terminal_response_for(command)
+                .context("the SIM sent something that is not a proactive command")?;
+            status = sw(&self.sim.transmit(&response)?);
+        }
+        Ok(())
+    }
+
+    /// Give a packet to the SIM (an uplink reading, or a downlink packet from the network).
+    pub fn push(&mut self, packet: &[u8]) -> anyhow::Result<()> {
+        let len = u8::try_from(packet.len()).context("packet too long for one APDU")?;
+        let mut apdu = vec![0x00, 0xF4, 0x00, 0x00, len];
+        apdu.extend_from_slice(packet);
+        let status = sw(&self.sim.transmit(&apdu)?);
+        match status {
+            [0x90, 0x00] | [0x91, _] => self.drain(status),
+            other => {
+                warn!(sw = ?other, "the SIM refused a packet");
+                Ok(())
+            }
+        }
+    }
+
+    fn send(&mut self, payload: &[u8]) -> anyhow::Result<()> {
+        if self.chance(self.faults.drop) {
+            debug!("fault: uplink dropped");
+            return Ok(());
+        }
+        if self.chance(self.faults.delay) {
+            self.delayed
+                .push((Instant::now() + self.faults.delay_by, payload.to_vec()));
+            return Ok(());
+        }
+        let copies = if self.chance(self.faults.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            self.socket
+                .send_to(payload, self.gateway)
+                .context("UDP send")?;
+            self.sent += 1;
+        }
+        Ok(())
+    }
+
+    /// The IMSI the SIM currently holds (EF IMSI), or empty when disconnected.
+    pub fn read_imsi(&mut self) -> anyhow::Result<String> {
+        self.sim
+            .transmit(&[0x00, 0xA4, 0x00, 0x04, 0x02, 0x6F, 0x07])?;
+        let r = self.sim.transmit(&[0x00, 0xB0, 0x00, 0x00, 0x09])?;
+        let data = &r[..r.len().saturating_sub(2)];
+        Ok(decode_imsi(data))
+    }
+
+    /// Run: readings from `sensors`, a status every `status_every`, downlink as it comes.
+    pub fn run(
+        &mut self,
+        sensors: &mut [Sensor],
+        status_every: Duration,
+        until: Option<Instant>,
+    ) -> anyhow::Result<()> {
+        self.power_on()?;
+        let mut next_status = Instant::now();
+        let mut buf = [0u8; 1500];
+        loop {
+            let now = Instant::now();
+            if until.is_some_and(|u| now >= u) {
+                return Ok(());
+            }
+            let due: Vec<(Instant, Vec<u8>)> =
+                self.delayed.extract_if(.., |(at, _)| *at <= now).collect();
+            for (_, payload) in due {
+                self.socket
+                    .send_to(&payload, self.gateway)
+                    .context("UDP send")?;
+                self.sent += 1;
+            }
+            if now >= next_status {
+                self.push(&Packet::IotStatus(IotStatus::Nominal).encode()?)?;
+                next_status = now + status_every;
+            }
+            for sensor in sensors.iter_mut().filter(|s| s.next <= now) {
+                sensor.next += sensor.period;
+                let value = sensor.read();
+                let micros = chrono::Utc::now().timestamp_micros();
+                let timestamp = chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default();
+                let packet =
+                    Packet::IotData(IotData::with_value(sensor.device_id, timestamp, value))
+                        .encode()?;
+                self.push(&packet)?;
+            }
+            let next_tick = sensors
+                .iter()
+                .map(|s| s.next)
+                .min()
+                .unwrap_or(now + status_every)
+                .min(next_status);
+            let wait = next_tick
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), Duration::from_millis(200));
+            self.socket
+                .set_read_timeout(Some(wait))
+                .context("socket timeout")?;
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, from)) if from == self.gateway => {
+                    self.received += 1;
+                    if self.chance(self.faults.drop) {
+                        debug!("fault: downlink dropped");
+                        continue;
+                    }
+                    let packet = buf[..n].to_vec();
+                    self.push(&packet)?;
+                    if self.chance(self.faults.duplicate) {
+                        self.push(&packet)?;
+                    }
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => warn!(error = %e, "UDP receive failed"),
+            }
+        }
+    }
+}
+
+/// EF IMSI (TS 31.102) back to digits.
+pub fn decode_imsi(ef: &[u8]) -> String {
+    let Some((&len, rest)) = ef.split_first() else {
+        return String::new();
+    };
+    if len == 0xFF || len == 0 {
+        return String::new();
+    }
+    let mut digits = String::new();
+    for (i, b) in rest.iter().take(usize::from(len)).enumerate() {
+        for (j, nibble) in [b & 0x0F, b >> 4].into_iter().enumerate() {
+            if i == 0 && j == 0 {
+                continue; // parity nibble
+            }
+            if nibble <= 9 {
+                digits.push(char::from(b'0' + nibble));
+            }
+        }
+    }
+    digits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_protocol::{AckStatus, Carrier, Frame};
+    use switchyard_sim::SimConfig;
+
+    fn modem(v1: bool) -> (Modem<InProcess>, UdpSocket) {
+        let gateway = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        gateway
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let applet = Applet::new(SimConfig {
+            iccid: "8901260000000000042".into(),
+            modem_id: 42,
+            key: None,
+            v1,
+            carrier: Carrier::AtAndT,
+        });
+        let m = Modem::new(
+            InProcess(applet),
+            gateway.local_addr().expect("addr"),
+            Faults::default(),
+            7,
+        )
+        .expect("modem");
+        (m, gateway)
+    }
+
+    #[test]
+    fn readings_go_through_the_sim_to_the_gateway() {
+        let (mut m, gateway) = modem(false);
+        let mut sensors = vec![Sensor::new(3, 50.0)];
+        m.run(
+            &mut sensors,
+            Duration::from_secs(60),
+            Some(Instant::now() + Duration::from_millis(200)),
+        )
+        .expect("runs");
+        let mut buf = [0u8; 512];
+        let (n, _) = gateway.recv_from(&mut buf).expect("a packet");
+        let status = Frame::decode(&buf[..n]).expect("decodes");
+        assert_eq!(
+            status.envelope.map(|e| e.modem_id),
+            Some(42),
+            "the SIM enveloped it"
+        );
+        assert_eq!(status.packet, Packet::IotStatus(IotStatus::Nominal));
+        let (n, _) = gateway.recv_from(&mut buf).expect("a reading");
+        assert!(
+            matches!(Frame::decode(&buf[..n]).expect("decodes").packet, Packet::IotData(ref d) if d.device_id == 3)
+        );
+    }
+
+    #[test]
+    fn a_perform_from_the_gateway_switches_the_sim_and_the_ack_goes_back() {
+        let (mut m, gateway) = modem(true);
+        m.power_on().expect("power on");
+        m.push(
+            &Packet::CarrierSwitchPerform(Carrier::Verizon)
+                .encode()
+                .expect("encode"),
+        )
+        .expect("push");
+        let mut buf = [0u8; 64];
+        let (n, _) = gateway.recv_from(&mut buf).expect("the ACK");
+        assert_eq!(
+            Packet::decode(&buf[..n]).expect("v1"),
+            Packet::CarrierSwitchAck {
+                status: AckStatus::Ack,
+                carrier: Carrier::Verizon
+            }
+        );
+        assert_eq!(m.read_imsi().expect("imsi"), "311480000000001");
+    }
+
+    #[test]
+    fn imsi_decoding_matches_the_sim() {
+        assert_eq!(
+            decode_imsi(&[0x08, 0x39, 0x01, 0x14, 0, 0, 0, 0, 0x10]),
+            "310410000000001"
+        );
+        assert_eq!(decode_imsi(&[0xFF; 9]), "");
+    }
+}

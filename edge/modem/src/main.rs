@@ -1,0 +1,147 @@
+//! `switchyard-modem`: simulated modems. One modem with its SIM over PC/SC (the real stack,
+//! e.g. `switchyard-sim` in vpcd's reader), or a fleet of modems with in-process SIMs.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use switchyard_modem::{Faults, InProcess, Modem, PcscCard, Sensor};
+use switchyard_protocol::Carrier;
+use switchyard_sim::{Applet, SimConfig};
+use tracing::{error, info};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SimKind {
+    /// A card behind PC/SC (pcscd), e.g. switchyard-sim in vpcd's virtual reader.
+    Pcsc,
+    /// The software SIM inside this process (one per modem in a fleet).
+    InProcess,
+}
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Simulated modems: sensors, SIM, UDP link to the gateway"
+)]
+struct Args {
+    /// The gateway's UDP address.
+    #[arg(long, env = "SWITCHYARD_GATEWAY", default_value = "127.0.0.1:6001")]
+    gateway: SocketAddr,
+    /// Where the SIM is.
+    #[arg(long, env = "SWITCHYARD_SIM", value_enum, default_value = "in-process")]
+    sim: SimKind,
+    /// PC/SC reader name (substring), with --sim pcsc.
+    #[arg(long, env = "SWITCHYARD_READER", default_value = "Virtual PCD 00 00")]
+    reader: String,
+    /// Modems to simulate (in-process SIMs only); ids are --modem-id, +1, +2, …
+    #[arg(long, env = "SWITCHYARD_FLEET", default_value_t = 1)]
+    fleet: u64,
+    /// First modem id (in-process SIMs).
+    #[arg(
+        long,
+        env = "SWITCHYARD_MODEM_ID",
+        default_value_t = 356_938_035_643_809
+    )]
+    modem_id: u64,
+    /// Modem key (hex) for the in-process SIMs; the gateway must know it.
+    #[arg(long, env = "SWITCHYARD_MODEM_KEY")]
+    key: Option<String>,
+    /// In-process SIMs speak v1, like the original devices.
+    #[arg(long, env = "SWITCHYARD_SIM_V1")]
+    v1: bool,
+    /// Sensor rates in Hz: imu,gyro,temp (device ids 1, 2, 3).
+    #[arg(long, env = "SWITCHYARD_RATES", value_delimiter = ',', default_values_t = [1.0, 1.0, 0.2])]
+    rates: Vec<f64>,
+    /// Seconds between status reports.
+    #[arg(long, env = "SWITCHYARD_STATUS_SECS", default_value_t = 10)]
+    status_secs: u64,
+    /// Fractions of packets to drop / duplicate / delay, each way.
+    #[arg(long, default_value_t = 0.0)]
+    drop: f64,
+    #[arg(long, default_value_t = 0.0)]
+    duplicate: f64,
+    #[arg(long, default_value_t = 0.0)]
+    delay: f64,
+    /// How long a delayed packet waits (ms).
+    #[arg(long, default_value_t = 500)]
+    delay_ms: u64,
+    /// Stop after this many seconds (default: run until killed).
+    #[arg(long)]
+    duration_secs: Option<u64>,
+}
+
+fn sensors(rates: &[f64]) -> Vec<Sensor> {
+    rates
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| **r > 0.0)
+        .map(|(i, r)| Sensor::new(i as u32 + 1, *r))
+        .collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    switchyard_telemetry::init_tracing("info");
+    let args = Args::parse();
+    for p in [args.drop, args.duplicate, args.delay] {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("fault fractions are between 0 and 1");
+        }
+    }
+    let faults = Faults {
+        drop: args.drop,
+        duplicate: args.duplicate,
+        delay: args.delay,
+        delay_by: Duration::from_millis(args.delay_ms),
+    };
+    let until = args
+        .duration_secs
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    let status_every = Duration::from_secs(args.status_secs.max(1));
+    match args.sim {
+        SimKind::Pcsc => {
+            if args.fleet != 1 {
+                bail!("--sim pcsc drives one card; use --sim in-process for a fleet");
+            }
+            let card = PcscCard::connect(&args.reader)?;
+            let mut modem = Modem::new(card, args.gateway, faults, 1)?;
+            info!(gateway = %args.gateway, imsi = %modem.read_imsi().unwrap_or_default(), "modem running with its SIM over PC/SC");
+            modem.run(&mut sensors(&args.rates), status_every, until)
+        }
+        SimKind::InProcess => {
+            let key = args
+                .key
+                .as_deref()
+                .map(hex::decode)
+                .transpose()
+                .context("--key must be hex")?;
+            let threads: Vec<_> = (0..args.fleet.max(1))
+                .map(|i| {
+                    let (gateway, rates, key, v1) =
+                        (args.gateway, args.rates.clone(), key.clone(), args.v1);
+                    let modem_id = args.modem_id + i;
+                    std::thread::spawn(move || -> anyhow::Result<()> {
+                        let applet = Applet::new(SimConfig {
+                            iccid: format!("89012600{:011}", modem_id % 100_000_000_000),
+                            modem_id,
+                            key,
+                            v1,
+                            carrier: Carrier::AtAndT,
+                        });
+                        let mut modem = Modem::new(InProcess(applet), gateway, faults, modem_id)?;
+                        modem.run(&mut sensors(&rates), status_every, until)
+                    })
+                })
+                .collect();
+            info!(fleet = threads.len(), gateway = %args.gateway, "modems running with in-process SIMs");
+            for t in threads {
+                match t.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => error!(error = %e, "a modem stopped"),
+                    Err(_) => error!("a modem thread panicked"),
+                }
+            }
+            Ok(())
+        }
+    }
+}

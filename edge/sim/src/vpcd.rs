@@ -123,7 +123,6 @@ mod tests {
         let r = send(&[0x00, 0xA4, 0x00, 0x04, 0x02, 0x2F, 0xE2], true).expect("reply");
         assert_eq!(r[0], 0x91, "OPEN CHANNEL pending after power-on");
         send(&[0x00], false);
-        drop(send);
         drop(reader);
         assert_eq!(
             card.join().expect("card thread"),

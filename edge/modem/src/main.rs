@@ -50,8 +50,9 @@ struct Args {
     /// In-process SIMs speak v1, like the original devices.
     #[arg(long, env = "SWITCHYARD_SIM_V1")]
     v1: bool,
-    /// Sensor rates in Hz: imu,gyro,temp (device ids 1, 2, 3).
-    #[arg(long, env = "SWITCHYARD_RATES", value_delimiter = ',', default_values_t = [1.0, 1.0, 0.2])]
+    /// Sensor rates in Hz: imu,gyro,temp (device ids 1, 2, 3); the original devices' groups
+    /// ran at 100, 10 and 1 Hz. 0 turns a sensor off.
+    #[arg(long, env = "SWITCHYARD_RATES", value_delimiter = ',', default_values_t = [100.0, 10.0, 1.0])]
     rates: Vec<f64>,
     /// Seconds between status reports.
     #[arg(long, env = "SWITCHYARD_STATUS_SECS", default_value_t = 10)]

@@ -43,7 +43,7 @@ use switchyard_registry::RegistryClient;
 use switchyard_schemas::records::{
     CarrierSwitchRequest, DeliveryEvent, DownlinkDelivery, GatewayReject,
 };
-use switchyard_schemas::wire::{split_frame, SchemaCodec};
+use switchyard_schemas::wire::{split_frame, ResolvingReader, SchemaCodec};
 use switchyard_schemas::{value_subject, Catalog, Role};
 use switchyard_telemetry::Health;
 use tokio::net::UdpSocket;
@@ -151,6 +151,7 @@ struct Gateway {
     windows: Mutex<HashMap<u64, ReplayWindow>>,
     downlink: Mutex<Downlink>,
     downlink_sequence: Mutex<HashMap<u64, u32>>,
+    registry: RegistryClient,
     metrics: GatewayMetrics,
 }
 
@@ -264,6 +265,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         addresses: Mutex::new(HashMap::new()),
         windows: Mutex::new(HashMap::new()),
         downlink_sequence: Mutex::new(HashMap::new()),
+        registry,
         metrics,
     });
     health.set_ready(true);
@@ -511,11 +513,39 @@ impl Gateway {
         self.publish(DELIVERY_TOPIC, modem_id, &record);
     }
 
-    async fn take_requests(self: Arc<Self>, consumer: StreamConsumer<TracingContext>) {
-        let (id, codec) = match self.codecs.get(REQUEST_TOPIC) {
-            Some(c) => c.clone(),
-            None => return,
+    /// A switch request from its Confluent-framed bytes: direct when written with the
+    /// catalog schema, resolved to it (writer schema fetched once by id) otherwise.
+    async fn decode_request(
+        &self,
+        payload: Option<&[u8]>,
+        resolvers: &mut HashMap<i32, ResolvingReader>,
+    ) -> Result<CarrierSwitchRequest, String> {
+        let (id, codec) = self
+            .codecs
+            .get(REQUEST_TOPIC)
+            .ok_or("no schema for downstream-request")?;
+        let (writer, body) = split_frame(payload.ok_or("empty record")?)?;
+        if writer == *id {
+            return codec.decode(body);
+        }
+        let resolver = match resolvers.entry(writer) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let text = self
+                    .registry
+                    .schema_by_id(writer)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let writer_codec = SchemaCodec::parse(&text)?;
+                v.insert(ResolvingReader::new(&writer_codec, codec)?)
+            }
         };
+        let value = resolver.read_value(body)?;
+        switchyard_schemas::wire::from_value(&value)
+    }
+
+    async fn take_requests(self: Arc<Self>, consumer: StreamConsumer<TracingContext>) {
+        let mut resolvers = HashMap::new();
         loop {
             let message = match consumer.recv().await {
                 Ok(m) => m,
@@ -526,16 +556,7 @@ impl Gateway {
                     continue;
                 }
             };
-            let request = match message.payload().map(split_frame) {
-                Some(Ok((writer, body))) if writer == id => {
-                    codec.decode::<CarrierSwitchRequest>(body)
-                }
-                Some(Ok((writer, _))) => {
-                    Err(format!("schema id {writer} is not the catalog's ({id})"))
-                }
-                Some(Err(e)) => Err(e),
-                None => Err("empty record".into()),
-            };
+            let request = self.decode_request(message.payload(), &mut resolvers).await;
             match request.and_then(|r| {
                 parse_request_id(&r.request_id)
                     .map(|rid| (r, rid))

@@ -278,17 +278,58 @@ fn with_keys_spoofed_and_replayed_packets_are_rejected_and_do_not_move_the_addre
         "nothing from the spoofer was published"
     );
 
-    // The downlink still goes to the genuine address, signed.
-    stack
-        .produce(
-            "downstream-request",
-            &[(
-                "42".to_string(),
-                request("42", "00000000000000c3", records::Carrier::TMobile),
-                now_us() / 1000,
-            )],
-        )
-        .expect("request");
+    // The downlink still goes to the genuine address, signed. The request is written with a
+    // newer, compatible version of the schema (an extra optional field): the gateway resolves it.
+    let catalog = switchyard_schemas::Catalog::embedded().expect("catalog");
+    let mut evolved: serde_json::Value =
+        serde_json::from_str(catalog.value_schema("downstream-request").expect("schema"))
+            .expect("json");
+    evolved["fields"]
+        .as_array_mut()
+        .expect("fields")
+        .push(serde_json::json!({"name": "priority", "type": ["null", "int"], "default": null}));
+    let evolved = evolved.to_string();
+    let (status, body) = switchyard_testkit::http_json(
+        stack.registry.addr,
+        "POST",
+        "/subjects/downstream-request-value/versions",
+        &serde_json::json!({ "schema": evolved }).to_string(),
+    )
+    .expect("register");
+    assert_eq!(status, 200, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).expect("json")["id"]
+        .as_i64()
+        .expect("id") as i32;
+    #[derive(serde::Serialize)]
+    struct RequestV2 {
+        request_id: String,
+        modem_id: String,
+        carrier: records::Carrier,
+        requested_at: i64,
+        deadline: i64,
+        requested_by: Option<String>,
+        priority: Option<i32>,
+    }
+    let r = request("42", "00000000000000c3", records::Carrier::TMobile);
+    let v2 = RequestV2 {
+        request_id: r.request_id,
+        modem_id: r.modem_id,
+        carrier: r.carrier,
+        requested_at: r.requested_at,
+        deadline: r.deadline,
+        requested_by: r.requested_by,
+        priority: Some(1),
+    };
+    let payload = switchyard_schemas::wire::SchemaCodec::parse(&evolved)
+        .expect("codec")
+        .encode(id, &v2)
+        .expect("encode");
+    switchyard_testkit::kafka::produce(
+        &stack.broker.bootstrap(),
+        "downstream-request",
+        &[("42".to_string(), payload, now_us() / 1000)],
+    )
+    .expect("request");
     let mut buf = [0u8; 512];
     let (n, _) = genuine
         .recv_from(&mut buf)

@@ -9,7 +9,7 @@ mod topics_doc;
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -22,26 +22,7 @@ struct Cli {
     command: Command,
 }
 
-/// Where the broker and the registry are.
-#[derive(Args, Clone, Debug)]
-pub struct Endpoints {
-    /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        env = "SWITCHYARD_BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:9092",
-        global = true
-    )]
-    pub bootstrap_servers: String,
-    /// Schema registry URL.
-    #[arg(
-        long,
-        env = "SWITCHYARD_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081",
-        global = true
-    )]
-    pub registry_url: String,
-}
+pub use switchyard_kafka::Endpoints;
 
 #[derive(Subcommand)]
 enum Command {

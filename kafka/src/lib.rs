@@ -6,6 +6,37 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::error;
 
+/// Where the broker and the schema registry are: the two flags every Switchyard binary that
+/// talks to Kafka takes (`#[command(flatten)]`), each with its `SWITCHYARD_*` variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Endpoints {
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        env = "SWITCHYARD_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    pub bootstrap_servers: String,
+    /// Schema registry URL.
+    #[arg(
+        long,
+        env = "SWITCHYARD_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081",
+        global = true
+    )]
+    pub registry_url: String,
+}
+
+impl Endpoints {
+    pub fn new(bootstrap_servers: &str, registry_url: &str) -> Self {
+        Endpoints {
+            bootstrap_servers: bootstrap_servers.to_string(),
+            registry_url: registry_url.to_string(),
+        }
+    }
+}
+
 /// A client context that reports librdkafka's errors through `tracing`, except the
 /// end-of-partition notices a consumer asks for with `enable.partition.eof` (which
 /// librdkafka also raises as "global errors"): those are events, not failures.

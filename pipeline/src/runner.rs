@@ -34,7 +34,7 @@ use schema_registry_converter::async_impl::schema_registry::{
     get_schema_by_id, post_schema, SrSettings,
 };
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
-use switchyard_kafka::is_partition_eof;
+use switchyard_kafka::{is_partition_eof, Endpoints};
 use switchyard_schemas::wire::SchemaCodec;
 use switchyard_schemas::{value_subject, Catalog};
 use switchyard_telemetry::{shutdown_signal, Health};
@@ -61,20 +61,8 @@ const JOIN_WATCHDOG_MAX: Duration = Duration::from_secs(600);
 /// Runner settings; processors `#[command(flatten)]` this into their CLI.
 #[derive(Debug, Clone, Args)]
 pub struct RunnerConfig {
-    /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        env = "SWITCHYARD_BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    pub bootstrap_servers: String,
-    /// Schema registry URL.
-    #[arg(
-        long,
-        env = "SWITCHYARD_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    pub registry_url: String,
+    #[command(flatten)]
+    pub endpoints: Endpoints,
     /// Serve /metrics and /health here.
     #[arg(long, env = "SWITCHYARD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -100,8 +88,7 @@ pub struct RunnerConfig {
 impl RunnerConfig {
     pub fn new(bootstrap_servers: &str, registry_url: &str) -> Self {
         RunnerConfig {
-            bootstrap_servers: bootstrap_servers.to_string(),
-            registry_url: registry_url.to_string(),
+            endpoints: Endpoints::new(bootstrap_servers, registry_url),
             metrics_listen: None,
             commit_interval_ms: 200,
             max_batch: 5000,
@@ -157,7 +144,7 @@ pub async fn run_until<P: Processor>(
     tokio::pin!(shutdown);
 
     // Schemas: the catalog's, registered (idempotent) so outputs carry their ids.
-    let sr = SrSettings::new(config.registry_url.clone());
+    let sr = SrSettings::new(config.endpoints.registry_url.clone());
     let topics: Vec<(String, bool)> = engine
         .topology()
         .input_topics()
@@ -195,7 +182,7 @@ pub async fn run_until<P: Processor>(
         owned: Mutex::new(BTreeSet::new()),
     };
     let consumer: StreamConsumer<RunnerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
         .set("group.id", &name)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -217,7 +204,7 @@ pub async fn run_until<P: Processor>(
         .create_with_context(context)?;
     let mut producer_config = ClientConfig::new();
     producer_config
-        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
@@ -304,7 +291,7 @@ async fn check_topics<P: Processor>(
     topics: &[(String, bool)],
 ) -> Result<i32, RunnerError> {
     let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
         .create()?;
     let mut wanted: Vec<(String, bool)> = topics.to_vec();
     wanted.push((engine.topology().dead_letter_topic(), false));
@@ -346,7 +333,7 @@ async fn create_changelogs<P: Processor>(
         return Ok(());
     }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
         .create()?;
     let names: Vec<String> = stores
         .iter()
@@ -727,7 +714,7 @@ impl<P: Processor> Runner<P> {
         for store in self.engine.topology().store_names().to_vec() {
             let topic = self.engine.topology().changelog_topic(&store);
             let started = Instant::now();
-            let bootstrap = self.config.bootstrap_servers.clone();
+            let bootstrap = self.config.endpoints.bootstrap_servers.clone();
             let topic_for_read = topic.clone();
             let records = tokio::task::spawn_blocking(move || {
                 read_partition(&bootstrap, &topic_for_read, partition)

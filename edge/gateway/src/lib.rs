@@ -36,7 +36,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
-use switchyard_kafka::{is_partition_eof, TracingContext};
+use switchyard_kafka::{is_partition_eof, Endpoints, TracingContext};
 use switchyard_protocol::json::parse_request_id;
 use switchyard_protocol::{verify, AuthError, Envelope, Frame, Packet};
 use switchyard_registry::RegistryClient;
@@ -67,20 +67,8 @@ pub struct GatewayConfig {
         default_value = "0.0.0.0:6001"
     )]
     pub listen: SocketAddr,
-    /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        env = "SWITCHYARD_BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:9092"
-    )]
-    pub bootstrap_servers: String,
-    /// Schema registry URL.
-    #[arg(
-        long,
-        env = "SWITCHYARD_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    pub registry_url: String,
+    #[command(flatten)]
+    pub endpoints: Endpoints,
     /// Serve /metrics and /health here.
     #[arg(
         long,
@@ -192,7 +180,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         ]
         .map(String::from),
     );
-    let registry = RegistryClient::new(&config.registry_url);
+    let registry = RegistryClient::new(&config.endpoints.registry_url);
     let mut codecs = HashMap::new();
     for topic in topics {
         let text = catalog
@@ -221,7 +209,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     }
 
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
@@ -233,7 +221,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         .create()
         .context("creating the producer")?;
     let consumer: StreamConsumer<TracingContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
         .set("group.id", "switchyard-gateway")
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")

@@ -203,6 +203,17 @@ impl Broker {
         self.wait_ready()
     }
 
+    /// Kill the broker (SIGKILL) and leave it down until [`Broker::start_again`].
+    pub fn stop(&mut self) {
+        self.service.kill();
+    }
+
+    /// Start a stopped broker again on the same port and data.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.service = Self::spawn_in(self.dir.path(), self.addr)?;
+        self.wait_ready()
+    }
+
     pub fn log_text(&self) -> String {
         self.service.log_text()
     }

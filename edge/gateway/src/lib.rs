@@ -580,6 +580,11 @@ impl Gateway {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tick.tick().await;
+            self.metrics
+                .buffered
+                .set(i64::from(rdkafka::producer::Producer::in_flight_count(
+                    &self.producer,
+                )));
             let book = self.addresses.lock().map(|b| b.clone()).unwrap_or_default();
             let actions = self
                 .downlink

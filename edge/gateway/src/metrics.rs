@@ -14,6 +14,7 @@ pub struct GatewayMetrics {
     pub downlink_retries: IntCounter,
     pub undeliverable: IntCounterVec,
     pub known_modems: IntGauge,
+    pub buffered: IntGauge,
 }
 
 impl GatewayMetrics {
@@ -73,6 +74,10 @@ impl GatewayMetrics {
             known_modems: reg!(IntGauge::new(
                 "known_modems",
                 "Modems in the address book."
+            )?),
+            buffered: reg!(IntGauge::new(
+                "buffered_records",
+                "Records handed to the producer and not yet acknowledged by the broker."
             )?),
             registry,
         })

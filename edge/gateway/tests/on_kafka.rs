@@ -341,3 +341,119 @@ fn with_keys_spoofed_and_replayed_packets_are_rejected_and_do_not_move_the_addre
         "the spoofer's address was never learned"
     );
 }
+
+/// One temperature reading whose value numbers it.
+fn numbered_reading(n: i32) -> Vec<u8> {
+    let at = chrono::DateTime::from_timestamp_micros(1_700_000_000_000_000 + i64::from(n))
+        .expect("timestamp");
+    envelope(
+        7,
+        n as u32,
+        None,
+        Packet::IotData(switchyard_protocol::IotData::with_value(3, at, n)),
+    )
+    .encode()
+    .expect("encode")
+}
+
+#[test]
+fn while_the_broker_is_down_packets_wait_in_the_bounded_buffer_and_overflow_is_counted() {
+    const BUFFER: i32 = 40;
+    let mut stack = Stack::start().expect("stack");
+    let udp: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
+    let (mut gateway, metrics) = stack
+        .start_processor(
+            "switchyard-gateway",
+            "gateway",
+            &[
+                ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
+                ("SWITCHYARD_GATEWAY_BUFFER", BUFFER.to_string()),
+            ],
+        )
+        .expect("gateway healthy");
+    let device = client();
+    let metric = |name: &str| {
+        switchyard_testkit::metric_sum(
+            &switchyard_testkit::http_get_text(metrics, "/metrics").unwrap_or_default(),
+            name,
+        )
+    };
+
+    for n in 0..10 {
+        device.send_to(&numbered_reading(n), udp).expect("send");
+    }
+    assert_eq!(
+        stack
+            .consume::<SensorReading>("temp", 10, WAIT)
+            .expect("temp")
+            .len(),
+        10
+    );
+
+    // Broker down: 100 more packets, more than the buffer holds.
+    stack.broker.stop();
+    for n in 10..110 {
+        device.send_to(&numbered_reading(n), udp).expect("send");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    switchyard_testkit::wait_for("100 packets counted", WAIT, || {
+        metric("switchyard_gateway_packets_total") >= 110.0
+    })
+    .expect("the gateway kept receiving");
+    let dropped = metric("switchyard_gateway_backpressure_total");
+    let buffered = metric("switchyard_gateway_buffered_records");
+    assert!(
+        dropped >= f64::from(100 - BUFFER),
+        "the buffer is bounded: {dropped} dropped"
+    );
+    assert!(
+        buffered > 0.0 && buffered <= f64::from(BUFFER),
+        "{buffered}"
+    );
+    assert!(gateway.is_running(), "the gateway survives the outage");
+    assert_eq!(
+        switchyard_testkit::http_get_status(metrics, "/health").ok(),
+        Some(200)
+    );
+
+    // Broker back: everything that was buffered arrives, by itself, and nothing else is lost.
+    stack.broker.start_again().expect("broker back");
+    let expected = 110 - dropped as usize;
+    switchyard_testkit::wait_for("the buffered readings", WAIT, || {
+        stack
+            .consume::<SensorReading>("temp", expected, Duration::from_secs(5))
+            .map(|rs| rs.len() >= expected)
+            .unwrap_or(false)
+    })
+    .expect("buffered records delivered");
+    // Read past the expected count: no record more than the accepted ones.
+    let mut values: Vec<i32> = stack
+        .consume::<SensorReading>("temp", expected + 10, Duration::from_secs(5))
+        .expect("temp")
+        .iter()
+        .filter_map(|r| r.value.value)
+        .collect();
+    assert_eq!(values.len(), expected, "no reading lost or duplicated");
+    values.sort_unstable();
+    values.dedup();
+    assert_eq!(values.len(), expected, "each accepted reading exactly once");
+    assert!(
+        (0..10).all(|n| values.contains(&n)),
+        "the readings from before the outage are intact"
+    );
+    assert_eq!(metric("switchyard_gateway_produce_failures_total"), 0.0);
+    switchyard_testkit::wait_for("the buffer to drain", WAIT, || {
+        metric("switchyard_gateway_buffered_records") == 0.0
+    })
+    .expect("drained");
+
+    // And the gateway keeps working after the outage.
+    device.send_to(&numbered_reading(1000), udp).expect("send");
+    switchyard_testkit::wait_for("a reading after the outage", WAIT, || {
+        stack
+            .consume::<SensorReading>("temp", expected + 1, Duration::from_secs(5))
+            .map(|rs| rs.iter().any(|r| r.value.value == Some(1000)))
+            .unwrap_or(false)
+    })
+    .expect("post-outage reading");
+}

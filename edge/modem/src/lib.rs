@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use switchyard_protocol::{IotData, IotStatus, Packet};
-use switchyard_sim::{send_data_payload, terminal_response_for, Applet};
+use switchyard_sim::{
+    data_available_envelope, receive_data_length, receive_data_response, send_data_payload,
+    terminal_response_for, Applet,
+};
 use tracing::{debug, info, warn};
 
 /// Something that answers APDUs: a SIM.
@@ -71,34 +74,92 @@ pub struct Faults {
     pub delay_by: Duration,
 }
 
-/// A sensor: device id and how often it reads.
+/// The span a sensor's values move in, inclusive: `MIN:MAX` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueRange {
+    pub min: i32,
+    pub max: i32,
+}
+
+impl ValueRange {
+    /// The original devices' spans: imu -1000..1000, gyro -60..60, temp 20..22 (°C).
+    pub fn default_for(device_id: u32) -> ValueRange {
+        match device_id {
+            1 => ValueRange {
+                min: -1000,
+                max: 1000,
+            },
+            2 => ValueRange { min: -60, max: 60 },
+            _ => ValueRange { min: 20, max: 22 },
+        }
+    }
+}
+
+impl std::str::FromStr for ValueRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (min, max) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected MIN:MAX, e.g. -60:60"))?;
+        let parse = |v: &str| {
+            v.trim()
+                .parse::<i32>()
+                .map_err(|e| format!("{s:?}: {v:?} is not a whole number ({e})"))
+        };
+        let (min, max) = (parse(min)?, parse(max)?);
+        if min > max {
+            return Err(format!("{s:?}: MIN is above MAX"));
+        }
+        Ok(ValueRange { min, max })
+    }
+}
+
+impl std::fmt::Display for ValueRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.min, self.max)
+    }
+}
+
+/// A sensor: device id, how often it reads, and the span its values move in.
 #[derive(Debug, Clone)]
 pub struct Sensor {
     pub device_id: u32,
     pub period: Duration,
     pub next: Instant,
+    pub range: ValueRange,
     phase: f64,
 }
 
 impl Sensor {
+    /// A sensor with the original devices' value span for its device id.
     pub fn new(device_id: u32, rate_hz: f64) -> Self {
+        Self::with_range(device_id, rate_hz, ValueRange::default_for(device_id))
+    }
+
+    pub fn with_range(device_id: u32, rate_hz: f64, range: ValueRange) -> Self {
         let period = Duration::from_secs_f64(1.0 / rate_hz.max(0.001));
         Sensor {
             device_id,
             period,
             next: Instant::now(),
+            range,
             phase: 0.0,
         }
     }
 
-    /// The original's sensors: 1 imu (a sine), 2 gyro (a wobble), 3 temp (slow drift around 21).
-    fn read(&mut self) -> i32 {
+    /// The original's signal shapes, scaled into the range: 1 imu a sine, 2 gyro a wobble,
+    /// 3 temp (and any other) a slow drift.
+    pub fn read(&mut self) -> i32 {
         self.phase += 0.05;
-        match self.device_id {
-            1 => (1000.0 * self.phase.sin()) as i32,
-            2 => (50.0 * (self.phase * 3.0).sin() + 10.0 * (self.phase * 7.0).cos()) as i32,
-            _ => 21 + (self.phase / 10.0).sin().round() as i32,
-        }
+        let shape = match self.device_id {
+            1 => self.phase.sin(),
+            2 => (5.0 * (self.phase * 3.0).sin() + (self.phase * 7.0).cos()) / 6.0,
+            _ => (self.phase / 10.0).sin(),
+        };
+        let (min, max) = (f64::from(self.range.min), f64::from(self.range.max));
+        let value = (min + max) / 2.0 + shape * (max - min) / 2.0;
+        value.round().clamp(min, max) as i32
     }
 }
 
@@ -109,6 +170,8 @@ pub struct Modem<S: SimLink> {
     faults: Faults,
     rng: u64,
     delayed: Vec<(Instant, Vec<u8>)>,
+    /// Bytes received from the network that the SIM has not asked for yet (BIP channel).
+    channel: std::collections::VecDeque<Vec<u8>>,
     pub sent: u64,
     pub received: u64,
 }
@@ -130,6 +193,7 @@ impl<S: SimLink> Modem<S> {
             faults,
             rng: seed.max(1),
             delayed: Vec::new(),
+            channel: std::collections::VecDeque::new(),
             sent: 0,
             received: 0,
         })
@@ -169,14 +233,39 @@ impl<S: SimLink> Modem<S> {
             if let Some(payload) = send_data_payload(command) {
                 self.send(&payload)?;
             }
-            let response = terminal_response_for(command)
-                .context("the SIM sent something that is not a proactive command")?;
+            let response = match receive_data_length(command) {
+                // RECEIVE DATA: hand over what the channel holds.
+                Some(_) => {
+                    let bytes = self.channel.pop_front().unwrap_or_default();
+                    receive_data_response(command, &bytes)
+                }
+                None => terminal_response_for(command),
+            }
+            .context("the SIM sent something that is not a proactive command")?;
             status = sw(&self.sim.transmit(&response)?);
         }
         Ok(())
     }
 
-    /// Give a packet to the SIM (an uplink reading, or a downlink packet from the network).
+    /// A packet from the network, handed to the SIM the ETSI way (TS 102 223 BIP): the
+    /// bytes wait in the channel buffer, an ENVELOPE announces them (event download, data
+    /// available), the SIM asks for them with RECEIVE DATA, and answers (the ACK) with SEND DATA.
+    pub fn deliver(&mut self, packet: &[u8]) -> anyhow::Result<()> {
+        self.channel.push_back(packet.to_vec());
+        let status = sw(&self.sim.transmit(&data_available_envelope(packet.len()))?);
+        let result = match status {
+            [0x90, 0x00] | [0x91, _] => self.drain(status),
+            other => {
+                warn!(sw = ?other, "the SIM refused the data-available event");
+                Ok(())
+            }
+        };
+        self.channel.clear();
+        result
+    }
+
+    /// Give a packet to the SIM with the original system's push command (`00 F4`): an
+    /// uplink reading to sign and send, or (as the original modems did) a downlink packet.
     pub fn push(&mut self, packet: &[u8]) -> anyhow::Result<()> {
         let len = u8::try_from(packet.len()).context("packet too long for one APDU")?;
         let mut apdu = vec![0x00, 0xF4, 0x00, 0x00, len];
@@ -281,9 +370,9 @@ impl<S: SimLink> Modem<S> {
                         continue;
                     }
                     let packet = buf[..n].to_vec();
-                    self.push(&packet)?;
+                    self.deliver(&packet)?;
                     if self.chance(self.faults.duplicate) {
-                        self.push(&packet)?;
+                        self.deliver(&packet)?;
                     }
                 }
                 Ok(_) => {}
@@ -322,6 +411,45 @@ pub fn decode_imsi(ef: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sensor_values_stay_in_their_configured_range_and_cover_it() {
+        for (device, range) in [(1, "-1000:1000"), (2, "-60:60"), (3, "20:22"), (3, "-5:-5")] {
+            let range: ValueRange = range.parse().expect("range");
+            let mut sensor = Sensor::with_range(device, 10.0, range);
+            let values: Vec<i32> = (0..5_000).map(|_| sensor.read()).collect();
+            let (lo, hi) = (
+                *values.iter().min().expect("values"),
+                *values.iter().max().expect("values"),
+            );
+            assert!(
+                lo >= range.min && hi <= range.max,
+                "{device} {range}: {lo}..{hi}"
+            );
+            let span = i64::from(range.max) - i64::from(range.min);
+            assert!(
+                i64::from(hi) - i64::from(lo) >= span * 8 / 10,
+                "{device} {range}: only {lo}..{hi} used"
+            );
+        }
+        assert_eq!(
+            Sensor::new(2, 1.0).range,
+            ValueRange { min: -60, max: 60 },
+            "defaults are the original devices' spans"
+        );
+    }
+
+    #[test]
+    fn value_ranges_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            "-3:7".parse::<ValueRange>(),
+            Ok(ValueRange { min: -3, max: 7 })
+        );
+        for bad in ["7", "a:3", "5:1", "1:99999999999"] {
+            let err = bad.parse::<ValueRange>().expect_err(bad);
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
     use super::*;
     use switchyard_protocol::{AckStatus, Carrier, Frame};
     use switchyard_sim::SimConfig;
@@ -377,22 +505,31 @@ mod tests {
     fn a_perform_from_the_gateway_switches_the_sim_and_the_ack_goes_back() {
         let (mut m, gateway) = modem(true);
         m.power_on().expect("power on");
-        m.push(
-            &Packet::CarrierSwitchPerform(Carrier::Verizon)
-                .encode()
-                .expect("encode"),
-        )
-        .expect("push");
         let mut buf = [0u8; 64];
-        let (n, _) = gateway.recv_from(&mut buf).expect("the ACK");
-        assert_eq!(
-            Packet::decode(&buf[..n]).expect("v1"),
-            Packet::CarrierSwitchAck {
-                status: AckStatus::Ack,
-                carrier: Carrier::Verizon
+        // The ETSI path (ENVELOPE data available, RECEIVE DATA) the simulator uses, then the
+        // original system's push command: both reach the applet.
+        for (carrier, via_push) in [(Carrier::Verizon, false), (Carrier::TMobile, true)] {
+            let perform = Packet::CarrierSwitchPerform(carrier)
+                .encode()
+                .expect("encode");
+            if via_push {
+                m.push(&perform).expect("push");
+            } else {
+                m.deliver(&perform).expect("deliver");
             }
-        );
-        assert_eq!(m.read_imsi().expect("imsi"), "311480000000001");
+            let (n, _) = gateway.recv_from(&mut buf).expect("the ACK");
+            assert_eq!(
+                Packet::decode(&buf[..n]).expect("v1"),
+                Packet::CarrierSwitchAck {
+                    status: AckStatus::Ack,
+                    carrier
+                }
+            );
+            assert_eq!(
+                m.read_imsi().expect("imsi"),
+                switchyard_sim::profile(carrier).imsi
+            );
+        }
     }
 
     #[test]

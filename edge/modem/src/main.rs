@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use switchyard_modem::{Faults, InProcess, Modem, PcscCard, Sensor};
+use switchyard_modem::{Faults, InProcess, Modem, PcscCard, Sensor, ValueRange};
 use switchyard_protocol::Carrier;
 use switchyard_sim::{Applet, SimConfig};
 use tracing::{error, info};
@@ -54,6 +54,10 @@ struct Args {
     /// ran at 100, 10 and 1 Hz. 0 turns a sensor off.
     #[arg(long, env = "SWITCHYARD_RATES", value_delimiter = ',', default_values_t = [100.0, 10.0, 1.0])]
     rates: Vec<f64>,
+    /// Sensor value spans, MIN:MAX each: imu,gyro,temp.
+    #[arg(long, env = "SWITCHYARD_RANGES", value_delimiter = ',', allow_hyphen_values = true,
+          default_values_t = [ValueRange::default_for(1), ValueRange::default_for(2), ValueRange::default_for(3)])]
+    ranges: Vec<ValueRange>,
     /// Seconds between status reports.
     #[arg(long, env = "SWITCHYARD_STATUS_SECS", default_value_t = 10)]
     status_secs: u64,
@@ -72,12 +76,19 @@ struct Args {
     duration_secs: Option<u64>,
 }
 
-fn sensors(rates: &[f64]) -> Vec<Sensor> {
+fn sensors(rates: &[f64], ranges: &[ValueRange]) -> Vec<Sensor> {
     rates
         .iter()
         .enumerate()
         .filter(|(_, r)| **r > 0.0)
-        .map(|(i, r)| Sensor::new(i as u32 + 1, *r))
+        .map(|(i, r)| {
+            let device_id = i as u32 + 1;
+            let range = ranges
+                .get(i)
+                .copied()
+                .unwrap_or_else(|| ValueRange::default_for(device_id));
+            Sensor::with_range(device_id, *r, range)
+        })
         .collect()
 }
 
@@ -107,7 +118,7 @@ fn main() -> anyhow::Result<()> {
             let card = PcscCard::connect(&args.reader)?;
             let mut modem = Modem::new(card, args.gateway, faults, 1)?;
             info!(gateway = %args.gateway, imsi = %modem.read_imsi().unwrap_or_default(), "modem running with its SIM over PC/SC");
-            modem.run(&mut sensors(&args.rates), status_every, until)
+            modem.run(&mut sensors(&args.rates, &args.ranges), status_every, until)
         }
         SimKind::InProcess => {
             let key = args
@@ -118,8 +129,13 @@ fn main() -> anyhow::Result<()> {
                 .context("--key must be hex")?;
             let threads: Vec<_> = (0..args.fleet.max(1))
                 .map(|i| {
-                    let (gateway, rates, key, v1) =
-                        (args.gateway, args.rates.clone(), key.clone(), args.v1);
+                    let (gateway, rates, ranges, key, v1) = (
+                        args.gateway,
+                        args.rates.clone(),
+                        args.ranges.clone(),
+                        key.clone(),
+                        args.v1,
+                    );
                     let modem_id = args.modem_id + i;
                     std::thread::spawn(move || -> anyhow::Result<()> {
                         let applet = Applet::new(SimConfig {
@@ -130,7 +146,7 @@ fn main() -> anyhow::Result<()> {
                             carrier: Carrier::AtAndT,
                         });
                         let mut modem = Modem::new(InProcess(applet), gateway, faults, modem_id)?;
-                        modem.run(&mut sensors(&rates), status_every, until)
+                        modem.run(&mut sensors(&rates, &ranges), status_every, until)
                     })
                 })
                 .collect();

@@ -13,10 +13,15 @@
 //! | `00 F4 00 00 Lc packet` | push a packet (the original system's command): a Carrier Switch Perform from the network, or an IoT packet from the modem to send |
 //! | `80 12 00 00 Le` (or the original's `00 F3 00 00 Le`) | FETCH the pending proactive command |
 //! | `80 14 00 00 Lc TLVs` | TERMINAL RESPONSE to the fetched command |
+//! | `80 C2 00 00 Lc D6…` | ENVELOPE (event download): "data available" on the channel |
 //!
 //! Proactive commands (ETSI TS 102 223, BER-TLV `D0`): OPEN CHANNEL after power-on, then a
 //! SEND DATA for each packet the modem must send (the signed uplink envelope, or the ACK
-//! of a switch). A pending command is announced by the status word `91 xx` (xx = its length).
+//! of a switch). Downlink follows TS 102 223's BIP flow: the terminal announces received
+//! bytes with an ENVELOPE (event download, data available), the SIM answers with RECEIVE
+//! DATA, and the terminal's TERMINAL RESPONSE carries the bytes (the original system's push
+//! command still works too). A pending command is announced by the status word `91 xx`
+//! (xx = its length).
 
 mod tlv;
 pub mod vpcd;
@@ -31,6 +36,13 @@ use switchyard_protocol::{
 pub const ATR: &[u8] = &[
     0x3B, 0x8A, 0x80, 0x01, b'S', b'W', b'I', b'T', b'C', b'H', b'Y', b'A', b'R', b'D', 0x14,
 ];
+
+const KIND_OPEN_CHANNEL: u8 = 0x40;
+const KIND_RECEIVE_DATA: u8 = 0x42;
+const KIND_SEND_DATA: u8 = 0x43;
+const TAG_CHANNEL_DATA: u8 = 0x36;
+const TAG_CHANNEL_DATA_LENGTH: u8 = 0x37;
+const EVENT_DATA_AVAILABLE: u8 = 0x09;
 
 const FID_MF: u16 = 0x3F00;
 const FID_ICCID: u16 = 0x2FE2;
@@ -137,7 +149,7 @@ impl Applet {
         self.pending.clear();
         self.awaiting_response = false;
         self.channel_open = false;
-        let cmd = self.command(0x40, 0x01, |body| {
+        let cmd = self.command(KIND_OPEN_CHANNEL, 0x01, |body| {
             tlv::push(body, 0x82, &[0x81, 0x82]);
             tlv::push(body, 0x35, &[0x02, 0x03, 0x04, 0x03, 0x04, 0x1F, 0x02]);
             tlv::push(body, 0x39, &[0x05, 0xDC]);
@@ -178,6 +190,7 @@ impl Applet {
             (0x00, 0xF4) => (Vec::new(), self.push(data)),
             (0x80, 0x12) | (0x00, 0xF3) => self.fetch(le),
             (0x80, 0x14) => (Vec::new(), self.terminal_response(data)),
+            (0x80, 0xC2) => (Vec::new(), self.envelope(data)),
             (0x00 | 0x80, _) => (Vec::new(), sw::BAD_INS),
             _ => (Vec::new(), sw::BAD_CLA),
         };
@@ -298,7 +311,7 @@ impl Applet {
         let Ok(bytes) = bytes else {
             return sw::BAD_DATA;
         };
-        let cmd = self.command(0x43, 0x01, |body| {
+        let cmd = self.command(KIND_SEND_DATA, 0x01, |body| {
             tlv::push(body, 0x82, &[0x81, 0x21]);
             tlv::push(body, 0xB6, &bytes);
         });
@@ -346,13 +359,65 @@ impl Applet {
         if details.is_none() || details != fetched.get(4..7) {
             return sw::BAD_DATA;
         }
-        if let Some((_, result)) = tlvs.iter().find(|(t, _)| *t & 0x7F == 0x03) {
-            if fetched.get(5) == Some(&0x40) && result.first() == Some(&0x00) {
-                self.channel_open = true;
+        let performed = tlvs
+            .iter()
+            .find(|(t, _)| *t & 0x7F == 0x03)
+            .is_some_and(|(_, result)| result.first() == Some(&0x00));
+        let received = match fetched.get(5) {
+            Some(&KIND_OPEN_CHANNEL) => {
+                self.channel_open |= performed;
+                None
             }
-        }
+            Some(&KIND_RECEIVE_DATA) if performed => tlvs
+                .iter()
+                .find(|(t, _)| *t & 0x7F == TAG_CHANNEL_DATA)
+                .map(|(_, v)| v.to_vec()),
+            _ => None,
+        };
         self.pending.pop_front();
         self.awaiting_response = false;
+        match received {
+            // The bytes a RECEIVE DATA asked for: a packet from the network.
+            Some(packet) => self.push(&packet),
+            None => sw::OK,
+        }
+    }
+
+    /// ENVELOPE: an event download (`D6`). "Data available" (event 09) with a channel data
+    /// length (`37`) above zero makes the SIM ask for the bytes with RECEIVE DATA; other
+    /// events are acknowledged and ignored.
+    fn envelope(&mut self, data: &[u8]) -> [u8; 2] {
+        let Some(outer) = tlv::parse(data) else {
+            return sw::BAD_DATA;
+        };
+        let Some((0xD6, body)) = outer.first().copied() else {
+            return sw::BAD_DATA;
+        };
+        let Some(inner) = tlv::parse(body) else {
+            return sw::BAD_DATA;
+        };
+        let data_available = inner
+            .iter()
+            .any(|(t, v)| *t & 0x7F == 0x19 && v.contains(&EVENT_DATA_AVAILABLE));
+        if !data_available {
+            return sw::OK;
+        }
+        if !self.channel_open {
+            return sw::NOT_ALLOWED;
+        }
+        let available = inner
+            .iter()
+            .find(|(t, _)| *t & 0x7F == TAG_CHANNEL_DATA_LENGTH)
+            .and_then(|(_, v)| v.first().copied())
+            .unwrap_or(0);
+        if available == 0 {
+            return sw::OK;
+        }
+        let cmd = self.command(KIND_RECEIVE_DATA, 0x00, |body| {
+            tlv::push(body, 0x82, &[0x81, 0x21]);
+            tlv::push(body, 0xB7, &[available]);
+        });
+        self.pending.push_back(cmd);
         sw::OK
     }
 
@@ -405,13 +470,64 @@ pub fn send_data_payload(command: &[u8]) -> Option<Vec<u8>> {
     }
     let inner = tlv::parse(body)?;
     let details = inner.iter().find(|(t, _)| t & 0x7F == 0x01)?.1;
-    if details.get(1) != Some(&0x43) {
+    if details.get(1) != Some(&KIND_SEND_DATA) {
         return None;
     }
     inner
         .iter()
-        .find(|(t, _)| t & 0x7F == 0x36)
+        .find(|(t, _)| t & 0x7F == TAG_CHANNEL_DATA)
         .map(|(_, v)| v.to_vec())
+}
+
+/// How many bytes a fetched RECEIVE DATA asks for, if it is one.
+pub fn receive_data_length(command: &[u8]) -> Option<usize> {
+    let outer = tlv::parse(command)?;
+    let (tag, body) = outer.first()?;
+    if *tag != 0xD0 {
+        return None;
+    }
+    let inner = tlv::parse(body)?;
+    let details = inner.iter().find(|(t, _)| t & 0x7F == 0x01)?.1;
+    if details.get(1) != Some(&KIND_RECEIVE_DATA) {
+        return None;
+    }
+    inner
+        .iter()
+        .find(|(t, _)| t & 0x7F == TAG_CHANNEL_DATA_LENGTH)
+        .and_then(|(_, v)| v.first())
+        .map(|n| usize::from(*n))
+}
+
+/// The ENVELOPE a terminal sends when `available` bytes arrived on the channel (event
+/// download, data available; TS 102 223 §7.5.10).
+pub fn data_available_envelope(available: usize) -> Vec<u8> {
+    let mut event = Vec::new();
+    tlv::push(&mut event, 0x99, &[EVENT_DATA_AVAILABLE]);
+    tlv::push(&mut event, 0x82, &[0x82, 0x81]);
+    tlv::push(&mut event, 0xB8, &[0x81, 0x00]);
+    tlv::push(&mut event, 0xB7, &[available.min(255) as u8]);
+    let mut data = Vec::new();
+    tlv::push(&mut data, 0xD6, &event);
+    let mut apdu = vec![0x80, 0xC2, 0x00, 0x00, data.len() as u8];
+    apdu.extend(data);
+    apdu
+}
+
+/// The TERMINAL RESPONSE to a RECEIVE DATA: the bytes (`B6`) and how many remain (`B7`).
+pub fn receive_data_response(command: &[u8], bytes: &[u8]) -> Option<Vec<u8>> {
+    let outer = tlv::parse(command)?;
+    let inner = tlv::parse(outer.first()?.1)?;
+    let details = inner.iter().find(|(t, _)| t & 0x7F == 0x01)?.1;
+    let mut data = Vec::new();
+    tlv::push(&mut data, 0x81, details);
+    tlv::push(&mut data, 0x82, &[0x82, 0x81]);
+    tlv::push(&mut data, 0x83, &[0x00]);
+    tlv::push(&mut data, 0xB6, bytes);
+    tlv::push(&mut data, 0xB7, &[0x00]);
+    let len = u8::try_from(data.len()).ok()?;
+    let mut apdu = vec![0x80, 0x14, 0x00, 0x00, len];
+    apdu.extend(data);
+    Some(apdu)
 }
 
 /// The TERMINAL RESPONSE a terminal sends after performing a fetched command successfully.

@@ -210,3 +210,78 @@ proptest! {
         prop_assert!(r.len() >= 2);
     }
 }
+
+/// The exchange docs/sim.md shows for the ETSI downlink path, byte for byte.
+#[test]
+fn downlink_over_event_download_and_receive_data_switches_the_carrier() {
+    let mut applet = sim(None, true);
+    open_channel(&mut applet);
+    let perform = Packet::CarrierSwitchPerform(Carrier::Verizon)
+        .encode()
+        .expect("encode");
+
+    // The terminal announces 2 bytes on channel 1.
+    let envelope = data_available_envelope(perform.len());
+    assert_eq!(
+        hex::encode_upper(&envelope),
+        "80C2000010D60E99010982028281B8028100B70102"
+    );
+    let r = applet.transmit(&envelope);
+    assert_eq!(r, [0x91, 0x0E], "RECEIVE DATA pending");
+    assert_eq!(applet.carrier(), Carrier::AtAndT, "nothing received yet");
+
+    let r = applet.transmit(&[0x80, 0x12, 0x00, 0x00, 0x0E]);
+    let command = &r[..r.len() - 2];
+    assert_eq!(hex::encode_upper(&r), "D00C810302420082028121B701029000");
+    assert_eq!(receive_data_length(command), Some(2));
+    assert_eq!(send_data_payload(command), None);
+
+    let response = receive_data_response(command, &perform).expect("response");
+    assert_eq!(
+        hex::encode_upper(&response),
+        "8014000013810302420082028281830100B6021020B70100"
+    );
+    let r = applet.transmit(&response);
+    assert_eq!(sw(&r)[0], 0x91, "the ACK's SEND DATA is pending");
+    assert_eq!(applet.carrier(), Carrier::Verizon);
+    let payload = send_data_payload(&fetch_and_respond(&mut applet)).expect("SEND DATA");
+    assert_eq!(
+        Packet::decode(&payload).expect("v1 ACK"),
+        Packet::CarrierSwitchAck {
+            status: AckStatus::Ack,
+            carrier: Carrier::Verizon
+        }
+    );
+}
+
+#[test]
+fn event_downloads_are_checked() {
+    let mut applet = sim(None, true);
+    // Before OPEN CHANNEL completes there is no channel to receive on.
+    assert_eq!(
+        sw(&applet.transmit(&data_available_envelope(2))),
+        sw::NOT_ALLOWED
+    );
+    open_channel(&mut applet);
+    // Zero bytes available, or another event: acknowledged, nothing to fetch.
+    assert_eq!(applet.transmit(&data_available_envelope(0)), sw::OK);
+    let other_event = [0x80, 0xC2, 0x00, 0x00, 0x05, 0xD6, 0x03, 0x99, 0x01, 0x0A];
+    assert_eq!(applet.transmit(&other_event), sw::OK);
+    // Not an event download, or broken TLV lengths.
+    assert_eq!(
+        sw(&applet.transmit(&[0x80, 0xC2, 0x00, 0x00, 0x03, 0xD1, 0x01, 0x00])),
+        sw::BAD_DATA
+    );
+    assert_eq!(
+        sw(&applet.transmit(&[0x80, 0xC2, 0x00, 0x00, 0x03, 0xD6, 0x05, 0x99])),
+        sw::BAD_DATA
+    );
+    // Bytes that are not a packet are refused after RECEIVE DATA, carrier unchanged.
+    let r = applet.transmit(&data_available_envelope(3));
+    assert_eq!(sw(&r)[0], 0x91);
+    let r = applet.transmit(&[0x80, 0x12, 0x00, 0x00, 0x00]);
+    let command = r[..r.len() - 2].to_vec();
+    let response = receive_data_response(&command, &[0x77, 0x00, 0x01]).expect("response");
+    assert_eq!(sw(&applet.transmit(&response)), sw::BAD_DATA);
+    assert_eq!(applet.carrier(), Carrier::AtAndT);
+}

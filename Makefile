@@ -46,6 +46,7 @@ BENCH_RECORDS ?= 100000
 bench: deps
 	$(CARGO) build --release --workspace --bins
 	./target/release/switchyard-bench pipeline --records $(BENCH_RECORDS)
+	./target/release/switchyard-bench gateway --packets $(BENCH_RECORDS)
 
 FUZZ_SECONDS ?= 60
 fuzz:

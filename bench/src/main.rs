@@ -1,6 +1,7 @@
 //! `switchyard-bench`: measurements for `make bench`, each against its baseline in the same
 //! run on the same broker, written to `results/bench.md` and `results/bench.json`.
 
+mod gateway_bench;
 mod pipeline_bench;
 
 use std::path::PathBuf;
@@ -29,6 +30,24 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// The gateway (UDP -> acknowledged Avro records) vs a raw UDP->rdkafka loop, plus latency.
+    Gateway {
+        /// Datagrams per throughput round.
+        #[arg(long, default_value_t = 100_000)]
+        packets: usize,
+        /// Rounds of each (alternating); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Datagrams/s offered in the throughput rounds (above what either side takes).
+        #[arg(long, default_value_t = 80_000)]
+        offered_rate: u64,
+        /// Datagrams/s offered while measuring latency.
+        #[arg(long, default_value_t = 5_000)]
+        latency_rate: u64,
+        /// Seconds of latency measurement.
+        #[arg(long, default_value_t = 10)]
+        latency_secs: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +58,26 @@ fn main() -> anyhow::Result<()> {
     match cli.bench {
         Bench::Pipeline { records, rounds } => {
             let report = runtime.block_on(pipeline_bench::run(records, rounds))?;
+            report.write(&cli.out)?;
+            println!("{}", report.markdown);
+        }
+        Bench::Gateway {
+            packets,
+            rounds,
+            offered_rate,
+            latency_rate,
+            latency_secs,
+        } => {
+            let report = gateway_bench::run(
+                runtime.handle(),
+                gateway_bench::GatewayBench {
+                    packets,
+                    rounds,
+                    offered_rate,
+                    latency_rate,
+                    latency_secs,
+                },
+            )?;
             report.write(&cli.out)?;
             println!("{}", report.markdown);
         }

@@ -95,6 +95,40 @@ pub struct GatewayConfig {
     /// Records the producer may hold while the broker is unreachable.
     #[arg(long, env = "SWITCHYARD_GATEWAY_BUFFER", default_value_t = 100_000)]
     pub buffer_records: u32,
+    /// UDP receive buffer to ask the kernel for (bytes); bursts beyond it are dropped by
+    /// the kernel before the gateway sees them. Linux caps it at net.core.rmem_max.
+    #[arg(
+        long,
+        env = "SWITCHYARD_GATEWAY_UDP_BUFFER",
+        default_value_t = 4 * 1024 * 1024
+    )]
+    pub udp_buffer_bytes: usize,
+}
+
+/// The gateway's one UDP socket, with a receive buffer sized for bursts.
+pub fn bind_udp(listen: SocketAddr, recv_buffer: usize) -> anyhow::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )
+    .context("creating the UDP socket")?;
+    if let Err(e) = socket.set_recv_buffer_size(recv_buffer) {
+        warn!(error = %e, bytes = recv_buffer, "cannot size the UDP receive buffer; using the default");
+    }
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&listen.into())
+        .with_context(|| format!("binding UDP {listen}"))?;
+    let granted = socket.recv_buffer_size().unwrap_or_default();
+    if granted < recv_buffer {
+        info!(
+            asked = recv_buffer,
+            granted, "UDP receive buffer smaller than asked (net.core.rmem_max)"
+        );
+    }
+    Ok(UdpSocket::from_std(socket.into())?)
 }
 
 /// Parse a keys file: `MODEM_ID HEX_KEY` per line, `#` comments.
@@ -235,9 +269,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         .subscribe(&[REQUEST_TOPIC])
         .context("subscribing to downstream-request")?;
 
-    let socket = UdpSocket::bind(config.listen)
-        .await
-        .with_context(|| format!("binding UDP {}", config.listen))?;
+    let socket = bind_udp(config.listen, config.udp_buffer_bytes)?;
     let listen = socket.local_addr()?;
     let gateway = Arc::new(Gateway {
         downlink: Mutex::new(Downlink::new(
@@ -297,10 +329,20 @@ impl Gateway {
 
     /// One datagram from a device.
     fn uplink(&self, datagram: &[u8], source: SocketAddr) {
+        let arrived = std::time::Instant::now();
         let received_at = now_us();
         let frame = match Frame::decode(datagram) {
             Ok(frame) => frame,
-            Err(e) => return self.reject(datagram, source, e.reason_code(), &e.to_string(), None),
+            Err(e) => {
+                return self.reject(
+                    datagram,
+                    source,
+                    e.reason_code(),
+                    &e.to_string(),
+                    None,
+                    arrived,
+                )
+            }
         };
         let modem_id = match &frame.envelope {
             Some(envelope) => {
@@ -311,6 +353,7 @@ impl Gateway {
                         reason,
                         &detail,
                         Some(envelope.modem_id.to_string()),
+                        arrived,
                     );
                 }
                 envelope.modem_id.to_string()
@@ -322,6 +365,7 @@ impl Gateway {
                     "v1_not_accepted",
                     "v1 packets are refused (--reject-v1)",
                     None,
+                    arrived,
                 )
             }
             None => self.config.legacy_modem_id.clone(),
@@ -335,6 +379,7 @@ impl Gateway {
                     reason,
                     "a device sent a downlink packet",
                     Some(modem_id),
+                    arrived,
                 )
             }
         };
@@ -347,14 +392,16 @@ impl Gateway {
             self.metrics.known_modems.set(book.len() as i64);
         }
         match record {
-            Uplink::Reading { topic, reading } => self.publish(&topic, &modem_id, &reading),
-            Uplink::Status(status) => self.publish(STATUS_TOPIC, &modem_id, &status),
+            Uplink::Reading { topic, reading } => {
+                self.publish(&topic, &modem_id, &reading, arrived)
+            }
+            Uplink::Status(status) => self.publish(STATUS_TOPIC, &modem_id, &status, arrived),
             Uplink::Ack(ack) => {
                 let request_id = ack
                     .request_id
                     .as_deref()
                     .and_then(|id| parse_request_id(id).ok());
-                self.publish(ACK_TOPIC, &modem_id, &ack);
+                self.publish(ACK_TOPIC, &modem_id, &ack, arrived);
                 let answered = self
                     .downlink
                     .lock()
@@ -419,6 +466,7 @@ impl Gateway {
         reason: &'static str,
         detail: &str,
         modem_id: Option<String>,
+        arrived: std::time::Instant,
     ) {
         let counter = self.metrics.rejects.with_label_values(&[reason]);
         counter.inc();
@@ -433,11 +481,18 @@ impl Gateway {
             modem_id,
             raw: datagram.to_vec(),
         };
-        self.publish(REJECT_TOPIC, &source.to_string(), &record);
+        self.publish(REJECT_TOPIC, &source.to_string(), &record, arrived);
     }
 
-    /// Hand a record to the producer; its delivery is awaited in the background.
-    fn publish<T: Serialize>(&self, topic: &str, key: &str, value: &T) {
+    /// Hand a record to the producer; its delivery is awaited in the background, and the
+    /// time from `started` (the datagram's arrival) to the broker's ack is observed.
+    fn publish<T: Serialize>(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &T,
+        started: std::time::Instant,
+    ) {
         let Some((id, codec)) = self.codecs.get(topic) else {
             warn!(%topic, "no schema for topic; record dropped");
             return;
@@ -450,7 +505,6 @@ impl Gateway {
             }
         };
         let record = FutureRecord::to(topic).key(key).payload(&payload);
-        let started = std::time::Instant::now();
         match self.producer.send_result(record) {
             Ok(delivery) => {
                 let metrics = self.metrics.clone();
@@ -498,7 +552,7 @@ impl Gateway {
             reason: reason.map(str::to_string),
             at: now_us(),
         };
-        self.publish(DELIVERY_TOPIC, modem_id, &record);
+        self.publish(DELIVERY_TOPIC, modem_id, &record, std::time::Instant::now());
     }
 
     /// A switch request from its Confluent-framed bytes: direct when written with the

@@ -1,0 +1,539 @@
+//! Gateway ingest: the gateway (decode, identify, Avro-encode through the registry's
+//! schema, produce to the sensor topics, await the broker's ack) vs a raw loop that
+//! receives the same datagrams and produces their bytes unchanged with rdkafka (same
+//! producer settings: acks=all, idempotent, linger 5 ms; same UDP receive buffer). One load
+//! generator on loopback feeds both the same packets in the same way.
+//!
+//! Two measurements per side:
+//! * throughput: the generator offers more than either side can take; the figure is
+//!   records acknowledged by the broker per second, from the first datagram sent to the
+//!   last ack. Datagrams the kernel dropped (socket buffer full) are counted and reported.
+//! * latency: a fixed offered load well below capacity; datagram arrival → broker ack,
+//!   p50/p99 estimated from the same histogram buckets for both sides, as Prometheus's
+//!   `histogram_quantile` does.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use switchyard_gateway::metrics::PRODUCE_BUCKETS;
+use switchyard_protocol::{Envelope, Frame, IotData, Packet};
+use switchyard_testkit::{free_port, http_get_text, Stack};
+
+use crate::Report;
+
+/// The raw loop's topics: as many as the gateway writes here (imu, gyro, temp), with the
+/// same partition count, so both sides put the same records on the same number of partitions.
+const RAW_TOPICS: [&str; 3] = ["bench-udp-raw-1", "bench-udp-raw-2", "bench-udp-raw-3"];
+const MODEMS: u64 = 500;
+const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
+/// The datagrams: readings from 500 modems (enveloped, as current firmware sends them),
+/// round-robin over the three sensors.
+fn datagrams(count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    let base = chrono::Utc::now().timestamp_micros();
+    (0..count)
+        .map(|i| {
+            let at = chrono::DateTime::from_timestamp_micros(base + i as i64).context("time")?;
+            let frame = Frame {
+                envelope: Some(Envelope {
+                    modem_id: 356_938_035_000_000 + i as u64 % MODEMS,
+                    sequence: (i as u64 / MODEMS) as u32 + 1,
+                    request_id: None,
+                    auth_tag: None,
+                }),
+                packet: Packet::IotData(IotData::with_value(i as u32 % 3 + 1, at, i as i32)),
+            };
+            Ok(frame.encode()?)
+        })
+        .collect()
+}
+
+/// Send `packets` to `to` at `rate` per second (in 1 ms slices); returns when the first
+/// was sent and when the last was.
+fn send_paced(
+    to: SocketAddr,
+    packets: &[Vec<u8>],
+    rate: u64,
+) -> anyhow::Result<(Instant, Instant)> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let per_slice = (rate / 1000).max(1) as usize;
+    let started = Instant::now();
+    for (n, chunk) in packets.chunks(per_slice).enumerate() {
+        let due = started + Duration::from_millis(n as u64);
+        while Instant::now() < due {
+            std::hint::spin_loop();
+            if due.saturating_duration_since(Instant::now()) > Duration::from_micros(300) {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        for p in chunk {
+            socket.send_to(p, to)?;
+        }
+    }
+    Ok((started, Instant::now()))
+}
+
+/// Bucket counts (cumulative, Prometheus style) and the quantile estimate from them.
+#[derive(Clone, Default)]
+struct Buckets {
+    cumulative: Vec<f64>,
+    count: f64,
+}
+
+impl Buckets {
+    fn from_samples(seconds: &[f64]) -> Buckets {
+        let cumulative = PRODUCE_BUCKETS
+            .iter()
+            .map(|le| seconds.iter().filter(|s| **s <= *le).count() as f64)
+            .collect();
+        Buckets {
+            cumulative,
+            count: seconds.len() as f64,
+        }
+    }
+
+    /// From the gateway's /metrics text.
+    fn from_metrics(text: &str) -> Buckets {
+        let mut cumulative = vec![0.0; PRODUCE_BUCKETS.len()];
+        let mut count = 0.0;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("switchyard_gateway_produce_seconds_bucket{le=\"")
+            {
+                let Some((le, value)) = rest.split_once("\"} ") else {
+                    continue;
+                };
+                let (Ok(le), Ok(value)) = (le.parse::<f64>(), value.trim().parse::<f64>()) else {
+                    continue;
+                };
+                if let Some(i) = PRODUCE_BUCKETS.iter().position(|b| (b - le).abs() < 1e-9) {
+                    cumulative[i] = value;
+                }
+            } else if let Some(v) = line.strip_prefix("switchyard_gateway_produce_seconds_count ") {
+                count = v.trim().parse().unwrap_or(0.0);
+            }
+        }
+        Buckets { cumulative, count }
+    }
+
+    fn minus(&self, earlier: &Buckets) -> Buckets {
+        Buckets {
+            cumulative: self
+                .cumulative
+                .iter()
+                .zip(earlier.cumulative.iter().chain(std::iter::repeat(&0.0)))
+                .map(|(a, b)| a - b)
+                .collect(),
+            count: self.count - earlier.count,
+        }
+    }
+
+    /// Linear interpolation inside the bucket holding the q-th observation.
+    fn quantile(&self, q: f64) -> f64 {
+        let rank = q * self.count;
+        let mut lower_bound = 0.0;
+        let mut lower_count = 0.0;
+        for (le, cum) in PRODUCE_BUCKETS.iter().zip(&self.cumulative) {
+            if *cum >= rank {
+                let in_bucket = cum - lower_count;
+                if in_bucket <= 0.0 {
+                    return *le;
+                }
+                return lower_bound + (le - lower_bound) * (rank - lower_count) / in_bucket;
+            }
+            lower_bound = *le;
+            lower_count = *cum;
+        }
+        f64::INFINITY
+    }
+}
+
+struct Side {
+    rate: f64,
+    sent: usize,
+    dropped_by_kernel: f64,
+    /// Received, but never acknowledged: dropped at a full producer queue or failed.
+    lost_after_receipt: f64,
+}
+
+/// What we poll on either side.
+#[derive(Clone, Copy, PartialEq)]
+struct Counts {
+    received: f64,
+    acked: f64,
+    lost: f64,
+}
+
+/// The gateway's counters.
+fn gateway_counts(metrics: SocketAddr) -> (Counts, Buckets) {
+    let text = http_get_text(metrics, "/metrics").unwrap_or_default();
+    let sum = |name| switchyard_testkit::metric_sum(&text, name);
+    let buckets = Buckets::from_metrics(&text);
+    let counts = Counts {
+        received: sum("switchyard_gateway_packets_total") + sum("switchyard_gateway_rejects_total"),
+        acked: buckets.count,
+        lost: sum("switchyard_gateway_backpressure_total")
+            + sum("switchyard_gateway_produce_failures_total"),
+    };
+    (counts, buckets)
+}
+
+/// Wait until every received datagram's record is acknowledged (or counted lost) and
+/// nothing more arrives; returns the counts and when the last change was first seen.
+fn settle(
+    mut poll: impl FnMut() -> Counts,
+    sent_until: Instant,
+) -> anyhow::Result<(Counts, Instant)> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last: Option<Counts> = None;
+    let mut last_change = Instant::now();
+    loop {
+        let c = poll();
+        if last != Some(c) {
+            last = Some(c);
+            last_change = Instant::now();
+        }
+        let quiet = last_change.elapsed() > Duration::from_millis(500);
+        if c.acked + c.lost >= c.received && Instant::now() > sent_until && quiet {
+            return Ok((c, last_change));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "records still unacknowledged after 10 minutes: {} received, {} acked",
+                c.received,
+                c.acked
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn side(sent: usize, c: Counts, took: Duration) -> Side {
+    Side {
+        rate: c.acked / took.as_secs_f64(),
+        sent,
+        dropped_by_kernel: sent as f64 - c.received,
+        lost_after_receipt: c.lost,
+    }
+}
+
+fn gateway_throughput(stack: &Stack, packets: &[Vec<u8>], rate: u64) -> anyhow::Result<Side> {
+    let udp: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let (_gateway, metrics) = stack.start_processor(
+        "switchyard-gateway",
+        "bench-gateway",
+        &[
+            ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
+            ("SWITCHYARD_GATEWAY_UDP_BUFFER", UDP_BUFFER.to_string()),
+            ("RUST_LOG", "warn".to_string()),
+        ],
+    )?;
+    let (first, last) = send_paced(udp, packets, rate)?;
+    let (c, done) = settle(|| gateway_counts(metrics).0, last)?;
+    Ok(side(packets.len(), c, done - first))
+}
+
+fn gateway_latency(stack: &Stack, packets: &[Vec<u8>], rate: u64) -> anyhow::Result<Buckets> {
+    let udp: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let (_gateway, metrics) = stack.start_processor(
+        "switchyard-gateway",
+        "bench-gateway-latency",
+        &[
+            ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
+            ("SWITCHYARD_GATEWAY_UDP_BUFFER", UDP_BUFFER.to_string()),
+            ("RUST_LOG", "warn".to_string()),
+        ],
+    )?;
+    // Warm up (connections, metadata), then measure only what follows.
+    let warm = packets.len().min(500);
+    let (_, last) = send_paced(udp, &packets[..warm], rate)?;
+    settle(|| gateway_counts(metrics).0, last)?;
+    let before = gateway_counts(metrics).1;
+    let (_, last) = send_paced(udp, &packets[warm..], rate)?;
+    settle(|| gateway_counts(metrics).0, last)?;
+    Ok(gateway_counts(metrics).1.minus(&before))
+}
+
+/// The baseline: receive a datagram, produce its bytes, await the ack in the background.
+struct RawLoop {
+    addr: SocketAddr,
+    received: Arc<AtomicU64>,
+    acked: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
+    latencies: Arc<Mutex<Vec<f64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawLoop {
+    fn start(runtime: &tokio::runtime::Handle, bootstrap: &str) -> anyhow::Result<RawLoop> {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let socket = {
+            let _guard = runtime.enter();
+            switchyard_gateway::bind_udp(addr, UDP_BUFFER)?
+        };
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "100000")
+            .create()?;
+        let received = Arc::new(AtomicU64::new(0));
+        let acked = Arc::new(AtomicU64::new(0));
+        let lost = Arc::new(AtomicU64::new(0));
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let (r, a, x, l) = (
+            received.clone(),
+            acked.clone(),
+            lost.clone(),
+            latencies.clone(),
+        );
+        let task = runtime.spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            let mut n_received = 0usize;
+            while let Ok((n, _source)) = socket.recv_from(&mut buf).await {
+                let arrived = Instant::now();
+                r.fetch_add(1, Ordering::Relaxed);
+                // Keyed by the envelope's modem-id bytes, spread over the three topics as the
+                // generator spreads sensors: no decoding, the same records per partition.
+                let key = buf.get(1..9.min(n)).unwrap_or_default();
+                let topic = RAW_TOPICS[n_received % RAW_TOPICS.len()];
+                n_received += 1;
+                let record = FutureRecord::to(topic).key(key).payload(&buf[..n]);
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        let (a, x, l) = (a.clone(), x.clone(), l.clone());
+                        tokio::spawn(async move {
+                            if let Ok(Ok(_)) = delivery.await {
+                                a.fetch_add(1, Ordering::Relaxed);
+                                if let Ok(mut l) = l.lock() {
+                                    l.push(arrived.elapsed().as_secs_f64());
+                                }
+                            } else {
+                                x.fetch_add(1, Ordering::Relaxed);
+                            }
+                        });
+                    }
+                    Err(_) => {
+                        x.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        Ok(RawLoop {
+            addr,
+            received,
+            acked,
+            lost,
+            latencies,
+            task,
+        })
+    }
+
+    fn counts(&self) -> Counts {
+        Counts {
+            received: self.received.load(Ordering::Relaxed) as f64,
+            acked: self.acked.load(Ordering::Relaxed) as f64,
+            lost: self.lost.load(Ordering::Relaxed) as f64,
+        }
+    }
+}
+
+impl Drop for RawLoop {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn raw_throughput(
+    runtime: &tokio::runtime::Handle,
+    bootstrap: &str,
+    packets: &[Vec<u8>],
+    rate: u64,
+) -> anyhow::Result<Side> {
+    let raw = RawLoop::start(runtime, bootstrap)?;
+    let (first, last) = send_paced(raw.addr, packets, rate)?;
+    let (c, done) = settle(|| raw.counts(), last)?;
+    Ok(side(packets.len(), c, done - first))
+}
+
+fn raw_latency(
+    runtime: &tokio::runtime::Handle,
+    bootstrap: &str,
+    packets: &[Vec<u8>],
+    rate: u64,
+) -> anyhow::Result<Buckets> {
+    let raw = RawLoop::start(runtime, bootstrap)?;
+    let warm = packets.len().min(500);
+    let (_, last) = send_paced(raw.addr, &packets[..warm], rate)?;
+    settle(|| raw.counts(), last)?;
+    if let Ok(mut l) = raw.latencies.lock() {
+        l.clear();
+    }
+    let (_, last) = send_paced(raw.addr, &packets[warm..], rate)?;
+    settle(|| raw.counts(), last)?;
+    let samples = raw.latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    Ok(Buckets::from_samples(&samples))
+}
+
+pub struct GatewayBench {
+    pub packets: usize,
+    pub rounds: usize,
+    pub offered_rate: u64,
+    pub latency_rate: u64,
+    pub latency_secs: u64,
+}
+
+pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Result<Report> {
+    let stack = Stack::start()?;
+    let bootstrap = stack.broker.bootstrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()?;
+    runtime.block_on(async {
+        for r in admin
+            .create_topics(
+                &RAW_TOPICS.map(|t| NewTopic::new(t, 3, TopicReplication::Fixed(1))),
+                &AdminOptions::new(),
+            )
+            .await?
+        {
+            r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+        }
+        anyhow::Ok(())
+    })?;
+
+    let packets = datagrams(bench.packets)?;
+    let mut raw = Vec::new();
+    let mut gateway = Vec::new();
+    for round in 1..=bench.rounds {
+        let r = raw_throughput(runtime, &bootstrap, &packets, bench.offered_rate)?;
+        eprintln!(
+            "round {round}: raw UDP→rdkafka {:.0} records/s ({} of {} dropped by the kernel, {} lost after receipt)",
+            r.rate, r.dropped_by_kernel, r.sent, r.lost_after_receipt
+        );
+        raw.push(r);
+        let g = gateway_throughput(&stack, &packets, bench.offered_rate)?;
+        eprintln!(
+            "round {round}: gateway {:.0} records/s ({} of {} dropped by the kernel, {} lost after receipt)",
+            g.rate, g.dropped_by_kernel, g.sent, g.lost_after_receipt
+        );
+        gateway.push(g);
+    }
+    let latency_packets = datagrams((bench.latency_rate * bench.latency_secs) as usize + 500)?;
+    let raw_lat = raw_latency(runtime, &bootstrap, &latency_packets, bench.latency_rate)?;
+    let gw_lat = gateway_latency(&stack, &latency_packets, bench.latency_rate)?;
+
+    let median = |sides: &[Side]| {
+        let mut v: Vec<f64> = sides.iter().map(|s| s.rate).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (raw_median, gw_median) = (median(&raw), median(&gateway));
+    let ratio = gw_median / raw_median;
+    let verdict = if ratio >= 0.8 { "meets" } else { "misses" };
+    let list = |sides: &[Side]| {
+        sides
+            .iter()
+            .map(|s| format!("{:.0}", s.rate))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let drops = |sides: &[Side]| {
+        sides
+            .iter()
+            .map(|s| format!("{:.0} / {:.0}", s.dropped_by_kernel, s.lost_after_receipt))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let ms = |s: f64| s * 1000.0;
+    let markdown = format!(
+        "## Gateway: UDP → acknowledged Kafka records, vs a raw UDP→rdkafka loop\n\n\
+         {packets} enveloped IoT Data datagrams from {MODEMS} modems per round, {rounds} rounds, median; offered at {offered} datagrams/s from one loopback sender (more than either side takes).\n\
+         Both: one UDP socket with a {buf} MiB receive buffer, acks=all, idempotent producer, linger 5 ms. The raw loop produces each datagram's bytes unchanged, keyed by its modem-id bytes, to three topics of three partitions like the sensor topics; the gateway decodes, attributes, Avro-encodes with the registered schema and produces to the sensor topics. Rate = records acknowledged by the broker / (first datagram sent → last ack).\n\n\
+         | | records/s (median) | rounds | by round: dropped by the kernel / lost after receipt |\n|---|---|---|---|\n\
+         | raw UDP→rdkafka | {raw_median:.0} | {} | {} |\n\
+         | gateway | {gw_median:.0} | {} | {} |\n\
+         | **gateway / raw** | **{:.0}%** | target ≥ 80%: {verdict} | |\n\n\
+         Latency, datagram arrival → broker ack, at {lrate} datagrams/s for {lsecs} s (p50/p99 estimated from the gateway's `produce_seconds` histogram buckets, the raw loop's samples put in the same buckets):\n\n\
+         | | p50 ms | p99 ms | records |\n|---|---|---|---|\n\
+         | raw UDP→rdkafka | {:.2} | {:.2} | {:.0} |\n\
+         | gateway | {:.2} | {:.2} | {:.0} |\n",
+        list(&raw),
+        drops(&raw),
+        list(&gateway),
+        drops(&gateway),
+        ratio * 100.0,
+        ms(raw_lat.quantile(0.5)),
+        ms(raw_lat.quantile(0.99)),
+        raw_lat.count,
+        ms(gw_lat.quantile(0.5)),
+        ms(gw_lat.quantile(0.99)),
+        gw_lat.count,
+        packets = bench.packets,
+        rounds = bench.rounds,
+        offered = bench.offered_rate,
+        buf = UDP_BUFFER / (1024 * 1024),
+        lrate = bench.latency_rate,
+        lsecs = bench.latency_secs,
+    );
+    Ok(Report {
+        name: "gateway",
+        markdown,
+        json: serde_json::json!({
+            "datagrams_per_round": bench.packets,
+            "rounds": bench.rounds,
+            "offered_per_second": bench.offered_rate,
+            "raw_records_per_second": raw.iter().map(|s| s.rate).collect::<Vec<_>>(),
+            "gateway_records_per_second": gateway.iter().map(|s| s.rate).collect::<Vec<_>>(),
+            "raw_dropped_by_kernel": raw.iter().map(|s| s.dropped_by_kernel).collect::<Vec<_>>(),
+            "gateway_dropped_by_kernel": gateway.iter().map(|s| s.dropped_by_kernel).collect::<Vec<_>>(),
+            "raw_lost_after_receipt": raw.iter().map(|s| s.lost_after_receipt).collect::<Vec<_>>(),
+            "gateway_lost_after_receipt": gateway.iter().map(|s| s.lost_after_receipt).collect::<Vec<_>>(),
+            "raw_median": raw_median,
+            "gateway_median": gw_median,
+            "ratio": ratio,
+            "target_ratio": 0.8,
+            "latency_offered_per_second": bench.latency_rate,
+            "latency_seconds": bench.latency_secs,
+            "raw_p50_ms": ms(raw_lat.quantile(0.5)),
+            "raw_p99_ms": ms(raw_lat.quantile(0.99)),
+            "gateway_p50_ms": ms(gw_lat.quantile(0.5)),
+            "gateway_p99_ms": ms(gw_lat.quantile(0.99)),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_inside_buckets_like_prometheus() {
+        // 100 samples spread evenly over 0-2 ms: p50 = 1 ms, p99 ≈ 1.98 ms.
+        let samples: Vec<f64> = (1..=100).map(|i| f64::from(i) * 0.00002).collect();
+        let b = Buckets::from_samples(&samples);
+        assert!(
+            (b.quantile(0.5) - 0.001).abs() < 1e-9,
+            "{}",
+            b.quantile(0.5)
+        );
+        assert!(
+            (b.quantile(0.99) - 0.00198).abs() < 1e-6,
+            "{}",
+            b.quantile(0.99)
+        );
+        let text = "switchyard_gateway_produce_seconds_bucket{le=\"0.001\"} 50\n\
+                    switchyard_gateway_produce_seconds_bucket{le=\"0.002\"} 100\n\
+                    switchyard_gateway_produce_seconds_count 100\n";
+        let parsed = Buckets::from_metrics(text);
+        assert_eq!(parsed.count, 100.0);
+        assert!((parsed.quantile(0.5) - 0.001).abs() < 1e-9);
+    }
+}

@@ -3,6 +3,7 @@
 mod avro_json;
 mod packet;
 mod produce;
+mod switch;
 mod tail;
 mod topics;
 mod topics_doc;
@@ -52,6 +53,18 @@ enum Command {
         #[command(flatten)]
         args: tail::TailArgs,
     },
+    /// Every modem the switch API knows: carrier, status, last seen, latest request.
+    Modems {
+        #[command(flatten)]
+        api: switch::ApiArgs,
+    },
+    /// Ask a modem's SIM to switch carrier through the switch API.
+    Switch {
+        #[command(flatten)]
+        api: switch::ApiArgs,
+        #[command(flatten)]
+        args: switch::SwitchArgs,
+    },
 }
 
 /// Print one line to stdout. A closed pipe (`switchyard tail imu | head`) ends the
@@ -89,6 +102,8 @@ async fn main() -> ExitCode {
         Command::Topics { endpoints, command } => topics::run(&endpoints, command).await,
         Command::Produce { endpoints, args } => produce::run(&endpoints, args).await,
         Command::Tail { endpoints, args } => tail::run(&endpoints, args).await,
+        Command::Modems { api } => switch::modems(&api).await,
+        Command::Switch { api, args } => switch::switch(&api, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

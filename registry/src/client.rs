@@ -105,6 +105,22 @@ impl RegistryClient {
     }
 
     /// The latest live version of a subject.
+    /// [`RegistryClient::register`], waiting (with backoff, logged) while the registry is
+    /// unreachable; an answer from the registry, such as an incompatible schema, is final.
+    pub async fn register_retrying(&self, subject: &str, schema: &str) -> Result<i32, ClientError> {
+        let mut delay = std::time::Duration::from_millis(250);
+        loop {
+            match self.register(subject, schema).await {
+                Err(e) if e.error_code().is_none() => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "schema registry unreachable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub async fn latest(&self, subject: &str) -> Result<RegisteredSchema, ClientError> {
         let url = format!("{}/subjects/{}/versions/latest", self.base, encode(subject));
         self.send(self.http.get(url)).await

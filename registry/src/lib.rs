@@ -6,10 +6,12 @@
 //!   and every instance reading the topic agrees.
 //! * [`compat`]: compatibility levels (BACKWARD by default) on apache-avro's resolution rules.
 //! * [`client`]: the few calls Switchyard's own tools make.
+//! * [`decoder`]: framed Avro records into Rust types, resolving older or newer writer schemas.
 
 pub mod api;
 pub mod client;
 pub mod compat;
+pub mod decoder;
 pub mod error;
 pub mod state;
 pub mod store;
@@ -17,6 +19,7 @@ pub mod store;
 pub use api::router;
 pub use client::{ClientError, RegistryClient};
 pub use compat::Level;
+pub use decoder::RecordDecoder;
 pub use error::ApiError;
 pub use store::{SchemaStore, StoreConfig, StoreError};
 

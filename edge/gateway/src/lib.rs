@@ -39,11 +39,11 @@ use serde::Serialize;
 use switchyard_kafka::{is_partition_eof, Endpoints, TracingContext};
 use switchyard_protocol::json::parse_request_id;
 use switchyard_protocol::{verify, AuthError, Envelope, Frame, Packet};
-use switchyard_registry::RegistryClient;
+use switchyard_registry::{RecordDecoder, RegistryClient};
 use switchyard_schemas::records::{
     CarrierSwitchRequest, DeliveryEvent, DownlinkDelivery, GatewayReject,
 };
-use switchyard_schemas::wire::{split_frame, ResolvingReader, SchemaCodec};
+use switchyard_schemas::wire::SchemaCodec;
 use switchyard_schemas::{value_subject, Catalog, Role};
 use switchyard_telemetry::Health;
 use tokio::net::UdpSocket;
@@ -220,21 +220,12 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         let text = catalog
             .value_schema(&topic)
             .with_context(|| format!("{topic} has no schema"))?;
-        let mut delay = Duration::from_millis(250);
         let subject = value_subject(&topic);
-        let id = loop {
-            tokio::select! {
-                registered = registry.register(&subject, text) => match registered {
-                    Ok(id) => break id,
-                    Err(e) if e.error_code().is_none() => {
-                        warn!(error = %e, retry_in = ?delay, "schema registry unreachable; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(10));
-                    }
-                    Err(e) => bail!("registering {topic}: {e}"),
-                },
-                _ = &mut shutdown => return Ok(()),
+        let id = tokio::select! {
+            registered = registry.register_retrying(&subject, text) => {
+                registered.with_context(|| format!("registering {topic}"))?
             }
+            _ = &mut shutdown => return Ok(()),
         };
         codecs.insert(
             topic,
@@ -555,39 +546,13 @@ impl Gateway {
         self.publish(DELIVERY_TOPIC, modem_id, &record, std::time::Instant::now());
     }
 
-    /// A switch request from its Confluent-framed bytes: direct when written with the
-    /// catalog schema, resolved to it (writer schema fetched once by id) otherwise.
-    async fn decode_request(
-        &self,
-        payload: Option<&[u8]>,
-        resolvers: &mut HashMap<i32, ResolvingReader>,
-    ) -> Result<CarrierSwitchRequest, String> {
-        let (id, codec) = self
-            .codecs
-            .get(REQUEST_TOPIC)
-            .ok_or("no schema for downstream-request")?;
-        let (writer, body) = split_frame(payload.ok_or("empty record")?)?;
-        if writer == *id {
-            return codec.decode(body);
-        }
-        let resolver = match resolvers.entry(writer) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let text = self
-                    .registry
-                    .schema_by_id(writer)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let writer_codec = SchemaCodec::parse(&text)?;
-                v.insert(ResolvingReader::new(&writer_codec, codec)?)
-            }
-        };
-        let value = resolver.read_value(body)?;
-        switchyard_schemas::wire::from_value(&value)
-    }
-
     async fn take_requests(self: Arc<Self>, consumer: StreamConsumer<TracingContext>) {
-        let mut resolvers = HashMap::new();
+        let Some((id, codec)) = self.codecs.get(REQUEST_TOPIC).cloned() else {
+            warn!("no schema for downstream-request; downlink is off");
+            return;
+        };
+        // Requests written with a newer (compatible) schema are resolved to ours.
+        let mut decoder = RecordDecoder::new(self.registry.clone(), id, codec);
         loop {
             let message = match consumer.recv().await {
                 Ok(m) => m,
@@ -598,7 +563,9 @@ impl Gateway {
                     continue;
                 }
             };
-            let request = self.decode_request(message.payload(), &mut resolvers).await;
+            let request = decoder
+                .decode::<CarrierSwitchRequest>(message.payload())
+                .await;
             match request.and_then(|r| {
                 parse_request_id(&r.request_id)
                     .map(|rid| (r, rid))

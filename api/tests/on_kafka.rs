@@ -1,0 +1,380 @@
+//! The switch API on the real pipeline: tansu, the registry, carrier-state, the gateway and a
+//! simulated modem with its SIM; switches made through the API, the CLI and bad requests.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use switchyard_protocol::{Envelope, Frame, IotStatus, Packet};
+use switchyard_schemas::records::{Carrier, CarrierSwitchRequest};
+use switchyard_testkit::{free_port, workspace_binary, Service, Stack};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+const MODEM: &str = "4242";
+const WAIT: Duration = Duration::from_secs(90);
+
+/// A blocking HTTP client over reqwest.
+struct Client {
+    runtime: tokio::runtime::Runtime,
+    http: reqwest::Client,
+    base: String,
+}
+
+struct Answer {
+    status: u16,
+    location: Option<String>,
+    body: Value,
+}
+
+impl Client {
+    fn new(addr: SocketAddr) -> Client {
+        Client {
+            runtime: tokio::runtime::Runtime::new().expect("runtime"),
+            http: reqwest::Client::new(),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Answer {
+        self.runtime.block_on(async {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let mut request = self.http.request(method, format!("{}{path}", self.base));
+            if let Some(t) = token {
+                request = request.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                request = request
+                    .header("content-type", "application/json")
+                    .body(b.to_string());
+            }
+            let response = request.send().await.expect("the API answers");
+            let status = response.status().as_u16();
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let text = response.text().await.unwrap_or_default();
+            Answer {
+                status,
+                location,
+                body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            }
+        })
+    }
+
+    fn get(&self, path: &str) -> Answer {
+        self.call("GET", path, Some(TOKEN), None)
+    }
+
+    fn switch(&self, modem: &str, body: &str) -> Answer {
+        self.call(
+            "POST",
+            &format!("/modems/{modem}/carrier"),
+            Some(TOKEN),
+            Some(body),
+        )
+    }
+
+    /// Follow /events in the background; every event's text lands in the returned list.
+    fn follow_events(&self) -> Arc<Mutex<Vec<String>>> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let request = self
+            .http
+            .get(format!("{}/events", self.base))
+            .bearer_auth(TOKEN);
+        self.runtime.spawn(async move {
+            let Ok(mut response) = request.send().await else {
+                return;
+            };
+            while let Ok(Some(chunk)) = response.chunk().await {
+                if let Ok(mut s) = sink.lock() {
+                    s.push(String::from_utf8_lossy(&chunk).into_owned());
+                }
+            }
+        });
+        seen
+    }
+
+    /// Poll a request until it leaves requested/sent.
+    fn wait_until_finished(&self, request_id: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let a = self.get(&format!("/requests/{request_id}"));
+            assert_eq!(a.status, 200, "{}", a.body);
+            let state = a.body["state"].as_str().unwrap_or_default().to_string();
+            if state != "requested" && state != "sent" {
+                return a.body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "request {request_id} still {state}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn start_api(stack: &Stack) -> (Service, SocketAddr) {
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
+    let (mut api, _) = stack
+        .start_processor(
+            "switchyard-api",
+            "api",
+            &[
+                ("SWITCHYARD_API_LISTEN", listen.to_string()),
+                ("SWITCHYARD_API_TOKEN", TOKEN.to_string()),
+                ("SWITCHYARD_API_DEADLINE_SECS", "8".to_string()),
+                ("SWITCHYARD_API_PRODUCE_TIMEOUT_MS", "2000".to_string()),
+            ],
+        )
+        .expect("API healthy");
+    api.wait_until(Duration::from_secs(30), || {
+        switchyard_testkit::http_get_status(listen, "/health").ok() == Some(200)
+    })
+    .expect("API ready");
+    (api, listen)
+}
+
+fn cli(api: SocketAddr, args: &[&str]) -> (i32, String) {
+    let out = Command::new(workspace_binary("switchyard").expect("switchyard binary"))
+        .env("SWITCHYARD_API_URL", format!("http://{api}"))
+        .env("SWITCHYARD_API_TOKEN", TOKEN)
+        .args(args)
+        .output()
+        .expect("switchyard runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn operators_switch_carriers_through_the_api_and_bad_requests_change_nothing() {
+    let mut stack = Stack::start().expect("stack");
+    let (_carrier_state, _) = stack
+        .start_processor(
+            "carrier-state",
+            "carrier-state",
+            &[("SWITCHYARD_DEADLINE_CHECK_MS", "200".into())],
+        )
+        .expect("carrier-state healthy");
+    let udp: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
+    let (_gateway, _) = stack
+        .start_processor(
+            "switchyard-gateway",
+            "gateway",
+            &[
+                ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
+                ("SWITCHYARD_RETRY_INITIAL_MS", "300".into()),
+            ],
+        )
+        .expect("gateway healthy");
+    let _modem = stack
+        .spawn(
+            "switchyard-modem",
+            "modem",
+            &[
+                ("SWITCHYARD_GATEWAY", udp.to_string()),
+                ("SWITCHYARD_MODEM_ID", MODEM.into()),
+                ("SWITCHYARD_RATES", "0,0,0".into()),
+                ("SWITCHYARD_STATUS_SECS", "1".into()),
+            ],
+        )
+        .expect("modem");
+    let (_api, addr) = start_api(&stack);
+    let client = Client::new(addr);
+    switchyard_testkit::wait_for("the modem in the API", WAIT, || {
+        let a = client.get(&format!("/modems/{MODEM}"));
+        a.status == 200 && a.body["last_status"] == "nominal"
+    })
+    .expect("modem visible");
+
+    // Auth: health is open, everything else needs the token.
+    assert_eq!(client.call("GET", "/health", None, None).status, 200);
+    for token in [None, Some("wrong-token-0123456789")] {
+        let a = client.call("GET", "/modems", token, None);
+        assert_eq!(
+            (a.status, a.body["error"].as_str()),
+            (401, Some("unauthorized"))
+        );
+        let a = client.call(
+            "POST",
+            &format!("/modems/{MODEM}/carrier"),
+            token,
+            Some(r#"{"carrier":"verizon"}"#),
+        );
+        assert_eq!(a.status, 401);
+        assert_eq!(client.call("GET", "/openapi.json", token, None).status, 401);
+    }
+
+    // Bad input: a clear JSON error each, nothing produced.
+    let a = client.switch(MODEM, r#"{"carrier":"sprint"}"#);
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (400, Some("unknown_carrier"))
+    );
+    assert!(a.body["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("verizon"));
+    let a = client.switch(MODEM, r#"{"carrier":"#);
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (400, Some("malformed_body"))
+    );
+    let a = client.switch(MODEM, &format!(r#"{{"carrier":"{}"}}"#, "x".repeat(10_000)));
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (413, Some("body_too_large"))
+    );
+    let a = client.switch("no-such-modem", r#"{"carrier":"verizon"}"#);
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (404, Some("unknown_modem"))
+    );
+    let a = client.get("/requests/00000000000000ff");
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (404, Some("unknown_request"))
+    );
+    assert!(
+        stack
+            .consume::<CarrierSwitchRequest>("downstream-request", 1, Duration::from_secs(2))
+            .expect("read")
+            .is_empty(),
+        "refused requests produce nothing"
+    );
+
+    // AT&T → Verizon: accepted, visible at once, acknowledged by the SIM; live events follow.
+    let events = client.follow_events();
+    let a = client.switch(MODEM, r#"{"carrier":"verizon"}"#);
+    assert_eq!(a.status, 202, "{}", a.body);
+    let request_id = a.body["request_id"]
+        .as_str()
+        .expect("request id")
+        .to_string();
+    assert_eq!(a.location, Some(format!("/requests/{request_id}")));
+    let right_after = client.get(&format!("/requests/{request_id}"));
+    assert_eq!(right_after.status, 200, "read your write");
+    let finished = client.wait_until_finished(&request_id);
+    assert_eq!(finished["state"], "acked", "{finished}");
+    assert_eq!(finished["result_carrier"], "verizon");
+    assert_eq!(
+        client.get(&format!("/modems/{MODEM}")).body["carrier"],
+        "verizon"
+    );
+    let requests = stack
+        .consume::<CarrierSwitchRequest>("downstream-request", 1, WAIT)
+        .expect("requests");
+    assert_eq!(
+        (
+            requests[0].raw.key.as_deref(),
+            requests[0].value.carrier,
+            requests[0].value.request_id.as_str()
+        ),
+        (
+            Some(MODEM.as_bytes()),
+            Carrier::Verizon,
+            request_id.as_str()
+        ),
+        "keyed by modem id"
+    );
+    switchyard_testkit::wait_for("an SSE event showing the ack", WAIT, || {
+        events
+            .lock()
+            .map(|e| e.concat().contains("\"acked\""))
+            .unwrap_or(false)
+    })
+    .expect("live updates");
+    assert!(events
+        .lock()
+        .expect("events")
+        .concat()
+        .starts_with("event: snapshot"));
+
+    // And back to AT&T with the CLI, waiting for the answer.
+    let (code, out) = cli(addr, &["switch", MODEM, "at&t", "--wait"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("acked"), "{out}");
+    let (code, out) = cli(addr, &["modems"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(MODEM) && out.contains("at&t"), "{out}");
+    let (code, out) = cli(addr, &["switch", MODEM, "sprint"]);
+    assert_eq!(code, 2, "bad input: {out}");
+
+    // A modem that went away: the switch ends as timed out, and a second one is refused
+    // while the first is pending.
+    let gone = UdpSocket::bind("127.0.0.1:0").expect("socket");
+    let hello = Frame {
+        envelope: Some(Envelope {
+            modem_id: 999,
+            sequence: 1,
+            request_id: None,
+            auth_tag: None,
+        }),
+        packet: Packet::IotStatus(IotStatus::Nominal),
+    }
+    .encode()
+    .expect("encode");
+    gone.send_to(&hello, udp).expect("send");
+    drop(gone);
+    switchyard_testkit::wait_for("modem 999 in the API", WAIT, || {
+        client.get("/modems/999").status == 200
+    })
+    .expect("seen");
+    let a = client.switch("999", r#"{"carrier":"t-mobile"}"#);
+    assert_eq!(a.status, 202, "{}", a.body);
+    let unreachable = a.body["request_id"].as_str().expect("id").to_string();
+    let a = client.switch("999", r#"{"carrier":"verizon"}"#);
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (409, Some("request_pending"))
+    );
+    let finished = client.wait_until_finished(&unreachable);
+    let timed_out = finished["state"] == "timed_out"
+        || (finished["state"] == "undeliverable" && finished["reason"] == "deadline");
+    assert!(timed_out, "{finished}");
+
+    // The OpenAPI document matches the handlers.
+    let doc = client.get("/openapi.json");
+    assert_eq!(doc.status, 200);
+    for path in [
+        "/modems",
+        "/modems/{id}",
+        "/modems/{id}/carrier",
+        "/requests/{id}",
+        "/events",
+        "/health",
+    ] {
+        assert!(doc.body["paths"].get(path).is_some(), "{path} undocumented");
+    }
+    assert!(
+        doc.body["paths"]["/modems/{id}/carrier"]["post"]["responses"]
+            .get("409")
+            .is_some()
+    );
+
+    // Broker down: 503, and nothing half-written once it is back.
+    stack.broker.stop();
+    let a = client.switch(MODEM, r#"{"carrier":"disconnect"}"#);
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (503, Some("broker_unavailable")),
+        "{}",
+        a.body
+    );
+    stack.broker.start_again().expect("broker back");
+    let all = stack
+        .consume::<CarrierSwitchRequest>("downstream-request", 100, Duration::from_secs(10))
+        .expect("requests");
+    assert_eq!(all.len(), 3, "verizon, at&t, t-mobile; no disconnect");
+    assert!(all.iter().all(|r| r.value.carrier != Carrier::Disconnect));
+    assert_eq!(
+        json!(client.get(&format!("/modems/{MODEM}")).body["carrier"]),
+        "at&t"
+    );
+}

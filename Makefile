@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: help deps build up down status logs test lint bench fuzz clean
+.PHONY: help deps deps-test build up down status logs test lint bench fuzz clean
 
 help:
 	@echo "make up      install what is missing, build, start broker + registry + services, apply topics"
@@ -16,6 +16,9 @@ help:
 
 deps:
 	@scripts/deps.sh
+
+deps-test:
+	@scripts/deps.sh --test
 
 build:
 	$(CARGO) build --workspace --bins
@@ -38,7 +41,7 @@ lint:
 
 # Integration tests start their own tansu brokers and registries on free ports (and stop
 # them), so `make test` works with or without `make up` running.
-test: deps lint build
+test: deps-test lint build
 	$(CARGO) test --workspace
 
 # Timing matters here, so release builds. Results: results/bench.md and results/bench.json.

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Install what Switchyard needs and is missing. Safe to run again: each step checks first.
-#   scripts/deps.sh            everything `make up` and `make test` need
+#   scripts/deps.sh            everything `make up` needs
+#   scripts/deps.sh --test     and what `make test` needs on top (headless Chromium, selenium)
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
 APT_PACKAGES=(curl iproute2 procps util-linux python3-pip pcscd libpcsclite-dev vsmartcard-vpcd)
+FOR_TESTS=false
+[ "${1:-}" = "--test" ] && FOR_TESTS=true
+if $FOR_TESTS; then APT_PACKAGES+=(chromium chromium-driver); fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
@@ -32,4 +36,10 @@ fi
 if ! python3 -c "import confluent_kafka, fastavro" 2>/dev/null; then
   say "pip: installing Confluent's Python client"
   python3 -m pip install --quiet --disable-pip-version-check -r "$ROOT/registry/tests/python/requirements.txt"
+fi
+
+# Selenium drives chromium in the switch page's test.
+if $FOR_TESTS && ! python3 -c "import selenium" 2>/dev/null; then
+  say "pip: installing selenium (page test)"
+  python3 -m pip install --quiet --disable-pip-version-check -r "$ROOT/api/tests/browser/requirements.txt"
 fi

@@ -24,7 +24,10 @@ GATEWAY_UDP=${SWITCHYARD_GATEWAY_PORT:-6001}
 GATEWAY_METRICS=9104
 PROCESSORS=(reading-counter=9100 grafana-projector=9101 carrier-state=9102 anomaly-detector=9103)
 for p in "${PROCESSORS[@]}"; do SERVICES+=("${p%%=*}"); done
-SERVICES+=(modems)
+API_PORT=${SWITCHYARD_API_PORT:-8000}
+API_METRICS=9105
+TOKEN_FILE="$RUN/api-token"
+SERVICES+=(api modems)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -64,7 +67,7 @@ start() { # name, port, workdir, command...
 
 up() {
   mkdir -p "$LOGS" "$PIDS" "$DATA"
-  for bin in switchyard switchyard-registry switchyard-gateway switchyard-modem "${PROCESSORS[@]%%=*}"; do
+  for bin in switchyard switchyard-registry switchyard-gateway switchyard-modem switchyard-api "${PROCESSORS[@]%%=*}"; do
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is not built (run: make build)"
   done
   command -v tansu >/dev/null || die "tansu is not installed (run: make deps)"
@@ -107,6 +110,16 @@ up() {
     wait_for "$name" 60 curl -fsS "http://$BROKER_HOST:$port/health"
   done
 
+  say "switch API (http://$BROKER_HOST:$API_PORT)"
+  if [ ! -s "$TOKEN_FILE" ]; then
+    (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TOKEN_FILE")
+  fi
+  start api "$API_PORT" "$RUN" env SWITCHYARD_API_LISTEN="$BROKER_HOST:$API_PORT" \
+    SWITCHYARD_API_TOKEN_FILE="$TOKEN_FILE" SWITCHYARD_METRICS_LISTEN="$BROKER_HOST:$API_METRICS" \
+    ${SWITCHYARD_GRAFANA_URL:+SWITCHYARD_GRAFANA_URL="$SWITCHYARD_GRAFANA_URL"} \
+    RUST_LOG="${RUST_LOG:-info,librdkafka=warn,rdkafka=warn}" "$BIN/switchyard-api"
+  wait_for api 60 curl -fsS "http://$BROKER_HOST:$API_PORT/health"
+
   say "simulated modems ($FLEET, software SIMs in process)"
   start modems 0 "$RUN" env RUST_LOG="${RUST_LOG:-info}" "$BIN/switchyard-modem" --sim in-process \
     --fleet "$FLEET" --gateway "$BROKER_HOST:$GATEWAY_UDP" --rates 1,1,0.2 --status-secs 10
@@ -114,11 +127,17 @@ up() {
   running modems || die "the modem simulator exited; see $LOGS/modems.log"
 
   status
+  local token
+  token=$(cat "$TOKEN_FILE")
   cat <<EOM
 
-Switchyard is up. Try:
-  export PATH="$BIN:\$PATH"
-  switchyard topics list
+Switchyard is up.
+  Switch page:  http://$BROKER_HOST:$API_PORT/#token=$token
+  API token:    $token   (kept in ${TOKEN_FILE#"$ROOT/"})
+Try:
+  export PATH="$BIN:\$PATH" SWITCHYARD_API_TOKEN=$token
+  switchyard modems
+  switchyard switch 356938035643809 verizon --wait
   switchyard tail imu
 Logs: make logs     Stop: make down
 EOM
@@ -133,6 +152,7 @@ status() {
       registry) addr="$SWITCHYARD_REGISTRY_URL" ;;
       gateway) addr="udp://$BROKER_HOST:$GATEWAY_UDP" ;;
       modems) addr="$FLEET modems -> udp://$BROKER_HOST:$GATEWAY_UDP" ;;
+      api) addr="http://$BROKER_HOST:$API_PORT (metrics :$API_METRICS)" ;;
       *) addr="http://$BROKER_HOST:$(port_of "$name")/metrics" ;;
     esac
     pid=$(pid_of "$name")
@@ -161,7 +181,7 @@ down() {
   for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
     stop_one "${SERVICES[$i]}"
   done
-  for port in "$REGISTRY_PORT" "$BROKER_PORT" "$GATEWAY_METRICS"; do
+  for port in "$REGISTRY_PORT" "$BROKER_PORT" "$GATEWAY_METRICS" "$API_PORT"; do
     if port_busy "$port"; then echo "    warning: port $port is still in use by another process"; fi
   done
 }

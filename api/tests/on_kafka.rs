@@ -306,6 +306,30 @@ fn operators_switch_carriers_through_the_api_and_bad_requests_change_nothing() {
     let (code, out) = cli(addr, &["switch", MODEM, "sprint"]);
     assert_eq!(code, 2, "bad input: {out}");
 
+    // The page, in headless Chromium: click a switch to T-Mobile and see it acknowledged.
+    let screenshot = stack.broker.data_dir().join("switch-page.png");
+    let page = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/browser/switch_page.py"
+        ))
+        .args([&format!("http://{addr}"), TOKEN, MODEM, "t-mobile"])
+        .arg(&screenshot)
+        .output()
+        .expect("python3 runs (make test installs chromium, chromium-driver, selenium)");
+    assert!(
+        page.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&page.stdout),
+        String::from_utf8_lossy(&page.stderr)
+    );
+    assert!(screenshot.exists());
+    assert_eq!(
+        client.get(&format!("/modems/{MODEM}")).body["carrier"],
+        "t-mobile",
+        "the API agrees with the page"
+    );
+
     // A modem that went away: the switch ends as timed out, and a second one is refused
     // while the first is pending.
     let gone = UdpSocket::bind("127.0.0.1:0").expect("socket");
@@ -371,10 +395,14 @@ fn operators_switch_carriers_through_the_api_and_bad_requests_change_nothing() {
     let all = stack
         .consume::<CarrierSwitchRequest>("downstream-request", 100, Duration::from_secs(10))
         .expect("requests");
-    assert_eq!(all.len(), 3, "verizon, at&t, t-mobile; no disconnect");
+    assert_eq!(
+        all.len(),
+        4,
+        "verizon, at&t (CLI), t-mobile (page), t-mobile (999); no disconnect"
+    );
     assert!(all.iter().all(|r| r.value.carrier != Carrier::Disconnect));
     assert_eq!(
         json!(client.get(&format!("/modems/{MODEM}")).body["carrier"]),
-        "at&t"
+        "t-mobile"
     );
 }

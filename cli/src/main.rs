@@ -1,6 +1,7 @@
 //! `switchyard`: the operator CLI.
 
 mod avro_json;
+mod grafana;
 mod packet;
 mod produce;
 mod switch;

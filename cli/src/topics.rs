@@ -19,6 +19,9 @@ pub enum TopicsCommand {
     List,
     /// Print the catalog as Markdown (what docs/topics.md holds).
     Doc,
+    /// Print the Grafana dashboard generated from the catalog (what
+    /// grafana/dashboards/switchyard.json holds).
+    Grafana,
     /// Create every catalog topic and register every value schema; safe to run again.
     Apply {
         /// Replication factor for new topics (1 on a single broker).
@@ -54,6 +57,10 @@ pub async fn run(endpoints: &Endpoints, command: TopicsCommand) -> Result<(), Fa
         }
         TopicsCommand::Doc => {
             crate::emit(crate::topics_doc::render(&catalog).trim_end());
+            Ok(())
+        }
+        TopicsCommand::Grafana => {
+            crate::emit(crate::grafana::render(&catalog));
             Ok(())
         }
         TopicsCommand::Apply {

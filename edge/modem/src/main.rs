@@ -25,9 +25,9 @@ enum SimKind {
     about = "Simulated modems: sensors, SIM, UDP link to the gateway"
 )]
 struct Args {
-    /// The gateway's UDP address.
+    /// The gateway's UDP address, HOST:PORT (a name is resolved once at start).
     #[arg(long, env = "SWITCHYARD_GATEWAY", default_value = "127.0.0.1:6001")]
-    gateway: SocketAddr,
+    gateway: String,
     /// Where the SIM is.
     #[arg(long, env = "SWITCHYARD_SIM", value_enum, default_value = "in-process")]
     sim: SimKind,
@@ -92,6 +92,24 @@ fn sensors(rates: &[f64], ranges: &[ValueRange]) -> Vec<Sensor> {
         .collect()
 }
 
+/// HOST:PORT to an address; retried for a while, since in a container the gateway's name
+/// may not resolve until it has started.
+fn resolve(gateway: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match gateway.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => return Ok(addr),
+            Ok(None) => bail!("--gateway {gateway:?} resolves to no address"),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput || Instant::now() > deadline => {
+                return Err(e)
+                    .with_context(|| format!("--gateway {gateway:?} (expected HOST:PORT)"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     switchyard_telemetry::init_tracing("info");
     let args = Args::parse();
@@ -106,6 +124,7 @@ fn main() -> anyhow::Result<()> {
         delay: args.delay,
         delay_by: Duration::from_millis(args.delay_ms),
     };
+    let gateway = resolve(&args.gateway)?;
     let until = args
         .duration_secs
         .map(|s| Instant::now() + Duration::from_secs(s));
@@ -116,8 +135,8 @@ fn main() -> anyhow::Result<()> {
                 bail!("--sim pcsc drives one card; use --sim in-process for a fleet");
             }
             let card = PcscCard::connect(&args.reader)?;
-            let mut modem = Modem::new(card, args.gateway, faults, 1)?;
-            info!(gateway = %args.gateway, imsi = %modem.read_imsi().unwrap_or_default(), "modem running with its SIM over PC/SC");
+            let mut modem = Modem::new(card, gateway, faults, 1)?;
+            info!(%gateway, imsi = %modem.read_imsi().unwrap_or_default(), "modem running with its SIM over PC/SC");
             modem.run(&mut sensors(&args.rates, &args.ranges), status_every, until)
         }
         SimKind::InProcess => {
@@ -130,7 +149,7 @@ fn main() -> anyhow::Result<()> {
             let threads: Vec<_> = (0..args.fleet.max(1))
                 .map(|i| {
                     let (gateway, rates, ranges, key, v1) = (
-                        args.gateway,
+                        gateway,
                         args.rates.clone(),
                         args.ranges.clone(),
                         key.clone(),
@@ -150,7 +169,7 @@ fn main() -> anyhow::Result<()> {
                     })
                 })
                 .collect();
-            info!(fleet = threads.len(), gateway = %args.gateway, "modems running with in-process SIMs");
+            info!(fleet = threads.len(), %gateway, "modems running with in-process SIMs");
             for t in threads {
                 match t.join() {
                     Ok(Ok(())) => {}

@@ -1,0 +1,28 @@
+# One image for every Switchyard service; compose.yml picks the binary per service.
+# Build:  docker build -t switchyard .
+
+FROM rust:1-bookworm AS build
+# libpcsclite-dev: the modem simulator speaks PC/SC. librdkafka is built from the bundled
+# sources (rdkafka's default), which needs only the C toolchain the rust image has.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libpcsclite-dev pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --workspace --bins \
+ && mkdir -p /out \
+ && cp target/release/switchyard target/release/switchyard-gateway \
+       target/release/switchyard-api target/release/switchyard-modem \
+       target/release/switchyard-registry target/release/switchyard-sim \
+       target/release/reading-counter target/release/grafana-projector \
+       target/release/carrier-state target/release/anomaly-detector /out/
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl libpcsclite1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 switchyard
+COPY --from=build /out/ /usr/local/bin/
+USER switchyard
+# Each service's command is set in compose.yml; alone, the image prints the CLI's help.
+CMD ["switchyard", "--help"]

@@ -615,3 +615,23 @@ pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -
     }
     Ok(())
 }
+
+/// vsmartcard's vpcd reader slot the software SIM connects to (pcscd listens there).
+pub const VPCD: &str = "127.0.0.1:35963";
+
+/// pcscd, started here unless one is already running (it is one per machine). Dropping the
+/// returned service stops the pcscd this started.
+pub fn ensure_pcscd(log_dir: &Path) -> Result<Option<Service>> {
+    let vpcd: SocketAddr = VPCD.parse()?;
+    if TcpStream::connect_timeout(&vpcd, Duration::from_millis(200)).is_ok() {
+        return Ok(None);
+    }
+    let mut command = Command::new("pcscd");
+    command.arg("--foreground");
+    let mut service = Service::spawn("pcscd", command, log_dir)
+        .context("starting pcscd (make test installs pcscd and vsmartcard-vpcd)")?;
+    service.wait_until(Duration::from_secs(20), || {
+        TcpStream::connect_timeout(&vpcd, Duration::from_millis(200)).is_ok()
+    })?;
+    Ok(Some(service))
+}

@@ -134,7 +134,18 @@ fn main() -> anyhow::Result<()> {
             if args.fleet != 1 {
                 bail!("--sim pcsc drives one card; use --sim in-process for a fleet");
             }
-            let card = PcscCard::connect(&args.reader)?;
+            // The card may not be in the reader yet (the SIM connects to vpcd on its own).
+            let wait_until = Instant::now() + Duration::from_secs(60);
+            let card = loop {
+                match PcscCard::connect(&args.reader) {
+                    Ok(card) => break card,
+                    Err(e) if Instant::now() < wait_until => {
+                        info!(error = %e, reader = %args.reader, "waiting for the SIM");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             let mut modem = Modem::new(card, gateway, faults, 1)?;
             info!(%gateway, imsi = %modem.read_imsi().unwrap_or_default(), "modem running with its SIM over PC/SC");
             modem.run(&mut sensors(&args.rates, &args.ranges), status_every, until)

@@ -3,8 +3,7 @@
 //! authentication on), a tansu broker and the registry. A switch requested on Kafka reaches
 //! the SIM over PC/SC; the SIM's ACK comes back with the new carrier and its IMSI changes.
 
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,29 +11,12 @@ use switchyard_modem::{decode_imsi, PcscCard, SimLink};
 use switchyard_schemas::records::{
     AckStatus, Carrier, CarrierSwitchAck, CarrierSwitchRequest, IotStatusReport, SensorReading,
 };
-use switchyard_testkit::{free_port, wait_for, workspace_binary, Service, Stack};
+use switchyard_testkit::{
+    ensure_pcscd, free_port, wait_for, workspace_binary, Service, Stack, VPCD,
+};
 
 const MODEM: u64 = 777;
 const KEY: &str = "00112233445566778899aabbccddeeff";
-const VPCD: &str = "127.0.0.1:35963";
-
-/// pcscd, started here unless one is already running (it is one per machine).
-fn ensure_pcscd(log_dir: &Path) -> Option<Service> {
-    let vpcd: SocketAddr = VPCD.parse().expect("addr");
-    if TcpStream::connect_timeout(&vpcd, Duration::from_millis(200)).is_ok() {
-        return None;
-    }
-    let mut command = Command::new("pcscd");
-    command.arg("--foreground");
-    let mut service = Service::spawn("pcscd", command, log_dir)
-        .expect("pcscd is installed (make deps installs pcscd and vsmartcard-vpcd)");
-    service
-        .wait_until(Duration::from_secs(20), || {
-            TcpStream::connect_timeout(&vpcd, Duration::from_millis(200)).is_ok()
-        })
-        .expect("pcscd opens vpcd's port");
-    Some(service)
-}
 
 fn now_us() -> i64 {
     SystemTime::now()
@@ -46,7 +28,7 @@ fn now_us() -> i64 {
 #[test]
 fn a_switch_requested_on_kafka_reaches_the_sim_over_pcsc_and_its_ack_comes_back() {
     let stack = Stack::start().expect("stack");
-    let _pcscd = ensure_pcscd(stack.broker.data_dir());
+    let _pcscd = ensure_pcscd(stack.broker.data_dir()).expect("pcscd");
 
     let mut sim = Command::new(workspace_binary("switchyard-sim").expect("built"));
     sim.args([

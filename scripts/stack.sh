@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Run the Switchyard stack on this machine, no Docker: `stack.sh up|down|status|logs`.
-# Everything lives under .run/ in the repository: data/, logs/, pids/.
+# Everything lives under .run/ in the repository (SWITCHYARD_RUN_DIR elsewhere): data/,
+# logs/, pids/. Ports can be moved with SWITCHYARD_*_PORT and SWITCHYARD_METRICS_BASE (the
+# six metrics ports from there); the system test runs a second stack that way.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-RUN="$ROOT/.run"
+RUN="${SWITCHYARD_RUN_DIR:-$ROOT/.run}"
 LOGS="$RUN/logs"
 PIDS="$RUN/pids"
 DATA="$RUN/data"
@@ -21,11 +23,13 @@ export SWITCHYARD_REGISTRY_URL="http://$BROKER_HOST:$REGISTRY_PORT"
 SERVICES=(tansu registry gateway)
 FLEET=${SWITCHYARD_FLEET:-3}
 GATEWAY_UDP=${SWITCHYARD_GATEWAY_PORT:-6001}
-GATEWAY_METRICS=9104
-PROCESSORS=(reading-counter=9100 grafana-projector=9101 carrier-state=9102 anomaly-detector=9103)
+METRICS_BASE=${SWITCHYARD_METRICS_BASE:-9100}
+GATEWAY_METRICS=$((METRICS_BASE + 4))
+PROCESSORS=(reading-counter=$METRICS_BASE grafana-projector=$((METRICS_BASE + 1))
+  carrier-state=$((METRICS_BASE + 2)) anomaly-detector=$((METRICS_BASE + 3)))
 for p in "${PROCESSORS[@]}"; do SERVICES+=("${p%%=*}"); done
 API_PORT=${SWITCHYARD_API_PORT:-8000}
-API_METRICS=9105
+API_METRICS=$((METRICS_BASE + 5))
 TOKEN_FILE="$RUN/api-token"
 SERVICES+=(api modems)
 

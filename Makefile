@@ -12,7 +12,7 @@ help:
 	@echo "make logs    follow every service's log"
 	@echo "make test    lint, build, and run every test against real processes"
 	@echo "make bench   benchmarks, each against its baseline; writes results/bench.md and .json"
-	@echo "make fuzz    fuzz the packet decoder (FUZZ_SECONDS, default 60)"
+	@echo "make fuzz    fuzz the packet decoder, the SIM's APDUs and Avro decoding (FUZZ_SECONDS each, default 60)"
 
 deps:
 	@scripts/deps.sh
@@ -52,9 +52,12 @@ bench: deps
 	./target/release/switchyard-bench gateway --packets $(BENCH_RECORDS)
 
 FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= decode apdu avro
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd edge/protocol && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run decode fuzz/corpus/decode -- -max_total_time=$(FUZZ_SECONDS)
+	for t in $(FUZZ_TARGETS); do \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

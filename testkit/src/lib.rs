@@ -248,7 +248,11 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(broker: &Broker, name: &str) -> Result<Registry> {
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        Self::start_at(broker, name, ([127, 0, 0, 1], free_port()?).into())
+    }
+
+    /// A registry on a given address (e.g. to bring one back where it was).
+    pub fn start_at(broker: &Broker, name: &str, addr: SocketAddr) -> Result<Registry> {
         let mut command = Command::new(workspace_binary("switchyard-registry")?);
         command
             .env("RUST_LOG", "info,rdkafka=warn")

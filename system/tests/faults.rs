@@ -1,0 +1,446 @@
+//! Faults the system must survive without losing data, on real processes and loopback only.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use switchyard_schemas::records::{
+    Carrier, CarrierSwitchRequest, GrafanaReading, RequestState, SensorReading,
+};
+use switchyard_testkit::{
+    free_port, http_get_status, metric_sum, wait_for, Registry, Service, Stack,
+};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+fn reading(modem: &str, value: i32, at: i64) -> SensorReading {
+    SensorReading {
+        modem_id: modem.into(),
+        device_id: 1,
+        sensor: "imu".into(),
+        timestamp: at,
+        value: Some(value),
+        data: value.to_be_bytes().to_vec(),
+        received_at: at,
+        sequence: None,
+    }
+}
+
+/// A processor whose registry is down at start says so, retries, stays up (no crash loop,
+/// no stack trace), and works once the registry is back.
+#[test]
+fn a_processor_started_while_the_registry_is_down_waits_for_it() {
+    let mut stack = Stack::start().expect("stack");
+    let registry_addr = stack.registry.addr;
+    stack.registry.service.kill();
+
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
+    let mut projector = stack
+        .spawn(
+            "grafana-projector",
+            "grafana-projector",
+            &[("SWITCHYARD_METRICS_LISTEN", metrics.to_string())],
+        )
+        .expect("spawn");
+    wait_for("the retry to be logged", WAIT, || {
+        projector
+            .log_text()
+            .contains("schema registry unreachable; retrying")
+    })
+    .expect("a clear message");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        projector.is_running(),
+        "no crash:\n{}",
+        projector.log_text()
+    );
+    assert_ne!(
+        http_get_status(metrics, "/health").ok(),
+        Some(200),
+        "not ready"
+    );
+    let log = projector.log_text();
+    assert!(
+        !log.contains("panicked") && !log.contains("stack backtrace"),
+        "{log}"
+    );
+
+    stack.registry = Registry::start_at(&stack.broker, "registry-again", registry_addr)
+        .expect("registry back on its address");
+    projector
+        .wait_until(WAIT, || {
+            http_get_status(metrics, "/health").ok() == Some(200)
+        })
+        .expect("ready once the registry is back");
+    let at = now_us();
+    stack
+        .produce("imu", &[("5".to_string(), reading("5", 77, at), at / 1000)])
+        .expect("produce");
+    let out = stack
+        .consume::<GrafanaReading>("imu-grafana", 1, WAIT)
+        .expect("projection");
+    assert_eq!(out.first().map(|r| r.value.value), Some(77));
+}
+
+/// SIGKILL grafana-projector twice while readings stream in, restart it each time: every
+/// reading has its projection (at least once: duplicates allowed, gaps not).
+#[test]
+fn grafana_projector_killed_mid_stream_loses_no_reading() {
+    let stack = Stack::start().expect("stack");
+    let start = || -> Service {
+        stack
+            .start_processor("grafana-projector", "grafana-projector", &[])
+            .expect("healthy")
+            .0
+    };
+    let mut projector = start();
+    let base = now_us();
+    let total = 3000;
+    for batch in 0..3 {
+        let records: Vec<_> = (0..1000)
+            .map(|i| {
+                let n = batch * 1000 + i;
+                let modem = format!("{}", n % 50);
+                let at = base + i64::from(n) * 1000;
+                (modem.clone(), reading(&modem, n, at), at / 1000)
+            })
+            .collect();
+        stack.produce("imu", &records).expect("produce");
+        if batch < 2 {
+            // Let it get part way, then kill it without warning and start it again.
+            std::thread::sleep(Duration::from_millis(700));
+            projector.kill();
+            projector = start();
+        }
+    }
+    let mut values: Vec<i32> = Vec::new();
+    wait_for("every reading projected", WAIT, || {
+        values = stack
+            .consume::<GrafanaReading>("imu-grafana", usize::MAX, Duration::from_secs(3))
+            .map(|rs| rs.iter().map(|r| r.value.value).collect())
+            .unwrap_or_default();
+        values.sort_unstable();
+        values.dedup();
+        values.len() >= total as usize
+    })
+    .unwrap_or_else(|e| panic!("{e}: {} distinct of {total}", values.len()));
+    assert_eq!(values, (0..total).collect::<Vec<_>>());
+    drop(projector);
+}
+
+/// SIGKILL carrier-state while requests and answers stream in: after a restart it converges
+/// to the state of an uninterrupted run (every request ends the same way).
+#[test]
+fn carrier_state_killed_mid_stream_converges_to_the_same_state() {
+    use switchyard_schemas::records::{AckStatus, CarrierState, CarrierSwitchAck};
+    let stack = Stack::start().expect("stack");
+    let start = || -> (Service, SocketAddr) {
+        stack
+            .start_processor("carrier-state", "carrier-state", &[])
+            .expect("healthy")
+    };
+    let (mut processor, _) = start();
+    let modems = 40;
+    let t = now_us();
+    let requests: Vec<_> = (0..modems)
+        .map(|m| {
+            let request = CarrierSwitchRequest {
+                request_id: format!("{:016x}", 0xabc000 + m),
+                modem_id: m.to_string(),
+                carrier: if m % 2 == 0 {
+                    Carrier::Verizon
+                } else {
+                    Carrier::TMobile
+                },
+                requested_at: t,
+                deadline: t + 600_000_000,
+                requested_by: Some("fault-test".into()),
+            };
+            (m.to_string(), request, t / 1000)
+        })
+        .collect();
+    stack
+        .produce("downstream-request", &requests)
+        .expect("requests");
+    std::thread::sleep(Duration::from_millis(500));
+    processor.kill();
+    // Answers arrive while it is down: even modems ACK, odd modems NACK (still on AT&T).
+    let acks: Vec<_> = (0..modems)
+        .map(|m| {
+            let ack = CarrierSwitchAck {
+                modem_id: m.to_string(),
+                request_id: Some(format!("{:016x}", 0xabc000 + m)),
+                status: if m % 2 == 0 {
+                    AckStatus::Ack
+                } else {
+                    AckStatus::Nack
+                },
+                carrier: if m % 2 == 0 {
+                    Carrier::Verizon
+                } else {
+                    Carrier::AtAndT
+                },
+                received_at: t + 1_000_000,
+                sequence: None,
+            };
+            (m.to_string(), ack, t / 1000 + 1000)
+        })
+        .collect();
+    stack.produce("carrier-switch-ack", &acks).expect("acks");
+    let (restarted, metrics) = start();
+
+    let mut latest: std::collections::HashMap<String, CarrierState> = Default::default();
+    wait_for(
+        "every modem's request to end as in an uninterrupted run",
+        WAIT,
+        || {
+            latest.clear();
+            for r in stack
+                .consume::<CarrierState>("carrier-state", usize::MAX, Duration::from_secs(3))
+                .unwrap_or_default()
+            {
+                latest.insert(r.value.modem_id.clone(), r.value);
+            }
+            (0..modems).all(|m| {
+                latest.get(&m.to_string()).is_some_and(|s| {
+                    let expected = if m % 2 == 0 {
+                        (RequestState::Acked, Some(Carrier::Verizon))
+                    } else {
+                        (RequestState::Nacked, Some(Carrier::AtAndT))
+                    };
+                    s.requests.len() == 1 && (s.requests[0].state, s.carrier) == expected
+                })
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {} modems seen", latest.len()));
+    let text = switchyard_testkit::http_get_text(metrics, "/metrics").unwrap_or_default();
+    assert_eq!(metric_sum(&text, "switchyard_dead_letters_total"), 0.0);
+    drop((processor, restarted));
+}
+
+/// 30% of packets lost each way between the modems and the gateway: every switch still
+/// ends (acked, or timed out / undeliverable at its deadline); none stays pending.
+#[test]
+fn with_30_percent_packet_loss_every_switch_ends_and_none_stays_pending() {
+    use switchyard_schemas::records::CarrierState;
+    let stack = Stack::start().expect("stack");
+    let (_carrier_state, _) = stack
+        .start_processor(
+            "carrier-state",
+            "carrier-state",
+            &[("SWITCHYARD_DEADLINE_CHECK_MS", "200".into())],
+        )
+        .expect("carrier-state");
+    let udp: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
+    let (_gateway, _) = stack
+        .start_processor(
+            "switchyard-gateway",
+            "gateway",
+            &[
+                ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
+                ("SWITCHYARD_RETRY_INITIAL_MS", "200".into()),
+                ("SWITCHYARD_RETRY_MAX_MS", "800".into()),
+            ],
+        )
+        .expect("gateway");
+    let first_modem = 5000u64;
+    let fleet = 8u64;
+    let mut modems = std::process::Command::new(
+        switchyard_testkit::workspace_binary("switchyard-modem").expect("built"),
+    );
+    modems.args([
+        "--gateway",
+        &udp.to_string(),
+        "--fleet",
+        &fleet.to_string(),
+        "--modem-id",
+        &first_modem.to_string(),
+        "--rates",
+        "0,0,0",
+        "--status-secs",
+        "1",
+        "--drop",
+        "0.3",
+    ]);
+    let _modems = Service::spawn("modems", modems, stack.broker.data_dir()).expect("modem fleet");
+    // Every modem has been heard (its status got through at least once).
+    wait_for("every modem heard", WAIT, || {
+        let seen: std::collections::HashSet<String> = stack
+            .consume::<CarrierState>("carrier-state", usize::MAX, Duration::from_secs(2))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.value.modem_id)
+            .collect();
+        (first_modem..first_modem + fleet).all(|m| seen.contains(&m.to_string()))
+    })
+    .expect("heard");
+
+    let t = now_us();
+    let deadline = t + 15_000_000;
+    let requests: Vec<_> = (first_modem..first_modem + fleet)
+        .map(|m| {
+            let request = CarrierSwitchRequest {
+                request_id: format!("{:016x}", 0x10_0000 + m),
+                modem_id: m.to_string(),
+                carrier: Carrier::Verizon,
+                requested_at: t,
+                deadline,
+                requested_by: Some("loss-test".into()),
+            };
+            (m.to_string(), request, t / 1000)
+        })
+        .collect();
+    stack
+        .produce("downstream-request", &requests)
+        .expect("requests");
+
+    let mut ends: Vec<(String, RequestState)> = Vec::new();
+    wait_for("every request to end", WAIT, || {
+        let mut latest: std::collections::HashMap<String, CarrierState> = Default::default();
+        for r in stack
+            .consume::<CarrierState>("carrier-state", usize::MAX, Duration::from_secs(2))
+            .unwrap_or_default()
+        {
+            latest.insert(r.value.modem_id.clone(), r.value);
+        }
+        ends = latest
+            .values()
+            .flat_map(|s| s.requests.iter().map(|r| (s.modem_id.clone(), r.state)))
+            .collect();
+        ends.len() == fleet as usize
+            && ends
+                .iter()
+                .all(|(_, s)| !matches!(s, RequestState::Requested | RequestState::Sent))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {ends:?}"));
+    assert!(
+        now_us() < deadline + 60_000_000,
+        "ended by the deadline, not long after"
+    );
+    let acked = ends
+        .iter()
+        .filter(|(_, s)| *s == RequestState::Acked)
+        .count();
+    for (modem, state) in &ends {
+        assert!(
+            matches!(
+                state,
+                RequestState::Acked | RequestState::TimedOut | RequestState::Undeliverable
+            ),
+            "{modem}: {state:?}"
+        );
+    }
+    // Retries get most switches through 30% loss each way.
+    assert!(
+        acked >= fleet as usize / 2,
+        "{acked} of {fleet} acked: {ends:?}"
+    );
+}
+
+/// The broker restarts while modems stream readings: the gateway buffers and the projector
+/// reconnects by themselves; every reading the gateway accepted reaches `imu` unless counted
+/// as dropped in its metrics, and every one on `imu` is projected to `imu-grafana`.
+#[test]
+fn a_broker_restart_under_load_needs_no_manual_step_and_loses_nothing_uncounted() {
+    use std::collections::HashSet;
+    let mut stack = Stack::start().expect("stack");
+    let udp: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
+    let (mut gateway, gateway_metrics) = stack
+        .start_processor(
+            "switchyard-gateway",
+            "gateway",
+            &[("SWITCHYARD_GATEWAY_LISTEN", udp.to_string())],
+        )
+        .expect("gateway");
+    let (mut projector, _) = stack
+        .start_processor("grafana-projector", "grafana-projector", &[])
+        .expect("projector");
+    let mut modems = std::process::Command::new(
+        switchyard_testkit::workspace_binary("switchyard-modem").expect("built"),
+    );
+    modems.args([
+        "--gateway",
+        &udp.to_string(),
+        "--fleet",
+        "5",
+        "--modem-id",
+        "7000",
+        "--rates",
+        "20,0,0",
+        "--status-secs",
+        "5",
+    ]);
+    let mut modems = Service::spawn("modems", modems, stack.broker.data_dir()).expect("modems");
+    wait_for("the stream to flow", WAIT, || {
+        stack
+            .consume::<GrafanaReading>("imu-grafana", 200, Duration::from_secs(2))
+            .map(|r| r.len() >= 200)
+            .unwrap_or(false)
+    })
+    .expect("flowing");
+
+    stack.broker.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    stack.broker.start_again().expect("broker back");
+    std::thread::sleep(Duration::from_secs(5));
+    modems.kill();
+
+    let metric = |name: &str| {
+        metric_sum(
+            &switchyard_testkit::http_get_text(gateway_metrics, "/metrics").unwrap_or_default(),
+            name,
+        )
+    };
+    wait_for("the gateway's buffer to drain", WAIT, || {
+        metric("switchyard_gateway_buffered_records") == 0.0
+    })
+    .expect("drained");
+    let accepted = metric("switchyard_gateway_packets_total{type=\"iot_data\"}");
+    let counted_lost = metric("switchyard_gateway_backpressure_total")
+        + metric("switchyard_gateway_produce_failures_total");
+    let expected = (accepted - counted_lost) as usize;
+    assert!(
+        expected > 200,
+        "{accepted} accepted, {counted_lost} counted lost"
+    );
+
+    let mut on_imu: HashSet<(String, i64)> = HashSet::new();
+    wait_for("every accepted reading on imu", WAIT, || {
+        on_imu = stack
+            .consume::<SensorReading>("imu", usize::MAX, Duration::from_secs(3))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| (r.value.modem_id, r.value.timestamp / 1000))
+            .collect();
+        on_imu.len() >= expected
+    })
+    .unwrap_or_else(|e| panic!("{e}: {} of {expected}", on_imu.len()));
+    assert_eq!(on_imu.len(), expected, "nothing lost without being counted");
+
+    let mut projected: HashSet<(String, i64)> = HashSet::new();
+    wait_for("every reading projected", WAIT, || {
+        projected = stack
+            .consume::<GrafanaReading>("imu-grafana", usize::MAX, Duration::from_secs(3))
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| Some((r.value.modem_id, r.raw.timestamp_ms?)))
+            .collect();
+        projected.len() >= on_imu.len()
+    })
+    .unwrap_or_else(|e| panic!("{e}: {} of {}", projected.len(), on_imu.len()));
+    assert_eq!(
+        projected, on_imu,
+        "each projection at its reading's sensor time"
+    );
+    assert!(
+        gateway.is_running() && projector.is_running(),
+        "no restart needed"
+    );
+}

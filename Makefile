@@ -50,6 +50,11 @@ bench: deps
 	$(CARGO) build --release --workspace --bins
 	./target/release/switchyard-bench pipeline --records $(BENCH_RECORDS)
 	./target/release/switchyard-bench gateway --packets $(BENCH_RECORDS)
+	./target/release/switchyard-bench processor --records $(BENCH_RECORDS)
+	./target/release/switchyard-bench latency
+	./target/release/switchyard-bench roundtrip
+	./target/release/switchyard-bench memory
+	./target/release/switchyard-bench scale
 
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= decode apdu avro

@@ -296,6 +296,8 @@ async fn follow(state: Arc<AppState>, bootstrap: String, mut decoder: RecordDeco
         .set("group.id", "switchyard-api-view")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        // Operators watch switches live: answer fetches as soon as a change is there.
+        .set("fetch.wait.max.ms", "20")
         .create_with_context(TracingContext)
     {
         Ok(c) => c,

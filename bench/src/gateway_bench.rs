@@ -57,7 +57,7 @@ fn datagrams(count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
 
 /// Send `packets` to `to` at `rate` per second (in 1 ms slices); returns when the first
 /// was sent and when the last was.
-fn send_paced(
+pub(crate) fn send_paced(
     to: SocketAddr,
     packets: &[Vec<u8>],
     rate: u64,
@@ -82,13 +82,13 @@ fn send_paced(
 
 /// Bucket counts (cumulative, Prometheus style) and the quantile estimate from them.
 #[derive(Clone, Default)]
-struct Buckets {
+pub(crate) struct Buckets {
     cumulative: Vec<f64>,
     count: f64,
 }
 
 impl Buckets {
-    fn from_samples(seconds: &[f64]) -> Buckets {
+    pub(crate) fn from_samples(seconds: &[f64]) -> Buckets {
         let cumulative = PRODUCE_BUCKETS
             .iter()
             .map(|le| seconds.iter().filter(|s| **s <= *le).count() as f64)
@@ -135,7 +135,7 @@ impl Buckets {
     }
 
     /// Linear interpolation inside the bucket holding the q-th observation.
-    fn quantile(&self, q: f64) -> f64 {
+    pub(crate) fn quantile(&self, q: f64) -> f64 {
         let rank = q * self.count;
         let mut lower_bound = 0.0;
         let mut lower_count = 0.0;
@@ -164,14 +164,14 @@ struct Side {
 
 /// What we poll on either side.
 #[derive(Clone, Copy, PartialEq)]
-struct Counts {
-    received: f64,
-    acked: f64,
-    lost: f64,
+pub(crate) struct Counts {
+    pub received: f64,
+    pub acked: f64,
+    pub lost: f64,
 }
 
 /// The gateway's counters.
-fn gateway_counts(metrics: SocketAddr) -> (Counts, Buckets) {
+pub(crate) fn gateway_counts(metrics: SocketAddr) -> (Counts, Buckets) {
     let text = http_get_text(metrics, "/metrics").unwrap_or_default();
     let sum = |name| switchyard_testkit::metric_sum(&text, name);
     let buckets = Buckets::from_metrics(&text);
@@ -186,7 +186,7 @@ fn gateway_counts(metrics: SocketAddr) -> (Counts, Buckets) {
 
 /// Wait until every received datagram's record is acknowledged (or counted lost) and
 /// nothing more arrives; returns the counts and when the last change was first seen.
-fn settle(
+pub(crate) fn settle(
     mut poll: impl FnMut() -> Counts,
     sent_until: Instant,
 ) -> anyhow::Result<(Counts, Instant)> {

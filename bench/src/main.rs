@@ -3,6 +3,7 @@
 
 mod gateway_bench;
 mod pipeline_bench;
+mod system_bench;
 
 use std::path::PathBuf;
 
@@ -48,6 +49,33 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         latency_secs: u64,
     },
+    /// grafana-projector (the binary) vs a raw rdkafka consume->produce loop.
+    Processor {
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+    },
+    /// Sensor sample -> imu-grafana latency at a fixed load from a modem fleet.
+    Latency {
+        #[arg(long, default_value_t = 500)]
+        modems: u64,
+        /// Readings per second per modem.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// Carrier switch round trip through the API, with 1 and 1,000 modems.
+    Roundtrip {
+        #[arg(long, default_value_t = 30)]
+        switches: usize,
+    },
+    /// Gateway and anomaly-detector memory with many modems.
+    Memory {
+        #[arg(long, default_value_t = 100_000)]
+        modems: u64,
+    },
+    /// Time and memory as the fleet grows 10 -> 10,000 modems.
+    Scale,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,7 +109,22 @@ fn main() -> anyhow::Result<()> {
             report.write(&cli.out)?;
             println!("{}", report.markdown);
         }
+        Bench::Processor { records } => emit(&cli.out, system_bench::processor(records)?)?,
+        Bench::Latency {
+            modems,
+            rate,
+            seconds,
+        } => emit(&cli.out, system_bench::latency(modems, rate, seconds)?)?,
+        Bench::Roundtrip { switches } => emit(&cli.out, system_bench::roundtrip(switches)?)?,
+        Bench::Memory { modems } => emit(&cli.out, system_bench::memory(modems)?)?,
+        Bench::Scale => emit(&cli.out, system_bench::scale()?)?,
     }
+    Ok(())
+}
+
+fn emit(out: &std::path::Path, report: Report) -> anyhow::Result<()> {
+    report.write(out)?;
+    println!("{}", report.markdown);
     Ok(())
 }
 

@@ -83,6 +83,11 @@ pub struct RunnerConfig {
     /// Distinguishes instances (transactional id suffix); defaults to the host name and pid.
     #[arg(long, env = "SWITCHYARD_INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// Longest time a fetch waits at the broker for data (librdkafka's fetch.wait.max.ms).
+    /// Low keeps end-to-end latency low on brokers that wait it out (tansu does); 500 is
+    /// librdkafka's default.
+    #[arg(long, env = "SWITCHYARD_FETCH_WAIT_MS", default_value_t = 20)]
+    pub fetch_wait_ms: u64,
 }
 
 impl RunnerConfig {
@@ -94,6 +99,7 @@ impl RunnerConfig {
             max_batch: 5000,
             processing_guarantee: Guarantee::AtLeastOnce,
             instance_id: None,
+            fetch_wait_ms: 20,
         }
     }
 }
@@ -187,6 +193,7 @@ pub async fn run_until<P: Processor>(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
+        .set("fetch.wait.max.ms", config.fetch_wait_ms.to_string())
         // A crashed instance's partitions move to the others after 10 s, not librdkafka's 45.
         .set(
             "session.timeout.ms",

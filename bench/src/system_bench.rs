@@ -1,0 +1,635 @@
+//! Whole-system figures on the release binaries, each from real processes on one broker:
+//!
+//! * `processor`: grafana-projector (the binary) vs a raw rdkafka consume→produce loop over
+//!   the same pre-filled `imu` topic.
+//! * `latency`: sensor sample → `imu-grafana` at a fixed offered load from a modem fleet.
+//! * `roundtrip`: carrier switch, API request → ACK visible in the API, with 1 and 1,000 modems.
+//! * `memory`: gateway RSS with 100k modems in its address book; anomaly-detector RSS with
+//!   100k devices in its state.
+//! * `scale`: time and RSS of the gateway and the detector as the fleet grows 10 → 10k.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use switchyard_protocol::{Envelope, Frame, IotData, IotStatus, Packet};
+use switchyard_schemas::records::SensorReading;
+use switchyard_testkit::{free_port, http_get_text, metric_sum, workspace_binary, Service, Stack};
+
+use crate::gateway_bench::{gateway_counts, send_paced, settle};
+use crate::Report;
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn wait(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn watermark_sum(bootstrap: &str, topic: &str) -> anyhow::Result<i64> {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut sum = 0;
+    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            sum += probe
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))?
+                .1;
+        }
+    }
+    Ok(sum)
+}
+
+fn readings(count: usize, modems: usize, base_us: i64) -> Vec<(String, SensorReading, i64)> {
+    (0..count)
+        .map(|i| {
+            let modem = format!("{}", 100_000 + i % modems.max(1));
+            let at = base_us + i as i64 * 10;
+            let value = (i % 2000) as i32 - 1000;
+            (
+                modem.clone(),
+                SensorReading {
+                    modem_id: modem,
+                    device_id: 1,
+                    sensor: "imu".into(),
+                    timestamp: at,
+                    value: Some(value),
+                    data: value.to_be_bytes().to_vec(),
+                    received_at: at,
+                    sequence: None,
+                },
+                at / 1000,
+            )
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// processor
+
+/// From the first output record to the last: (records, seconds).
+fn time_output(bootstrap: &str, topic: &str, base: i64, records: i64) -> anyhow::Result<f64> {
+    let mut first = None;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let n = watermark_sum(bootstrap, topic)? - base;
+        if n > 0 && first.is_none() {
+            first = Some((Instant::now(), n));
+        }
+        if n >= records {
+            let (t0, n0) = first.context("no output")?;
+            return Ok((records - n0) as f64 / t0.elapsed().as_secs_f64());
+        }
+        if Instant::now() > deadline {
+            bail!("{topic}: {n} of {records}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The raw baseline: consume `imu`, produce the same bytes to `imu-raw-copy`, commit after acks.
+fn raw_copy(bootstrap: &str, records: usize) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "bench-raw-copy")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()?;
+        consumer.subscribe(&["imu"])?;
+        let mut pending = Vec::new();
+        let mut offsets = TopicPartitionList::new();
+        for done in 1..=records {
+            let m = consumer.recv().await?;
+            let mut record = FutureRecord::<[u8], [u8]>::to("imu-raw-copy");
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            if let Some(p) = m.payload() {
+                record = record.payload(p);
+            }
+            if let Some(ts) = m.timestamp().to_millis() {
+                record = record.timestamp(ts);
+            }
+            let future = loop {
+                match producer.send_result(record) {
+                    Ok(f) => break f,
+                    Err((_, r)) => {
+                        record = r;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            };
+            pending.push(future);
+            offsets.add_partition_offset(
+                m.topic(),
+                m.partition(),
+                Offset::Offset(m.offset() + 1),
+            )?;
+            if pending.len() >= 5000 || done == records {
+                for f in pending.drain(..) {
+                    f.await.context("canceled")?.map_err(|(e, _)| e)?;
+                }
+                consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)?;
+                offsets = TopicPartitionList::new();
+            }
+        }
+        anyhow::Ok(())
+    })
+}
+
+pub fn processor(records: usize) -> anyhow::Result<Report> {
+    let stack = Stack::start()?;
+    let bootstrap = stack.broker.bootstrap();
+    let admin_runtime = tokio::runtime::Runtime::new()?;
+    admin_runtime.block_on(async {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()?;
+        for r in admin
+            .create_topics(
+                &[NewTopic::new("imu-raw-copy", 3, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            )
+            .await?
+        {
+            r.map_err(|(t, e)| anyhow::anyhow!("{t}: {e}"))?;
+        }
+        anyhow::Ok(())
+    })?;
+    eprintln!("producing {records} readings to imu");
+    stack.produce("imu", &readings(records, 500, now_us()))?;
+
+    let raw_bootstrap = bootstrap.clone();
+    let raw = std::thread::spawn(move || raw_copy(&raw_bootstrap, records));
+    let raw_rate = time_output(&bootstrap, "imu-raw-copy", 0, records as i64)?;
+    raw.join()
+        .map_err(|_| anyhow::anyhow!("raw loop panicked"))??;
+    eprintln!("raw consume→produce: {raw_rate:.0} records/s");
+
+    let (projector, _) = stack.start_processor("grafana-projector", "bench-projector", &[])?;
+    let projector_rate = time_output(&bootstrap, "imu-grafana", 0, records as i64)?;
+    let rss = rss_mib(projector.pid());
+    eprintln!("grafana-projector: {projector_rate:.0} records/s, RSS {rss:.0} MiB");
+    let ratio = projector_rate / raw_rate;
+    Ok(Report {
+        name: "processor",
+        markdown: format!(
+            "## Processor: grafana-projector vs raw rdkafka consume→produce\n\n\
+             {records} readings pre-filled on `imu` (500 modems). The raw loop copies bytes to another topic with the same guarantees (acks=all, idempotent, commit after acks); grafana-projector (the release binary) decodes each reading, drops the timestamp, re-encodes it with the `-grafana` schema and sets the record time. Rate from the first output record to the last.\n\n\
+             | | records/s |\n|---|---|\n\
+             | raw rdkafka consume→produce | {raw_rate:.0} |\n\
+             | grafana-projector | {projector_rate:.0} (RSS {rss:.0} MiB) |\n\
+             | **projector / raw** | **{:.0}%** |\n",
+            ratio * 100.0
+        ),
+        json: json!({ "records": records, "raw_records_per_second": raw_rate,
+                      "projector_records_per_second": projector_rate, "ratio": ratio,
+                      "projector_rss_mib": rss }),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// latency
+
+pub fn latency(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result<Report> {
+    let stack = Stack::start()?;
+    let bootstrap = stack.broker.bootstrap();
+    let udp: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let (_gateway, _) = stack.start_processor(
+        "switchyard-gateway",
+        "bench-gateway",
+        &[
+            ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
+            ("RUST_LOG", "warn".into()),
+        ],
+    )?;
+    let (_projector, _) = stack.start_processor(
+        "grafana-projector",
+        "bench-projector",
+        &[("RUST_LOG", "warn".into())],
+    )?;
+    let mut fleet = std::process::Command::new(workspace_binary("switchyard-modem")?);
+    fleet.env("RUST_LOG", "warn").args([
+        "--gateway",
+        &udp.to_string(),
+        "--fleet",
+        &modems.to_string(),
+        "--rates",
+        &format!("{rate_per_modem},0,0"),
+        "--status-secs",
+        "60",
+        "--duration-secs",
+        &(seconds + 10).to_string(),
+    ]);
+    let _fleet = Service::spawn("bench-fleet", fleet, stack.broker.data_dir())?;
+
+    // Read imu-grafana as it is written; latency = arrival at this consumer - sensor time
+    // (the record time). The first 5 s warm up.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "bench-latency")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset("imu-grafana", p, Offset::End)?;
+    }
+    consumer.assign(&tpl)?;
+    let warm_until = Instant::now() + Duration::from_secs(5);
+    let end = warm_until + Duration::from_secs(seconds);
+    let mut samples = Vec::new();
+    while Instant::now() < end {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            if Instant::now() < warm_until {
+                continue;
+            }
+            if let Some(ms) = m.timestamp().to_millis() {
+                samples.push((now_us() / 1000 - ms) as f64);
+            }
+        }
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let offered = modems as f64 * rate_per_modem;
+    let delivered = samples.len() as f64 / seconds as f64;
+    let (p50, p99, p999) = (
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        percentile(&samples, 0.999),
+    );
+    eprintln!(
+        "latency: {} samples, p50 {p50} ms, p99 {p99} ms, p999 {p999} ms",
+        samples.len()
+    );
+    Ok(Report {
+        name: "latency",
+        markdown: format!(
+            "## End-to-end latency: sensor sample → `imu-grafana`\n\n\
+             {modems} simulated modems (in-process SIMs, one UDP socket each) at {rate_per_modem} readings/s each = {offered:.0} readings/s offered, through the gateway, `imu`, grafana-projector and `imu-grafana`, measured for {seconds} s after a 5 s warm-up by a consumer of `imu-grafana` (its arrival time minus the sensor time, which is the record time; millisecond resolution).\n\n\
+             | readings seen | per second | p50 ms | p99 ms | p99.9 ms |\n|---|---|---|---|---|\n\
+             | {} | {delivered:.0} | {p50:.0} | {p99:.0} | {p999:.0} |\n",
+            samples.len()
+        ),
+        json: json!({ "modems": modems, "offered_per_second": offered, "seen": samples.len(),
+                      "delivered_per_second": delivered, "p50_ms": p50, "p99_ms": p99, "p999_ms": p999 }),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// roundtrip
+
+fn api(
+    runtime: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<(u16, Value)> {
+    runtime.block_on(async {
+        let mut request = client
+            .request(method, format!("http://{addr}{path}"))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            request = request.json(&b);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
+    })
+}
+
+fn roundtrips(fleet: u64, switches: usize) -> anyhow::Result<(Vec<f64>, f64)> {
+    const TOKEN: &str = "bench-token-0123456789abcdef";
+    let stack = Stack::start()?;
+    let udp: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let quiet = ("RUST_LOG", "warn".to_string());
+    let (_gateway, _) = stack.start_processor(
+        "switchyard-gateway",
+        "bench-gateway",
+        &[
+            ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
+            ("SWITCHYARD_RETRY_INITIAL_MS", "500".into()),
+            quiet.clone(),
+        ],
+    )?;
+    let (_state, _) = stack.start_processor(
+        "carrier-state",
+        "bench-carrier-state",
+        std::slice::from_ref(&quiet),
+    )?;
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let (_api, _) = stack.start_processor(
+        "switchyard-api",
+        "bench-api",
+        &[
+            ("SWITCHYARD_API_LISTEN", listen.to_string()),
+            ("SWITCHYARD_API_TOKEN", TOKEN.into()),
+            quiet,
+        ],
+    )?;
+    let mut modems = std::process::Command::new(workspace_binary("switchyard-modem")?);
+    modems.env("RUST_LOG", "warn").args([
+        "--gateway",
+        &udp.to_string(),
+        "--fleet",
+        &fleet.to_string(),
+        "--modem-id",
+        "800000",
+        "--rates",
+        "0,0,0",
+        "--status-secs",
+        "20",
+    ]);
+    let _modems = Service::spawn("bench-modems", modems, stack.broker.data_dir())?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let client = reqwest::Client::new();
+    wait("every modem in the API", Duration::from_secs(180), || {
+        api(
+            &runtime,
+            &client,
+            listen,
+            TOKEN,
+            reqwest::Method::GET,
+            "/modems",
+            None,
+        )
+        .ok()
+        .and_then(|(_, v)| v.as_array().map(Vec::len))
+            == Some(fleet as usize)
+    })?;
+    let carriers = ["verizon", "t-mobile", "at&t"];
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    for i in 0..switches {
+        let modem = 800_000 + (i as u64 * 7919) % fleet;
+        let t0 = Instant::now();
+        let (status, accepted) = api(
+            &runtime,
+            &client,
+            listen,
+            TOKEN,
+            reqwest::Method::POST,
+            &format!("/modems/{modem}/carrier"),
+            Some(json!({ "carrier": carriers[i % 3] })),
+        )?;
+        if status != 202 {
+            bail!("switch refused: {status} {accepted}");
+        }
+        let id = accepted["request_id"].as_str().context("id")?.to_string();
+        let mut state = String::new();
+        wait("the ACK in the API", Duration::from_secs(60), || {
+            state = api(
+                &runtime,
+                &client,
+                listen,
+                TOKEN,
+                reqwest::Method::GET,
+                &format!("/requests/{id}"),
+                None,
+            )
+            .ok()
+            .and_then(|(_, v)| v["state"].as_str().map(str::to_string))
+            .unwrap_or_default();
+            state != "requested" && state != "sent" && !state.is_empty()
+        })?;
+        if state != "acked" {
+            bail!("switch {id} ended {state}");
+        }
+        samples.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let per_second = switches as f64 / started.elapsed().as_secs_f64();
+    samples.sort_by(|a, b| a.total_cmp(b));
+    Ok((samples, per_second))
+}
+
+pub fn roundtrip(switches: usize) -> anyhow::Result<Report> {
+    let mut rows = String::new();
+    let mut json_rows = Vec::new();
+    for fleet in [1u64, 1000] {
+        let (samples, _) = roundtrips(fleet, switches)?;
+        let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
+        eprintln!("round trip with {fleet} modems: p50 {p50:.0} ms, p99 {p99:.0} ms");
+        rows.push_str(&format!("| {fleet} | {switches} | {p50:.0} | {p99:.0} |\n"));
+        json_rows
+            .push(json!({ "modems": fleet, "switches": switches, "p50_ms": p50, "p99_ms": p99 }));
+    }
+    Ok(Report {
+        name: "roundtrip",
+        markdown: format!(
+            "## Carrier switch round trip: API request → ACK visible in the API\n\n\
+             One switch at a time through `POST /modems/{{id}}/carrier`, then `GET /requests/{{id}}` every 20 ms until `acked`: the request goes to `downstream-request`, the gateway sends the Perform over UDP, the modem hands it to its SIM (ENVELOPE, RECEIVE DATA), the ACK comes back to `carrier-switch-ack`, carrier-state folds it into `carrier-state`, the API reads it. Modems are in-process SIMs, reporting status every 20 s.\n\n\
+             | modems | switches | p50 ms | p99 ms |\n|---|---|---|---|\n{rows}"
+        ),
+        json: json!(json_rows),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// memory and scale
+
+fn status_packet(modem: u64, sequence: u32) -> Vec<u8> {
+    Frame {
+        envelope: Some(Envelope {
+            modem_id: modem,
+            sequence,
+            request_id: None,
+            auth_tag: None,
+        }),
+        packet: Packet::IotStatus(IotStatus::Nominal),
+    }
+    .encode()
+    .unwrap_or_default()
+}
+
+fn data_packet(modem: u64, sequence: u32) -> Vec<u8> {
+    let at = chrono::DateTime::from_timestamp_micros(now_us()).unwrap_or_default();
+    Frame {
+        envelope: Some(Envelope {
+            modem_id: modem,
+            sequence,
+            request_id: None,
+            auth_tag: None,
+        }),
+        packet: Packet::IotData(IotData::with_value(1, at, sequence as i32)),
+    }
+    .encode()
+    .unwrap_or_default()
+}
+
+/// A fresh gateway fed `modems` × `per_modem` packets: (seconds to all acked, RSS before, RSS after).
+fn gateway_with(
+    stack: &Stack,
+    modems: u64,
+    per_modem: u32,
+    status_only: bool,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let udp: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let (gateway, metrics) = stack.start_processor(
+        "switchyard-gateway",
+        "bench-gateway",
+        &[
+            ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
+            ("RUST_LOG", "warn".into()),
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_mib(gateway.pid());
+    let packets: Vec<Vec<u8>> = (1..=per_modem)
+        .flat_map(|seq| {
+            (0..modems).map(move |m| {
+                if status_only {
+                    status_packet(1_000_000 + m, seq)
+                } else {
+                    data_packet(1_000_000 + m, seq)
+                }
+            })
+        })
+        .collect();
+    let (first, last) = send_paced(udp, &packets, 20_000)?;
+    let (c, done) = settle(|| gateway_counts(metrics).0, last)?;
+    if c.received < packets.len() as f64 * 0.99 {
+        bail!("the gateway received {} of {}", c.received, packets.len());
+    }
+    let known = metric_sum(
+        &http_get_text(metrics, "/metrics").unwrap_or_default(),
+        "switchyard_gateway_known_modems",
+    );
+    if known < modems as f64 * 0.99 {
+        bail!("{known} modems known of {modems}");
+    }
+    Ok(((done - first).as_secs_f64(), before, rss_mib(gateway.pid())))
+}
+
+/// A fresh anomaly-detector on a fresh broker (so no earlier state or group member) over
+/// `devices` × `per_device` readings: (seconds, RSS before, RSS after).
+fn detector_with(devices: usize, per_device: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let stack = Stack::start()?;
+    let (detector, metrics) = stack.start_processor(
+        "anomaly-detector",
+        "bench-detector",
+        &[("RUST_LOG", "warn".into())],
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_mib(detector.pid());
+    let records: Vec<_> = readings(devices * per_device, devices, now_us());
+    let processed_before = metric_sum(
+        &http_get_text(metrics, "/metrics").unwrap_or_default(),
+        "switchyard_records_in_total",
+    );
+    let t0 = Instant::now();
+    stack.produce("imu", &records)?;
+    wait(
+        "the detector to read every reading",
+        Duration::from_secs(900),
+        || {
+            metric_sum(
+                &http_get_text(metrics, "/metrics").unwrap_or_default(),
+                "switchyard_records_in_total",
+            ) >= processed_before + records.len() as f64
+        },
+    )?;
+    Ok((t0.elapsed().as_secs_f64(), before, rss_mib(detector.pid())))
+}
+
+pub fn memory(modems: u64) -> anyhow::Result<Report> {
+    let stack = Stack::start()?;
+    let (secs, before, after) = gateway_with(&stack, modems, 1, true)?;
+    eprintln!("gateway: {modems} modems in {secs:.1} s, RSS {before:.0} → {after:.0} MiB");
+    let gateway_per_modem = (after - before) * 1024.0 * 1024.0 / modems as f64;
+    let (dsecs, dbefore, dafter) = detector_with(modems as usize, 1)?;
+    eprintln!("detector: {modems} devices in {dsecs:.1} s, RSS {dbefore:.0} → {dafter:.0} MiB");
+    let detector_per_device = (dafter - dbefore) * 1024.0 * 1024.0 / modems as f64;
+    Ok(Report {
+        name: "memory",
+        markdown: format!(
+            "## Memory\n\n\
+             | | idle RSS | RSS after | per modem/device |\n|---|---|---|---|\n\
+             | gateway, {modems} modems in the address book (one enveloped status packet each) | {before:.0} MiB | {after:.0} MiB | {gateway_per_modem:.0} bytes |\n\
+             | anomaly-detector, {modems} devices in its state (one reading each) | {dbefore:.0} MiB | {dafter:.0} MiB | {detector_per_device:.0} bytes |\n\n\
+             The detector's state is also in its changelogged store; RSS includes librdkafka's buffers.\n"
+        ),
+        json: json!({ "modems": modems,
+            "gateway_rss_idle_mib": before, "gateway_rss_mib": after, "gateway_bytes_per_modem": gateway_per_modem,
+            "detector_rss_idle_mib": dbefore, "detector_rss_mib": dafter, "detector_bytes_per_device": detector_per_device }),
+    })
+}
+
+pub fn scale() -> anyhow::Result<Report> {
+    let stack = Stack::start()?;
+    let mut rows = String::new();
+    let mut out = Vec::new();
+    for fleet in [10u64, 100, 1_000, 10_000] {
+        // The same work per modem (10 readings), so cost per reading should stay flat.
+        let (gsecs, _, grss) = gateway_with(&stack, fleet, 10, false)?;
+        let (dsecs, _, drss) = detector_with(fleet as usize, 10)?;
+        let n = fleet as f64 * 10.0;
+        eprintln!("scale {fleet}: gateway {gsecs:.2} s {grss:.0} MiB, detector {dsecs:.2} s {drss:.0} MiB");
+        rows.push_str(&format!(
+            "| {fleet} | {n:.0} | {gsecs:.2} s ({:.0} µs/reading) | {grss:.0} MiB | {dsecs:.2} s ({:.0} µs/reading) | {drss:.0} MiB |\n",
+            gsecs * 1e6 / n,
+            dsecs * 1e6 / n
+        ));
+        out.push(json!({ "modems": fleet, "readings": n, "gateway_seconds": gsecs, "gateway_rss_mib": grss,
+                         "detector_seconds": dsecs, "detector_rss_mib": drss }));
+    }
+    Ok(Report {
+        name: "scale",
+        markdown: format!(
+            "## Scale: 10 → 10,000 modems, 10 readings each\n\n\
+             A fresh gateway and a fresh anomaly-detector (on a fresh broker) per row, the same work per modem. Gateway: readings offered at 20,000/s, time from the first datagram to the last broker ack; a time equal to the sending time means it kept up. Detector: time from starting to produce the readings (from this process) to the detector having read the last one, so about a second of it is fixed cost; RSS after the last reading.\n\n\
+             | modems | readings | gateway | gateway RSS | anomaly-detector | detector RSS |\n|---|---|---|---|---|---|\n{rows}"
+        ),
+        json: json!(out),
+    })
+}

@@ -436,7 +436,15 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
         v[v.len() / 2]
     };
     let (raw_median, gw_median) = (median(&raw), median(&gateway));
-    let ratio = gw_median / raw_median;
+    // Each round runs both sides back to back on the same broker, so the paired ratio is
+    // the fair comparison (the broker slows as its SQLite file grows between rounds).
+    let mut ratios: Vec<f64> = raw
+        .iter()
+        .zip(&gateway)
+        .map(|(r, g)| g.rate / r.rate)
+        .collect();
+    ratios.sort_by(|a, b| a.total_cmp(b));
+    let ratio = ratios[ratios.len() / 2];
     let verdict = if ratio >= 0.8 { "meets" } else { "misses" };
     let list = |sides: &[Side]| {
         sides
@@ -460,7 +468,7 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
          | | records/s (median) | rounds | by round: dropped by the kernel / lost after receipt |\n|---|---|---|---|\n\
          | raw UDP→rdkafka | {raw_median:.0} | {} | {} |\n\
          | gateway | {gw_median:.0} | {} | {} |\n\
-         | **gateway / raw** | **{:.0}%** | target ≥ 80%: {verdict} | |\n\n\
+         | **gateway / raw** (median of the per-round ratios {}) | **{:.0}%** | target ≥ 80%: {verdict} | |\n\n\
          Latency, datagram arrival → broker ack, at {lrate} datagrams/s for {lsecs} s (p50/p99 estimated from the gateway's `produce_seconds` histogram buckets, the raw loop's samples put in the same buckets):\n\n\
          | | p50 ms | p99 ms | records |\n|---|---|---|---|\n\
          | raw UDP→rdkafka | {:.2} | {:.2} | {:.0} |\n\
@@ -469,6 +477,11 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
         drops(&raw),
         list(&gateway),
         drops(&gateway),
+        ratios
+            .iter()
+            .map(|r| format!("{:.0}%", r * 100.0))
+            .collect::<Vec<_>>()
+            .join(", "),
         ratio * 100.0,
         ms(raw_lat.quantile(0.5)),
         ms(raw_lat.quantile(0.99)),

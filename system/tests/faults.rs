@@ -444,3 +444,63 @@ fn a_broker_restart_under_load_needs_no_manual_step_and_loses_nothing_uncounted(
         "no restart needed"
     );
 }
+
+/// SIGKILL anomaly-detector between two halves of 20 devices' series, restart it: each
+/// device's spike, 5 readings into the second half, is still reported. A detector that had
+/// lost its per-device statistics would still be warming up (30 readings) and miss them.
+#[test]
+fn anomaly_detector_killed_mid_stream_keeps_its_statistics() {
+    use std::collections::BTreeSet;
+    use switchyard_schemas::records::{Anomaly, AnomalyKind};
+    let stack = Stack::start().expect("stack");
+    let start = || -> Service {
+        stack
+            .start_processor("anomaly-detector", "anomaly-detector", &[])
+            .expect("healthy")
+            .0
+    };
+    let mut detector = start();
+    let t0 = 1_700_000_000_000_000i64;
+    let half = |from: i32, to: i32| -> Vec<(String, SensorReading, i64)> {
+        (from..to)
+            .flat_map(|i| {
+                (0..20).map(move |m| {
+                    let modem = format!("9{m:02}");
+                    let value = if i == 105 { 900 } else { 20 + (i % 5) };
+                    let t = t0 + i64::from(i) * 1_000_000;
+                    let mut r = reading(&modem, value, t);
+                    r.timestamp = t;
+                    (modem, r, t / 1000)
+                })
+            })
+            .collect()
+    };
+    stack.produce("imu", &half(0, 100)).expect("first half");
+    wait_for("the first half read", WAIT, || {
+        stack
+            .consume::<SensorReading>("imu", 2000, Duration::from_secs(1))
+            .map(|r| r.len() >= 2000)
+            .unwrap_or(false)
+    })
+    .expect("produced");
+    std::thread::sleep(Duration::from_secs(2));
+    detector.kill();
+    stack.produce("imu", &half(100, 120)).expect("second half");
+    detector = start();
+    let expected: BTreeSet<String> = (0..20).map(|m| format!("9{m:02}")).collect();
+    let mut spiked: BTreeSet<String> = BTreeSet::new();
+    wait_for("every device's spike", WAIT, || {
+        spiked = stack
+            .consume::<Anomaly>("anomalies", usize::MAX, Duration::from_secs(3))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| {
+                a.value.kind == AnomalyKind::Spike && a.value.sensor_time == t0 + 105_000_000
+            })
+            .map(|a| a.value.modem_id)
+            .collect();
+        spiked == expected
+    })
+    .unwrap_or_else(|e| panic!("{e}: {} of 20 spikes: {spiked:?}", spiked.len()));
+    drop(detector);
+}

@@ -173,6 +173,8 @@ struct Gateway {
     windows: Mutex<HashMap<u64, ReplayWindow>>,
     downlink: Mutex<Downlink>,
     downlink_sequence: Mutex<HashMap<u64, u32>>,
+    /// Wakes the downlink loop when a request arrives, so it is sent at once.
+    new_request: tokio::sync::Notify,
     registry: RegistryClient,
     metrics: GatewayMetrics,
 }
@@ -279,6 +281,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         addresses: Mutex::new(HashMap::new()),
         windows: Mutex::new(HashMap::new()),
         downlink_sequence: Mutex::new(HashMap::new()),
+        new_request: tokio::sync::Notify::new(),
         registry,
         metrics,
     });
@@ -585,6 +588,7 @@ impl Gateway {
                         )
                     });
                     if added.unwrap_or(false) {
+                        self.new_request.notify_one();
                         info!(request = %request.request_id, modem = %request.modem_id, carrier = ?request.carrier, "switch request taken");
                     }
                 }
@@ -603,7 +607,11 @@ impl Gateway {
     async fn retransmit(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
-            tick.tick().await;
+            // Every 100 ms for retries and deadlines, and at once for a new request.
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.new_request.notified() => {}
+            }
             self.metrics
                 .buffered
                 .set(i64::from(rdkafka::producer::Producer::in_flight_count(

@@ -105,10 +105,12 @@ async fn wait_until_output(bootstrap: &str, topic: &str, target: i64) -> anyhow:
     }
 }
 
-/// The baseline: consume, produce the same bytes, await the batch's acks, commit.
-async fn raw_loop(
+/// The baseline: consume `input`, produce the same bytes to `output`, await the batch's
+/// acks, commit; `first` gets the time the first record was consumed.
+pub(crate) async fn raw_loop(
     bootstrap: String,
     group: String,
+    (input, output): (&str, &str),
     records: usize,
     first: Arc<Mutex<Option<Instant>>>,
 ) -> anyhow::Result<()> {
@@ -124,7 +126,7 @@ async fn raw_loop(
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()?;
-    consumer.subscribe(&[INPUT])?;
+    consumer.subscribe(&[input])?;
     let mut done = 0;
     let mut pending = Vec::with_capacity(BATCH);
     let mut offsets = TopicPartitionList::new();
@@ -133,7 +135,7 @@ async fn raw_loop(
         if let Ok(mut f) = first.lock() {
             f.get_or_insert_with(Instant::now);
         }
-        let mut record = FutureRecord::<[u8], [u8]>::to(RAW_OUTPUT);
+        let mut record = FutureRecord::<[u8], [u8]>::to(output);
         if let Some(k) = m.key() {
             record = record.key(k);
         }
@@ -219,6 +221,7 @@ pub async fn run(records: usize, rounds: usize) -> anyhow::Result<Report> {
         let task = tokio::spawn(raw_loop(
             bootstrap.clone(),
             format!("bench-raw-{round}"),
+            (INPUT, RAW_OUTPUT),
             records,
             Arc::clone(&first),
         ));

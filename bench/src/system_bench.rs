@@ -15,7 +15,6 @@ use anyhow::{bail, Context as _};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use switchyard_protocol::{Envelope, Frame, IotData, IotStatus, Packet};
@@ -129,60 +128,13 @@ fn time_output(bootstrap: &str, topic: &str, base: i64, records: i64) -> anyhow:
 
 /// The raw baseline: consume `imu`, produce the same bytes to `imu-raw-copy`, commit after acks.
 fn raw_copy(bootstrap: &str, records: usize) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", "bench-raw-copy")
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()?;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .create()?;
-        consumer.subscribe(&["imu"])?;
-        let mut pending = Vec::new();
-        let mut offsets = TopicPartitionList::new();
-        for done in 1..=records {
-            let m = consumer.recv().await?;
-            let mut record = FutureRecord::<[u8], [u8]>::to("imu-raw-copy");
-            if let Some(k) = m.key() {
-                record = record.key(k);
-            }
-            if let Some(p) = m.payload() {
-                record = record.payload(p);
-            }
-            if let Some(ts) = m.timestamp().to_millis() {
-                record = record.timestamp(ts);
-            }
-            let future = loop {
-                match producer.send_result(record) {
-                    Ok(f) => break f,
-                    Err((_, r)) => {
-                        record = r;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                }
-            };
-            pending.push(future);
-            offsets.add_partition_offset(
-                m.topic(),
-                m.partition(),
-                Offset::Offset(m.offset() + 1),
-            )?;
-            if pending.len() >= 5000 || done == records {
-                for f in pending.drain(..) {
-                    f.await.context("canceled")?.map_err(|(e, _)| e)?;
-                }
-                consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync)?;
-                offsets = TopicPartitionList::new();
-            }
-        }
-        anyhow::Ok(())
-    })
+    tokio::runtime::Runtime::new()?.block_on(crate::pipeline_bench::raw_loop(
+        bootstrap.to_string(),
+        "bench-raw-copy".into(),
+        ("imu", "imu-raw-copy"),
+        records,
+        Default::default(),
+    ))
 }
 
 pub fn processor(records: usize) -> anyhow::Result<Report> {

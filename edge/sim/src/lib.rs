@@ -352,26 +352,19 @@ impl Applet {
         };
         // Command details (81) must echo the fetched command; result (83) 00 = performed.
         let fetched = self.pending.front().cloned().unwrap_or_default();
-        let details = tlvs
-            .iter()
-            .find(|(t, _)| *t & 0x7F == 0x01)
-            .map(|(_, v)| *v);
+        let details = find_tlv(&tlvs, 0x01);
         if details.is_none() || details != fetched.get(4..7) {
             return sw::BAD_DATA;
         }
-        let performed = tlvs
-            .iter()
-            .find(|(t, _)| *t & 0x7F == 0x03)
-            .is_some_and(|(_, result)| result.first() == Some(&0x00));
+        let performed = find_tlv(&tlvs, 0x03).is_some_and(|result| result.first() == Some(&0x00));
         let received = match fetched.get(5) {
             Some(&KIND_OPEN_CHANNEL) => {
                 self.channel_open |= performed;
                 None
             }
-            Some(&KIND_RECEIVE_DATA) if performed => tlvs
-                .iter()
-                .find(|(t, _)| *t & 0x7F == TAG_CHANNEL_DATA)
-                .map(|(_, v)| v.to_vec()),
+            Some(&KIND_RECEIVE_DATA) if performed => {
+                find_tlv(&tlvs, TAG_CHANNEL_DATA).map(<[u8]>::to_vec)
+            }
             _ => None,
         };
         self.pending.pop_front();
@@ -405,10 +398,8 @@ impl Applet {
         if !self.channel_open {
             return sw::NOT_ALLOWED;
         }
-        let available = inner
-            .iter()
-            .find(|(t, _)| *t & 0x7F == TAG_CHANNEL_DATA_LENGTH)
-            .and_then(|(_, v)| v.first().copied())
+        let available = find_tlv(&inner, TAG_CHANNEL_DATA_LENGTH)
+            .and_then(|v| v.first().copied())
             .unwrap_or(0);
         if available == 0 {
             return sw::OK;
@@ -461,40 +452,42 @@ fn ef_imsi(imsi: &str) -> Vec<u8> {
     out
 }
 
+/// The value of the first TLV with `tag`, ignoring the comprehension-required bit.
+fn find_tlv<'a>(tlvs: &[(u8, &'a [u8])], tag: u8) -> Option<&'a [u8]> {
+    tlvs.iter()
+        .find(|(t, _)| t & 0x7F == tag & 0x7F)
+        .map(|(_, v)| *v)
+}
+
+/// (tag, value) pairs of a run of TLVs.
+type Tlvs<'a> = Vec<(u8, &'a [u8])>;
+
+/// A fetched proactive command: its template tag, its TLVs and its command details (`81`).
+fn command_tlvs(command: &[u8]) -> Option<(u8, Tlvs<'_>, &[u8])> {
+    let outer = tlv::parse(command)?;
+    let (tag, body) = *outer.first()?;
+    let inner = tlv::parse(body)?;
+    let details = find_tlv(&inner, 0x01)?;
+    Some((tag, inner, details))
+}
+
+/// The TLVs of a fetched proactive command (`D0`) of the given kind.
+fn proactive_of_kind(command: &[u8], kind: u8) -> Option<Tlvs<'_>> {
+    let (tag, inner, details) = command_tlvs(command)?;
+    (tag == 0xD0 && details.get(1) == Some(&kind)).then_some(inner)
+}
+
 /// The packet a fetched SEND DATA carries, if it is one.
 pub fn send_data_payload(command: &[u8]) -> Option<Vec<u8>> {
-    let outer = tlv::parse(command)?;
-    let (tag, body) = outer.first()?;
-    if *tag != 0xD0 {
-        return None;
-    }
-    let inner = tlv::parse(body)?;
-    let details = inner.iter().find(|(t, _)| t & 0x7F == 0x01)?.1;
-    if details.get(1) != Some(&KIND_SEND_DATA) {
-        return None;
-    }
-    inner
-        .iter()
-        .find(|(t, _)| t & 0x7F == TAG_CHANNEL_DATA)
-        .map(|(_, v)| v.to_vec())
+    let inner = proactive_of_kind(command, KIND_SEND_DATA)?;
+    find_tlv(&inner, TAG_CHANNEL_DATA).map(<[u8]>::to_vec)
 }
 
 /// How many bytes a fetched RECEIVE DATA asks for, if it is one.
 pub fn receive_data_length(command: &[u8]) -> Option<usize> {
-    let outer = tlv::parse(command)?;
-    let (tag, body) = outer.first()?;
-    if *tag != 0xD0 {
-        return None;
-    }
-    let inner = tlv::parse(body)?;
-    let details = inner.iter().find(|(t, _)| t & 0x7F == 0x01)?.1;
-    if details.get(1) != Some(&KIND_RECEIVE_DATA) {
-        return None;
-    }
-    inner
-        .iter()
-        .find(|(t, _)| t & 0x7F == TAG_CHANNEL_DATA_LENGTH)
-        .and_then(|(_, v)| v.first())
+    let inner = proactive_of_kind(command, KIND_RECEIVE_DATA)?;
+    find_tlv(&inner, TAG_CHANNEL_DATA_LENGTH)
+        .and_then(<[u8]>::first)
         .map(|n| usize::from(*n))
 }
 
@@ -513,35 +506,32 @@ pub fn data_available_envelope(available: usize) -> Vec<u8> {
     apdu
 }
 
-/// The TERMINAL RESPONSE to a RECEIVE DATA: the bytes (`B6`) and how many remain (`B7`).
-pub fn receive_data_response(command: &[u8], bytes: &[u8]) -> Option<Vec<u8>> {
-    let outer = tlv::parse(command)?;
-    let inner = tlv::parse(outer.first()?.1)?;
-    let details = inner.iter().find(|(t, _)| t & 0x7F == 0x01)?.1;
+/// A TERMINAL RESPONSE to a fetched command, performed successfully (`83 01 00`), with
+/// `more` TLVs after the result.
+fn terminal_response(command: &[u8], more: impl FnOnce(&mut Vec<u8>)) -> Option<Vec<u8>> {
+    let (_, _, details) = command_tlvs(command)?;
     let mut data = Vec::new();
     tlv::push(&mut data, 0x81, details);
     tlv::push(&mut data, 0x82, &[0x82, 0x81]);
     tlv::push(&mut data, 0x83, &[0x00]);
-    tlv::push(&mut data, 0xB6, bytes);
-    tlv::push(&mut data, 0xB7, &[0x00]);
+    more(&mut data);
     let len = u8::try_from(data.len()).ok()?;
     let mut apdu = vec![0x80, 0x14, 0x00, 0x00, len];
     apdu.extend(data);
     Some(apdu)
 }
 
+/// The TERMINAL RESPONSE to a RECEIVE DATA: the bytes (`B6`) and how many remain (`B7`).
+pub fn receive_data_response(command: &[u8], bytes: &[u8]) -> Option<Vec<u8>> {
+    terminal_response(command, |data| {
+        tlv::push(data, 0xB6, bytes);
+        tlv::push(data, 0xB7, &[0x00]);
+    })
+}
+
 /// The TERMINAL RESPONSE a terminal sends after performing a fetched command successfully.
 pub fn terminal_response_for(command: &[u8]) -> Option<Vec<u8>> {
-    let outer = tlv::parse(command)?;
-    let inner = tlv::parse(outer.first()?.1)?;
-    let details = inner.iter().find(|(t, _)| t & 0x7F == 0x01)?.1;
-    let mut data = Vec::new();
-    tlv::push(&mut data, 0x81, details);
-    tlv::push(&mut data, 0x82, &[0x82, 0x81]);
-    tlv::push(&mut data, 0x83, &[0x00]);
-    let mut apdu = vec![0x80, 0x14, 0x00, 0x00, data.len() as u8];
-    apdu.extend(data);
-    Some(apdu)
+    terminal_response(command, |_| {})
 }
 
 #[cfg(test)]

@@ -255,13 +255,7 @@ fn end_offsets(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> 
     let probe: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
-    let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
+    let partitions = switchyard_kafka::partitions(&probe, topic, Duration::from_secs(10))?;
     if partitions.is_empty() {
         bail!("topic {topic} does not exist (run `switchyard topics apply`)");
     }

@@ -79,12 +79,11 @@ impl Processor for PassThrough {
     }
 }
 
-fn watermark_sum(consumer: &BaseConsumer, topic: &str, partitions: i32) -> anyhow::Result<i64> {
+/// Records on every partition of `topic` (the sum of the high watermarks).
+pub(crate) fn watermark_sum(probe: &BaseConsumer, topic: &str) -> anyhow::Result<i64> {
     let mut sum = 0;
-    for p in 0..partitions {
-        sum += consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))?
-            .1;
+    for p in switchyard_kafka::partitions(probe, topic, Duration::from_secs(10))? {
+        sum += probe.fetch_watermarks(topic, p, Duration::from_secs(10))?.1;
     }
     Ok(sum)
 }
@@ -95,7 +94,7 @@ async fn wait_until_output(bootstrap: &str, topic: &str, target: i64) -> anyhow:
         .create()?;
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
-        if watermark_sum(&probe, topic, 3)? >= target {
+        if watermark_sum(&probe, topic)? >= target {
             return Ok(Instant::now());
         }
         if Instant::now() > deadline {
@@ -216,7 +215,7 @@ pub async fn run(records: usize, rounds: usize) -> anyhow::Result<Report> {
     let mut framework_rates = Vec::new();
     for round in 1..=rounds {
         // Raw loop.
-        let base = watermark_sum(&probe, RAW_OUTPUT, 3)?;
+        let base = watermark_sum(&probe, RAW_OUTPUT)?;
         let first = Arc::new(Mutex::new(None));
         let task = tokio::spawn(raw_loop(
             bootstrap.clone(),
@@ -237,7 +236,7 @@ pub async fn run(records: usize, rounds: usize) -> anyhow::Result<Report> {
         raw_rates.push(rate);
 
         // The framework.
-        let base = watermark_sum(&probe, OUTPUT, 3)?;
+        let base = watermark_sum(&probe, OUTPUT)?;
         let first = Arc::new(Mutex::new(None));
         let processor = PassThrough {
             name: format!("bench-passthrough-{round}"),

@@ -22,6 +22,7 @@ use switchyard_schemas::records::SensorReading;
 use switchyard_testkit::{free_port, http_get_text, metric_sum, workspace_binary, Service, Stack};
 
 use crate::gateway_bench::{gateway_counts, send_paced, settle};
+use crate::pipeline_bench::watermark_sum;
 use crate::Report;
 
 fn now_us() -> i64 {
@@ -52,31 +53,9 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn wait(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-fn watermark_sum(bootstrap: &str, topic: &str) -> anyhow::Result<i64> {
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    let metadata = probe.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut sum = 0;
-    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
-        for p in t.partitions() {
-            sum += probe
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))?
-                .1;
-        }
-    }
-    Ok(sum)
+/// Poll `done` every 20 ms: round trips are timed with it.
+fn wait(what: &str, timeout: Duration, done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    switchyard_testkit::wait_for_every(what, timeout, Duration::from_millis(20), done)
 }
 
 fn readings(count: usize, modems: usize, base_us: i64) -> Vec<(String, SensorReading, i64)> {
@@ -85,20 +64,8 @@ fn readings(count: usize, modems: usize, base_us: i64) -> Vec<(String, SensorRea
             let modem = format!("{}", 100_000 + i % modems.max(1));
             let at = base_us + i as i64 * 10;
             let value = (i % 2000) as i32 - 1000;
-            (
-                modem.clone(),
-                SensorReading {
-                    modem_id: modem,
-                    device_id: 1,
-                    sensor: "imu".into(),
-                    timestamp: at,
-                    value: Some(value),
-                    data: value.to_be_bytes().to_vec(),
-                    received_at: at,
-                    sequence: None,
-                },
-                at / 1000,
-            )
+            let reading = switchyard_testkit::imu_reading(&modem, value, at);
+            (modem, reading, at / 1000)
         })
         .collect()
 }
@@ -108,10 +75,13 @@ fn readings(count: usize, modems: usize, base_us: i64) -> Vec<(String, SensorRea
 
 /// From the first output record to the last: (records, seconds).
 fn time_output(bootstrap: &str, topic: &str, base: i64, records: i64) -> anyhow::Result<f64> {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
     let mut first = None;
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
-        let n = watermark_sum(bootstrap, topic)? - base;
+        let n = watermark_sum(&probe, topic)? - base;
         if n > 0 && first.is_none() {
             first = Some((Instant::now(), n));
         }

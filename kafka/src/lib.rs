@@ -62,6 +62,21 @@ pub fn is_partition_eof(error: &KafkaError) -> bool {
     )
 }
 
+/// The partition ids of `topic`, from the broker's metadata; empty when it has no such topic.
+pub fn partitions<C: ConsumerContext>(
+    consumer: &impl rdkafka::consumer::Consumer<C>,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> rdkafka::error::KafkaResult<Vec<i32>> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use switchyard_schemas::records::{
     Carrier, CarrierSwitchRequest, GrafanaReading, RequestState, SensorReading,
 };
 use switchyard_testkit::{
-    free_port, http_get_status, metric_sum, wait_for, Registry, Service, Stack,
+    free_port, http_get_status, imu_reading, metric_sum, wait_for, Registry, Service, Stack,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -17,19 +17,6 @@ fn now_us() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or_default()
-}
-
-fn reading(modem: &str, value: i32, at: i64) -> SensorReading {
-    SensorReading {
-        modem_id: modem.into(),
-        device_id: 1,
-        sensor: "imu".into(),
-        timestamp: at,
-        value: Some(value),
-        data: value.to_be_bytes().to_vec(),
-        received_at: at,
-        sequence: None,
-    }
 }
 
 /// A processor whose registry is down at start says so, retries, stays up (no crash loop,
@@ -80,7 +67,10 @@ fn a_processor_started_while_the_registry_is_down_waits_for_it() {
         .expect("ready once the registry is back");
     let at = now_us();
     stack
-        .produce("imu", &[("5".to_string(), reading("5", 77, at), at / 1000)])
+        .produce(
+            "imu",
+            &[("5".to_string(), imu_reading("5", 77, at), at / 1000)],
+        )
         .expect("produce");
     let out = stack
         .consume::<GrafanaReading>("imu-grafana", 1, WAIT)
@@ -108,7 +98,7 @@ fn grafana_projector_killed_mid_stream_loses_no_reading() {
                 let n = batch * 1000 + i;
                 let modem = format!("{}", n % 50);
                 let at = base + i64::from(n) * 1000;
-                (modem.clone(), reading(&modem, n, at), at / 1000)
+                (modem.clone(), imu_reading(&modem, n, at), at / 1000)
             })
             .collect();
         stack.produce("imu", &records).expect("produce");
@@ -468,8 +458,7 @@ fn anomaly_detector_killed_mid_stream_keeps_its_statistics() {
                     let modem = format!("9{m:02}");
                     let value = if i == 105 { 900 } else { 20 + (i % 5) };
                     let t = t0 + i64::from(i) * 1_000_000;
-                    let mut r = reading(&modem, value, t);
-                    r.timestamp = t;
+                    let r = imu_reading(&modem, value, t);
                     (modem, r, t / 1000)
                 })
             })

@@ -443,13 +443,7 @@ pub mod kafka {
             .set("group.id", "switchyard-test-reader")
             .set("enable.auto.commit", "false")
             .create()?;
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic)
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
+        let partitions = switchyard_kafka::partitions(&consumer, topic, Duration::from_secs(10))?;
         if partitions.is_empty() {
             bail!("topic {topic} does not exist");
         }
@@ -608,14 +602,25 @@ impl Stack {
     }
 }
 
-/// Poll `done` until it holds, failing after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+/// Poll `done` every 200 ms until it holds, failing after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, done: impl FnMut() -> bool) -> Result<()> {
+    wait_for_every(what, timeout, Duration::from_millis(200), done)
+}
+
+/// Poll `done` every `every` until it holds, failing after `timeout` (benchmarks poll
+/// finely, since the poll interval is part of what they measure).
+pub fn wait_for_every(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !done() {
         if Instant::now() > deadline {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(every);
     }
     Ok(())
 }
@@ -638,4 +643,22 @@ pub fn ensure_pcscd(log_dir: &Path) -> Result<Option<Service>> {
         TcpStream::connect_timeout(&vpcd, Duration::from_millis(200)).is_ok()
     })?;
     Ok(Some(service))
+}
+
+/// A reading of sensor 1 (imu) as the gateway writes it, received when it was sensed.
+pub fn imu_reading(
+    modem: &str,
+    value: i32,
+    at_us: i64,
+) -> switchyard_schemas::records::SensorReading {
+    switchyard_schemas::records::SensorReading {
+        modem_id: modem.into(),
+        device_id: 1,
+        sensor: "imu".into(),
+        timestamp: at_us,
+        value: Some(value),
+        data: value.to_be_bytes().to_vec(),
+        received_at: at_us,
+        sequence: None,
+    }
 }

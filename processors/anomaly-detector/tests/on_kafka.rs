@@ -16,16 +16,7 @@ fn a_spike_in_a_sensor_stream_is_published() {
         .map(|i| {
             let value = if i == 150 { 500 } else { 20 + (i % 5) };
             let t = t0 + i64::from(i) * 1_000_000;
-            let reading = SensorReading {
-                modem_id: "77".into(),
-                device_id: 1,
-                sensor: "imu".into(),
-                timestamp: t,
-                value: Some(value),
-                data: value.to_be_bytes().to_vec(),
-                received_at: t,
-                sequence: None,
-            };
+            let reading = switchyard_testkit::imu_reading("77", value, t);
             ("77".to_string(), reading, t / 1000)
         })
         .collect();

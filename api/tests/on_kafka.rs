@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use switchyard_protocol::{Envelope, Frame, IotStatus, Packet};
 use switchyard_schemas::records::{Carrier, CarrierSwitchRequest};
-use switchyard_testkit::{free_port, workspace_binary, Service, Stack};
+use switchyard_testkit::{workspace_binary, Service, Stack};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 const MODEM: &str = "4242";
@@ -119,24 +119,15 @@ impl Client {
 }
 
 fn start_api(stack: &Stack) -> (Service, SocketAddr) {
-    let listen: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
-    let (mut api, _) = stack
-        .start_processor(
-            "switchyard-api",
-            "api",
+    stack
+        .start_api(
+            TOKEN,
             &[
-                ("SWITCHYARD_API_LISTEN", listen.to_string()),
-                ("SWITCHYARD_API_TOKEN", TOKEN.to_string()),
                 ("SWITCHYARD_API_DEADLINE_SECS", "8".to_string()),
                 ("SWITCHYARD_API_PRODUCE_TIMEOUT_MS", "2000".to_string()),
             ],
         )
-        .expect("API healthy");
-    api.wait_until(Duration::from_secs(30), || {
-        switchyard_testkit::http_get_status(listen, "/health").ok() == Some(200)
-    })
-    .expect("API ready");
-    (api, listen)
+        .expect("API ready")
 }
 
 fn cli(api: SocketAddr, args: &[&str]) -> (i32, String) {
@@ -162,17 +153,10 @@ fn operators_switch_carriers_through_the_api_and_bad_requests_change_nothing() {
             &[("SWITCHYARD_DEADLINE_CHECK_MS", "200".into())],
         )
         .expect("carrier-state healthy");
-    let udp: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
-    let (_gateway, _) = stack
-        .start_processor(
-            "switchyard-gateway",
-            "gateway",
-            &[
-                ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
-                ("SWITCHYARD_RETRY_INITIAL_MS", "300".into()),
-            ],
-        )
+    let gateway = stack
+        .start_gateway(&[("SWITCHYARD_RETRY_INITIAL_MS", "300".into())])
         .expect("gateway healthy");
+    let udp = gateway.udp;
     let _modem = stack
         .spawn(
             "switchyard-modem",

@@ -223,33 +223,25 @@ fn side(sent: usize, c: Counts, took: Duration) -> Side {
     }
 }
 
+/// A fresh gateway with the same socket buffer as the raw loop, logging warnings only.
+fn start_gateway(stack: &Stack) -> anyhow::Result<switchyard_testkit::Gateway> {
+    stack.start_gateway(&[
+        ("SWITCHYARD_GATEWAY_UDP_BUFFER", UDP_BUFFER.to_string()),
+        ("RUST_LOG", "warn".to_string()),
+    ])
+}
+
 fn gateway_throughput(stack: &Stack, packets: &[Vec<u8>], rate: u64) -> anyhow::Result<Side> {
-    let udp: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let (_gateway, metrics) = stack.start_processor(
-        "switchyard-gateway",
-        "bench-gateway",
-        &[
-            ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
-            ("SWITCHYARD_GATEWAY_UDP_BUFFER", UDP_BUFFER.to_string()),
-            ("RUST_LOG", "warn".to_string()),
-        ],
-    )?;
+    let gateway = start_gateway(stack)?;
+    let (udp, metrics) = (gateway.udp, gateway.metrics);
     let (first, last) = send_paced(udp, packets, rate)?;
     let (c, done) = settle(|| gateway_counts(metrics).0, last)?;
     Ok(side(packets.len(), c, done - first))
 }
 
 fn gateway_latency(stack: &Stack, packets: &[Vec<u8>], rate: u64) -> anyhow::Result<Buckets> {
-    let udp: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let (_gateway, metrics) = stack.start_processor(
-        "switchyard-gateway",
-        "bench-gateway-latency",
-        &[
-            ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
-            ("SWITCHYARD_GATEWAY_UDP_BUFFER", UDP_BUFFER.to_string()),
-            ("RUST_LOG", "warn".to_string()),
-        ],
-    )?;
+    let gateway = start_gateway(stack)?;
+    let (udp, metrics) = (gateway.udp, gateway.metrics);
     // Warm up (connections, metadata), then measure only what follows.
     let warm = packets.len().min(500);
     let (_, last) = send_paced(udp, &packets[..warm], rate)?;

@@ -9,7 +9,8 @@
 //! * `scale`: time and RSS of the gateway and the detector as the fleet grows 10 → 10k.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use switchyard_schemas::records::now_us;
 
 use anyhow::{bail, Context as _};
 use rdkafka::config::ClientConfig;
@@ -19,18 +20,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use switchyard_protocol::{Envelope, Frame, IotData, IotStatus, Packet};
 use switchyard_schemas::records::SensorReading;
-use switchyard_testkit::{free_port, http_get_text, metric_sum, workspace_binary, Service, Stack};
+use switchyard_testkit::{http_get_text, metric_sum, workspace_binary, Service, Stack};
 
 use crate::gateway_bench::{gateway_counts, send_paced, settle};
 use crate::pipeline_bench::watermark_sum;
 use crate::Report;
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
-}
 
 /// Resident memory of a process, in MiB.
 fn rss_mib(pid: u32) -> f64 {
@@ -165,15 +159,8 @@ pub fn processor(records: usize) -> anyhow::Result<Report> {
 pub fn latency(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result<Report> {
     let stack = Stack::start()?;
     let bootstrap = stack.broker.bootstrap();
-    let udp: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let (_gateway, _) = stack.start_processor(
-        "switchyard-gateway",
-        "bench-gateway",
-        &[
-            ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
-            ("RUST_LOG", "warn".into()),
-        ],
-    )?;
+    let gateway = stack.start_gateway(&[("RUST_LOG", "warn".into())])?;
+    let udp = gateway.udp;
     let (_projector, _) = stack.start_processor(
         "grafana-projector",
         "bench-projector",
@@ -274,32 +261,16 @@ fn api(
 fn roundtrips(fleet: u64, switches: usize) -> anyhow::Result<(Vec<f64>, f64)> {
     const TOKEN: &str = "bench-token-0123456789abcdef";
     let stack = Stack::start()?;
-    let udp: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let quiet = ("RUST_LOG", "warn".to_string());
-    let (_gateway, _) = stack.start_processor(
-        "switchyard-gateway",
-        "bench-gateway",
-        &[
-            ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
-            ("SWITCHYARD_RETRY_INITIAL_MS", "500".into()),
-            quiet.clone(),
-        ],
-    )?;
+    let gateway =
+        stack.start_gateway(&[("SWITCHYARD_RETRY_INITIAL_MS", "500".into()), quiet.clone()])?;
+    let udp = gateway.udp;
     let (_state, _) = stack.start_processor(
         "carrier-state",
         "bench-carrier-state",
         std::slice::from_ref(&quiet),
     )?;
-    let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let (_api, _) = stack.start_processor(
-        "switchyard-api",
-        "bench-api",
-        &[
-            ("SWITCHYARD_API_LISTEN", listen.to_string()),
-            ("SWITCHYARD_API_TOKEN", TOKEN.into()),
-            quiet,
-        ],
-    )?;
+    let (_api, listen) = stack.start_api(TOKEN, &[quiet])?;
     let mut modems = std::process::Command::new(workspace_binary("switchyard-modem")?);
     modems.env("RUST_LOG", "warn").args([
         "--gateway",
@@ -436,15 +407,11 @@ fn gateway_with(
     per_modem: u32,
     status_only: bool,
 ) -> anyhow::Result<(f64, f64, f64)> {
-    let udp: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let (gateway, metrics) = stack.start_processor(
-        "switchyard-gateway",
-        "bench-gateway",
-        &[
-            ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
-            ("RUST_LOG", "warn".into()),
-        ],
-    )?;
+    let switchyard_testkit::Gateway {
+        service: gateway,
+        udp,
+        metrics,
+    } = stack.start_gateway(&[("RUST_LOG", "warn".into())])?;
     std::thread::sleep(Duration::from_millis(500));
     let before = rss_mib(gateway.pid());
     let packets: Vec<Vec<u8>> = (1..=per_modem)

@@ -8,6 +8,14 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+/// Now, in the records' unit: microseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}
+
 /// A value type bound to one schema file of the catalog.
 pub trait TopicRecord: Serialize + DeserializeOwned + Send + 'static {
     /// File name under `schemas/avro/`.

@@ -1,7 +1,8 @@
 //! Faults the system must survive without losing data, on real processes and loopback only.
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use switchyard_schemas::records::now_us;
 
 use switchyard_schemas::records::{
     Carrier, CarrierSwitchRequest, GrafanaReading, RequestState, SensorReading,
@@ -11,13 +12,6 @@ use switchyard_testkit::{
 };
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
-}
 
 /// A processor whose registry is down at start says so, retries, stays up (no crash loop,
 /// no stack trace), and works once the registry is back.
@@ -228,18 +222,13 @@ fn with_30_percent_packet_loss_every_switch_ends_and_none_stays_pending() {
             &[("SWITCHYARD_DEADLINE_CHECK_MS", "200".into())],
         )
         .expect("carrier-state");
-    let udp: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
-    let (_gateway, _) = stack
-        .start_processor(
-            "switchyard-gateway",
-            "gateway",
-            &[
-                ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
-                ("SWITCHYARD_RETRY_INITIAL_MS", "200".into()),
-                ("SWITCHYARD_RETRY_MAX_MS", "800".into()),
-            ],
-        )
+    let gateway = stack
+        .start_gateway(&[
+            ("SWITCHYARD_RETRY_INITIAL_MS", "200".into()),
+            ("SWITCHYARD_RETRY_MAX_MS", "800".into()),
+        ])
         .expect("gateway");
+    let udp = gateway.udp;
     let first_modem = 5000u64;
     let fleet = 8u64;
     let mut modems = std::process::Command::new(
@@ -341,14 +330,11 @@ fn with_30_percent_packet_loss_every_switch_ends_and_none_stays_pending() {
 fn a_broker_restart_under_load_needs_no_manual_step_and_loses_nothing_uncounted() {
     use std::collections::HashSet;
     let mut stack = Stack::start().expect("stack");
-    let udp: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
-    let (mut gateway, gateway_metrics) = stack
-        .start_processor(
-            "switchyard-gateway",
-            "gateway",
-            &[("SWITCHYARD_GATEWAY_LISTEN", udp.to_string())],
-        )
-        .expect("gateway");
+    let switchyard_testkit::Gateway {
+        service: mut gateway,
+        udp,
+        metrics: gateway_metrics,
+    } = stack.start_gateway(&[]).expect("gateway");
     let (mut projector, _) = stack
         .start_processor("grafana-projector", "grafana-projector", &[])
         .expect("projector");

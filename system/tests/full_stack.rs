@@ -14,14 +14,13 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use switchyard_schemas::records::now_us;
 
 use serde_json::Value;
 use switchyard_schemas::records::{
     AckStatus, Carrier, CarrierState, CarrierSwitchAck, SensorReading,
 };
-use switchyard_testkit::{
-    ensure_pcscd, free_port, wait_for, workspace_binary, Service, Stack, VPCD,
-};
+use switchyard_testkit::{ensure_pcscd, wait_for, workspace_binary, Service, Stack, VPCD};
 
 const MODEM: &str = "777";
 const KEY: &str = "00112233445566778899aabbccddeeff";
@@ -95,38 +94,18 @@ fn the_three_data_flows_on_the_whole_local_stack() {
 
     let keys = dir.join("modem-keys");
     std::fs::write(&keys, format!("{MODEM} {KEY}\n")).expect("keys");
-    let udp: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
-    let (_gateway, _) = stack
-        .start_processor(
-            "switchyard-gateway",
-            "gateway",
-            &[
-                ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
-                ("SWITCHYARD_MODEM_KEYS", keys.display().to_string()),
-                ("SWITCHYARD_RETRY_INITIAL_MS", "300".into()),
-            ],
-        )
+    let gateway = stack
+        .start_gateway(&[
+            ("SWITCHYARD_MODEM_KEYS", keys.display().to_string()),
+            ("SWITCHYARD_RETRY_INITIAL_MS", "300".into()),
+        ])
         .expect("gateway");
+    let udp = gateway.udp;
     let mut processors = Vec::new();
     for p in ["grafana-projector", "carrier-state", "anomaly-detector"] {
         processors.push(stack.start_processor(p, p, &[]).expect(p).0);
     }
-    let api: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
-    let (mut api_service, _) = stack
-        .start_processor(
-            "switchyard-api",
-            "api",
-            &[
-                ("SWITCHYARD_API_LISTEN", api.to_string()),
-                ("SWITCHYARD_API_TOKEN", TOKEN.into()),
-            ],
-        )
-        .expect("api");
-    api_service
-        .wait_until(Duration::from_secs(30), || {
-            switchyard_testkit::http_get_status(api, "/health").ok() == Some(200)
-        })
-        .expect("API ready");
+    let (_api_service, api) = stack.start_api(TOKEN, &[]).expect("API ready");
 
     let mut modem = Command::new(workspace_binary("switchyard-modem").expect("built"));
     modem.args([
@@ -151,14 +130,14 @@ fn the_three_data_flows_on_the_whole_local_stack() {
         readings.len() >= 10
     })
     .unwrap_or_else(|e| panic!("{e}\n--- modem:\n{}", modem.log_text()));
-    let since = chrono_now_us() - started.elapsed().as_micros() as i64 - 5_000_000;
+    let since = now_us() - started.elapsed().as_micros() as i64 - 5_000_000;
     for r in &readings {
         let v = &r.value;
         assert_eq!((v.modem_id.as_str(), v.device_id), (MODEM, 1));
         let value = v.value.expect("an i32 reading");
         assert!((-1000..=1000).contains(&value), "{value}");
         assert!(
-            v.timestamp >= since && v.timestamp <= chrono_now_us(),
+            v.timestamp >= since && v.timestamp <= now_us(),
             "{}",
             v.timestamp
         );
@@ -256,11 +235,4 @@ fn the_three_data_flows_on_the_whole_local_stack() {
     })
     .expect("v1 packet accepted");
     drop(processors);
-}
-
-fn chrono_now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
 }

@@ -602,6 +602,44 @@ impl Stack {
     }
 }
 
+/// A started gateway: its process, the UDP address devices send to, its metrics address.
+pub struct Gateway {
+    pub service: Service,
+    pub udp: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl Stack {
+    /// `switchyard-gateway` on a free UDP port, healthy; `env` adds to or overrides its
+    /// configuration.
+    pub fn start_gateway(&self, env: &[(&str, String)]) -> Result<Gateway> {
+        let udp: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let mut all = vec![("SWITCHYARD_GATEWAY_LISTEN", udp.to_string())];
+        all.extend(env.iter().map(|(k, v)| (*k, v.clone())));
+        let (service, metrics) = self.start_processor("switchyard-gateway", "gateway", &all)?;
+        Ok(Gateway {
+            service,
+            udp,
+            metrics,
+        })
+    }
+
+    /// `switchyard-api` on a free port with `token`, ready (its own /health answers 200).
+    pub fn start_api(&self, token: &str, env: &[(&str, String)]) -> Result<(Service, SocketAddr)> {
+        let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let mut all = vec![
+            ("SWITCHYARD_API_LISTEN", listen.to_string()),
+            ("SWITCHYARD_API_TOKEN", token.to_string()),
+        ];
+        all.extend(env.iter().map(|(k, v)| (*k, v.clone())));
+        let (mut api, _) = self.start_processor("switchyard-api", "api", &all)?;
+        api.wait_until(Duration::from_secs(30), || {
+            http_get_status(listen, "/health").ok() == Some(200)
+        })?;
+        Ok((api, listen))
+    }
+}
+
 /// Poll `done` every 200 ms until it holds, failing after `timeout`.
 pub fn wait_for(what: &str, timeout: Duration, done: impl FnMut() -> bool) -> Result<()> {
     wait_for_every(what, timeout, Duration::from_millis(200), done)

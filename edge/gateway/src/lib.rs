@@ -26,7 +26,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use switchyard_schemas::records::now_us;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -153,13 +154,6 @@ pub fn parse_keys(text: &str) -> anyhow::Result<HashMap<u64, Vec<u8>>> {
         keys.insert(modem, key);
     }
     Ok(keys)
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
 }
 
 struct Gateway {

@@ -1,29 +1,24 @@
 //! The gateway on a real broker and registry, with real UDP sockets.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use switchyard_schemas::records::now_us;
 
 use switchyard_protocol::{verify, AckStatus, Carrier, Envelope, Frame, IotStatus, Packet};
 use switchyard_schemas::records::{
     self, CarrierSwitchAck, CarrierSwitchRequest, DeliveryEvent, DownlinkDelivery, GatewayReject,
     IotStatusReport, SensorReading,
 };
-use switchyard_testkit::{free_port, Service, Stack};
+use switchyard_testkit::{Service, Stack};
 
 const SEED_VECTORS: &str = include_str!("../../protocol/tests/vectors/seed-vectors.json");
 const WAIT: Duration = Duration::from_secs(90);
 
 fn start_gateway(stack: &Stack, env: &[(&str, String)]) -> (Service, SocketAddr) {
-    let udp: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
-    let mut all = vec![
-        ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
-        ("SWITCHYARD_RETRY_INITIAL_MS", "300".to_string()),
-    ];
+    let mut all = vec![("SWITCHYARD_RETRY_INITIAL_MS", "300".to_string())];
     all.extend(env.iter().map(|(k, v)| (*k, v.clone())));
-    let (service, _) = stack
-        .start_processor("switchyard-gateway", "gateway", &all)
-        .expect("gateway healthy");
-    (service, udp)
+    let gateway = stack.start_gateway(&all).expect("gateway healthy");
+    (gateway.service, gateway.udp)
 }
 
 fn client() -> UdpSocket {
@@ -32,13 +27,6 @@ fn client() -> UdpSocket {
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     socket
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
 }
 
 fn request(modem: &str, request_id: &str, carrier: records::Carrier) -> CarrierSwitchRequest {
@@ -360,16 +348,12 @@ fn numbered_reading(n: i32) -> Vec<u8> {
 fn while_the_broker_is_down_packets_wait_in_the_bounded_buffer_and_overflow_is_counted() {
     const BUFFER: i32 = 40;
     let mut stack = Stack::start().expect("stack");
-    let udp: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
-    let (mut gateway, metrics) = stack
-        .start_processor(
-            "switchyard-gateway",
-            "gateway",
-            &[
-                ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
-                ("SWITCHYARD_GATEWAY_BUFFER", BUFFER.to_string()),
-            ],
-        )
+    let switchyard_testkit::Gateway {
+        service: mut gateway,
+        udp,
+        metrics,
+    } = stack
+        .start_gateway(&[("SWITCHYARD_GATEWAY_BUFFER", BUFFER.to_string())])
         .expect("gateway healthy");
     let device = client();
     let metric = |name: &str| {

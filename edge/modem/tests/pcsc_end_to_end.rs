@@ -3,27 +3,18 @@
 //! authentication on), a tansu broker and the registry. A switch requested on Kafka reaches
 //! the SIM over PC/SC; the SIM's ACK comes back with the new carrier and its IMSI changes.
 
-use std::net::SocketAddr;
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use switchyard_schemas::records::now_us;
 
 use switchyard_modem::{decode_imsi, PcscCard, SimLink};
 use switchyard_schemas::records::{
     AckStatus, Carrier, CarrierSwitchAck, CarrierSwitchRequest, IotStatusReport, SensorReading,
 };
-use switchyard_testkit::{
-    ensure_pcscd, free_port, wait_for, workspace_binary, Service, Stack, VPCD,
-};
+use switchyard_testkit::{ensure_pcscd, wait_for, workspace_binary, Service, Stack, VPCD};
 
 const MODEM: u64 = 777;
 const KEY: &str = "00112233445566778899aabbccddeeff";
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
-}
 
 #[test]
 fn a_switch_requested_on_kafka_reaches_the_sim_over_pcsc_and_its_ack_comes_back() {
@@ -45,17 +36,10 @@ fn a_switch_requested_on_kafka_reaches_the_sim_over_pcsc_and_its_ack_comes_back(
 
     let keys = stack.broker.data_dir().join("modem-keys");
     std::fs::write(&keys, format!("{MODEM} {KEY}\n")).expect("keys");
-    let udp: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
-    let (_gateway, _) = stack
-        .start_processor(
-            "switchyard-gateway",
-            "gateway",
-            &[
-                ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
-                ("SWITCHYARD_MODEM_KEYS", keys.display().to_string()),
-            ],
-        )
+    let gateway = stack
+        .start_gateway(&[("SWITCHYARD_MODEM_KEYS", keys.display().to_string())])
         .expect("gateway");
+    let udp = gateway.udp;
 
     // The card is in the reader once PC/SC can connect to it.
     wait_for(

@@ -1,19 +1,13 @@
 //! carrier-state on a real broker and registry.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use switchyard_schemas::records::now_us;
 
 use switchyard_schemas::records::{
     AckStatus, Carrier, CarrierState, CarrierSwitchAck, CarrierSwitchRequest, DeliveryEvent,
     DownlinkDelivery, RequestState,
 };
 use switchyard_testkit::{wait_for, Stack};
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default()
-}
 
 fn latest_state(stack: &Stack, modem: &str) -> Option<CarrierState> {
     stack

@@ -13,10 +13,11 @@
 pub mod routes;
 pub mod view;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -146,6 +147,9 @@ impl ApiMetrics {
 pub struct AppState {
     pub token: String,
     pub table: RwLock<Table>,
+    /// Modems with a switch being produced right now, so two concurrent posts for one modem
+    /// cannot both pass the "nothing pending" check.
+    pub switching: Mutex<HashSet<String>>,
     pub changes: broadcast::Sender<ModemView>,
     pub producer: FutureProducer,
     pub request_codec: (i32, Arc<SchemaCodec>),
@@ -208,6 +212,7 @@ pub async fn run(config: ApiConfig, shutdown: impl Future<Output = ()>) -> anyho
     let state = Arc::new(AppState {
         token,
         table: RwLock::new(Table::default()),
+        switching: Mutex::new(HashSet::new()),
         changes,
         producer,
         request_codec,

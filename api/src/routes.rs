@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use switchyard_schemas::records::now_us;
 
@@ -199,6 +199,13 @@ fn not_ready(state: &AppState) -> Result<(), ApiError> {
     }
 }
 
+/// The view, for reading.
+fn read_table(
+    state: &AppState,
+) -> Result<std::sync::RwLockReadGuard<'_, crate::view::Table>, ApiError> {
+    state.table.read().map_err(|_| table_poisoned())
+}
+
 fn table_poisoned() -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -236,7 +243,7 @@ async fn health(State(state): State<Shared>) -> (StatusCode, Json<HealthBody>) {
 ))]
 async fn list_modems(State(state): State<Shared>) -> Result<Json<Vec<ModemView>>, ApiError> {
     not_ready(&state)?;
-    let table = state.table.read().map_err(|_| table_poisoned())?;
+    let table = read_table(&state)?;
     Ok(Json(table.modems()))
 }
 
@@ -251,7 +258,7 @@ async fn get_modem(
     Path(id): Path<String>,
 ) -> Result<Json<ModemView>, ApiError> {
     not_ready(&state)?;
-    let table = state.table.read().map_err(|_| table_poisoned())?;
+    let table = read_table(&state)?;
     table.modem(&id).map(Json).ok_or_else(|| unknown_modem(&id))
 }
 
@@ -273,7 +280,7 @@ async fn get_request(
     State(state): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Json<RequestView>, ApiError> {
-    let table = state.table.read().map_err(|_| table_poisoned())?;
+    let table = read_table(&state)?;
     table.request(&id).map(Json).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -283,19 +290,13 @@ async fn get_request(
     })
 }
 
-/// Modems with a switch being produced right now (so two concurrent posts cannot both pass
-/// the "nothing pending" check).
-fn in_flight() -> &'static Mutex<HashSet<String>> {
-    static IN_FLIGHT: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    IN_FLIGHT.get_or_init(Default::default)
-}
+/// A modem's place in [`AppState::switching`], given up when the request is done.
+struct InFlight<'a>(&'a Mutex<HashSet<String>>, String);
 
-struct InFlight(String);
-
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Ok(mut set) = in_flight().lock() {
-            set.remove(&self.0);
+        if let Ok(mut set) = self.0.lock() {
+            set.remove(&self.1);
         }
     }
 }
@@ -368,8 +369,8 @@ async fn switch_carrier(
     not_ready(&state).map_err(refuse)?;
 
     let _guard = {
-        let mut set = in_flight().lock().map_err(|_| table_poisoned())?;
-        let table = state.table.read().map_err(|_| table_poisoned())?;
+        let mut set = state.switching.lock().map_err(|_| table_poisoned())?;
+        let table = read_table(&state)?;
         let modem = table.modem(&id).ok_or_else(|| refuse(unknown_modem(&id)))?;
         if let Some(p) = modem.pending.as_ref() {
             return Err(refuse(ApiError::new(
@@ -388,7 +389,7 @@ async fn switch_carrier(
                 format!("another request for modem {id} is being made right now"),
             )));
         }
-        InFlight(id.clone())
+        InFlight(&state.switching, id.clone())
     };
 
     let requested_at = now_us();

@@ -296,7 +296,10 @@ async fn follow(state: Arc<AppState>, bootstrap: String, mut decoder: RecordDeco
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         // Operators watch switches live: answer fetches as soon as a change is there.
-        .set("fetch.wait.max.ms", "20")
+        .set(
+            "fetch.wait.max.ms",
+            switchyard_kafka::FETCH_WAIT_MS.to_string(),
+        )
         .create_with_context(TracingContext)
     {
         Ok(c) => c,

@@ -62,6 +62,12 @@ pub fn is_partition_eof(error: &KafkaError) -> bool {
     )
 }
 
+/// librdkafka's `fetch.wait.max.ms` for consumers whose latency matters (the processors,
+/// the gateway's downlink requests, the API's table). A broker may hold a fetch this long
+/// when it has no data yet; tansu holds it the whole time, so librdkafka's default of 500 ms
+/// added half a second to every hop.
+pub const FETCH_WAIT_MS: u64 = 20;
+
 /// The partition ids of `topic`, from the broker's metadata; empty when it has no such topic.
 pub fn partitions<C: ConsumerContext>(
     consumer: &impl rdkafka::consumer::Consumer<C>,

@@ -84,9 +84,8 @@ pub struct RunnerConfig {
     #[arg(long, env = "SWITCHYARD_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// Longest time a fetch waits at the broker for data (librdkafka's fetch.wait.max.ms).
-    /// Low keeps end-to-end latency low on brokers that wait it out (tansu does); 500 is
-    /// librdkafka's default.
-    #[arg(long, env = "SWITCHYARD_FETCH_WAIT_MS", default_value_t = 20)]
+    /// Low keeps end-to-end latency low on brokers that hold fetches (tansu does).
+    #[arg(long, env = "SWITCHYARD_FETCH_WAIT_MS", default_value_t = switchyard_kafka::FETCH_WAIT_MS)]
     pub fetch_wait_ms: u64,
 }
 
@@ -99,7 +98,7 @@ impl RunnerConfig {
             max_batch: 5000,
             processing_guarantee: Guarantee::AtLeastOnce,
             instance_id: None,
-            fetch_wait_ms: 20,
+            fetch_wait_ms: switchyard_kafka::FETCH_WAIT_MS,
         }
     }
 }

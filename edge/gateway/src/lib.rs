@@ -250,9 +250,11 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         // gateway's first start is not skipped (a stale one fails its deadline at once).
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
-        // Downlink is interactive: do not let the broker sit on a fetch (tansu waits the
-        // whole fetch.wait.max.ms, librdkafka's default 500 ms, before answering).
-        .set("fetch.wait.max.ms", "20")
+        // Downlink is interactive: do not let the broker sit on a fetch.
+        .set(
+            "fetch.wait.max.ms",
+            switchyard_kafka::FETCH_WAIT_MS.to_string(),
+        )
         .create_with_context(TracingContext)
         .context("creating the consumer")?;
     consumer

@@ -29,6 +29,8 @@ pub mod headers {
 pub enum FailureKind {
     Undecodable,
     Failed,
+    /// The broker (or the producer) refused one of the record's outputs for good.
+    Refused,
 }
 
 impl FailureKind {
@@ -36,6 +38,7 @@ impl FailureKind {
         match self {
             FailureKind::Undecodable => "undecodable",
             FailureKind::Failed => "failed",
+            FailureKind::Refused => "refused",
         }
     }
 }
@@ -218,6 +221,15 @@ impl<P: Processor> Engine<P> {
         self.tasks.keys().copied().collect()
     }
 
+    /// Whether a task exists for `partition`.
+    pub fn owns(&self, partition: i32) -> bool {
+        self.tasks.contains_key(&partition)
+    }
+
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
     /// Start a task for a partition, with empty stores (restore them next).
     pub fn assign(&mut self, partition: i32) {
         let stores = self
@@ -265,7 +277,7 @@ impl<P: Processor> Engine<P> {
         if let Err((kind, reason)) = outcome {
             let policy = match kind {
                 FailureKind::Undecodable => self.topology.on_undecodable,
-                FailureKind::Failed => self.topology.on_error,
+                FailureKind::Failed | FailureKind::Refused => self.topology.on_error,
             };
             match policy {
                 ErrorPolicy::Stop => {
@@ -334,7 +346,13 @@ impl<P: Processor> Engine<P> {
         })
     }
 
-    fn dead_letter(&self, incoming: &Incoming<'_>, kind: FailureKind, reason: &str) -> Output {
+    /// The dead-letter record for an input: the record as it was, with headers saying why.
+    pub(crate) fn dead_letter(
+        &self,
+        incoming: &Incoming<'_>,
+        kind: FailureKind,
+        reason: &str,
+    ) -> Output {
         let mut h = vec![
             (
                 headers::TOPIC.to_string(),
@@ -399,7 +417,7 @@ impl<P: Processor> Engine<P> {
                     kind: TimerKind::StreamTime,
                     time_ms: now,
                 };
-                self.punctuate_task(partition, &timer, wall_clock_ms, effects)?;
+                self.punctuate(partition, &timer, wall_clock_ms, effects)?;
             }
         }
         Ok(())
@@ -419,14 +437,10 @@ impl<P: Processor> Engine<P> {
         }
     }
 
-    /// Fire the wall-clock timers that are due at `wall_clock_ms`, for every task.
-    pub fn punctuate_wall_clock(
-        &mut self,
-        wall_clock_ms: i64,
-        effects: &mut Effects,
-    ) -> Result<(), Stopped> {
-        let timers = self.topology.timers_of(TimerKind::WallClock);
-        for spec in timers {
+    /// The wall-clock timers due at `wall_clock_ms`; each is scheduled again one interval on.
+    pub fn due_wall_clock(&mut self, wall_clock_ms: i64) -> Vec<Timer> {
+        let mut due = Vec::new();
+        for spec in self.topology.timers_of(TimerKind::WallClock) {
             let interval = spec.interval_ms();
             let next = *self
                 .next_wall_fire
@@ -437,19 +451,31 @@ impl<P: Processor> Engine<P> {
             }
             self.next_wall_fire
                 .insert(spec.name.clone(), wall_clock_ms + interval);
-            let timer = Timer {
-                name: spec.name.clone(),
+            due.push(Timer {
+                name: spec.name,
                 kind: TimerKind::WallClock,
                 time_ms: wall_clock_ms,
-            };
+            });
+        }
+        due
+    }
+
+    /// Fire the wall-clock timers that are due at `wall_clock_ms`, for every task.
+    pub fn punctuate_wall_clock(
+        &mut self,
+        wall_clock_ms: i64,
+        effects: &mut Effects,
+    ) -> Result<(), Stopped> {
+        for timer in self.due_wall_clock(wall_clock_ms) {
             for partition in self.assigned() {
-                self.punctuate_task(partition, &timer, wall_clock_ms, effects)?;
+                self.punctuate(partition, &timer, wall_clock_ms, effects)?;
             }
         }
         Ok(())
     }
 
-    fn punctuate_task(
+    /// Fire one timer for one task.
+    pub fn punctuate(
         &mut self,
         partition: i32,
         timer: &Timer,

@@ -26,6 +26,10 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     pub events: IntCounterVec,
     pub rejoins: IntCounter,
+    pub produce_failures: IntCounter,
+    pub pauses: IntCounter,
+    pub records_in_flight: IntGauge,
+    pub uncommitted_records: IntGauge,
     /// Per-topic counter handles (in, out), so counting a record is not a label lookup.
     handles: Arc<Mutex<(TopicCounters, TopicCounters)>>,
 }
@@ -129,7 +133,30 @@ impl Metrics {
             "Tasks (input partitions) this instance owns.",
         )?;
         registry.register(Box::new(assigned_partitions.clone()))?;
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let records_in_flight = gauge(
+            "records_in_flight",
+            "Output, changelog and dead-letter records handed to the producer and not yet acknowledged.",
+        )?;
+        let uncommitted_records = gauge(
+            "uncommitted_records",
+            "Input records processed whose offsets the group has not confirmed (processed again after a crash).",
+        )?;
         Ok(Metrics {
+            records_in_flight,
+            uncommitted_records,
+            produce_failures: counter(
+                "produce_failures_total",
+                "Records the broker or producer refused for good (their inputs are dead-lettered, or the processor stops).",
+            )?,
+            pauses: counter(
+                "consumer_pauses_total",
+                "Times consumption paused at the bound on uncommitted records or bytes in flight.",
+            )?,
             records_in,
             records_out,
             dead_letters,
@@ -139,15 +166,15 @@ impl Metrics {
             restored_records,
             commits: counter(
                 "commits_total",
-                "Offset commits (each after every output it covers was acknowledged).",
+                "Offset commits confirmed by the group (each covers only acknowledged outputs).",
             )?,
             commit_failures: counter(
                 "commit_failures_total",
-                "Offset commits that failed (the records will be processed again).",
+                "Offset commits that failed (asked for again at the next commit).",
             )?,
             producer_retries: counter(
                 "producer_retries_total",
-                "Records re-sent after a delivery failed.",
+                "Produce retries of retriable errors (librdkafka's own, in order).",
             )?,
             timer_failures: counter("timer_failures_total", "Timer callbacks that failed.")?,
             assigned_partitions,

@@ -1,0 +1,181 @@
+//! Handing records to the producer as they are made, and hearing back from the broker.
+//!
+//! The producer is idempotent with no local message timeout, so librdkafka retries what can
+//! be retried itself (with backoff, in order, so writes to one key keep their order) and a
+//! delivery report that carries an error is final: the record is *refused*, and the runner
+//! dead-letters its input or stops. Acknowledgements go straight into the ledger.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use switchyard_kafka::is_partition_eof;
+use tracing::{error, warn};
+
+use super::config::{Guarantee, RunnerConfig};
+use super::ledger::{Refused, Token};
+use super::shared::Shared;
+use crate::context::Output;
+
+pub(crate) type OutputProducer = ThreadedProducer<DeliveryContext>;
+
+pub(crate) struct DeliveryContext {
+    shared: Arc<Shared>,
+    /// librdkafka's cumulative retry count at the last statistics report.
+    retries_seen: AtomicU64,
+}
+
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !is_partition_eof(&error) {
+            error!(target: "librdkafka", %error, reason, "kafka producer error");
+        }
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let total: u64 = statistics.brokers.values().map(|b| b.txretries).sum();
+        let before = self.retries_seen.swap(total, Ordering::Relaxed);
+        if total > before {
+            self.shared.metrics.producer_retries.inc_by(total - before);
+        }
+    }
+}
+
+fn size_of(key: Option<&[u8]>, payload: Option<&[u8]>) -> usize {
+    key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len)
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let token = Token::from_opaque(opaque);
+        match result {
+            Ok(m) => {
+                self.shared
+                    .ledger()
+                    .acknowledged(token, size_of(m.key(), m.payload()));
+                self.shared.metrics.count_out(m.topic());
+            }
+            Err((e, m)) => {
+                self.shared.metrics.produce_failures.inc();
+                let refused = Refused {
+                    token,
+                    topic: m.topic().to_string(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    error: e.to_string(),
+                };
+                self.shared
+                    .ledger()
+                    .refused(refused, size_of(m.key(), m.payload()));
+                self.shared.refusal.notify_one();
+            }
+        }
+        self.shared.settled();
+    }
+}
+
+/// The producer for outputs, changelogs and dead letters.
+pub(crate) fn output_producer(
+    config: &RunnerConfig,
+    transactional_id: Option<String>,
+    shared: Arc<Shared>,
+) -> Result<Arc<OutputProducer>, KafkaError> {
+    let mut settings = ClientConfig::new();
+    settings
+        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        // No local timeout: librdkafka retries retriable errors for as long as it takes (in
+        // order); consumption pauses at the in-flight bounds meanwhile.
+        .set("message.timeout.ms", "0")
+        .set("linger.ms", "5")
+        .set("statistics.interval.ms", "5000")
+        .set("queue.buffering.max.messages", "1000000");
+    if let Some(id) = transactional_id {
+        settings.set("transactional.id", id);
+    }
+    let producer = Arc::new(settings.create_with_context(DeliveryContext {
+        shared: Arc::clone(&shared),
+        retries_seen: AtomicU64::new(0),
+    })?);
+    let _ = shared.producer.set(Arc::downgrade(&producer));
+    Ok(producer)
+}
+
+/// Hand one record to the producer on behalf of an entry. A record the producer cannot take
+/// at all (too large, unknown topic, ...) is recorded as refused, like one the broker refused.
+pub(crate) async fn send(producer: &OutputProducer, shared: &Shared, token: Token, out: &Output) {
+    let bytes = size_of(out.key.as_deref(), out.payload.as_deref());
+    shared.ledger().sending(token, bytes);
+    let mut record = record_of(out, token);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err((e, _)) => {
+                warn!(error = %e, topic = %out.topic, "the producer refused a record");
+                shared.metrics.produce_failures.inc();
+                shared.ledger().refused(
+                    Refused {
+                        token,
+                        topic: out.topic.clone(),
+                        key: out.key.clone(),
+                        payload: out.payload.clone(),
+                        error: e.to_string(),
+                    },
+                    bytes,
+                );
+                shared.refusal.notify_one();
+                return;
+            }
+        }
+    }
+}
+
+fn record_of(out: &Output, token: Token) -> BaseRecord<'_, [u8], [u8], usize> {
+    let mut record = BaseRecord::with_opaque_to(&out.topic, token.to_opaque());
+    if let Some(k) = &out.key {
+        record = record.key(k.as_slice());
+    }
+    if let Some(p) = &out.payload {
+        record = record.payload(p.as_slice());
+    }
+    if let Some(p) = out.partition {
+        record = record.partition(p);
+    }
+    if let Some(ts) = out.timestamp_ms {
+        record = record.timestamp(ts);
+    }
+    if !out.headers.is_empty() {
+        let headers = out.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            })
+        });
+        record = record.headers(headers);
+    }
+    record
+}
+
+/// The transactional id of an instance, when the guarantee asks for transactions.
+pub(crate) fn transactional_id(config: &RunnerConfig, name: &str) -> Option<String> {
+    (config.processing_guarantee == Guarantee::ExactlyOnce).then(|| {
+        let instance = config.instance_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+            format!("{host}-{}", std::process::id())
+        });
+        format!("{name}-{instance}")
+    })
+}

@@ -1,0 +1,108 @@
+//! The consumer's side of the group: rebalances, commit results, lag.
+//!
+//! A revocation is handled inside librdkafka's rebalance callback, before the partitions
+//! go: wait (bounded) until every record the revoked tasks produced is acknowledged, commit
+//! their offsets synchronously, then queue the event so the runner drops the tasks before it
+//! does anything else. The callback runs inside the runner's own poll, so no record and no
+//! punctuation of a revoked task can be produced after it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::statistics::Statistics;
+use rdkafka::TopicPartitionList;
+use switchyard_kafka::is_partition_eof;
+use tracing::{error, info, warn};
+
+use super::commit;
+use super::shared::{GroupEvent, Shared};
+
+pub(crate) struct GroupContext {
+    pub shared: Arc<Shared>,
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !is_partition_eof(&error) {
+            error!(target: "librdkafka", %error, reason, "kafka consumer error");
+        }
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.shared
+                        .metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let parts = partitions_of(tpl);
+        let tasks: BTreeSet<i32> = parts.iter().map(|(_, p)| *p).collect();
+        let shared = &self.shared;
+        let timeout = shared.revoke_timeout();
+        let all_in = shared.wait_until(timeout, |ledger| {
+            ledger.open_entries(|p| tasks.contains(&p)) == 0
+        });
+        if !all_in {
+            let open = shared.ledger().open_entries(|p| tasks.contains(&p));
+            warn!(
+                open,
+                ?timeout,
+                "revoked tasks still have records in flight; their inputs will be processed again by the next owner"
+            );
+        }
+        if let Err(e) = commit::commit(consumer, shared, |p| tasks.contains(&p), CommitMode::Sync) {
+            error!(error = %e, "commit on revocation failed");
+            shared.raise(e);
+        }
+        info!(revoked = ?parts, "partitions revoked");
+        shared.push_event(GroupEvent::Revoked(parts));
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts = partitions_of(tpl);
+                info!(assigned = ?parts, "partitions assigned");
+                self.shared.push_event(GroupEvent::Assigned(parts));
+            }
+            Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let committed: Vec<(String, i32, i64)> = offsets
+            .elements()
+            .iter()
+            .filter_map(|e| Some((e.topic().to_string(), e.partition(), e.offset().to_raw()?)))
+            .collect();
+        let outcome = match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        };
+        commit::confirm(&self.shared, &committed, outcome);
+    }
+}

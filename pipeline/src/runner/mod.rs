@@ -1,0 +1,146 @@
+//! Run a processor on Kafka.
+//!
+//! * Consumer group = the processor's name; start more instances to share partitions.
+//! * Start-up ([`startup`], [`schemas`]): the catalog schema of every input and output topic
+//!   is registered (or found), topics must exist and inputs be co-partitioned, changelog
+//!   topics are created.
+//! * A task per input partition, owned by the engine; its stores are restored from the
+//!   changelog partitions ([`restore`]) before its first record.
+//! * Produce as you go ([`delivery`]): outputs, changelog and dead-letter records go to the
+//!   producer the moment they are made; consumption goes on meanwhile, paused only at the
+//!   bounds on uncommitted records and bytes in flight.
+//! * At least once ([`ledger`], [`commit`]): an input's offset is committed only once every
+//!   record derived from it, and from everything before it in its task, is acknowledged.
+//! * Rebalances ([`group`]): a revoked task's records are acknowledged and its offsets
+//!   committed before the revocation completes; then its task, stores and timers go.
+//! * Exactly once (`--processing-guarantee exactly-once`): outputs and offsets in one Kafka
+//!   transaction per commit interval; needs a broker with transactions, and is not verified
+//!   on a real broker by this project's tests.
+//! * SIGINT/SIGTERM: stop consuming, wait (bounded) for records in flight, commit, leave.
+
+mod commit;
+mod config;
+mod delivery;
+mod group;
+mod ledger;
+mod restore;
+mod schemas;
+mod service;
+mod shared;
+mod startup;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::Producer;
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use switchyard_schemas::Catalog;
+use switchyard_telemetry::{shutdown_signal, Health};
+use tracing::info;
+
+pub use config::{Guarantee, RunnerConfig, RunnerError};
+
+use crate::engine::{Effects, Engine};
+use crate::metrics::Metrics;
+use crate::Processor;
+use ledger::Ledger;
+use service::Runner;
+use shared::Shared;
+
+/// Run `processor` with the built-in catalog until SIGINT or SIGTERM.
+pub async fn run<P: Processor>(processor: P, config: RunnerConfig) -> Result<(), RunnerError> {
+    let catalog = Catalog::embedded().map_err(|e| RunnerError::Catalog(e.to_string()))?;
+    run_until(processor, catalog, config, shutdown_signal()).await
+}
+
+/// Run `processor` with `catalog` until `shutdown` completes.
+pub async fn run_until<P: Processor>(
+    processor: P,
+    catalog: Catalog,
+    config: RunnerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunnerError> {
+    let mut engine = Engine::new(processor, &catalog)?;
+    let name = engine.topology().name().to_string();
+    let metrics = Metrics::new(&name).map_err(|e| RunnerError::Metrics(e.to_string()))?;
+    let health = Health::default();
+    if let Some(addr) = config.metrics_listen {
+        let bound = switchyard_telemetry::serve(addr, metrics.registry.clone(), health.clone())
+            .await
+            .map_err(|e| RunnerError::Metrics(format!("cannot listen on {addr}: {e}")))?;
+        info!(%bound, "metrics and health");
+    }
+    tokio::pin!(shutdown);
+
+    // Schemas: the catalog's, registered (idempotent) so outputs carry their ids.
+    let sr = SrSettings::new(config.endpoints.registry_url.clone());
+    let inputs = engine.topology().input_topics();
+    let outputs = engine.topology().output_topics();
+    for (topic, is_input) in inputs
+        .iter()
+        .map(|t| (t, true))
+        .chain(outputs.iter().map(|t| (t, false)))
+    {
+        let Some(schema) = engine.schema_of(topic) else {
+            continue;
+        };
+        let id = tokio::select! {
+            id = schemas::register(&sr, topic, &catalog) => id?,
+            _ = &mut shutdown => return Ok(()),
+        };
+        engine.add_writer(id, schema);
+        if !is_input {
+            engine.set_output_id(topic, id);
+        }
+    }
+    let partitions = startup::check_topics(&config, &engine).await?;
+    startup::create_changelogs(&config, &engine, partitions).await?;
+
+    let shared = Arc::new(Shared::new(
+        Ledger::new(inputs.clone()),
+        metrics,
+        config.processing_guarantee,
+        config.shutdown_timeout(),
+    ));
+    let producer = delivery::output_producer(
+        &config,
+        delivery::transactional_id(&config, &name),
+        Arc::clone(&shared),
+    )?;
+    if config.processing_guarantee == Guarantee::ExactlyOnce {
+        let p = Arc::clone(&producer);
+        tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(30)))
+            .await
+            .map_err(|e| RunnerError::Catalog(e.to_string()))?
+            .map_err(RunnerError::Transaction)?;
+    }
+    let consumer = Arc::new(startup::group_consumer(
+        &config,
+        &name,
+        Arc::clone(&shared),
+    )?);
+    let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs)?;
+    engine.start_wall_clock(service::now_ms());
+    info!(processor = %name, ?inputs, guarantee = ?config.processing_guarantee, "running");
+
+    let mut runner = Runner {
+        engine,
+        consumer,
+        producer,
+        shared,
+        config,
+        writers: schemas::WriterSchemas::new(sr),
+        health,
+        effects: Effects::default(),
+        joined: false,
+        paused: false,
+    };
+    let result = runner.run(&mut shutdown).await;
+    let finished = runner.finish().await;
+    result.and(finished)?;
+    info!(processor = %name, "stopped cleanly");
+    Ok(())
+}

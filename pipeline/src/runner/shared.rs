@@ -1,0 +1,122 @@
+//! State the runner shares with librdkafka's callbacks: the ledger, the rebalance events
+//! waiting for the runner, and the ways to wake it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::config::{Guarantee, RunnerError};
+use super::delivery::OutputProducer;
+use super::ledger::Ledger;
+use crate::metrics::Metrics;
+
+/// A change of the group's assignment, applied by the runner before it does anything else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GroupEvent {
+    Assigned(Vec<(String, i32)>),
+    Revoked(Vec<(String, i32)>),
+}
+
+pub(crate) struct Shared {
+    ledger: Mutex<Ledger>,
+    /// Signalled whenever a record is acknowledged or refused (blocking waiters).
+    settled: Condvar,
+    /// Wakes the runner when a record is acknowledged (it listens only while paused).
+    pub acknowledged: Notify,
+    /// Wakes the runner when a record was refused for good.
+    pub refusal: Notify,
+    events: Mutex<Vec<GroupEvent>>,
+    /// Errors raised inside callbacks, for the runner to stop with.
+    fatal: Mutex<Option<RunnerError>>,
+    pub metrics: Metrics,
+    pub guarantee: Guarantee,
+    /// How long a revocation waits for the revoked tasks' records in flight, in ms (0 once
+    /// the runner is leaving: it has waited already).
+    pub revoke_timeout_ms: AtomicU64,
+    /// The output producer (exactly-once commits its transaction on a revocation).
+    pub producer: OnceLock<Weak<OutputProducer>>,
+    /// Whether a transaction is open (exactly-once only).
+    pub in_transaction: Mutex<bool>,
+}
+
+impl Shared {
+    pub fn new(
+        ledger: Ledger,
+        metrics: Metrics,
+        guarantee: Guarantee,
+        revoke_timeout: Duration,
+    ) -> Shared {
+        Shared {
+            ledger: Mutex::new(ledger),
+            settled: Condvar::new(),
+            acknowledged: Notify::new(),
+            refusal: Notify::new(),
+            events: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+            metrics,
+            guarantee,
+            revoke_timeout_ms: AtomicU64::new(
+                u64::try_from(revoke_timeout.as_millis()).unwrap_or(u64::MAX),
+            ),
+            producer: OnceLock::new(),
+            in_transaction: Mutex::new(false),
+        }
+    }
+
+    pub fn revoke_timeout(&self) -> Duration {
+        Duration::from_millis(self.revoke_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wake everyone waiting for acknowledgements.
+    pub fn settled(&self) {
+        self.settled.notify_all();
+        self.acknowledged.notify_one();
+    }
+
+    /// Block until `done` holds for the ledger or `timeout` passes; returns whether it held.
+    pub fn wait_until(&self, timeout: Duration, done: impl Fn(&Ledger) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut ledger = self.ledger();
+        loop {
+            if done(&ledger) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            ledger = self
+                .settled
+                .wait_timeout(ledger, deadline - now)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    pub fn push_event(&self, event: GroupEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+    }
+
+    pub fn take_events(&self) -> Vec<GroupEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn raise(&self, error: RunnerError) {
+        let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+        fatal.get_or_insert(error);
+        self.refusal.notify_one();
+    }
+
+    pub fn take_fatal(&self) -> Option<RunnerError> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}

@@ -431,6 +431,108 @@ pub mod kafka {
         Ok(())
     }
 
+    /// Every record of `topic` from its start to its end as of this call (each partition read
+    /// to its high watermark), so a test counting them sees extra records as well as missing
+    /// ones.
+    pub fn read_to_end(bootstrap: &str, topic: &str) -> Result<Vec<RawRecord>> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "switchyard-test-reader")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let partitions = switchyard_kafka::partitions(&consumer, topic, Duration::from_secs(10))?;
+        if partitions.is_empty() {
+            bail!("topic {topic} does not exist");
+        }
+        let mut ends = HashMap::new();
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+            if high > low {
+                ends.insert(*p, high);
+                tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+            }
+        }
+        let expected: i64 = ends.values().sum();
+        let mut out = Vec::new();
+        if ends.is_empty() {
+            return Ok(out);
+        }
+        consumer.assign(&tpl)?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !ends.is_empty() {
+            if Instant::now() > deadline {
+                bail!("{topic}: {} of about {expected} records read before the deadline; partitions left: {ends:?}", out.len());
+            }
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                if ends
+                    .get(&m.partition())
+                    .is_some_and(|end| m.offset() >= *end)
+                {
+                    continue;
+                }
+                out.push(raw_record(&m));
+                if ends
+                    .get(&m.partition())
+                    .is_some_and(|end| m.offset() + 1 >= *end)
+                {
+                    ends.remove(&m.partition());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sum over `topics`' partitions of the offsets `group` has committed (0 where none).
+    pub fn committed_total(bootstrap: &str, group: &str, topics: &[&str]) -> Result<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for topic in topics {
+            for p in switchyard_kafka::partitions(&consumer, topic, Duration::from_secs(10))? {
+                tpl.add_partition(topic, p);
+            }
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .sum())
+    }
+
+    fn raw_record(m: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value
+                                .map(|v| String::from_utf8_lossy(v).into_owned())
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        RawRecord {
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+
     /// Read a topic from the beginning until `expected` records arrived (or `timeout`).
     pub fn consume(
         bootstrap: &str,
@@ -456,29 +558,7 @@ pub mod kafka {
         let deadline = Instant::now() + timeout;
         while out.len() < expected && Instant::now() < deadline {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    h.value
-                                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                                        .unwrap_or_default(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(RawRecord {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp_ms: m.timestamp().to_millis(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                });
+                out.push(raw_record(&m));
             }
         }
         Ok(out)
@@ -567,10 +647,28 @@ impl Stack {
         at_least: usize,
         timeout: Duration,
     ) -> Result<Vec<TypedRecord<T>>> {
+        let raws = kafka::consume(&self.broker.bootstrap(), topic, at_least, timeout)?;
+        self.decode_all(topic, raws)
+    }
+
+    /// Every record of a catalog topic up to its end as of this call, decoded with the
+    /// catalog schema (see [`kafka::read_to_end`]).
+    pub fn read_to_end<T: serde::de::DeserializeOwned>(
+        &self,
+        topic: &str,
+    ) -> Result<Vec<TypedRecord<T>>> {
+        let raws = kafka::read_to_end(&self.broker.bootstrap(), topic)?;
+        self.decode_all(topic, raws)
+    }
+
+    fn decode_all<T: serde::de::DeserializeOwned>(
+        &self,
+        topic: &str,
+        raws: Vec<kafka::RawRecord>,
+    ) -> Result<Vec<TypedRecord<T>>> {
         let (id, schema) = self.schema(topic)?;
         let schemas = std::collections::HashMap::from([(id, schema)]);
-        kafka::consume(&self.broker.bootstrap(), topic, at_least, timeout)?
-            .into_iter()
+        raws.into_iter()
             .map(|raw| {
                 let value = switchyard_schemas::wire::decode_with(
                     &schemas,

@@ -29,6 +29,9 @@ mod service;
 mod shared;
 mod startup;
 
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

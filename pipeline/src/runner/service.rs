@@ -374,8 +374,7 @@ impl<P: Processor> Runner<P> {
             for partition in self.engine.assigned() {
                 self.engine
                     .punctuate(partition, &timer, now, &mut self.effects)?;
-                self.emit(partition, None, || unreachable_source(partition))
-                    .await?;
+                self.emit(partition, None, || no_source(partition)).await?;
             }
         }
         Ok(())
@@ -530,7 +529,7 @@ async fn bounded<T: Send + 'static>(
 }
 
 /// Punctuations have no input record; their entries never ask for one.
-fn unreachable_source(partition: i32) -> SourceRecord {
+fn no_source(partition: i32) -> SourceRecord {
     SourceRecord {
         topic: String::new(),
         partition,

@@ -7,10 +7,10 @@ use std::time::Duration;
 use reading_counter::{ReadingCount, NAME, OUTPUT};
 use switchyard_pipeline::engine::headers;
 use switchyard_schemas::records::SensorReading;
-use switchyard_testkit::kafka::{consume, produce};
+use switchyard_testkit::kafka::{self, consume, produce};
 use switchyard_testkit::{http_get_text, metric_sum, wait_for, Service, Stack};
 
-const MAX_BATCH: usize = 100;
+const MAX_UNCOMMITTED: usize = 100;
 const BASE_US: i64 = 1_700_000_000_000_000;
 const SENSORS: [&str; 3] = ["imu", "gyro", "temp"];
 
@@ -45,24 +45,26 @@ fn produce_readings(
     sent
 }
 
-/// Every output so far (waits until at least `at_least` arrived, then drains). On a
-/// shortfall, the processors' and the broker's logs are shown.
+/// Every output, read to the end of the topic once at least `at_least` arrived, so extra
+/// records show as well as missing ones. On a shortfall, the processors' and the broker's
+/// logs are shown.
 fn outputs_of(stack: &Stack, at_least: usize, services: &[&Service]) -> Vec<ReadingCount> {
-    let first = stack
-        .consume::<ReadingCount>(OUTPUT, at_least, Duration::from_secs(180))
-        .expect("consume");
-    if first.len() < at_least {
+    let arrived = wait_for("the outputs", Duration::from_secs(180), || {
+        stack
+            .read_to_end::<ReadingCount>(OUTPUT)
+            .is_ok_and(|r| r.len() >= at_least)
+    });
+    if arrived.is_err() {
         let logs: Vec<String> = services.iter().map(|s| s.log_text()).collect();
         panic!(
-            "only {} of {at_least} outputs arrived\n--- processors:\n{}\n--- broker:\n{}",
-            first.len(),
+            "fewer than {at_least} outputs arrived\n--- processors:\n{}\n--- broker:\n{}",
             logs.join("\n---\n"),
             stack.broker.log_text()
         );
     }
     let all = stack
-        .consume::<ReadingCount>(OUTPUT, usize::MAX, Duration::from_secs(3))
-        .expect("consume");
+        .read_to_end::<ReadingCount>(OUTPUT)
+        .expect("read outputs");
     all.into_iter().map(|r| r.value).collect()
 }
 
@@ -71,13 +73,24 @@ fn outputs(stack: &Stack, at_least: usize) -> Vec<ReadingCount> {
 }
 
 fn start_counter(stack: &Stack, name: &str) -> (Service, SocketAddr) {
+    start_counter_committing_every(stack, name, 50)
+}
+
+fn start_counter_committing_every(
+    stack: &Stack,
+    name: &str,
+    commit_interval_ms: u64,
+) -> (Service, SocketAddr) {
     stack
         .start_processor(
             "reading-counter",
             name,
             &[
-                ("SWITCHYARD_MAX_BATCH", MAX_BATCH.to_string()),
-                ("SWITCHYARD_COMMIT_INTERVAL_MS", "50".into()),
+                ("SWITCHYARD_MAX_UNCOMMITTED", MAX_UNCOMMITTED.to_string()),
+                (
+                    "SWITCHYARD_COMMIT_INTERVAL_MS",
+                    commit_interval_ms.to_string(),
+                ),
             ],
         )
         .expect("reading-counter healthy")
@@ -98,8 +111,8 @@ fn check(sent: &[(String, String, i64)], got: &[ReadingCount]) {
     );
     let duplicates = got.len() - inputs.len();
     assert!(
-        duplicates <= MAX_BATCH,
-        "{duplicates} duplicates exceed the uncommitted window of {MAX_BATCH}"
+        duplicates <= MAX_UNCOMMITTED,
+        "{duplicates} duplicates exceed the uncommitted window of {MAX_UNCOMMITTED}"
     );
     let mut per_key: BTreeMap<(String, String), usize> = BTreeMap::new();
     for (m, s, _) in sent {
@@ -127,16 +140,29 @@ fn check(sent: &[(String, String, i64)], got: &[ReadingCount]) {
 fn every_input_has_its_output_across_a_sigkill() {
     let stack = Stack::start().expect("stack");
     let mut sent = produce_readings(&stack, 0, 1500, 30);
-    let (mut first, _) = start_counter(&stack, "counter-1");
-    // Kill it without warning once it is into the stream...
-    let _ = consume(
-        &stack.broker.bootstrap(),
-        OUTPUT,
-        300,
+    // Commits only at the uncommitted bound, so the group's offsets trail what it processed.
+    let (mut first, _) = start_counter_committing_every(&stack, "counter-1", 60_000);
+    // Kill it without warning once it is into the stream and its committed offsets are
+    // behind what it has processed (outputs seen): the kill lands inside the window that
+    // at-least-once has to cover.
+    let bootstrap = stack.broker.bootstrap();
+    let mut at_kill = (0, 0);
+    wait_for(
+        "outputs ahead of the committed offsets",
         Duration::from_secs(120),
+        || {
+            let processed = kafka::read_to_end(&bootstrap, OUTPUT).map_or(0, |r| r.len());
+            let committed = kafka::committed_total(&bootstrap, NAME, &SENSORS).unwrap_or(0);
+            at_kill = (processed, committed);
+            processed >= 300 && (committed as usize) < processed
+        },
     )
-    .expect("consume");
+    .expect("a kill inside the uncommitted window");
     first.kill();
+    eprintln!(
+        "killed with {} outputs and {} committed",
+        at_kill.0, at_kill.1
+    );
     // ...let more arrive while it is down, and start a new instance right away, as an
     // orchestrator would. (On tansu the dead member still holds the group; the runner's join
     // watchdog rejoins once its session has expired.)

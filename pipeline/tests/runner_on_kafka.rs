@@ -1,0 +1,377 @@
+//! The runner on a real broker (tansu) and registry, run in this process so the test can see
+//! which instance handled what and when: rebalances, refused records, a stalled broker.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use switchyard_pipeline::{
+    run_until, Context, ProcessError, Processor, Record, RunnerConfig, RunnerError, Timer,
+    TimerKind, Topology,
+};
+use switchyard_schemas::records::{SensorReading, TopicRecord};
+use switchyard_schemas::Catalog;
+use switchyard_testkit::kafka::{committed_total, read_to_end};
+use switchyard_testkit::{
+    free_port, http_get_status, http_get_text, imu_reading, metric_sum, wait_for, Stack,
+};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The catalog names this processor's dead-letter topic.
+const NAME: &str = "reading-counter";
+const INPUT: &str = "imu";
+const OUTPUT: &str = "reading-counts";
+const STORE: &str = "counts";
+/// A reading with this value makes an output too large for any broker to take.
+const POISON: i32 = -1;
+
+/// `reading-count.avsc`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ReadingCount {
+    modem_id: String,
+    sensor: String,
+    count: i64,
+    last_sensor_time: i64,
+}
+
+impl TopicRecord for ReadingCount {
+    const SCHEMA_FILE: &'static str = "reading-count.avsc";
+}
+
+/// What an instance did: (instance, task partition, when, was it a punctuation).
+type Log = Arc<Mutex<Vec<(&'static str, i32, Instant, bool)>>>;
+
+/// Counts readings per modem (outputs carry the instance in `sensor`); with `ticks`, every
+/// task also sends a record on a 50 ms wall-clock timer.
+struct Probe {
+    instance: &'static str,
+    ticks: bool,
+    log: Log,
+}
+
+impl Probe {
+    fn note(&self, partition: i32, tick: bool) {
+        if let Ok(mut log) = self.log.lock() {
+            log.push((self.instance, partition, Instant::now(), tick));
+        }
+    }
+}
+
+impl Processor for Probe {
+    fn topology(&self) -> Topology {
+        let t = Topology::new(NAME)
+            .input::<SensorReading>(INPUT)
+            .output::<ReadingCount>(OUTPUT)
+            .store(STORE);
+        if self.ticks {
+            t.timer("tick", TimerKind::WallClock, Duration::from_millis(50))
+        } else {
+            t
+        }
+    }
+
+    fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let reading: SensorReading = record.value()?;
+        self.note(ctx.partition(), false);
+        let counts = ctx.store(STORE)?;
+        let count = counts.get::<i64>(&reading.modem_id)?.unwrap_or(0) + 1;
+        counts.put(&reading.modem_id, &count)?;
+        let modem_id = if reading.value == Some(POISON) {
+            "x".repeat(2 << 20)
+        } else {
+            reading.modem_id.clone()
+        };
+        let out = ReadingCount {
+            modem_id,
+            sensor: self.instance.into(),
+            count,
+            last_sensor_time: reading.timestamp,
+        };
+        ctx.send(OUTPUT, &reading.modem_id, &out, None)
+    }
+
+    fn punctuate(&mut self, timer: &Timer, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        self.note(ctx.partition(), true);
+        let out = ReadingCount {
+            modem_id: format!("tick-{}", ctx.partition()),
+            sensor: self.instance.into(),
+            count: 0,
+            last_sensor_time: timer.time_ms,
+        };
+        ctx.send(OUTPUT, &out.modem_id.clone(), &out, None)
+    }
+}
+
+struct Instance {
+    stop: oneshot::Sender<()>,
+    done: JoinHandle<Result<(), RunnerError>>,
+    metrics: SocketAddr,
+}
+
+fn start(stack: &Stack, probe: Probe, tune: impl FnOnce(&mut RunnerConfig)) -> Instance {
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
+    let mut config = RunnerConfig::new(&stack.broker.bootstrap(), &stack.registry.url());
+    config.metrics_listen = Some(metrics);
+    config.commit_interval_ms = 50;
+    tune(&mut config);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let catalog = Catalog::embedded().expect("catalog");
+    let done = tokio::spawn(run_until(probe, catalog, config, async {
+        let _ = stopped.await;
+    }));
+    Instance {
+        stop,
+        done,
+        metrics,
+    }
+}
+
+impl Instance {
+    /// Stop it and return how long it took to end, and how it ended.
+    async fn stop(self) -> (Duration, Result<(), RunnerError>) {
+        let asked = Instant::now();
+        let _ = self.stop.send(());
+        let ended = tokio::time::timeout(Duration::from_secs(60), self.done)
+            .await
+            .expect("the runner ended within a minute of being asked to")
+            .expect("runner task");
+        (asked.elapsed(), ended)
+    }
+
+    fn metric(&self, prefix: &str) -> f64 {
+        metric_sum(
+            &http_get_text(self.metrics, "/metrics").unwrap_or_default(),
+            prefix,
+        )
+    }
+}
+
+fn readings(modems: usize, from: usize, to: usize) -> Vec<(String, SensorReading, i64)> {
+    (from..to)
+        .map(|i| {
+            let modem = format!("m{}", i % modems);
+            let t = 1_700_000_000_000_000 + i as i64 * 1000;
+            (modem.clone(), imu_reading(&modem, i as i32, t), t / 1000)
+        })
+        .collect()
+}
+
+/// Blocking waits off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebalance_hands_tasks_over_without_late_output_or_duplicates() {
+    let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
+    let log: Log = Arc::default();
+    const MODEMS: usize = 30;
+    let s = Arc::clone(&stack);
+    blocking(move || s.produce(INPUT, &readings(MODEMS, 0, 600)))
+        .await
+        .expect("produce");
+    let probe = |instance| Probe {
+        instance,
+        ticks: true,
+        log: Arc::clone(&log),
+    };
+    let a = start(&stack, probe("a"), |_| {});
+    let seen = |log: &Log, instance: &str, tick: bool| {
+        log.lock()
+            .map(|l| l.iter().filter(|e| e.0 == instance && e.3 == tick).count())
+            .unwrap_or(0)
+    };
+    let l = Arc::clone(&log);
+    blocking(move || {
+        wait_for("a processed every reading", Duration::from_secs(90), || {
+            seen(&l, "a", false) >= 600
+        })
+    })
+    .await
+    .expect("a processed");
+    // The input is idle now: an instance that applied revocations only when a record
+    // arrives would go on punctuating the partitions it lost.
+    let b = start(&stack, probe("b"), |_| {});
+    let l = Arc::clone(&log);
+    blocking(move || {
+        wait_for("b owns a task", Duration::from_secs(90), || {
+            seen(&l, "b", true) > 0
+        })
+    })
+    .await
+    .expect("b joined");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = Arc::clone(&stack);
+    blocking(move || s.produce(INPUT, &readings(MODEMS, 600, 1200)))
+        .await
+        .expect("produce");
+    let l = Arc::clone(&log);
+    blocking(move || {
+        wait_for("every reading processed", Duration::from_secs(90), || {
+            seen(&l, "a", false) + seen(&l, "b", false) >= 1200
+        })
+    })
+    .await
+    .expect("all processed");
+    let (_, a_ended) = a.stop().await;
+    let (_, b_ended) = b.stop().await;
+    a_ended.expect("a stopped cleanly");
+    b_ended.expect("b stopped cleanly");
+
+    // No record of a task from the instance that lost it while the other one had it.
+    let log = log.lock().expect("log").clone();
+    let b_tasks: BTreeSet<i32> = log.iter().filter(|e| e.0 == "b").map(|e| e.1).collect();
+    assert!(!b_tasks.is_empty());
+    for p in &b_tasks {
+        let b_times: Vec<Instant> = log
+            .iter()
+            .filter(|e| e.0 == "b" && e.1 == *p)
+            .map(|e| e.2)
+            .collect();
+        let (first, last) = (b_times[0], b_times[b_times.len() - 1]);
+        let late: Vec<_> = log
+            .iter()
+            .filter(|e| e.0 == "a" && e.1 == *p && e.2 > first && e.2 < last)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "a handled task {p} {} times while b owned it (e.g. punctuation: {})",
+            late.len(),
+            late.iter().any(|e| e.3)
+        );
+    }
+    // The table converged: each modem's count reached its number of readings, and no
+    // reading was processed twice (a graceful hand-over commits before the task moves).
+    let s = Arc::clone(&stack);
+    let outputs = blocking(move || s.read_to_end::<ReadingCount>(OUTPUT))
+        .await
+        .expect("read outputs");
+    let counts: Vec<&ReadingCount> = outputs
+        .iter()
+        .map(|r| &r.value)
+        .filter(|o| !o.modem_id.starts_with("tick-"))
+        .collect();
+    assert_eq!(counts.len(), 1200, "one output per reading, no duplicate");
+    let mut max: BTreeMap<&str, i64> = BTreeMap::new();
+    for o in &counts {
+        let m = max.entry(o.modem_id.as_str()).or_default();
+        *m = (*m).max(o.count);
+    }
+    assert_eq!(max.len(), MODEMS);
+    for (modem, count) in max {
+        assert_eq!(count, (1200 / MODEMS) as i64, "{modem}'s count");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_output_dead_letters_its_input_and_processing_goes_on() {
+    let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
+    let mut records = readings(1, 0, 10);
+    records[4].1.value = Some(POISON);
+    let s = Arc::clone(&stack);
+    blocking(move || s.produce(INPUT, &records))
+        .await
+        .expect("produce");
+    let instance = start(
+        &stack,
+        Probe {
+            instance: "a",
+            ticks: false,
+            log: Arc::default(),
+        },
+        |_| {},
+    );
+    let bootstrap = stack.broker.bootstrap();
+    blocking(move || {
+        wait_for("every offset committed", Duration::from_secs(90), || {
+            committed_total(&bootstrap, NAME, &[INPUT]).unwrap_or(0) >= 10
+        })
+    })
+    .await
+    .expect("the runner went past the refused record");
+    let text = http_get_text(instance.metrics, "/metrics").expect("metrics");
+    let refused: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("switchyard_dead_letters_total") && l.contains("\"refused\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(refused, 1.0, "{text}");
+    assert!(instance.metric("switchyard_produce_failures_total") >= 1.0);
+    let (_, ended) = instance.stop().await;
+    ended.expect("stopped cleanly");
+
+    let s = Arc::clone(&stack);
+    let outputs = blocking(move || s.read_to_end::<ReadingCount>(OUTPUT))
+        .await
+        .expect("outputs");
+    assert_eq!(outputs.len(), 9, "every other reading has its output");
+    let bootstrap = stack.broker.bootstrap();
+    let dead = blocking(move || read_to_end(&bootstrap, &format!("{NAME}-dlq")))
+        .await
+        .expect("dead letters");
+    assert_eq!(dead.len(), 1, "exactly the poisoned input is dead-lettered");
+    let headers = &dead[0].headers;
+    assert_eq!(headers["switchyard.dlq.reason"], "refused");
+    assert_eq!(headers["switchyard.dlq.topic"], INPUT);
+    assert!(
+        headers["switchyard.dlq.error"].contains(OUTPUT),
+        "{headers:?}"
+    );
+    let original = stack.schema(INPUT).expect("schema");
+    let value = switchyard_schemas::wire::decode_with(
+        &std::collections::HashMap::from([original]),
+        dead[0].payload.as_deref().unwrap_or_default(),
+    )
+    .and_then(|v| switchyard_schemas::wire::from_value::<SensorReading>(&v))
+    .expect("the dead letter is the input as it was");
+    assert_eq!(value.value, Some(POISON));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_broker_gone_it_reports_a_stall_and_still_stops_in_bounded_time() {
+    let mut stack = blocking(Stack::start).await.expect("stack");
+    let instance = start(
+        &stack,
+        Probe {
+            instance: "a",
+            ticks: true,
+            log: Arc::default(),
+        },
+        |c| {
+            c.stall_timeout_ms = 1_000;
+            c.shutdown_timeout_ms = 2_000;
+        },
+    );
+    let metrics = instance.metrics;
+    blocking(move || {
+        wait_for("ready and ticking", Duration::from_secs(90), || {
+            http_get_status(metrics, "/health").ok() == Some(200)
+                && metric_sum(
+                    &http_get_text(metrics, "/metrics").unwrap_or_default(),
+                    "switchyard_records_out_total",
+                ) > 0.0
+        })
+    })
+    .await
+    .expect("running");
+    stack.broker.stop();
+    // Ticks keep producing; nothing is acknowledged any more.
+    blocking(move || {
+        wait_for("not ready", Duration::from_secs(30), || {
+            http_get_status(metrics, "/health").ok() == Some(503)
+        })
+    })
+    .await
+    .expect("a stall shows on /health");
+    assert!(instance.metric("switchyard_records_in_flight") > 0.0);
+    let (took, ended) = instance.stop().await;
+    eprintln!("stopped after {took:?}: {ended:?}");
+    // Shutdown timeout (2 s) + the final commit's bound (2 s) + leaving the group (2 s).
+    assert!(
+        took < Duration::from_secs(8),
+        "stopping with the broker gone took {took:?}"
+    );
+}

@@ -27,6 +27,17 @@ METRICS_BASE=${SWITCHYARD_METRICS_BASE:-9100}
 GATEWAY_METRICS=$((METRICS_BASE + 4))
 PROCESSORS=(reading-counter=$METRICS_BASE grafana-projector=$((METRICS_BASE + 1))
   carrier-state=$((METRICS_BASE + 2)) anomaly-detector=$((METRICS_BASE + 3)))
+# tansu holds every fetch for the whole wait and reads SQLite once per partition per fetch,
+# so an idle consumer with a 20 ms wait costs the broker real CPU. Only the processors an
+# operator waits on (Grafana's projection, the switch round trip) keep the short default;
+# the others wait 500 ms (SWITCHYARD_BACKGROUND_FETCH_WAIT_MS).
+BACKGROUND_FETCH_WAIT_MS=${SWITCHYARD_BACKGROUND_FETCH_WAIT_MS:-500}
+fetch_wait_of() {
+  case "$1" in
+    reading-counter|anomaly-detector) echo "$BACKGROUND_FETCH_WAIT_MS" ;;
+    *) echo "${SWITCHYARD_FETCH_WAIT_MS:-20}" ;;
+  esac
+}
 for p in "${PROCESSORS[@]}"; do SERVICES+=("${p%%=*}"); done
 API_PORT=${SWITCHYARD_API_PORT:-8000}
 API_METRICS=$((METRICS_BASE + 5))
@@ -107,7 +118,7 @@ up() {
     name=${p%%=*} port=${p##*=}
     say "processor $name"
     start "$name" "$port" "$RUN" env SWITCHYARD_METRICS_LISTEN="$BROKER_HOST:$port" \
-      RUST_LOG="${RUST_LOG:-info,librdkafka=warn,rdkafka=warn}" "$BIN/$name"
+      SWITCHYARD_FETCH_WAIT_MS="$(fetch_wait_of "$name")" RUST_LOG="${RUST_LOG:-info,librdkafka=warn,rdkafka=warn}" "$BIN/$name"
   done
   for p in "${PROCESSORS[@]}"; do
     name=${p%%=*} port=${p##*=}

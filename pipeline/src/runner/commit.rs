@@ -35,7 +35,7 @@ pub(crate) fn commit<C: ConsumerContext>(
 ) -> Result<(), RunnerError> {
     match shared.guarantee {
         Guarantee::AtLeastOnce => {
-            let offsets = shared.ledger().to_commit(wanted);
+            let offsets = shared.ledger().take_committable(wanted);
             if offsets.is_empty() {
                 return Ok(());
             }

@@ -225,7 +225,7 @@ impl Ledger {
 
     /// Offsets that may be committed and were not asked for yet, for the tasks `wanted`
     /// selects; they are marked as asked for.
-    pub fn to_commit(&mut self, wanted: impl Fn(i32) -> bool) -> Vec<(String, i32, i64)> {
+    pub fn take_committable(&mut self, wanted: impl Fn(i32) -> bool) -> Vec<(String, i32, i64)> {
         let mut out = Vec::new();
         for ((topic, partition), offsets) in self.inputs.iter_mut() {
             if wanted(*partition) && offsets.committable > offsets.requested {
@@ -357,13 +357,13 @@ mod tests {
         assert_eq!(l.bytes_in_flight(), 160);
         // The second input's output comes back first: nothing may be committed yet.
         l.acknowledged(second, 10);
-        assert_eq!(l.to_commit(|_| true), vec![]);
+        assert_eq!(l.take_committable(|_| true), vec![]);
         l.acknowledged(first, 100);
-        assert_eq!(l.to_commit(|_| true), vec![]);
+        assert_eq!(l.take_committable(|_| true), vec![]);
         l.acknowledged(first, 50);
-        assert_eq!(l.to_commit(|_| true), vec![("a".into(), 0, 12)]);
+        assert_eq!(l.take_committable(|_| true), vec![("a".into(), 0, 12)]);
         // Asked for once only.
-        assert_eq!(l.to_commit(|_| true), vec![]);
+        assert_eq!(l.take_committable(|_| true), vec![]);
         assert_eq!((l.records_in_flight(), l.bytes_in_flight()), (0, 0));
     }
 
@@ -377,9 +377,9 @@ mod tests {
         l.close(on_0);
         let on_1 = l.open(1, Some((1, 7)), None);
         l.close(on_1);
-        assert_eq!(l.to_commit(|_| true), vec![("b".into(), 1, 8)]);
+        assert_eq!(l.take_committable(|_| true), vec![("b".into(), 1, 8)]);
         l.acknowledged(tick, 1);
-        assert_eq!(l.to_commit(|_| true), vec![("b".into(), 0, 6)]);
+        assert_eq!(l.take_committable(|_| true), vec![("b".into(), 0, 6)]);
     }
 
     #[test]
@@ -388,9 +388,9 @@ mod tests {
         let t = l.open(3, Some((0, 0)), None);
         l.sending(t, 1);
         l.acknowledged(t, 1);
-        assert_eq!(l.to_commit(|_| true), vec![]);
+        assert_eq!(l.take_committable(|_| true), vec![]);
         l.close(t);
-        assert_eq!(l.to_commit(|_| true), vec![("a".into(), 3, 1)]);
+        assert_eq!(l.take_committable(|_| true), vec![("a".into(), 3, 1)]);
     }
 
     #[test]
@@ -419,7 +419,7 @@ mod tests {
             9,
         );
         assert_eq!(l.records_in_flight(), 0);
-        assert_eq!(l.to_commit(|_| true), vec![]);
+        assert_eq!(l.take_committable(|_| true), vec![]);
         let refused = l.take_refused();
         assert_eq!(refused.len(), 1);
         assert_eq!(l.source(t), Some(source));
@@ -427,9 +427,9 @@ mod tests {
         // refused one is settled by closing the entry again.
         l.sending(t, 1);
         l.close(t);
-        assert_eq!(l.to_commit(|_| true), vec![]);
+        assert_eq!(l.take_committable(|_| true), vec![]);
         l.acknowledged(t, 1);
-        assert_eq!(l.to_commit(|_| true), vec![("a".into(), 0, 5)]);
+        assert_eq!(l.take_committable(|_| true), vec![("a".into(), 0, 5)]);
     }
 
     #[test]
@@ -440,16 +440,16 @@ mod tests {
             l.close(t);
         }
         assert_eq!(l.uncommitted(), 10);
-        assert_eq!(l.to_commit(|_| true), vec![("a".into(), 0, 110)]);
+        assert_eq!(l.take_committable(|_| true), vec![("a".into(), 0, 110)]);
         assert_eq!(l.uncommitted(), 10, "asked for, not yet confirmed");
         l.confirmed("a", 0, 110);
         assert_eq!(l.uncommitted(), 0);
         // A failed commit is asked for again.
         let t = l.open(0, Some((0, 110)), None);
         l.close(t);
-        assert_eq!(l.to_commit(|_| true).len(), 1);
+        assert_eq!(l.take_committable(|_| true).len(), 1);
         l.commit_failed("a", 0);
-        assert_eq!(l.to_commit(|_| true), vec![("a".into(), 0, 111)]);
+        assert_eq!(l.take_committable(|_| true), vec![("a".into(), 0, 111)]);
     }
 
     #[test]
@@ -465,7 +465,7 @@ mod tests {
         assert_eq!(l.offsets("a", 2), None);
         // A late acknowledgement for the forgotten task is harmless.
         l.acknowledged(t, 1);
-        assert_eq!(l.to_commit(|_| true), vec![]);
+        assert_eq!(l.take_committable(|_| true), vec![]);
     }
 
     #[test]

@@ -375,3 +375,53 @@ async fn with_the_broker_gone_it_reports_a_stall_and_still_stops_in_bounded_time
         "stopping with the broker gone took {took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_the_uncommitted_bound_consumption_pauses_and_resumes() {
+    let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
+    let s = Arc::clone(&stack);
+    blocking(move || s.produce(INPUT, &readings(10, 0, 2000)))
+        .await
+        .expect("produce");
+    let log: Log = Arc::default();
+    let instance = start(
+        &stack,
+        Probe {
+            instance: "a",
+            ticks: false,
+            log: Arc::clone(&log),
+        },
+        |c| {
+            c.max_uncommitted = 50;
+            // Only the bound makes it commit.
+            c.commit_interval_ms = 600_000;
+        },
+    );
+    let metrics = instance.metrics;
+    let peak = Arc::new(Mutex::new(0.0f64));
+    let p = Arc::clone(&peak);
+    let bootstrap = stack.broker.bootstrap();
+    let finished = blocking(move || {
+        wait_for("every reading processed", Duration::from_secs(120), || {
+            let text = http_get_text(metrics, "/metrics").unwrap_or_default();
+            let uncommitted = metric_sum(&text, "switchyard_uncommitted_records");
+            if let Ok(mut peak) = p.lock() {
+                *peak = peak.max(uncommitted);
+            }
+            log.lock().map(|l| l.len()).unwrap_or(0) >= 2000
+                && committed_total(&bootstrap, NAME, &[INPUT]).unwrap_or(0) >= 1950
+        })
+    })
+    .await;
+    let pauses = instance.metric("switchyard_consumer_pauses_total");
+    let text = http_get_text(metrics, "/metrics").unwrap_or_default();
+    let (_, ended) = instance.stop().await;
+    if let Err(e) = finished {
+        panic!("the bound pauses consumption, it does not stop it: {e}\n{text}");
+    }
+    ended.expect("stopped cleanly");
+    assert!(pauses >= 10.0, "it paused at the bound ({pauses} times)");
+    let peak = *peak.lock().expect("peak");
+    // The gauge is sampled every 100 ms; one fetch may land after the pause.
+    assert!(peak <= 50.0 + 500.0, "uncommitted peaked at {peak}");
+}

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
+use std::sync::{mpsc, Arc};
+
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
@@ -11,6 +13,7 @@ use tracing::{debug, warn};
 
 use super::config::{Guarantee, RunnerError};
 use super::delivery::OutputProducer;
+use super::group::GroupContext;
 use super::shared::Shared;
 
 /// How long a transactional call may take.
@@ -24,36 +27,91 @@ fn list_of(offsets: &[(String, i32, i64)]) -> Result<TopicPartitionList, KafkaEr
     Ok(tpl)
 }
 
-/// Commit what the guarantee allows for the tasks `wanted` selects. At least once: the
-/// acknowledged offsets (confirmed by the commit callback).
-/// Exactly once: the open transaction, with the processed offsets of every task.
-pub(crate) fn commit<C: ConsumerContext>(
+/// Commit now, blocking, what the guarantee allows for the tasks `wanted` selects. At least
+/// once: the acknowledged offsets not yet confirmed (also those a background commit has
+/// asked for: this one must land before it returns). Exactly once: the open transaction, with the processed
+/// offsets of every task.
+pub(crate) fn commit_now<C: ConsumerContext>(
     consumer: &impl Consumer<C>,
     shared: &Shared,
     wanted: impl Fn(i32) -> bool,
-    mode: CommitMode,
 ) -> Result<(), RunnerError> {
     match shared.guarantee {
         Guarantee::AtLeastOnce => {
-            let offsets = shared.ledger().take_committable(wanted);
-            if offsets.is_empty() {
-                return Ok(());
-            }
-            // The outcome, sync or async, reaches the ledger through the commit callback.
-            if let Err(e) = consumer.commit(&list_of(&offsets)?, mode) {
-                warn!(error = %e, "offset commit not sent; it is asked for again at the next commit");
-                let mut ledger = shared.ledger();
-                for (topic, partition, _) in &offsets {
-                    ledger.commit_failed(topic, *partition);
+            let offsets = shared.ledger().take_unconfirmed(wanted);
+            commit_offsets(consumer, shared, &offsets)
+        }
+        Guarantee::ExactlyOnce => transaction_now(consumer, shared),
+    }
+}
+
+fn transaction_now<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    shared: &Shared,
+) -> Result<(), RunnerError> {
+    match shared.producer.get().and_then(|w| w.upgrade()) {
+        Some(producer) => commit_transaction(consumer, shared, &producer),
+        None => Ok(()),
+    }
+}
+
+/// Commit offsets synchronously and record the outcome.
+fn commit_offsets<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    shared: &Shared,
+    offsets: &[(String, i32, i64)],
+) -> Result<(), RunnerError> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let result = consumer.commit(&list_of(offsets)?, CommitMode::Sync);
+    confirm(shared, offsets, result.as_ref().map(|_| ()));
+    Ok(())
+}
+
+/// Commits acknowledged offsets on a thread of its own, so the runner never waits for the
+/// group coordinator (at least once); under exactly once the runner commits its
+/// transaction itself.
+pub(crate) struct Committer {
+    jobs: Option<mpsc::Sender<Vec<(String, i32, i64)>>>,
+}
+
+impl Committer {
+    pub fn spawn(consumer: Arc<StreamConsumer<GroupContext>>, shared: Arc<Shared>) -> Committer {
+        let (jobs, todo) = mpsc::channel::<Vec<(String, i32, i64)>>();
+        let spawned = std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || {
+                for offsets in todo {
+                    if let Err(e) = commit_offsets(&*consumer, &shared, &offsets) {
+                        warn!(error = %e, "offset commit not sent; asked for again at the next commit");
+                    }
+                }
+            });
+        Committer {
+            jobs: spawned.ok().map(|_| jobs),
+        }
+    }
+
+    /// Commit what may be committed: in the background (at least once), or the transaction
+    /// now (exactly once).
+    pub fn commit(
+        &self,
+        consumer: &StreamConsumer<GroupContext>,
+        shared: &Shared,
+    ) -> Result<(), RunnerError> {
+        match shared.guarantee {
+            Guarantee::ExactlyOnce => transaction_now(consumer, shared),
+            Guarantee::AtLeastOnce => {
+                let offsets = shared.ledger().take_committable(|_| true);
+                if offsets.is_empty() {
+                    return Ok(());
+                }
+                match &self.jobs {
+                    Some(jobs) if jobs.send(offsets.clone()).is_ok() => Ok(()),
+                    _ => commit_offsets(consumer, shared, &offsets),
                 }
             }
-            Ok(())
-        }
-        Guarantee::ExactlyOnce => {
-            let Some(producer) = shared.producer.get().and_then(|w| w.upgrade()) else {
-                return Ok(());
-            };
-            commit_transaction(consumer, shared, &producer)
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The consumer's side of the group: rebalances, commit results, lag.
+//! The consumer's side of the group: rebalances and lag.
 //!
 //! A revocation is handled inside librdkafka's rebalance callback, before the partitions
 //! go: wait (bounded) until every record the revoked tasks produced is acknowledged, commit
@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
 use switchyard_kafka::is_partition_eof;
@@ -73,7 +73,7 @@ impl ConsumerContext for GroupContext {
                 "revoked tasks still have records in flight; their inputs will be processed again by the next owner"
             );
         }
-        if let Err(e) = commit::commit(consumer, shared, |p| tasks.contains(&p), CommitMode::Sync) {
+        if let Err(e) = commit::commit_now(consumer, shared, |p| tasks.contains(&p)) {
             error!(error = %e, "commit on revocation failed");
             shared.raise(e);
         }
@@ -91,18 +91,5 @@ impl ConsumerContext for GroupContext {
             Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
             Rebalance::Revoke(_) => {}
         }
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let committed: Vec<(String, i32, i64)> = offsets
-            .elements()
-            .iter()
-            .filter_map(|e| Some((e.topic().to_string(), e.partition(), e.offset().to_raw()?)))
-            .collect();
-        let outcome = match &result {
-            Ok(()) => Ok(()),
-            Err(e) => Err(e),
-        };
-        commit::confirm(&self.shared, &committed, outcome);
     }
 }

@@ -226,9 +226,23 @@ impl Ledger {
     /// Offsets that may be committed and were not asked for yet, for the tasks `wanted`
     /// selects; they are marked as asked for.
     pub fn take_committable(&mut self, wanted: impl Fn(i32) -> bool) -> Vec<(String, i32, i64)> {
+        self.take(wanted, |o| o.requested)
+    }
+
+    /// Offsets that may be committed and are not confirmed, asked for or not (a commit that
+    /// must land before it returns, e.g. on a revocation, cannot count on one in flight).
+    pub fn take_unconfirmed(&mut self, wanted: impl Fn(i32) -> bool) -> Vec<(String, i32, i64)> {
+        self.take(wanted, |o| o.confirmed)
+    }
+
+    fn take(
+        &mut self,
+        wanted: impl Fn(i32) -> bool,
+        since: impl Fn(&Offsets) -> i64,
+    ) -> Vec<(String, i32, i64)> {
         let mut out = Vec::new();
         for ((topic, partition), offsets) in self.inputs.iter_mut() {
-            if wanted(*partition) && offsets.committable > offsets.requested {
+            if wanted(*partition) && offsets.committable > since(offsets) {
                 offsets.requested = offsets.committable;
                 out.push((self.topics[*topic].clone(), *partition, offsets.committable));
             }
@@ -450,6 +464,9 @@ mod tests {
         assert_eq!(l.take_committable(|_| true).len(), 1);
         l.commit_failed("a", 0);
         assert_eq!(l.take_committable(|_| true), vec![("a".into(), 0, 111)]);
+        // Asked for but unconfirmed: a commit that must land includes it again.
+        assert_eq!(l.take_committable(|_| true), vec![]);
+        assert_eq!(l.take_unconfirmed(|_| true), vec![("a".into(), 0, 111)]);
     }
 
     #[test]

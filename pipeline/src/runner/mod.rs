@@ -129,7 +129,9 @@ pub async fn run_until<P: Processor>(
     engine.start_wall_clock(service::now_ms());
     info!(processor = %name, ?inputs, guarantee = ?config.processing_guarantee, "running");
 
+    let committer = commit::Committer::spawn(Arc::clone(&consumer), Arc::clone(&shared));
     let mut runner = Runner {
+        committer,
         engine,
         consumer,
         producer,

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use switchyard_kafka::is_partition_eof;
 use switchyard_telemetry::Health;
@@ -46,6 +46,7 @@ pub(crate) struct Runner<P: Processor> {
     pub joined: bool,
     /// Consumption is paused at the in-flight bounds.
     pub paused: bool,
+    pub committer: commit::Committer,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -78,10 +79,10 @@ impl<P: Processor> Runner<P> {
                 }
                 _ = shared.refusal.notified() => {}
                 _ = shared.acknowledged.notified(), if self.paused => {
-                    commit::commit(&*consumer, &shared, |_| true, CommitMode::Async)?;
+                    self.committer.commit(&consumer, &shared)?;
                 }
                 _ = commit_tick.tick() => {
-                    commit::commit(&*consumer, &shared, |_| true, CommitMode::Async)?;
+                    self.committer.commit(&consumer, &shared)?;
                 }
                 _ = wall_tick.tick() => {
                     if self.engine.task_count() > 0 {
@@ -395,7 +396,7 @@ impl<P: Processor> Runner<P> {
         if over {
             self.consumer.pause(&assignment)?;
             self.shared.metrics.pauses.inc();
-            commit::commit(&*self.consumer, &self.shared, |_| true, CommitMode::Async)?;
+            self.committer.commit(&self.consumer, &self.shared)?;
         } else {
             self.consumer.resume(&assignment)?;
         }
@@ -480,8 +481,10 @@ impl<P: Processor> Runner<P> {
         }
         let consumer = Arc::clone(&self.consumer);
         let shared = Arc::clone(&self.shared);
+        // No more background commits: the last one is made here.
+        drop(self.committer);
         let committed = bounded(timeout.max(Duration::from_secs(1)), move || {
-            let result = commit::commit(&*consumer, &shared, |_| true, CommitMode::Sync);
+            let result = commit::commit_now(&*consumer, &shared, |_| true);
             consumer.unsubscribe();
             result
         })

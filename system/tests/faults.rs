@@ -8,7 +8,7 @@ use switchyard_schemas::records::{
     Carrier, CarrierSwitchRequest, GrafanaReading, RequestState, SensorReading,
 };
 use switchyard_testkit::{
-    free_port, http_get_status, imu_reading, metric_sum, wait_for, Registry, Service, Stack,
+    free_port, http_get_status, imu_reading, kafka, metric_sum, wait_for, Registry, Service, Stack,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -73,17 +73,28 @@ fn a_processor_started_while_the_registry_is_down_waits_for_it() {
 }
 
 /// SIGKILL grafana-projector twice while readings stream in, restart it each time: every
-/// reading has its projection (at least once: duplicates allowed, gaps not).
+/// reading has its projection (at least once: duplicates within the uncommitted bound, gaps
+/// never). Each kill is placed once the group's committed offsets are proven behind the
+/// projections already written, so it lands where at-least-once has work to do.
 #[test]
 fn grafana_projector_killed_mid_stream_loses_no_reading() {
+    const MAX_UNCOMMITTED: usize = 200;
     let stack = Stack::start().expect("stack");
-    let start = || -> Service {
+    let bootstrap = stack.broker.bootstrap();
+    let start = || -> (Service, SocketAddr) {
         stack
-            .start_processor("grafana-projector", "grafana-projector", &[])
+            .start_processor(
+                "grafana-projector",
+                "grafana-projector",
+                &[
+                    ("SWITCHYARD_MAX_UNCOMMITTED", MAX_UNCOMMITTED.to_string()),
+                    // Commit only at the bound: committed offsets trail what was projected.
+                    ("SWITCHYARD_COMMIT_INTERVAL_MS", "600000".into()),
+                ],
+            )
             .expect("healthy")
-            .0
     };
-    let mut projector = start();
+    let (mut projector, mut metrics) = start();
     let base = now_us();
     let total = 3000;
     for batch in 0..3 {
@@ -97,24 +108,52 @@ fn grafana_projector_killed_mid_stream_loses_no_reading() {
             .collect();
         stack.produce("imu", &records).expect("produce");
         if batch < 2 {
-            // Let it get part way, then kill it without warning and start it again.
-            std::thread::sleep(Duration::from_millis(700));
+            let mut seen = (0, 0);
+            wait_for("projections ahead of the committed offsets", WAIT, || {
+                let projected =
+                    kafka::read_to_end(&bootstrap, "imu-grafana").map_or(0, |r| r.len());
+                let committed =
+                    kafka::committed_total(&bootstrap, "grafana-projector", &["imu"]).unwrap_or(0);
+                seen = (projected, committed);
+                projected > batch as usize * 1000 + 300 && (committed as usize) < projected
+            })
+            .unwrap_or_else(|e| {
+                let text =
+                    switchyard_testkit::http_get_text(metrics, "/metrics").unwrap_or_default();
+                panic!(
+                    "{e}: (projected, committed) = {seen:?}\n{text}\n{}",
+                    projector.log_text()
+                )
+            });
+            eprintln!("kill {batch}: {} projected, {} committed", seen.0, seen.1);
             projector.kill();
-            projector = start();
+            (projector, metrics) = start();
         }
     }
     let mut values: Vec<i32> = Vec::new();
     wait_for("every reading projected", WAIT, || {
         values = stack
-            .consume::<GrafanaReading>("imu-grafana", usize::MAX, Duration::from_secs(3))
+            .read_to_end::<GrafanaReading>("imu-grafana")
             .map(|rs| rs.iter().map(|r| r.value.value).collect())
             .unwrap_or_default();
-        values.sort_unstable();
-        values.dedup();
-        values.len() >= total as usize
+        let mut distinct = values.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        distinct.len() >= total as usize
     })
-    .unwrap_or_else(|e| panic!("{e}: {} distinct of {total}", values.len()));
-    assert_eq!(values, (0..total).collect::<Vec<_>>());
+    .unwrap_or_else(|e| panic!("{e}: {} records of {total}", values.len()));
+    let all = stack
+        .read_to_end::<GrafanaReading>("imu-grafana")
+        .expect("read to end");
+    let mut distinct: Vec<i32> = all.iter().map(|r| r.value.value).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct, (0..total).collect::<Vec<_>>());
+    let duplicates = all.len() - total as usize;
+    assert!(
+        duplicates <= 2 * MAX_UNCOMMITTED,
+        "{duplicates} duplicates for two kills with at most {MAX_UNCOMMITTED} uncommitted each"
+    );
     drop(projector);
 }
 
@@ -152,7 +191,27 @@ fn carrier_state_killed_mid_stream_converges_to_the_same_state() {
     stack
         .produce("downstream-request", &requests)
         .expect("requests");
-    std::thread::sleep(Duration::from_millis(500));
+    // Kill it once every request is in its table: after the restart only the restored
+    // store knows them.
+    wait_for("every request in the table", WAIT, || {
+        stack
+            .read_to_end::<CarrierState>("carrier-state")
+            .map(|rs| {
+                rs.iter()
+                    .filter(|r| {
+                        r.value
+                            .requests
+                            .iter()
+                            .any(|q| q.state == RequestState::Requested)
+                    })
+                    .map(|r| r.value.modem_id.clone())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+                    == modems as usize
+            })
+            .unwrap_or(false)
+    })
+    .expect("requests taken in");
     processor.kill();
     // Answers arrive while it is down: even modems ACK, odd modems NACK (still on AT&T).
     let acks: Vec<_> = (0..modems)
@@ -186,7 +245,7 @@ fn carrier_state_killed_mid_stream_converges_to_the_same_state() {
         || {
             latest.clear();
             for r in stack
-                .consume::<CarrierState>("carrier-state", usize::MAX, Duration::from_secs(3))
+                .read_to_end::<CarrierState>("carrier-state")
                 .unwrap_or_default()
             {
                 latest.insert(r.value.modem_id.clone(), r.value);
@@ -206,6 +265,10 @@ fn carrier_state_killed_mid_stream_converges_to_the_same_state() {
     .unwrap_or_else(|e| panic!("{e}: {} modems seen", latest.len()));
     let text = switchyard_testkit::http_get_text(metrics, "/metrics").unwrap_or_default();
     assert_eq!(metric_sum(&text, "switchyard_dead_letters_total"), 0.0);
+    assert!(
+        metric_sum(&text, "switchyard_restored_records_total") >= modems as f64,
+        "the restarted instance restored every modem's state:\n{text}"
+    );
     drop((processor, restarted));
 }
 
@@ -458,7 +521,13 @@ fn anomaly_detector_killed_mid_stream_keeps_its_statistics() {
             .unwrap_or(false)
     })
     .expect("produced");
-    std::thread::sleep(Duration::from_secs(2));
+    // Kill it once the whole first half is committed: no record is processed again, so
+    // only the restored statistics can find the spikes.
+    let bootstrap = stack.broker.bootstrap();
+    wait_for("the first half committed", WAIT, || {
+        kafka::committed_total(&bootstrap, "anomaly-detector", &["imu"]).unwrap_or(0) >= 2000
+    })
+    .expect("committed");
     detector.kill();
     stack.produce("imu", &half(100, 120)).expect("second half");
     detector = start();
@@ -477,5 +546,19 @@ fn anomaly_detector_killed_mid_stream_keeps_its_statistics() {
         spiked == expected
     })
     .unwrap_or_else(|e| panic!("{e}: {} of 20 spikes: {spiked:?}", spiked.len()));
+    // No false alarm: the only spikes and stuck runs are the injected spikes, once each.
+    let found: Vec<Anomaly> = stack
+        .read_to_end::<Anomaly>("anomalies")
+        .expect("anomalies")
+        .into_iter()
+        .map(|a| a.value)
+        .filter(|a| matches!(a.kind, AnomalyKind::Spike | AnomalyKind::Stuck))
+        .collect();
+    let false_alarms: Vec<&Anomaly> = found
+        .iter()
+        .filter(|a| a.kind != AnomalyKind::Spike || a.sensor_time != t0 + 105_000_000)
+        .collect();
+    assert!(false_alarms.is_empty(), "false alarms: {false_alarms:#?}");
+    assert_eq!(found.len(), 20, "one spike per device, once");
     drop(detector);
 }

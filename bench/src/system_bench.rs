@@ -181,8 +181,12 @@ pub fn latency(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
     ]);
     let _fleet = Service::spawn("bench-fleet", fleet, stack.broker.data_dir())?;
 
-    // Read imu-grafana as it is written; latency = arrival at this consumer - sensor time
-    // (the record time). The first 5 s warm up.
+    // Read `imu` and `imu-grafana` as they are written, in one consumer: latency = arrival at
+    // this consumer - sensor time (in the reading on `imu`; the record time on
+    // `imu-grafana`). The projector's own hop is, per reading, its arrival on `imu-grafana`
+    // minus its arrival on `imu` (matched by modem and sensor time). The first 5 s warm up.
+    let (imu_id, imu_schema) = stack.schema("imu")?;
+    let imu_schemas = std::collections::HashMap::from([(imu_id, imu_schema)]);
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", "bench-latency")
@@ -191,45 +195,78 @@ pub fn latency(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..3 {
+        tpl.add_partition_offset("imu", p, Offset::End)?;
         tpl.add_partition_offset("imu-grafana", p, Offset::End)?;
     }
     consumer.assign(&tpl)?;
     let warm_until = Instant::now() + Duration::from_secs(5);
     let end = warm_until + Duration::from_secs(seconds);
-    let mut samples = Vec::new();
+    let mut projected = Vec::new();
+    let mut raw = Vec::new();
+    let mut arrived_raw: std::collections::HashMap<(Vec<u8>, i64), i64> = Default::default();
+    let mut hops = Vec::new();
     while Instant::now() < end {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            if Instant::now() < warm_until {
-                continue;
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let now_ms = now_us() / 1000;
+        let key = m.key().unwrap_or_default().to_vec();
+        if m.topic() == "imu" {
+            let reading = switchyard_schemas::wire::decode_with(
+                &imu_schemas,
+                m.payload().unwrap_or_default(),
+            )
+            .and_then(|v| switchyard_schemas::wire::from_value::<SensorReading>(&v));
+            if let Ok(reading) = reading {
+                let sensor_ms = reading.timestamp / 1000;
+                arrived_raw.insert((key, sensor_ms), now_ms);
+                if Instant::now() >= warm_until {
+                    raw.push((now_ms - sensor_ms) as f64);
+                }
             }
-            if let Some(ms) = m.timestamp().to_millis() {
-                samples.push((now_us() / 1000 - ms) as f64);
+        } else if let Some(sensor_ms) = m.timestamp().to_millis() {
+            if let Some(at) = arrived_raw.remove(&(key, sensor_ms)) {
+                if Instant::now() >= warm_until {
+                    hops.push((now_ms - at) as f64);
+                }
+            }
+            if Instant::now() >= warm_until {
+                projected.push((now_ms - sensor_ms) as f64);
             }
         }
     }
-    samples.sort_by(|a, b| a.total_cmp(b));
     let offered = modems as f64 * rate_per_modem;
-    let delivered = samples.len() as f64 / seconds as f64;
-    let (p50, p99, p999) = (
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.99),
-        percentile(&samples, 0.999),
-    );
+    let delivered = projected.len() as f64 / seconds as f64;
+    let row = |samples: &mut Vec<f64>| {
+        samples.sort_by(|a, b| a.total_cmp(b));
+        (
+            samples.len(),
+            percentile(samples, 0.5),
+            percentile(samples, 0.99),
+            percentile(samples, 0.999),
+        )
+    };
+    let (n_raw, raw50, raw99, raw999) = row(&mut raw);
+    let (n_proj, p50, p99, p999) = row(&mut projected);
+    let (n_hop, hop50, hop99, hop999) = row(&mut hops);
     eprintln!(
-        "latency: {} samples, p50 {p50} ms, p99 {p99} ms, p999 {p999} ms",
-        samples.len()
+        "latency: imu p50 {raw50} p99 {raw99}; imu-grafana p50 {p50} p99 {p99} p999 {p999}; projector hop p50 {hop50} p99 {hop99} ({n_hop} matched)"
     );
+    let fetch_wait = switchyard_kafka::FETCH_WAIT_MS;
     Ok(Report {
         name: "latency",
         markdown: format!(
-            "## End-to-end latency: sensor sample → `imu-grafana`\n\n\
-             {modems} simulated modems (in-process SIMs, one UDP socket each) at {rate_per_modem} readings/s each = {offered:.0} readings/s offered, through the gateway, `imu`, grafana-projector and `imu-grafana`, measured for {seconds} s after a 5 s warm-up by a consumer of `imu-grafana` (its arrival time minus the sensor time, which is the record time; millisecond resolution).\n\n\
-             | readings seen | per second | p50 ms | p99 ms | p99.9 ms |\n|---|---|---|---|---|\n\
-             | {} | {delivered:.0} | {p50:.0} | {p99:.0} | {p999:.0} |\n",
-            samples.len()
+            "## End-to-end latency: sensor sample → `imu` → `imu-grafana`\n\n\
+             {modems} simulated modems (in-process SIMs, one UDP socket each) at {rate_per_modem} readings/s each = {offered:.0} readings/s offered, through the gateway, `imu`, grafana-projector and `imu-grafana`, measured for {seconds} s after a 5 s warm-up by one consumer of both topics: arrival time minus sensor time (millisecond resolution). The projector's hop is, per reading, its arrival on `imu-grafana` minus its arrival on `imu`; its target is at most twice its fetch wait ({fetch_wait} ms) plus 10 ms at p99.\n\n\
+             | | records | p50 ms | p99 ms | p99.9 ms |\n|---|---|---|---|---|\n\
+             | sensor → `imu` (gateway) | {n_raw} | {raw50:.0} | {raw99:.0} | {raw999:.0} |\n\
+             | sensor → `imu-grafana` | {n_proj} | {p50:.0} | {p99:.0} | {p999:.0} |\n\
+             | projector hop (`imu` → `imu-grafana`) | {n_hop} | {hop50:.0} | {hop99:.0} | {hop999:.0} |\n"
         ),
-        json: json!({ "modems": modems, "offered_per_second": offered, "seen": samples.len(),
-                      "delivered_per_second": delivered, "p50_ms": p50, "p99_ms": p99, "p999_ms": p999 }),
+        json: json!({ "modems": modems, "offered_per_second": offered, "seen": n_proj,
+                      "delivered_per_second": delivered, "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
+                      "imu_p50_ms": raw50, "imu_p99_ms": raw99,
+                      "hop_p50_ms": hop50, "hop_p99_ms": hop99, "hop_p999_ms": hop999, "hops": n_hop }),
     })
 }
 

@@ -425,3 +425,59 @@ async fn at_the_uncommitted_bound_consumption_pauses_and_resumes() {
     // The gauge is sampled every 100 ms; one fetch may land after the pause.
     assert!(peak <= 50.0 + 500.0, "uncommitted peaked at {peak}");
 }
+
+/// Reads `imu` and a second sensor topic with another partition count.
+struct TwoInputs;
+
+impl Processor for TwoInputs {
+    fn topology(&self) -> Topology {
+        Topology::new(NAME)
+            .inputs::<SensorReading>([INPUT, "imu-two-partitions"])
+            .output::<ReadingCount>(OUTPUT)
+    }
+
+    fn process(&mut self, _: &Record<'_>, _: &mut Context<'_>) -> Result<(), ProcessError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_with_different_partition_counts_are_refused_by_name() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let stack = blocking(Stack::start).await.expect("stack");
+    let extra = "imu-two-partitions";
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", stack.broker.bootstrap())
+        .create()
+        .expect("admin");
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(extra, 2, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let catalog = Catalog::parse(&format!(
+        "{}\n[[topic]]\nname = \"{extra}\"\nrole = \"table\"\nkey = \"modem_id\"\nvalue_schema = \"sensor-reading.avsc\"\npartitions = 2\ncleanup_policy = \"delete\"\nretention_ms = 604800000\nproducers = []\nconsumers = []\ndescription = \"A sensor topic with another partition count.\"\n",
+        switchyard_schemas::CATALOG_TOML
+    ))
+    .expect("catalog");
+    let config = RunnerConfig::new(&stack.broker.bootstrap(), &stack.registry.url());
+    let refused = tokio::time::timeout(
+        Duration::from_secs(60),
+        run_until(TwoInputs, catalog, config, std::future::pending()),
+    )
+    .await
+    .expect("it refuses at start-up instead of running");
+    let err = refused.expect_err("different partition counts must be refused");
+    let text = err.to_string();
+    assert!(
+        matches!(err, RunnerError::NotCoPartitioned { .. }),
+        "{text}"
+    );
+    assert!(text.contains(INPUT) && text.contains(extra), "{text}");
+    assert!(text.contains("3, 2") || text.contains("2, 3"), "{text}");
+}

@@ -78,7 +78,10 @@ fn a_processor_started_while_the_registry_is_down_waits_for_it() {
 /// projections already written, so it lands where at-least-once has work to do.
 #[test]
 fn grafana_projector_killed_mid_stream_loses_no_reading() {
-    const MAX_UNCOMMITTED: usize = 200;
+    // Not a divisor of the 1000-reading batches: a batch's last readings stay uncommitted
+    // (commits happen only at the bound), so even a projector that has caught up is killed
+    // with its commits behind.
+    const MAX_UNCOMMITTED: usize = 300;
     let stack = Stack::start().expect("stack");
     let bootstrap = stack.broker.bootstrap();
     let start = || -> (Service, SocketAddr) {

@@ -10,7 +10,9 @@ use switchyard_schemas::records::SensorReading;
 use switchyard_testkit::kafka::{self, consume, produce};
 use switchyard_testkit::{http_get_text, metric_sum, wait_for, Service, Stack};
 
-const MAX_UNCOMMITTED: usize = 100;
+/// Not a divisor of the 1,500 readings the SIGKILL test sends first: with commits only at
+/// the bound, the last of them stay uncommitted, so the kill always lands with commits behind.
+const MAX_UNCOMMITTED: usize = 120;
 const BASE_US: i64 = 1_700_000_000_000_000;
 const SENSORS: [&str; 3] = ["imu", "gyro", "temp"];
 

@@ -27,8 +27,8 @@ enum Bench {
         /// Records per round.
         #[arg(long, default_value_t = 100_000)]
         records: usize,
-        /// Rounds of each (alternating); the median is reported.
-        #[arg(long, default_value_t = 3)]
+        /// Rounds of each (alternating); per-round ratios and their median are reported.
+        #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
     /// The gateway (UDP -> acknowledged Avro records) vs a raw UDP->rdkafka loop, plus latency.
@@ -144,7 +144,12 @@ impl Report {
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok())
                 .unwrap_or_default();
-        all.insert(self.name.to_string(), self.json.clone());
+        let commit = commit();
+        let mut json = self.json.clone();
+        if let Some(object) = json.as_object_mut() {
+            object.insert("commit".into(), commit.clone().into());
+        }
+        all.insert(self.name.to_string(), json);
         all.insert("machine".into(), machine());
         std::fs::write(&json_path, serde_json::to_string_pretty(&all)? + "\n")?;
 
@@ -158,7 +163,14 @@ impl Report {
                 }
             }
         }
-        sections.insert(self.name.to_string(), self.markdown.trim_end().to_string());
+        let measured = format!(
+            "\n\nMeasured at commit `{commit}`, {}.",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+        );
+        sections.insert(
+            self.name.to_string(),
+            self.markdown.trim_end().to_string() + &measured,
+        );
         let mut md = String::from("# Benchmark results\n\nWritten by `make bench`; each figure is measured against its baseline in the same run, on the same broker.\n\n");
         md.push_str(&format!("Machine: {}\n", machine_line()));
         for (name, body) in sections {
@@ -166,6 +178,26 @@ impl Report {
         }
         std::fs::write(&md_path, md)?;
         Ok(())
+    }
+}
+
+/// The commit the benchmarked binaries were built from (`+dirty` with uncommitted changes).
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let hash = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    if dirty {
+        format!("{hash}+dirty")
+    } else {
+        hash
     }
 }
 

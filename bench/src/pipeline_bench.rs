@@ -118,6 +118,10 @@ pub(crate) async fn raw_loop(
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        .set(
+            "fetch.wait.max.ms",
+            switchyard_kafka::FETCH_WAIT_MS.to_string(),
+        )
         .create()?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -269,20 +273,28 @@ pub async fn run(records: usize, rounds: usize) -> anyhow::Result<Report> {
     };
     let raw = median(&mut raw_rates.clone());
     let framework = median(&mut framework_rates.clone());
-    let ratio = framework / raw;
-    let verdict = if ratio >= 0.9 { "meets" } else { "misses" };
+    // Rounds alternate raw, framework on the same broker: pair them.
+    let ratios: Vec<f64> = framework_rates
+        .iter()
+        .zip(&raw_rates)
+        .map(|(f, r)| f / r)
+        .collect();
+    let ratio = median(&mut ratios.clone());
+    let verdict = if ratio >= 0.95 { "meets" } else { "misses" };
+    let fetch_wait = switchyard_kafka::FETCH_WAIT_MS;
     let markdown = format!(
         "## Pipeline: pass-through processor vs raw rdkafka loop\n\n\
-         {records} records (GrafanaReading, Confluent-framed Avro, ~30 bytes) per round, {rounds} rounds, median.\n\
-         Both: acks=all, idempotent producer, offsets committed after every output of a batch is acknowledged.\n\
+         {records} records (GrafanaReading, Confluent-framed Avro, ~30 bytes) per round, {rounds} rounds alternating raw then framework.\n\
+         Both: acks=all, idempotent producer, fetch.wait.max.ms {fetch_wait}, offsets committed only once the outputs they cover are acknowledged (the raw loop per batch, the framework per acknowledged prefix while it keeps consuming).\n\
          The raw loop copies bytes; the framework decodes and re-encodes each record (resolving it first when its writer schema is not the catalog's).\n\n\
          | | records/s (median) | rounds |\n|---|---|---|\n\
          | raw rdkafka consume→produce | {raw:.0} | {} |\n\
          | framework pass-through | {framework:.0} | {} |\n\
-         | **framework / raw** | **{:.0}%** | target ≥ 90%: {verdict} |\n\n\
+         | **framework / raw** (median of the per-round ratios {}) | **{:.0}%** | target ≥ 95%: {verdict} |\n\n\
          Producing the input (baseline for the broker's write speed): {produce_rate:.0} records/s.\n",
         raw_rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", "),
         framework_rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", "),
+        ratios.iter().map(|r| format!("{:.0}%", r * 100.0)).collect::<Vec<_>>().join(", "),
         ratio * 100.0
     );
     Ok(Report {
@@ -296,7 +308,8 @@ pub async fn run(records: usize, rounds: usize) -> anyhow::Result<Report> {
             "raw_median": raw,
             "framework_median": framework,
             "ratio": ratio,
-            "target_ratio": 0.9,
+            "ratios_by_round": ratios,
+            "target_ratio": 0.95,
             "produce_records_per_second": produce_rate,
         }),
     })

@@ -431,10 +431,8 @@ pub mod kafka {
         Ok(())
     }
 
-    /// Every record of `topic` from its start to its end as of this call (each partition read
-    /// to its high watermark), so a test counting them sees extra records as well as missing
-    /// ones.
-    pub fn read_to_end(bootstrap: &str, topic: &str) -> Result<Vec<RawRecord>> {
+    /// A consumer that reads without committing, and the partitions of `topic`.
+    fn reader(bootstrap: &str, topic: &str) -> Result<(BaseConsumer, Vec<i32>)> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("group.id", "switchyard-test-reader")
@@ -444,6 +442,14 @@ pub mod kafka {
         if partitions.is_empty() {
             bail!("topic {topic} does not exist");
         }
+        Ok((consumer, partitions))
+    }
+
+    /// Every record of `topic` from its start to its end as of this call (each partition read
+    /// to its high watermark), so a test counting them sees extra records as well as missing
+    /// ones.
+    pub fn read_to_end(bootstrap: &str, topic: &str) -> Result<Vec<RawRecord>> {
+        let (consumer, partitions) = reader(bootstrap, topic)?;
         let mut ends = HashMap::new();
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
@@ -540,15 +546,7 @@ pub mod kafka {
         expected: usize,
         timeout: Duration,
     ) -> Result<Vec<RawRecord>> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", "switchyard-test-reader")
-            .set("enable.auto.commit", "false")
-            .create()?;
-        let partitions = switchyard_kafka::partitions(&consumer, topic, Duration::from_secs(10))?;
-        if partitions.is_empty() {
-            bail!("topic {topic} does not exist");
-        }
+        let (consumer, partitions) = reader(bootstrap, topic)?;
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             tpl.add_partition_offset(topic, *p, Offset::Beginning)?;

@@ -146,10 +146,7 @@ pub(crate) fn begin_transaction(
     producer: &OutputProducer,
     shared: &Shared,
 ) -> Result<(), RunnerError> {
-    let mut open = shared
-        .in_transaction
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut open = shared.transaction();
     if !*open {
         producer
             .begin_transaction()
@@ -167,10 +164,7 @@ pub(crate) fn commit_transaction<C: ConsumerContext>(
     shared: &Shared,
     producer: &OutputProducer,
 ) -> Result<(), RunnerError> {
-    let mut open = shared
-        .in_transaction
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut open = shared.transaction();
     if !*open {
         return Ok(());
     }

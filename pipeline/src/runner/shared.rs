@@ -37,8 +37,8 @@ pub(crate) struct Shared {
     pub revoke_timeout_ms: AtomicU64,
     /// The output producer (exactly-once commits its transaction on a revocation).
     pub producer: OnceLock<Weak<OutputProducer>>,
-    /// Whether a transaction is open (exactly-once only).
-    pub in_transaction: Mutex<bool>,
+    /// Whether a transaction is open (exactly-once only); see [`Shared::transaction`].
+    in_transaction: Mutex<bool>,
 }
 
 impl Shared {
@@ -97,6 +97,13 @@ impl Shared {
                 .map(|(guard, _)| guard)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
+    }
+
+    /// Whether a transaction is open (exactly-once), held while it is begun or committed.
+    pub fn transaction(&self) -> MutexGuard<'_, bool> {
+        self.in_transaction
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn push_event(&self, event: GroupEvent) {

@@ -119,10 +119,7 @@ async fn a_transaction_that_cannot_begin_is_an_error_not_a_fallback() {
     // init_transactions was never called: begin must fail, and say so.
     let err = commit::begin_transaction(&producer, &shared).expect_err("begin must fail");
     assert!(matches!(err, RunnerError::Transaction(_)), "{err}");
-    assert!(
-        !*shared.in_transaction.lock().expect("lock"),
-        "no transaction is believed open"
-    );
+    assert!(!*shared.transaction(), "no transaction is believed open");
 }
 
 #[test]

@@ -66,30 +66,34 @@ fn commit_offsets<C: ConsumerContext>(
     }
     let result = consumer.commit(&list_of(offsets)?, CommitMode::Sync);
     confirm(shared, offsets, result.as_ref().map(|_| ()));
+    // A runner stopped at the uncommitted bound may go on now.
+    shared.acknowledged.notify_one();
     Ok(())
 }
 
 /// Commits acknowledged offsets on a thread of its own, so the runner never waits for the
 /// group coordinator (at least once); under exactly once the runner commits its
-/// transaction itself.
+/// transaction itself. Requests coalesce: the thread commits whatever is committable when
+/// it gets to it, so a burst of requests costs one commit, not one each.
 pub(crate) struct Committer {
-    jobs: Option<mpsc::Sender<Vec<(String, i32, i64)>>>,
+    wake: Option<mpsc::SyncSender<()>>,
 }
 
 impl Committer {
     pub fn spawn(consumer: Arc<StreamConsumer<GroupContext>>, shared: Arc<Shared>) -> Committer {
-        let (jobs, todo) = mpsc::channel::<Vec<(String, i32, i64)>>();
+        let (wake, woken) = mpsc::sync_channel::<()>(1);
         let spawned = std::thread::Builder::new()
             .name("committer".into())
             .spawn(move || {
-                for offsets in todo {
+                for () in woken {
+                    let offsets = shared.ledger().take_committable(|_| true);
                     if let Err(e) = commit_offsets(&*consumer, &shared, &offsets) {
                         warn!(error = %e, "offset commit not sent; asked for again at the next commit");
                     }
                 }
             });
         Committer {
-            jobs: spawned.ok().map(|_| jobs),
+            wake: spawned.ok().map(|_| wake),
         }
     }
 
@@ -102,16 +106,16 @@ impl Committer {
     ) -> Result<(), RunnerError> {
         match shared.guarantee {
             Guarantee::ExactlyOnce => transaction_now(consumer, shared),
-            Guarantee::AtLeastOnce => {
-                let offsets = shared.ledger().take_committable(|_| true);
-                if offsets.is_empty() {
-                    return Ok(());
-                }
-                match &self.jobs {
-                    Some(jobs) if jobs.send(offsets.clone()).is_ok() => Ok(()),
-                    _ => commit_offsets(consumer, shared, &offsets),
-                }
-            }
+            Guarantee::AtLeastOnce => match &self.wake {
+                // Full: a commit is already due and will take these offsets too.
+                Some(wake) => match wake.try_send(()) {
+                    Ok(()) | Err(mpsc::TrySendError::Full(())) => Ok(()),
+                    Err(mpsc::TrySendError::Disconnected(())) => {
+                        commit_now(consumer, shared, |_| true)
+                    }
+                },
+                None => commit_now(consumer, shared, |_| true),
+            },
         }
     }
 }

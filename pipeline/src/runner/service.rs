@@ -96,7 +96,7 @@ impl<P: Processor> Runner<P> {
                     self.punctuate_wall_clock().await?;
                     self.report();
                 }
-                message = consumer.recv() => {
+                message = consumer.recv(), if !self.paused => {
                     // The poll may have run a rebalance callback: apply it first.
                     self.attend().await?;
                     match message {
@@ -129,11 +129,6 @@ impl<P: Processor> Runner<P> {
                         .filter(|p| !self.engine.owns(*p))
                         .collect();
                     self.restore_tasks(&new).await?;
-                    if self.paused {
-                        // New partitions start paused too while the bounds hold.
-                        let assignment = self.consumer.assignment()?;
-                        self.consumer.pause(&assignment)?;
-                    }
                 }
             }
         }
@@ -381,24 +376,19 @@ impl<P: Processor> Runner<P> {
         Ok(())
     }
 
-    /// Pause consumption while the uncommitted records or the bytes in flight are at their
-    /// bounds; resume when they are under them again.
+    /// Stop taking records while the uncommitted records or the bytes in flight are at
+    /// their bounds; take them again when acknowledgements and commits bring them under.
+    /// The consumer is not paused (that would drop what librdkafka has prefetched, to be
+    /// fetched again): the runner only stops polling it for a while, and commits meanwhile.
     fn pause_at_bounds(&mut self) -> Result<(), RunnerError> {
         let over = {
             let ledger = self.shared.ledger();
             ledger.uncommitted() >= self.config.max_uncommitted as i64
                 || ledger.bytes_in_flight() >= self.config.max_in_flight_bytes
         };
-        if over == self.paused {
-            return Ok(());
-        }
-        let assignment = self.consumer.assignment()?;
-        if over {
-            self.consumer.pause(&assignment)?;
+        if over && !self.paused {
             self.shared.metrics.pauses.inc();
             self.committer.commit(&self.consumer, &self.shared)?;
-        } else {
-            self.consumer.resume(&assignment)?;
         }
         self.paused = over;
         Ok(())

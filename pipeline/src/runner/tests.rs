@@ -71,15 +71,37 @@ fn output() -> Output {
     }
 }
 
+/// The runner's transactional producer for `config`, not yet initialised.
+fn transactional_producer(
+    config: &RunnerConfig,
+    shared: &Arc<Shared>,
+) -> Arc<delivery::OutputProducer> {
+    let id = delivery::transactional_id(config, "eos-test");
+    delivery::output_producer(config, id, Arc::clone(shared)).expect("producer")
+}
+
+/// Send one output on a ledger entry of task 0, as the runner does for a record.
+async fn send_one(
+    producer: &delivery::OutputProducer,
+    shared: &Shared,
+    input: Option<(usize, i64)>,
+) {
+    let token = shared.ledger().open(0, input, None);
+    delivery::send(producer, shared, token, &output()).await;
+    shared.ledger().close(token);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_commits_outputs_with_the_processed_offsets_and_can_abort() {
     let cluster = cluster();
     let bootstrap = cluster.bootstrap_servers();
     let config = config(&bootstrap);
     let shared = shared();
-    let id = delivery::transactional_id(&config, "eos-test");
-    assert_eq!(id.as_deref(), Some("eos-test-test"));
-    let producer = delivery::output_producer(&config, id, Arc::clone(&shared)).expect("producer");
+    assert_eq!(
+        delivery::transactional_id(&config, "eos-test").as_deref(),
+        Some("eos-test-test")
+    );
+    let producer = transactional_producer(&config, &shared);
     producer
         .init_transactions(Duration::from_secs(10))
         .expect("init");
@@ -88,9 +110,7 @@ async fn a_transaction_commits_outputs_with_the_processed_offsets_and_can_abort(
     // Process input offsets 0..3 of `in`, each with one output, in one transaction.
     commit::begin_transaction(&producer, &shared).expect("begin");
     for offset in 0..3 {
-        let token = shared.ledger().open(0, Some((0, offset)), None);
-        delivery::send(&producer, &shared, token, &output()).await;
-        shared.ledger().close(token);
+        send_one(&producer, &shared, Some((0, offset))).await;
     }
     commit::commit_transaction(&consumer, &shared, &producer).expect("commit");
     assert_eq!(shared.ledger().records_in_flight(), 0, "commit flushed");
@@ -100,9 +120,7 @@ async fn a_transaction_commits_outputs_with_the_processed_offsets_and_can_abort(
 
     // Abort runs without error.
     commit::begin_transaction(&producer, &shared).expect("begin again");
-    let token = shared.ledger().open(0, Some((0, 3)), None);
-    delivery::send(&producer, &shared, token, &output()).await;
-    shared.ledger().close(token);
+    send_one(&producer, &shared, Some((0, 3))).await;
     producer
         .abort_transaction(Duration::from_secs(10))
         .expect("abort");
@@ -114,8 +132,7 @@ async fn a_transaction_that_cannot_begin_is_an_error_not_a_fallback() {
     let bootstrap = cluster.bootstrap_servers();
     let config = config(&bootstrap);
     let shared = shared();
-    let id = delivery::transactional_id(&config, "eos-test");
-    let producer = delivery::output_producer(&config, id, Arc::clone(&shared)).expect("producer");
+    let producer = transactional_producer(&config, &shared);
     // init_transactions was never called: begin must fail, and say so.
     let err = commit::begin_transaction(&producer, &shared).expect_err("begin must fail");
     assert!(matches!(err, RunnerError::Transaction(_)), "{err}");
@@ -136,19 +153,12 @@ async fn a_restore_reads_a_committed_transaction_back() {
     let bootstrap = cluster.bootstrap_servers();
     let config = config(&bootstrap);
     let shared = shared();
-    let producer = delivery::output_producer(
-        &config,
-        delivery::transactional_id(&config, "eos-test"),
-        Arc::clone(&shared),
-    )
-    .expect("producer");
+    let producer = transactional_producer(&config, &shared);
     producer
         .init_transactions(Duration::from_secs(10))
         .expect("init");
     commit::begin_transaction(&producer, &shared).expect("begin");
-    let token = shared.ledger().open(0, None, None);
-    delivery::send(&producer, &shared, token, &output()).await;
-    shared.ledger().close(token);
+    send_one(&producer, &shared, None).await;
     producer
         .commit_transaction(Duration::from_secs(10))
         .expect("commit");

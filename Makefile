@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: help deps deps-test build up down status logs test lint bench fuzz clean
+.PHONY: help deps deps-test build build-release up down status logs test lint bench fuzz clean
 
 help:
 	@echo "make up      install what is missing, build, start broker + registry + services, apply topics"
@@ -23,7 +23,11 @@ deps-test:
 build:
 	$(CARGO) build --workspace --bins
 
-up: deps build
+# `make up` runs optimised binaries: debug ones cost several times the CPU per record.
+build-release:
+	$(CARGO) build --release --workspace --bins
+
+up: deps build-release
 	@scripts/stack.sh up
 
 down:
@@ -55,6 +59,7 @@ bench: deps
 	./target/release/switchyard-bench roundtrip
 	./target/release/switchyard-bench memory
 	./target/release/switchyard-bench scale
+	./target/release/switchyard-bench idle
 
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= decode apdu avro

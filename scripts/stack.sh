@@ -10,7 +10,7 @@ RUN="${SWITCHYARD_RUN_DIR:-$ROOT/.run}"
 LOGS="$RUN/logs"
 PIDS="$RUN/pids"
 DATA="$RUN/data"
-BIN="${SWITCHYARD_BIN:-$ROOT/target/debug}"
+BIN="${SWITCHYARD_BIN:-$ROOT/target/release}"  # `make up` builds these
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 BROKER_HOST=127.0.0.1
@@ -27,17 +27,26 @@ METRICS_BASE=${SWITCHYARD_METRICS_BASE:-9100}
 GATEWAY_METRICS=$((METRICS_BASE + 4))
 PROCESSORS=(reading-counter=$METRICS_BASE grafana-projector=$((METRICS_BASE + 1))
   carrier-state=$((METRICS_BASE + 2)) anomaly-detector=$((METRICS_BASE + 3)))
-# tansu holds every fetch for the whole wait and reads SQLite once per partition per fetch,
-# so an idle consumer with a 20 ms wait costs the broker real CPU. Only the processors an
-# operator waits on (Grafana's projection, the switch round trip) keep the short default;
-# the others wait 500 ms (SWITCHYARD_BACKGROUND_FETCH_WAIT_MS).
+# tansu holds every fetch for the whole wait and runs its SQLite queries for every fetch, so
+# each idle consumer costs the broker CPU: measured, one consumer of one 3-partition topic at
+# a 20 ms wait costs about 20% of a core, at 100 ms a few % (`make bench`, idle section).
+# Only carrier-state, whose hop is on the carrier-switch round trip an operator waits on,
+# keeps the 20 ms default (as do the gateway's and the API's consumers); grafana-projector
+# waits 100 ms (SWITCHYARD_PROJECTOR_FETCH_WAIT_MS: Grafana shows readings at most ~0.2 s
+# later), the background processors 500 ms (SWITCHYARD_BACKGROUND_FETCH_WAIT_MS).
+PROJECTOR_FETCH_WAIT_MS=${SWITCHYARD_PROJECTOR_FETCH_WAIT_MS:-100}
 BACKGROUND_FETCH_WAIT_MS=${SWITCHYARD_BACKGROUND_FETCH_WAIT_MS:-500}
 fetch_wait_of() {
   case "$1" in
     reading-counter|anomaly-detector) echo "$BACKGROUND_FETCH_WAIT_MS" ;;
+    grafana-projector) echo "$PROJECTOR_FETCH_WAIT_MS" ;;
     *) echo "${SWITCHYARD_FETCH_WAIT_MS:-20}" ;;
   esac
 }
+# One partition per topic (the catalog says 3): this stack runs one instance of each service,
+# so more partitions add no parallelism, and each one adds to tansu's work per fetch of
+# every consumer. Topics created by an earlier `make up` keep their partitions.
+TOPIC_PARTITIONS=${SWITCHYARD_TOPIC_PARTITIONS:-1}
 for p in "${PROCESSORS[@]}"; do SERVICES+=("${p%%=*}"); done
 API_PORT=${SWITCHYARD_API_PORT:-8000}
 API_METRICS=$((METRICS_BASE + 5))
@@ -100,7 +109,7 @@ up() {
   wait_for registry 60 curl -fsS "$SWITCHYARD_REGISTRY_URL/health"
 
   say "topics and schemas"
-  "$BIN/switchyard" topics apply >"$LOGS/topics-apply.log" 2>&1 \
+  SWITCHYARD_TOPIC_PARTITIONS="$TOPIC_PARTITIONS" "$BIN/switchyard" topics apply >"$LOGS/topics-apply.log" 2>&1 \
     || die "switchyard topics apply failed; see $LOGS/topics-apply.log:"$'\n'"$(tail -n 20 "$LOGS/topics-apply.log")"
   echo "    $(grep -c '^topic ' "$LOGS/topics-apply.log") topics, $(grep -c '^subject ' "$LOGS/topics-apply.log") schemas registered"
 

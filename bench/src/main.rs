@@ -2,6 +2,7 @@
 //! run on the same broker, written to `results/bench.md` and `results/bench.json`.
 
 mod gateway_bench;
+mod idle_bench;
 mod pipeline_bench;
 mod system_bench;
 
@@ -77,6 +78,14 @@ enum Bench {
     },
     /// Time and memory as the fleet grows 10 -> 10,000 modems.
     Scale,
+    /// What `make up` with only its simulated modems costs the broker, and from which client.
+    Idle {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds per round.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,6 +128,10 @@ fn main() -> anyhow::Result<()> {
         Bench::Roundtrip { switches } => emit(&cli.out, system_bench::roundtrip(switches)?)?,
         Bench::Memory { modems } => emit(&cli.out, system_bench::memory(modems)?)?,
         Bench::Scale => emit(&cli.out, system_bench::scale()?)?,
+        Bench::Idle { rounds, seconds } => emit(
+            &cli.out,
+            idle_bench::run(rounds, std::time::Duration::from_secs(seconds))?,
+        )?,
     }
     Ok(())
 }

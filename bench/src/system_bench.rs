@@ -191,7 +191,7 @@ pub fn latency(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", "bench-latency")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", probe_fetch_wait_ms().to_string())
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..3 {
@@ -558,4 +558,14 @@ pub fn scale() -> anyhow::Result<Report> {
         ),
         json: json!(out),
     })
+}
+
+/// The latency probe's `fetch.wait.max.ms` (`SWITCHYARD_BENCH_PROBE_FETCH_WAIT_MS`, 5 by
+/// default). tansu holds every fetch for the whole wait and re-reads each partition each
+/// time, so a short wait adds resolution to the figures and load to the broker they measure.
+fn probe_fetch_wait_ms() -> u64 {
+    std::env::var("SWITCHYARD_BENCH_PROBE_FETCH_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
 }

@@ -30,6 +30,12 @@ pub enum TopicsCommand {
         /// How long to keep retrying while the broker or registry is not reachable, in seconds.
         #[arg(long, default_value_t = 60)]
         wait_secs: u64,
+        /// Create every topic with this many partitions instead of the catalog's. Partitions
+        /// are the unit of parallelism across instances, so a one-machine stack running one
+        /// instance of each service gains nothing from more, while tansu reads SQLite for
+        /// every partition of every fetch. Topics that exist keep theirs.
+        #[arg(long, env = "SWITCHYARD_TOPIC_PARTITIONS", value_parser = clap::value_parser!(i32).range(1..))]
+        partitions: Option<i32>,
     },
 }
 
@@ -66,10 +72,11 @@ pub async fn run(endpoints: &Endpoints, command: TopicsCommand) -> Result<(), Fa
         TopicsCommand::Apply {
             replication_factor,
             wait_secs,
+            partitions,
         } => {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_secs);
             retry_until(deadline, "creating topics", || {
-                create_topics(endpoints, &catalog, replication_factor)
+                create_topics(endpoints, &catalog, replication_factor, partitions)
             })
             .await?;
             retry_until(deadline, "registering schemas", || {
@@ -113,6 +120,7 @@ async fn create_topics(
     endpoints: &Endpoints,
     catalog: &Catalog,
     replication: i32,
+    partitions: Option<i32>,
 ) -> Result<(), StepError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &endpoints.bootstrap_servers)
@@ -126,7 +134,11 @@ async fn create_topics(
         .zip(&configs)
         .map(|(t, config)| {
             config.iter().fold(
-                NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(replication)),
+                NewTopic::new(
+                    &t.name,
+                    partitions.unwrap_or(t.partitions),
+                    TopicReplication::Fixed(replication),
+                ),
                 |nt, (k, v)| nt.set(k, v),
             )
         })

@@ -3,84 +3,11 @@
 //! the simulated modems show up in the switch API; `down` leaves no process and no port.
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
-use switchyard_testkit::{free_port, wait_for, workspace_binary};
-
-fn stack_sh() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/stack.sh")
-}
-
-/// Six consecutive free ports for the metrics endpoints.
-fn free_metrics_base() -> u16 {
-    for _ in 0..200 {
-        let base = free_port().expect("port");
-        if base > 65_000 {
-            continue;
-        }
-        let all_free =
-            (base..base + 6).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no six consecutive free ports");
-}
-
-struct Stack {
-    env: Vec<(&'static str, String)>,
-    run: tempfile::TempDir,
-}
-
-impl Stack {
-    fn sh(&self, verb: &str) -> Output {
-        Command::new("bash")
-            .arg(stack_sh())
-            .arg(verb)
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .expect("stack.sh runs")
-    }
-
-    fn port(&self, name: &str) -> u16 {
-        self.env
-            .iter()
-            .find(|(k, _)| *k == name)
-            .and_then(|(_, v)| v.parse().ok())
-            .expect("port")
-    }
-
-    fn pids(&self) -> Vec<(String, u32)> {
-        std::fs::read_dir(self.run.path().join("pids"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter_map(|e| {
-                        let name = e
-                            .file_name()
-                            .to_string_lossy()
-                            .trim_end_matches(".pid")
-                            .to_string();
-                        let pid = std::fs::read_to_string(e.path())
-                            .ok()?
-                            .trim()
-                            .parse()
-                            .ok()?;
-                        Some((name, pid))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let _ = self.sh("down");
-    }
-}
+use switchyard_schemas::Catalog;
+use switchyard_testkit::{kafka, wait_for, workspace_binary, ScriptedStack};
 
 /// Alive and not a zombie.
 fn alive(pid: u32) -> bool {
@@ -106,33 +33,9 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
         .parent()
         .expect("bin dir")
         .to_path_buf();
-    let run = tempfile::tempdir().expect("run dir");
-    let stack = Stack {
-        env: vec![
-            ("SWITCHYARD_RUN_DIR", run.path().display().to_string()),
-            ("SWITCHYARD_BIN", bin.display().to_string()),
-            (
-                "SWITCHYARD_BROKER_PORT",
-                free_port().expect("port").to_string(),
-            ),
-            (
-                "SWITCHYARD_REGISTRY_PORT",
-                free_port().expect("port").to_string(),
-            ),
-            (
-                "SWITCHYARD_GATEWAY_PORT",
-                free_port().expect("port").to_string(),
-            ),
-            (
-                "SWITCHYARD_API_PORT",
-                free_port().expect("port").to_string(),
-            ),
-            ("SWITCHYARD_METRICS_BASE", free_metrics_base().to_string()),
-        ],
-        run,
-    };
+    let stack = ScriptedStack::new(&bin).expect("scratch stack");
 
-    let up = stack.sh("up");
+    let up = stack.sh("up").expect("stack.sh runs");
     let out =
         String::from_utf8_lossy(&up.stdout).into_owned() + &String::from_utf8_lossy(&up.stderr);
     assert!(up.status.success(), "stack.sh up failed:\n{out}");
@@ -157,9 +60,28 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
     }
     assert!(pids.iter().all(|(_, p)| alive(*p)), "{pids:?}");
 
+    // One partition per topic on this one-machine stack (see stack.sh: each partition costs
+    // tansu work on every fetch, and one instance of each service gains nothing from more).
+    let bootstrap = format!(
+        "127.0.0.1:{}",
+        stack.port("SWITCHYARD_BROKER_PORT").expect("port")
+    );
+    for topic in Catalog::embedded().expect("catalog").topics {
+        assert_eq!(
+            kafka::partition_count(&bootstrap, &topic.name).expect("topic exists"),
+            1,
+            "{}",
+            topic.name
+        );
+    }
+
     // The pipeline works: the three simulated modems appear in the switch API.
-    let token = std::fs::read_to_string(stack.run.path().join("api-token")).expect("token");
-    let api: SocketAddr = ([127, 0, 0, 1], stack.port("SWITCHYARD_API_PORT")).into();
+    let token = std::fs::read_to_string(stack.run_dir().join("api-token")).expect("token");
+    let api: SocketAddr = (
+        [127, 0, 0, 1],
+        stack.port("SWITCHYARD_API_PORT").expect("port"),
+    )
+        .into();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     wait_for("three modems in the API", Duration::from_secs(90), || {
         runtime.block_on(async {
@@ -182,7 +104,7 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
     .expect("modems visible through the API");
 
     // Down: nothing left.
-    let down = stack.sh("down");
+    let down = stack.sh("down").expect("stack.sh runs");
     assert!(
         down.status.success(),
         "{}",
@@ -195,18 +117,21 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
         let left: Vec<_> = pids.iter().filter(|(_, p)| alive(*p)).collect();
         panic!("{e}: {left:?}")
     });
-    let base: u16 = stack.port("SWITCHYARD_METRICS_BASE");
+    let base: u16 = stack.port("SWITCHYARD_METRICS_BASE").expect("port");
     let tcp_ports = [
-        stack.port("SWITCHYARD_BROKER_PORT"),
-        stack.port("SWITCHYARD_REGISTRY_PORT"),
-        stack.port("SWITCHYARD_API_PORT"),
+        stack.port("SWITCHYARD_BROKER_PORT").expect("port"),
+        stack.port("SWITCHYARD_REGISTRY_PORT").expect("port"),
+        stack.port("SWITCHYARD_API_PORT").expect("port"),
     ]
     .into_iter()
     .chain(base..base + 6);
     for port in tcp_ports {
         assert!(!listening(port), "port {port} still listening after down");
     }
-    UdpSocket::bind(("127.0.0.1", stack.port("SWITCHYARD_GATEWAY_PORT")))
-        .expect("the gateway's UDP port is free again");
+    UdpSocket::bind((
+        "127.0.0.1",
+        stack.port("SWITCHYARD_GATEWAY_PORT").expect("port"),
+    ))
+    .expect("the gateway's UDP port is free again");
     assert!(stack.pids().is_empty(), "pid files removed");
 }

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
+mod scripted;
+pub use scripted::ScriptedStack;
+
 /// A loopback TCP port free at the time of the call.
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a probe socket")?;
@@ -443,6 +446,11 @@ pub mod kafka {
             bail!("topic {topic} does not exist");
         }
         Ok((consumer, partitions))
+    }
+
+    /// How many partitions `topic` has on the broker (an error when it does not exist).
+    pub fn partition_count(bootstrap: &str, topic: &str) -> Result<usize> {
+        Ok(reader(bootstrap, topic)?.1.len())
     }
 
     /// Every record of `topic` from its start to its end as of this call (each partition read

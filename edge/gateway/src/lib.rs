@@ -104,6 +104,11 @@ pub struct GatewayConfig {
         default_value_t = 4 * 1024 * 1024
     )]
     pub udp_buffer_bytes: usize,
+    /// How long the producer waits to fill a batch (librdkafka `linger.ms`). Each produce
+    /// request costs the broker far more than each record in it, so a longer wait trades
+    /// latency for broker CPU.
+    #[arg(long, env = "SWITCHYARD_GATEWAY_LINGER_MS", default_value_t = 5)]
+    pub linger_ms: u64,
 }
 
 /// The gateway's one UDP socket, with a receive buffer sized for bursts.
@@ -233,7 +238,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
+        .set("linger.ms", config.linger_ms.to_string())
         .set(
             "queue.buffering.max.messages",
             config.buffer_records.to_string(),

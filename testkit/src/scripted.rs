@@ -1,0 +1,105 @@
+//! `scripts/stack.sh` (what `make up` runs) in a scratch folder on free ports, so a test or a
+//! bench can run the whole `make up` layout next to a developer's own stack.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::free_port;
+
+fn stack_sh() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/stack.sh")
+}
+
+/// Six consecutive free ports for the metrics endpoints.
+fn free_metrics_base() -> Result<u16> {
+    for _ in 0..200 {
+        let base = free_port()?;
+        if base > 65_000 {
+            continue;
+        }
+        let all_free =
+            (base..base + 6).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if all_free {
+            return Ok(base);
+        }
+    }
+    bail!("no six consecutive free ports")
+}
+
+/// One scratch `make up` stack; `down` runs when it is dropped.
+pub struct ScriptedStack {
+    env: Vec<(&'static str, String)>,
+    run: tempfile::TempDir,
+}
+
+impl ScriptedStack {
+    /// A stack whose binaries come from `bin` (a `target/<profile>` folder); not started yet.
+    pub fn new(bin: &Path) -> Result<Self> {
+        let run = tempfile::tempdir().context("run dir")?;
+        let env = vec![
+            ("SWITCHYARD_RUN_DIR", run.path().display().to_string()),
+            ("SWITCHYARD_BIN", bin.display().to_string()),
+            ("SWITCHYARD_BROKER_PORT", free_port()?.to_string()),
+            ("SWITCHYARD_REGISTRY_PORT", free_port()?.to_string()),
+            ("SWITCHYARD_GATEWAY_PORT", free_port()?.to_string()),
+            ("SWITCHYARD_API_PORT", free_port()?.to_string()),
+            ("SWITCHYARD_METRICS_BASE", free_metrics_base()?.to_string()),
+        ];
+        Ok(ScriptedStack { env, run })
+    }
+
+    /// Run `stack.sh VERB` (up, down, status) and return what it printed.
+    pub fn sh(&self, verb: &str) -> Result<Output> {
+        Command::new("bash")
+            .arg(stack_sh())
+            .arg(verb)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .with_context(|| format!("running stack.sh {verb}"))
+    }
+
+    /// The port given to stack.sh as `name` (e.g. `SWITCHYARD_API_PORT`).
+    pub fn port(&self, name: &str) -> Result<u16> {
+        self.env
+            .iter()
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .with_context(|| format!("no port {name}"))
+    }
+
+    /// The scratch run folder (logs/, pids/, data/, api-token).
+    pub fn run_dir(&self) -> &Path {
+        self.run.path()
+    }
+
+    /// Every service with a pid file: (name, pid).
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        std::fs::read_dir(self.run.path().join("pids"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| {
+                        let name = e
+                            .file_name()
+                            .to_string_lossy()
+                            .trim_end_matches(".pid")
+                            .to_string();
+                        let pid = std::fs::read_to_string(e.path())
+                            .ok()?
+                            .trim()
+                            .parse()
+                            .ok()?;
+                        Some((name, pid))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ScriptedStack {
+    fn drop(&mut self) {
+        let _ = self.sh("down");
+    }
+}

@@ -59,9 +59,9 @@ enum Bench {
     Latency {
         #[arg(long, default_value_t = 500)]
         modems: u64,
-        /// Readings per second per modem.
-        #[arg(long, default_value_t = 10.0)]
-        rate: f64,
+        /// Readings per second per modem, one run (on a fresh stack) per rate.
+        #[arg(long, value_delimiter = ',', default_values_t = [2.0, 10.0])]
+        rates: Vec<f64>,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
@@ -122,9 +122,9 @@ fn main() -> anyhow::Result<()> {
         Bench::Processor { records } => emit(&cli.out, system_bench::processor(records)?)?,
         Bench::Latency {
             modems,
-            rate,
+            rates,
             seconds,
-        } => emit(&cli.out, system_bench::latency(modems, rate, seconds)?)?,
+        } => emit(&cli.out, system_bench::latency(modems, &rates, seconds)?)?,
         Bench::Roundtrip { switches } => emit(&cli.out, system_bench::roundtrip(switches)?)?,
         Bench::Memory { modems } => emit(&cli.out, system_bench::memory(modems)?)?,
         Bench::Scale => emit(&cli.out, system_bench::scale()?)?,

@@ -156,7 +156,16 @@ pub fn processor(records: usize) -> anyhow::Result<Report> {
 // ---------------------------------------------------------------------------------------
 // latency
 
-pub fn latency(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result<Report> {
+/// One latency run's figures: (records, p50, p99, p99.9) in ms for sensor -> `imu`,
+/// sensor -> `imu-grafana` and the projector's hop.
+struct LatencyRun {
+    offered: f64,
+    raw: (usize, f64, f64, f64),
+    projected: (usize, f64, f64, f64),
+    hop: (usize, f64, f64, f64),
+}
+
+fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result<LatencyRun> {
     let stack = Stack::start()?;
     let bootstrap = stack.broker.bootstrap();
     let gateway = stack.start_gateway(&[("RUST_LOG", "warn".into())])?;
@@ -235,8 +244,6 @@ pub fn latency(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
             }
         }
     }
-    let offered = modems as f64 * rate_per_modem;
-    let delivered = projected.len() as f64 / seconds as f64;
     let row = |samples: &mut Vec<f64>| {
         samples.sort_by(|a, b| a.total_cmp(b));
         (
@@ -246,27 +253,57 @@ pub fn latency(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
             percentile(samples, 0.999),
         )
     };
-    let (n_raw, raw50, raw99, raw999) = row(&mut raw);
-    let (n_proj, p50, p99, p999) = row(&mut projected);
-    let (n_hop, hop50, hop99, hop999) = row(&mut hops);
+    let run = LatencyRun {
+        offered: modems as f64 * rate_per_modem,
+        raw: row(&mut raw),
+        projected: row(&mut projected),
+        hop: row(&mut hops),
+    };
     eprintln!(
-        "latency: imu p50 {raw50} p99 {raw99}; imu-grafana p50 {p50} p99 {p99} p999 {p999}; projector hop p50 {hop50} p99 {hop99} ({n_hop} matched)"
+        "latency at {}/s: imu p50 {} p99 {}; imu-grafana p50 {} p99 {}; projector hop p50 {} p99 {} ({} matched)",
+        run.offered, run.raw.1, run.raw.2, run.projected.1, run.projected.2, run.hop.1, run.hop.2, run.hop.0
     );
+    Ok(run)
+}
+
+/// Sensor -> `imu` -> `imu-grafana` latency at each offered rate (readings/s per modem), each
+/// on a fresh stack, so the table shows where the chain saturates.
+pub fn latency(modems: u64, rates_per_modem: &[f64], seconds: u64) -> anyhow::Result<Report> {
+    let mut runs = Vec::new();
+    for rate in rates_per_modem {
+        runs.push(latency_run(modems, *rate, seconds)?);
+    }
     let fetch_wait = switchyard_kafka::FETCH_WAIT_MS;
+    let probe_wait = probe_fetch_wait_ms();
+    let mut table = String::from(
+        "| readings/s offered | path | records | p50 ms | p99 ms | p99.9 ms |\n|---|---|---|---|---|---|\n",
+    );
+    let mut json_runs = Vec::new();
+    for run in &runs {
+        for (path, (n, p50, p99, p999)) in [
+            ("sensor → `imu` (gateway)", run.raw),
+            ("sensor → `imu-grafana`", run.projected),
+            ("projector hop (`imu` → `imu-grafana`)", run.hop),
+        ] {
+            table.push_str(&format!(
+                "| {:.0} | {path} | {n} | {p50:.0} | {p99:.0} | {p999:.0} |\n",
+                run.offered
+            ));
+        }
+        json_runs.push(json!({
+            "offered_per_second": run.offered,
+            "imu": {"records": run.raw.0, "p50_ms": run.raw.1, "p99_ms": run.raw.2, "p999_ms": run.raw.3},
+            "imu_grafana": {"records": run.projected.0, "p50_ms": run.projected.1, "p99_ms": run.projected.2, "p999_ms": run.projected.3},
+            "hop": {"records": run.hop.0, "p50_ms": run.hop.1, "p99_ms": run.hop.2, "p999_ms": run.hop.3},
+        }));
+    }
     Ok(Report {
         name: "latency",
         markdown: format!(
             "## End-to-end latency: sensor sample → `imu` → `imu-grafana`\n\n\
-             {modems} simulated modems (in-process SIMs, one UDP socket each) at {rate_per_modem} readings/s each = {offered:.0} readings/s offered, through the gateway, `imu`, grafana-projector and `imu-grafana`, measured for {seconds} s after a 5 s warm-up by one consumer of both topics: arrival time minus sensor time (millisecond resolution). The projector's hop is, per reading, its arrival on `imu-grafana` minus its arrival on `imu`; its target is at most twice its fetch wait ({fetch_wait} ms) plus 10 ms at p99.\n\n\
-             | | records | p50 ms | p99 ms | p99.9 ms |\n|---|---|---|---|---|\n\
-             | sensor → `imu` (gateway) | {n_raw} | {raw50:.0} | {raw99:.0} | {raw999:.0} |\n\
-             | sensor → `imu-grafana` | {n_proj} | {p50:.0} | {p99:.0} | {p999:.0} |\n\
-             | projector hop (`imu` → `imu-grafana`) | {n_hop} | {hop50:.0} | {hop99:.0} | {hop999:.0} |\n"
+             {modems} simulated modems (in-process SIMs, one UDP socket each) at each offered rate, through the gateway, `imu`, grafana-projector and `imu-grafana` (three partitions each, the catalog's), measured for {seconds} s after a 5 s warm-up by one probe consumer of both topics (fetch wait {probe_wait} ms): arrival at the probe minus sensor time (millisecond resolution). The projector's hop is, per reading, its arrival on `imu-grafana` minus its arrival on `imu`; its target is at most twice its fetch wait ({fetch_wait} ms) plus 10 ms at p99. Each rate on a fresh stack.\n\n{table}"
         ),
-        json: json!({ "modems": modems, "offered_per_second": offered, "seen": n_proj,
-                      "delivered_per_second": delivered, "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
-                      "imu_p50_ms": raw50, "imu_p99_ms": raw99,
-                      "hop_p50_ms": hop50, "hop_p99_ms": hop99, "hop_p999_ms": hop999, "hops": n_hop }),
+        json: json!({ "modems": modems, "probe_fetch_wait_ms": probe_wait, "runs": json_runs }),
     })
 }
 
@@ -560,12 +597,13 @@ pub fn scale() -> anyhow::Result<Report> {
     })
 }
 
-/// The latency probe's `fetch.wait.max.ms` (`SWITCHYARD_BENCH_PROBE_FETCH_WAIT_MS`, 5 by
-/// default). tansu holds every fetch for the whole wait and re-reads each partition each
-/// time, so a short wait adds resolution to the figures and load to the broker they measure.
+/// The latency probe's `fetch.wait.max.ms` (`SWITCHYARD_BENCH_PROBE_FETCH_WAIT_MS`, 20 by
+/// default, as the processors'). tansu holds every fetch for the whole wait and queries
+/// SQLite for each partition of each fetch: a 5 ms probe measured finer but cost the broker
+/// it measures about a third of a core (measured: p99s 2-3x worse at 5000 readings/s).
 fn probe_fetch_wait_ms() -> u64 {
     std::env::var("SWITCHYARD_BENCH_PROBE_FETCH_WAIT_MS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
+        .unwrap_or(20)
 }

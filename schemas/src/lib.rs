@@ -48,6 +48,7 @@ pub enum Role {
     Ack,
     Request,
     Delivery,
+    Session,
     Table,
     Anomaly,
     Reject,

@@ -164,6 +164,30 @@ impl TopicRecord for DownlinkDelivery {
     const SCHEMA_FILE: &'static str = "downlink-delivery.avsc";
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SessionProtocol {
+    V1,
+    Envelope,
+}
+
+/// `device-session.avsc`: `device-sessions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceSession {
+    pub modem_id: String,
+    pub gateway: String,
+    pub address: String,
+    pub protocol: SessionProtocol,
+    pub authenticated: bool,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub address_changes: i64,
+}
+
+impl TopicRecord for DeviceSession {
+    const SCHEMA_FILE: &'static str = "device-session.avsc";
+}
+
 /// One switch request's lifecycle inside [`CarrierState`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SwitchRequestState {
@@ -289,6 +313,16 @@ mod tests {
             modem_id: "1".into(),
             device_id: 1,
             value: 42,
+        });
+        round_trip(DeviceSession {
+            modem_id: "356938035643809".into(),
+            gateway: "gateway-a".into(),
+            address: "203.0.113.7:40123".into(),
+            protocol: SessionProtocol::V1,
+            authenticated: false,
+            first_seen: T0,
+            last_seen: T0 + 30_000_000,
+            address_changes: 2,
         });
         round_trip(IotStatusReport {
             modem_id: "1".into(),

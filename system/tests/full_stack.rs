@@ -10,6 +10,8 @@
 //! 3. A packet of the original Python system's encoder (the seed vectors) sent over UDP is
 //!    accepted as a v1 packet.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
@@ -29,22 +31,7 @@ const WAIT: Duration = Duration::from_secs(90);
 const SEED_VECTORS: &str = include_str!("../../edge/protocol/tests/vectors/seed-vectors.json");
 
 fn api_call(api: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut request = client
-            .request(method, format!("http://{api}{path}"))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let response = request.send().await.expect("API answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    })
+    common::api_call(api, TOKEN, method, path, body)
 }
 
 /// Records of a topic as Confluent's Python client decodes them.

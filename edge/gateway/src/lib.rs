@@ -9,6 +9,10 @@
 //! * Identity: an envelope names its modem; a v1 packet is attributed to the configured
 //!   legacy modem id. The latest source address of each modem is its downlink address; with
 //!   keys configured, only a packet with a valid tag and a fresh sequence number moves it.
+//! * Sessions ([`sessions`]): each modem heard, v1 included, gets a record on the compacted
+//!   `device-sessions` topic (this instance, address, protocol, first and last seen) on first
+//!   sight, on a move and as a bounded heartbeat; carrier-state lists modems from it, and a
+//!   restarted gateway reads its own sessions back, so downlink reaches modems at once.
 //! * Downlink: `downstream-request` becomes a Carrier Switch Perform (in an envelope with
 //!   the request id, signed when the modem has a key; a bare v1 packet for the legacy
 //!   modem), sent to the modem's address and re-sent with backoff until its ACK arrives or
@@ -19,6 +23,8 @@
 pub mod downlink;
 pub mod metrics;
 pub mod replay;
+pub mod restore;
+pub mod sessions;
 pub mod uplink;
 
 use std::collections::HashMap;
@@ -42,7 +48,7 @@ use switchyard_protocol::json::parse_request_id;
 use switchyard_protocol::{verify, AuthError, Envelope, Frame, Packet};
 use switchyard_registry::{RecordDecoder, RegistryClient};
 use switchyard_schemas::records::{
-    CarrierSwitchRequest, DeliveryEvent, DownlinkDelivery, GatewayReject,
+    CarrierSwitchRequest, DeliveryEvent, DownlinkDelivery, GatewayReject, SessionProtocol,
 };
 use switchyard_schemas::wire::SchemaCodec;
 use switchyard_schemas::{value_subject, Catalog, Role};
@@ -53,11 +59,13 @@ use tracing::{info, warn};
 use crate::downlink::{Action, Downlink};
 use crate::metrics::GatewayMetrics;
 use crate::replay::ReplayWindow;
+use crate::sessions::Sessions;
 use crate::uplink::{to_record, wire_carrier, Uplink, ACK_TOPIC, STATUS_TOPIC};
 
 pub const REQUEST_TOPIC: &str = "downstream-request";
 pub const DELIVERY_TOPIC: &str = "downlink-delivery";
 pub const REJECT_TOPIC: &str = "gateway-rejects";
+pub const SESSIONS_TOPIC: &str = "device-sessions";
 
 #[derive(Debug, Clone, Args)]
 pub struct GatewayConfig {
@@ -109,6 +117,14 @@ pub struct GatewayConfig {
     /// latency for broker CPU.
     #[arg(long, env = "SWITCHYARD_GATEWAY_LINGER_MS", default_value_t = 5)]
     pub linger_ms: u64,
+    /// This instance's name in `device-sessions`: the sessions it holds are those it reads
+    /// back after a restart. Give each of N gateways its own, and keep it across restarts.
+    #[arg(long, env = "SWITCHYARD_GATEWAY_ID", default_value = "gateway")]
+    pub instance_id: String,
+    /// A modem's session is re-written at most this often while nothing about it changes
+    /// (its `last seen` has this resolution), whatever its packet rate.
+    #[arg(long, env = "SWITCHYARD_SESSION_HEARTBEAT_SECS", default_value_t = 30)]
+    pub session_heartbeat_secs: u64,
 }
 
 /// The gateway's one UDP socket, with a receive buffer sized for bursts.
@@ -168,7 +184,7 @@ struct Gateway {
     producer: FutureProducer,
     codecs: HashMap<String, (i32, Arc<SchemaCodec>)>,
     keys: HashMap<u64, Vec<u8>>,
-    addresses: Mutex<HashMap<String, SocketAddr>>,
+    sessions: Mutex<Sessions>,
     windows: Mutex<HashMap<u64, ReplayWindow>>,
     downlink: Mutex<Downlink>,
     downlink_sequence: Mutex<HashMap<u64, u32>>,
@@ -212,6 +228,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
             DELIVERY_TOPIC,
             REJECT_TOPIC,
             REQUEST_TOPIC,
+            SESSIONS_TOPIC,
         ]
         .map(String::from),
     );
@@ -249,6 +266,9 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     let consumer: StreamConsumer<TracingContext> = ClientConfig::new()
         .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
         .set("group.id", "switchyard-gateway")
+        // Static membership: a restarted instance takes its own place in the group at once
+        // instead of waiting for the broker to expire the process it replaces.
+        .set("group.instance.id", &config.instance_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         // With no committed offset, start from the beginning: a request made before the
@@ -266,6 +286,34 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         .subscribe(&[REQUEST_TOPIC])
         .context("subscribing to downstream-request")?;
 
+    let mut sessions = Sessions::new(
+        &config.instance_id,
+        i64::try_from(config.session_heartbeat_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+    );
+    let (session_id, session_codec) = codecs
+        .get(SESSIONS_TOPIC)
+        .cloned()
+        .context("no schema for device-sessions")?;
+    let restored = tokio::select! {
+        restored = restore::restore_sessions(
+            &config.endpoints.bootstrap_servers,
+            RecordDecoder::new(registry.clone(), session_id, session_codec),
+            &mut sessions,
+            Duration::from_secs(60),
+        ) => restored?,
+        _ = &mut shutdown => return Ok(()),
+    };
+    let (taken, skipped) = restored;
+    metrics.sessions_restored.set(taken as i64);
+    metrics.known_modems.set(sessions.len() as i64);
+    if skipped > 0 {
+        metrics
+            .rejects
+            .with_label_values(&["bad_session_record"])
+            .inc_by(skipped);
+    }
+    info!(instance = %config.instance_id, restored = taken, skipped, "sessions read back");
+
     let socket = bind_udp(config.listen, config.udp_buffer_bytes)?;
     let listen = socket.local_addr()?;
     let gateway = Arc::new(Gateway {
@@ -279,7 +327,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         producer,
         codecs,
         keys,
-        addresses: Mutex::new(HashMap::new()),
+        sessions: Mutex::new(sessions),
         windows: Mutex::new(HashMap::new()),
         downlink_sequence: Mutex::new(HashMap::new()),
         new_request: tokio::sync::Notify::new(),
@@ -385,9 +433,19 @@ impl Gateway {
             .packets
             .with_label_values(&[frame.packet.kind()])
             .inc();
-        if let Ok(mut book) = self.addresses.lock() {
-            book.insert(modem_id.clone(), source);
-            self.metrics.known_modems.set(book.len() as i64);
+        let protocol = match frame.envelope {
+            Some(_) => SessionProtocol::Envelope,
+            None => SessionProtocol::V1,
+        };
+        let authenticated = frame.envelope.is_some() && !self.keys.is_empty();
+        let session = self.sessions.lock().ok().and_then(|mut sessions| {
+            let record = sessions.observe(&modem_id, source, protocol, authenticated, received_at);
+            self.metrics.known_modems.set(sessions.len() as i64);
+            record
+        });
+        if let Some(session) = session {
+            self.metrics.session_writes.inc();
+            self.publish(SESSIONS_TOPIC, &modem_id, &session, arrived);
         }
         match record {
             Uplink::Reading { topic, reading } => {
@@ -618,12 +676,12 @@ impl Gateway {
                 .set(i64::from(rdkafka::producer::Producer::in_flight_count(
                     &self.producer,
                 )));
-            let book = self.addresses.lock().map(|b| b.clone()).unwrap_or_default();
-            let actions = self
-                .downlink
-                .lock()
-                .map(|mut d| d.due(now_us(), |m| book.contains_key(m)))
-                .unwrap_or_default();
+            let actions = match (self.downlink.lock(), self.sessions.lock()) {
+                (Ok(mut downlink), Ok(sessions)) => {
+                    downlink.due(now_us(), |m| sessions.address(m).is_some())
+                }
+                _ => Vec::new(),
+            };
             for action in actions {
                 match action {
                     Action::Send {
@@ -632,7 +690,8 @@ impl Gateway {
                         carrier,
                         attempt,
                     } => {
-                        let Some(address) = book.get(&modem_id).copied() else {
+                        let address = self.sessions.lock().ok().and_then(|s| s.address(&modem_id));
+                        let Some(address) = address else {
                             continue;
                         };
                         let packet = match self.perform_packet(&modem_id, request_id, carrier) {

@@ -14,6 +14,8 @@ pub struct GatewayMetrics {
     pub downlink_retries: IntCounter,
     pub undeliverable: IntCounterVec,
     pub known_modems: IntGauge,
+    pub session_writes: IntCounter,
+    pub sessions_restored: IntGauge,
     pub buffered: IntGauge,
 }
 
@@ -78,7 +80,15 @@ impl GatewayMetrics {
             )?),
             known_modems: reg!(IntGauge::new(
                 "known_modems",
-                "Modems in the address book."
+                "Modems this instance holds a session for (its address book)."
+            )?),
+            session_writes: reg!(IntCounter::new(
+                "session_writes_total",
+                "Records written to device-sessions (first sight, moves, heartbeats)."
+            )?),
+            sessions_restored: reg!(IntGauge::new(
+                "sessions_restored",
+                "Sessions read back from device-sessions at start."
             )?),
             buffered: reg!(IntGauge::new(
                 "buffered_records",

@@ -12,7 +12,8 @@ use std::time::Duration;
 use clap::Args;
 use switchyard_pipeline::{Context, ProcessError, Processor, Record, Timer, TimerKind, Topology};
 use switchyard_schemas::records::{
-    CarrierState, CarrierSwitchAck, CarrierSwitchRequest, DownlinkDelivery, IotStatusReport,
+    CarrierState, CarrierSwitchAck, CarrierSwitchRequest, DeviceSession, DownlinkDelivery,
+    IotStatusReport,
 };
 
 use crate::lifecycle::ModemRecord;
@@ -22,6 +23,7 @@ pub const REQUESTS: &str = "downstream-request";
 pub const ACKS: &str = "carrier-switch-ack";
 pub const DELIVERIES: &str = "downlink-delivery";
 pub const STATUS: &str = "iot-status";
+pub const SESSIONS: &str = "device-sessions";
 pub const OUTPUT: &str = "carrier-state";
 const MODEMS: &str = "modems";
 /// Modems with a pending request, and its earliest deadline: what the timer scans.
@@ -106,6 +108,7 @@ impl Processor for CarrierStateProcessor {
             .input::<CarrierSwitchAck>(ACKS)
             .input::<DownlinkDelivery>(DELIVERIES)
             .input::<IotStatusReport>(STATUS)
+            .input::<DeviceSession>(SESSIONS)
             .output::<CarrierState>(OUTPUT)
             .store(MODEMS)
             .store(PENDING)
@@ -139,6 +142,12 @@ impl Processor for CarrierStateProcessor {
                 let status: IotStatusReport = record.value()?;
                 update(ctx, &status.modem_id, |m| {
                     lifecycle::apply_status(m, &status)
+                })
+            }
+            SESSIONS => {
+                let session: DeviceSession = record.value()?;
+                update(ctx, &session.modem_id, |m| {
+                    lifecycle::apply_session(m, &session)
                 })
             }
             other => Err(ProcessError::failed(format!(
@@ -270,6 +279,33 @@ mod tests {
         let state = latest(&mut d);
         assert_eq!(state.last_status, Some(IotStatus::OffNominal));
         assert_eq!(state.last_seen, Some(1_700_000_000_000_000));
+    }
+
+    #[test]
+    fn a_modem_heard_only_through_its_session_is_listed_and_can_be_switched() {
+        // A v1 device sends readings only: no status packet, so only its session names it.
+        let mut d = driver();
+        let session = DeviceSession {
+            modem_id: MODEM.into(),
+            gateway: "gateway".into(),
+            address: "198.51.100.7:4000".into(),
+            protocol: switchyard_schemas::records::SessionProtocol::V1,
+            authenticated: false,
+            first_seen: 1_700_000_000_000_000,
+            last_seen: 1_700_000_030_000_000,
+            address_changes: 0,
+        };
+        d.pipe(SESSIONS, MODEM, &session, 1).expect("ok");
+        let state = latest(&mut d);
+        assert_eq!(state.modem_id, MODEM);
+        assert_eq!(state.last_seen, Some(1_700_000_030_000_000));
+        // An older session record (replayed input) does not move last seen back.
+        let older = DeviceSession {
+            last_seen: 1_700_000_000_000_000,
+            ..session
+        };
+        d.pipe(SESSIONS, MODEM, &older, 2).expect("ok");
+        assert!(d.read_output::<CarrierState>(OUTPUT).is_empty());
     }
 
     #[test]

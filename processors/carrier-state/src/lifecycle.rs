@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 use switchyard_schemas::records::{
-    AckStatus, CarrierState, CarrierSwitchAck, CarrierSwitchRequest, DeliveryEvent,
+    AckStatus, CarrierState, CarrierSwitchAck, CarrierSwitchRequest, DeliveryEvent, DeviceSession,
     DownlinkDelivery, IotStatusReport, RequestState, SwitchRequestState,
 };
 
@@ -248,6 +248,12 @@ pub fn apply_status(record: &mut ModemRecord, status: &IotStatusReport) -> bool 
     let changed = record.state.last_status != Some(status.status);
     record.state.last_status = Some(status.status);
     see(record, status.received_at) || changed
+}
+
+/// A gateway's session record: the modem is known (a v1 device that sends only readings is
+/// known this way alone) and was last heard at its `last_seen`.
+pub fn apply_session(record: &mut ModemRecord, session: &DeviceSession) -> bool {
+    see(record, session.last_seen)
 }
 
 fn see(record: &mut ModemRecord, at: i64) -> bool {

@@ -1,0 +1,217 @@
+//! Device sessions: what this gateway knows of each modem it hears, which is where that
+//! modem's downlink goes. Every accepted packet is observed here; a session record for the
+//! `device-sessions` topic comes out on first sight, when the address, protocol or
+//! authentication changes, and otherwise at most once per heartbeat, so the topic's write
+//! volume grows with the number of modems, not with their reading rate. A restarted gateway
+//! reads the topic back and takes the sessions it held.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use switchyard_schemas::records::{DeviceSession, SessionProtocol};
+
+/// One modem's session, as held in memory (the modem id is the map key).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Session {
+    address: SocketAddr,
+    protocol: SessionProtocol,
+    authenticated: bool,
+    first_seen: i64,
+    last_seen: i64,
+    /// `last_seen` of the last record written: the heartbeat runs from here.
+    written: i64,
+    address_changes: i64,
+}
+
+/// Every session this gateway instance holds.
+#[derive(Debug)]
+pub struct Sessions {
+    instance: String,
+    heartbeat_us: i64,
+    by_modem: HashMap<String, Session>,
+}
+
+impl Sessions {
+    /// Sessions held by gateway `instance`, re-written at most every `heartbeat_us` while
+    /// nothing changes.
+    pub fn new(instance: &str, heartbeat_us: i64) -> Self {
+        Sessions {
+            instance: instance.to_string(),
+            heartbeat_us,
+            by_modem: HashMap::new(),
+        }
+    }
+
+    /// A packet from `modem_id` arrived from `address` at `now_us`. Returns the session
+    /// record to write, if one is due.
+    pub fn observe(
+        &mut self,
+        modem_id: &str,
+        address: SocketAddr,
+        protocol: SessionProtocol,
+        authenticated: bool,
+        now_us: i64,
+    ) -> Option<DeviceSession> {
+        let Some(session) = self.by_modem.get_mut(modem_id) else {
+            let session = Session {
+                address,
+                protocol,
+                authenticated,
+                first_seen: now_us,
+                last_seen: now_us,
+                written: now_us,
+                address_changes: 0,
+            };
+            self.by_modem.insert(modem_id.to_string(), session);
+            return Some(self.record(modem_id, &session));
+        };
+        let moved = session.address != address;
+        let changed =
+            moved || session.protocol != protocol || session.authenticated != authenticated;
+        session.last_seen = session.last_seen.max(now_us);
+        if moved {
+            session.address = address;
+            session.address_changes += 1;
+        }
+        session.protocol = protocol;
+        session.authenticated = authenticated;
+        if !changed && session.last_seen - session.written < self.heartbeat_us {
+            return None;
+        }
+        session.written = session.last_seen;
+        let session = *session;
+        Some(self.record(modem_id, &session))
+    }
+
+    /// Take a session read back from the topic, if this instance held it and it is newer
+    /// than what is known. Returns whether it was taken.
+    pub fn restore(&mut self, record: &DeviceSession) -> bool {
+        if record.gateway != self.instance {
+            // Another instance heard the modem later: its NAT mapping points there now.
+            self.by_modem.remove(&record.modem_id);
+            return false;
+        }
+        let Ok(address) = record.address.parse() else {
+            return false;
+        };
+        if self
+            .by_modem
+            .get(&record.modem_id)
+            .is_some_and(|s| s.last_seen > record.last_seen)
+        {
+            return false;
+        }
+        self.by_modem.insert(
+            record.modem_id.clone(),
+            Session {
+                address,
+                protocol: record.protocol,
+                authenticated: record.authenticated,
+                first_seen: record.first_seen,
+                last_seen: record.last_seen,
+                written: record.last_seen,
+                address_changes: record.address_changes,
+            },
+        );
+        true
+    }
+
+    /// Where `modem_id`'s downlink goes.
+    pub fn address(&self, modem_id: &str) -> Option<SocketAddr> {
+        self.by_modem.get(modem_id).map(|s| s.address)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_modem.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_modem.is_empty()
+    }
+
+    fn record(&self, modem_id: &str, s: &Session) -> DeviceSession {
+        DeviceSession {
+            modem_id: modem_id.to_string(),
+            gateway: self.instance.clone(),
+            address: s.address.to_string(),
+            protocol: s.protocol,
+            authenticated: s.authenticated,
+            first_seen: s.first_seen,
+            last_seen: s.last_seen,
+            address_changes: s.address_changes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    fn addr(port: u16) -> SocketAddr {
+        ([198, 51, 100, 7], port).into()
+    }
+
+    #[test]
+    fn writes_on_first_sight_on_a_move_and_at_most_once_per_heartbeat() {
+        let mut s = Sessions::new("gw-a", 30 * S);
+        let first = s
+            .observe("7", addr(4000), SessionProtocol::V1, false, 100 * S)
+            .expect("first sight is written");
+        assert_eq!(
+            (
+                first.gateway.as_str(),
+                first.address.as_str(),
+                first.first_seen
+            ),
+            ("gw-a", "198.51.100.7:4000", 100 * S)
+        );
+        // A reading every 100 ms for a minute: two heartbeats, not 600 records.
+        let written: Vec<DeviceSession> = (1..=600)
+            .filter_map(|i| {
+                s.observe(
+                    "7",
+                    addr(4000),
+                    SessionProtocol::V1,
+                    false,
+                    100 * S + i * S / 10,
+                )
+            })
+            .collect();
+        assert_eq!(written.len(), 2, "{written:?}");
+        assert_eq!(written[0].last_seen, 130 * S);
+        // NAT rebinding: written at once, counted.
+        let moved = s
+            .observe("7", addr(4001), SessionProtocol::V1, false, 161 * S)
+            .expect("a move is written at once");
+        assert_eq!((moved.address_changes, moved.first_seen), (1, 100 * S));
+        assert_eq!(s.address("7"), Some(addr(4001)));
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_restart_takes_back_only_its_own_sessions_and_the_newest() {
+        let mut before = Sessions::new("gw-a", 30 * S);
+        let mine = before
+            .observe("1", addr(5000), SessionProtocol::Envelope, true, 10 * S)
+            .expect("written");
+        let mut other = Sessions::new("gw-b", 30 * S);
+        let theirs = other
+            .observe("2", addr(6000), SessionProtocol::Envelope, true, 10 * S)
+            .expect("written");
+        let moved_away = other
+            .observe("1", addr(6001), SessionProtocol::Envelope, true, 20 * S)
+            .expect("written");
+
+        let mut after = Sessions::new("gw-a", 30 * S);
+        assert!(after.restore(&mine));
+        assert!(!after.restore(&theirs));
+        assert_eq!(after.address("1"), Some(addr(5000)));
+        assert_eq!(after.address("2"), None);
+        // The modem later spoke to gw-b: gw-a no longer holds it.
+        assert!(!after.restore(&moved_away));
+        assert_eq!(after.address("1"), None);
+        assert!(after.is_empty());
+    }
+}

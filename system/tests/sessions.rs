@@ -1,0 +1,137 @@
+//! Device sessions on real processes (tansu, registry, gateway, carrier-state, switch API),
+//! with the test as an original v1 device on a UDP socket: it sends only IoT Data (as the
+//! original devices do), yet it is listed by the API, and after a gateway restart a switch
+//! reaches it without it speaking again, because the new gateway read its session back.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use chrono::{DurationRound, TimeDelta, Utc};
+use serde_json::Value;
+use switchyard_protocol::{AckStatus, Carrier, IotData, Packet};
+use switchyard_testkit::{http_get_text, metric_sum, wait_for, Stack};
+
+const LEGACY: &str = "4242";
+const TOKEN: &str = "sessions-test-token-0123456789";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn api(api: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    common::api_call(api, TOKEN, method, path, body)
+}
+
+fn gateway_metric(metrics: SocketAddr, name: &str) -> f64 {
+    http_get_text(metrics, "/metrics")
+        .map(|m| metric_sum(&m, name))
+        .unwrap_or(-1.0)
+}
+
+#[test]
+fn a_v1_device_sending_only_readings_is_listed_and_switched_across_a_gateway_restart() {
+    let stack = Stack::start().expect("stack");
+    let gateway_env = |listen: Option<SocketAddr>| {
+        let mut env = vec![
+            ("SWITCHYARD_LEGACY_MODEM_ID", LEGACY.to_string()),
+            ("SWITCHYARD_RETRY_INITIAL_MS", "300".to_string()),
+        ];
+        if let Some(listen) = listen {
+            env.push(("SWITCHYARD_GATEWAY_LISTEN", listen.to_string()));
+        }
+        env
+    };
+    let gateway = stack.start_gateway(&gateway_env(None)).expect("gateway");
+    let udp = gateway.udp;
+    let (_carrier_state, _) = stack
+        .start_processor("carrier-state", "carrier-state", &[])
+        .expect("carrier-state");
+    let (_api, api_addr) = stack.start_api(TOKEN, &[]).expect("API ready");
+
+    // The device: readings only, no status packet.
+    let device = UdpSocket::bind("127.0.0.1:0").expect("device socket");
+    device
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    for value in 0..3 {
+        let reading = Packet::IotData(IotData::with_value(1, sensor_now(), value));
+        device
+            .send_to(&reading.encode().expect("encode"), udp)
+            .expect("send");
+    }
+    wait_for("the v1 device in GET /modems", WAIT, || {
+        let (status, modems) = api(api_addr, "GET", "/modems", None);
+        status == 200
+            && modems.as_array().is_some_and(|all| {
+                all.iter()
+                    .any(|m| m["modem_id"] == LEGACY && !m["last_seen"].is_null())
+            })
+    })
+    .expect("a device heard only through its readings is listed");
+    assert_eq!(
+        gateway_metric(gateway.metrics, "switchyard_gateway_known_modems"),
+        1.0
+    );
+
+    // Restart the gateway on the same UDP port; the device stays silent from here on.
+    drop(gateway);
+    let gateway = stack
+        .start_gateway(&gateway_env(Some(udp)))
+        .expect("gateway again");
+    assert_eq!(
+        gateway_metric(gateway.metrics, "switchyard_gateway_sessions_restored"),
+        1.0,
+        "the restarted gateway read the device's session back"
+    );
+
+    let (status, accepted) = api(
+        api_addr,
+        "POST",
+        &format!("/modems/{LEGACY}/carrier"),
+        Some(r#"{"carrier":"verizon"}"#),
+    );
+    assert_eq!(status, 202, "{accepted}");
+    let request_id = accepted["request_id"].as_str().expect("id").to_string();
+
+    // The Perform arrives as a bare v1 packet; the device answers as the original did.
+    let mut buf = [0u8; 512];
+    let mut perform = None;
+    wait_for("the Perform at the silent device", WAIT, || {
+        if let Ok((n, from)) = device.recv_from(&mut buf) {
+            perform = Some((Packet::decode(&buf[..n]).expect("a v1 packet"), from));
+        }
+        perform.is_some()
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "downlink reaches a device that has not spoken since the restart: {e}\n--- gateway:\n{}",
+            gateway.service.log_text()
+        )
+    });
+    let (packet, from) = perform.expect("received");
+    assert_eq!(packet, Packet::CarrierSwitchPerform(Carrier::Verizon));
+    let ack = Packet::CarrierSwitchAck {
+        status: AckStatus::Ack,
+        carrier: Carrier::Verizon,
+    };
+    device
+        .send_to(&ack.encode().expect("encode"), from)
+        .expect("send ack");
+
+    let mut finished = Value::Null;
+    wait_for("the switch to be acked", WAIT, || {
+        finished = api(api_addr, "GET", &format!("/requests/{request_id}"), None).1;
+        finished["state"] == "acked"
+    })
+    .unwrap_or_else(|e| panic!("{e}: {finished}"));
+    assert_eq!(
+        api(api_addr, "GET", &format!("/modems/{LEGACY}"), None).1["carrier"],
+        "verizon"
+    );
+}
+
+/// Now, in the whole microseconds the wire format carries.
+fn sensor_now() -> chrono::DateTime<Utc> {
+    Utc::now()
+        .duration_trunc(TimeDelta::microseconds(1))
+        .expect("now fits")
+}

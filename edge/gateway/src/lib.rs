@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod replay;
 pub mod restore;
 pub mod sessions;
+pub mod socket_drops;
 pub mod uplink;
 
 use std::collections::HashMap;
@@ -340,11 +341,19 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     let uplink = tokio::spawn(Arc::clone(&gateway).receive());
     let requests = tokio::spawn(Arc::clone(&gateway).take_requests(consumer));
     let retransmit = tokio::spawn(Arc::clone(&gateway).retransmit());
+    let drops = match socket_drops::socket_inode(&gateway.socket) {
+        Some(inode) => tokio::spawn(socket_drops::watch(
+            inode,
+            gateway.metrics.kernel_drops.clone(),
+        )),
+        None => tokio::spawn(async {}),
+    };
     shutdown.await;
     info!("shutting down");
     uplink.abort();
     requests.abort();
     retransmit.abort();
+    drops.abort();
     let producer = gateway.producer.clone();
     tokio::task::spawn_blocking(move || {
         rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10))
@@ -374,7 +383,7 @@ impl Gateway {
     }
 
     /// One datagram from a device.
-    fn uplink(&self, datagram: &[u8], source: SocketAddr) {
+    fn uplink(self: &Arc<Self>, datagram: &[u8], source: SocketAddr) {
         let arrived = std::time::Instant::now();
         let received_at = now_us();
         let frame = match Frame::decode(datagram) {
@@ -457,22 +466,28 @@ impl Gateway {
                     .request_id
                     .as_deref()
                     .and_then(|id| parse_request_id(id).ok());
-                self.publish(ACK_TOPIC, &modem_id, &ack, arrived);
-                let answered = self
-                    .downlink
-                    .lock()
-                    .ok()
-                    .and_then(|mut d| d.answered(request_id, &modem_id));
-                if let Some(p) = answered {
-                    self.delivery(
-                        p.request_id,
-                        &modem_id,
-                        DeliveryEvent::Acked,
-                        p.attempts,
-                        Some(source),
-                        None,
-                    );
-                }
+                // The pending downlink ends only once the ACK is on the broker: if its record
+                // were lost, carrier-state would time out a switch the SIM made. Until then
+                // the Perform may be re-sent, and the SIM answers it again.
+                let gateway = Arc::clone(self);
+                let modem = modem_id.clone();
+                self.publish_then(ACK_TOPIC, &modem_id, &ack, arrived, move || {
+                    let answered = gateway
+                        .downlink
+                        .lock()
+                        .ok()
+                        .and_then(|mut d| d.answered(request_id, &modem));
+                    if let Some(p) = answered {
+                        gateway.delivery(
+                            p.request_id,
+                            &modem,
+                            DeliveryEvent::Acked,
+                            p.attempts,
+                            Some(source),
+                            None,
+                        );
+                    }
+                });
             }
         }
     }
@@ -549,16 +564,34 @@ impl Gateway {
         value: &T,
         started: std::time::Instant,
     ) {
+        self.publish_then(topic, key, value, started, || {});
+    }
+
+    /// [`Self::publish`], running `acknowledged` once the broker has acknowledged the record
+    /// (never, if it does not). A record that cannot be handed over is counted in
+    /// `switchyard_gateway_dropped_total{topic,reason}` (the queue-full case also in
+    /// `backpressure_total`), one the broker never acknowledges in `produce_failures_total`.
+    fn publish_then<T: Serialize>(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &T,
+        started: std::time::Instant,
+        acknowledged: impl FnOnce() + Send + 'static,
+    ) {
+        let dropped = |reason: &str, detail: &dyn std::fmt::Display| {
+            let c = self.metrics.dropped.with_label_values(&[topic, reason]);
+            c.inc();
+            if rate_limited(c.get()) {
+                warn!(%topic, reason, %detail, dropped = c.get(), "record dropped");
+            }
+        };
         let Some((id, codec)) = self.codecs.get(topic) else {
-            warn!(%topic, "no schema for topic; record dropped");
-            return;
+            return dropped("no_schema", &"no registered schema for the topic");
         };
         let payload = match codec.encode(*id, value) {
             Ok(p) => p,
-            Err(e) => {
-                warn!(%topic, error = %e, "cannot encode; record dropped");
-                return;
-            }
+            Err(e) => return dropped("encode", &e),
         };
         let record = FutureRecord::to(topic).key(key).payload(&payload);
         match self.producer.send_result(record) {
@@ -567,9 +600,12 @@ impl Gateway {
                 let topic = topic.to_string();
                 tokio::spawn(async move {
                     match delivery.await {
-                        Ok(Ok(_)) => metrics
-                            .produce_seconds
-                            .observe(started.elapsed().as_secs_f64()),
+                        Ok(Ok(_)) => {
+                            metrics
+                                .produce_seconds
+                                .observe(started.elapsed().as_secs_f64());
+                            acknowledged();
+                        }
                         _ => {
                             let c = metrics.produce_failures.with_label_values(&[&topic]);
                             c.inc();
@@ -582,11 +618,9 @@ impl Gateway {
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 self.metrics.backpressure.inc();
-                if rate_limited(self.metrics.backpressure.get()) {
-                    warn!(%topic, dropped = self.metrics.backpressure.get(), "producer buffer full (broker down?); record dropped");
-                }
+                dropped("queue_full", &"producer buffer full (broker down?)");
             }
-            Err((e, _)) => warn!(%topic, error = %e, "cannot produce; record dropped"),
+            Err((e, _)) => dropped("produce_error", &e),
         }
     }
 

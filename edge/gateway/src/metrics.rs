@@ -10,6 +10,8 @@ pub struct GatewayMetrics {
     pub produce_seconds: Histogram,
     pub produce_failures: IntCounterVec,
     pub backpressure: IntCounter,
+    pub dropped: IntCounterVec,
+    pub kernel_drops: IntGauge,
     pub downlink_sent: IntCounter,
     pub downlink_retries: IntCounter,
     pub undeliverable: IntCounterVec,
@@ -58,6 +60,17 @@ impl GatewayMetrics {
                     "Records the broker never acknowledged, by topic."
                 ),
                 &["topic"]
+            )?),
+            dropped: reg!(IntCounterVec::new(
+                Opts::new(
+                    "dropped_total",
+                    "Records never handed to the producer, by topic and reason (no_schema, encode, queue_full, produce_error)."
+                ),
+                &["topic", "reason"]
+            )?),
+            kernel_drops: reg!(IntGauge::new(
+                "udp_kernel_drops",
+                "Datagrams the kernel dropped from the gateway's socket because its receive buffer was full (the socket's drops in /proc/net/udp)."
             )?),
             backpressure: reg!(IntCounter::new(
                 "backpressure_total",

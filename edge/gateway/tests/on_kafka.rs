@@ -441,3 +441,129 @@ fn while_the_broker_is_down_packets_wait_in_the_bounded_buffer_and_overflow_is_c
     })
     .expect("post-outage reading");
 }
+
+#[test]
+fn datagrams_the_kernel_drops_from_a_full_socket_are_counted() {
+    // A small receive buffer and a frozen gateway: a burst overflows the socket in the kernel.
+    const SENT: i32 = 2000;
+    let stack = Stack::start().expect("stack");
+    let switchyard_testkit::Gateway {
+        service: gateway,
+        udp,
+        metrics,
+    } = stack
+        .start_gateway(&[("SWITCHYARD_GATEWAY_UDP_BUFFER", "4096".to_string())])
+        .expect("gateway healthy");
+    let metric = |name: &str| {
+        switchyard_testkit::metric_sum(
+            &switchyard_testkit::http_get_text(metrics, "/metrics").unwrap_or_default(),
+            name,
+        )
+    };
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &gateway.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {sig}");
+    };
+    let device = client();
+    signal("-STOP");
+    for n in 0..SENT {
+        device.send_to(&numbered_reading(n), udp).expect("send");
+    }
+    signal("-CONT");
+    // On loopback a datagram is either received by the gateway or dropped by the kernel at
+    // the socket: the two counts must add up to what was sent, and the drops must show.
+    let mut seen = (0.0, 0.0);
+    switchyard_testkit::wait_for("every datagram accounted for", WAIT, || {
+        seen = (
+            metric("switchyard_gateway_packets_total") + metric("switchyard_gateway_rejects_total"),
+            metric("switchyard_gateway_udp_kernel_drops"),
+        );
+        seen.0 + seen.1 == f64::from(SENT)
+    })
+    .unwrap_or_else(|e| panic!("{e}: received {}, kernel drops {}", seen.0, seen.1));
+    assert!(seen.1 > 0.0, "the burst overflowed the socket: {seen:?}");
+}
+
+#[test]
+fn an_ack_the_broker_has_not_acknowledged_does_not_end_the_switch() {
+    let mut stack = Stack::start().expect("stack");
+    let (_gateway, udp) = start_gateway(&stack, &[]);
+    let device = client();
+    let modem = 356_938_035_643_810u64;
+    let hello = envelope(modem, 1, None, Packet::IotStatus(IotStatus::Nominal));
+    device
+        .send_to(&hello.encode().expect("encode"), udp)
+        .expect("send");
+    let _ = stack
+        .consume::<IotStatusReport>("iot-status", 1, WAIT)
+        .expect("the gateway saw the modem");
+    let req = request(
+        &modem.to_string(),
+        "00000000000000b8",
+        records::Carrier::TMobile,
+    );
+    stack
+        .produce(
+            "downstream-request",
+            &[(modem.to_string(), req, now_us() / 1000)],
+        )
+        .expect("request");
+    let mut buf = [0u8; 512];
+    device.recv_from(&mut buf).expect("the first Perform");
+
+    // The broker goes away; the SIM's ACK reaches the gateway but its record cannot be
+    // acknowledged, so the switch stays pending and the Perform is sent again.
+    stack.broker.stop();
+    // Drop any retransmission that came while the broker stopped: what arrives from here on
+    // was sent after the ACK.
+    device.set_nonblocking(true).expect("nonblocking");
+    while device.recv_from(&mut buf).is_ok() {}
+    device.set_nonblocking(false).expect("blocking");
+    let ack = envelope(
+        modem,
+        2,
+        Some(0xb8),
+        Packet::CarrierSwitchAck {
+            status: AckStatus::Ack,
+            carrier: Carrier::TMobile,
+        },
+    );
+    device
+        .send_to(&ack.encode().expect("encode"), udp)
+        .expect("send");
+    let (n, _) = device
+        .recv_from(&mut buf)
+        .expect("the Perform is re-sent while the ACK is not on the broker");
+    let again = Frame::decode(&buf[..n]).expect("decodes");
+    assert_eq!(again.packet, Packet::CarrierSwitchPerform(Carrier::TMobile));
+
+    // Broker back: the buffered ACK lands and only then does the switch end as acked.
+    stack.broker.start_again().expect("broker back");
+    let mut kinds = Vec::new();
+    switchyard_testkit::wait_for("the switch to end acked", WAIT, || {
+        kinds = stack
+            .read_to_end::<DownlinkDelivery>("downlink-delivery")
+            .map(|events| events.iter().map(|e| e.value.event).collect())
+            .unwrap_or_default();
+        kinds.contains(&DeliveryEvent::Acked)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {kinds:?}"));
+    assert_eq!(kinds.first(), Some(&DeliveryEvent::Sent), "{kinds:?}");
+    assert!(kinds.contains(&DeliveryEvent::Retried), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == DeliveryEvent::Acked).count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        stack
+            .read_to_end::<CarrierSwitchAck>("carrier-switch-ack")
+            .expect("acks")
+            .len(),
+        1,
+        "the ACK record is on the broker once"
+    );
+}

@@ -13,16 +13,32 @@ use axum::Router;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tracing_subscriber::EnvFilter;
 
+/// The variable that chooses the log format: `json` for one JSON object per line (what log
+/// shippers read), anything else or unset for text.
+pub const LOG_FORMAT_ENV: &str = "SWITCHYARD_LOG_FORMAT";
+
 /// Install the global subscriber: `tracing` to stderr, filtered by `RUST_LOG` (else
-/// `default_filter`), with colours only on a terminal so log files stay plain text.
+/// `default_filter`); text with colours only on a terminal so log files stay plain, or one
+/// JSON object per line with `SWITCHYARD_LOG_FORMAT=json`.
 pub fn init_tracing(default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter)
-        .init();
+        .with_env_filter(filter);
+    if json_logs(std::env::var(LOG_FORMAT_ENV).ok().as_deref()) {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+fn json_logs(format: Option<&str>) -> bool {
+    format.is_some_and(|f| f.trim().eq_ignore_ascii_case("json"))
 }
 
 /// Whether a service is ready to do its work; `/health` answers 200 when it is, 503 before.

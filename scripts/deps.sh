@@ -25,6 +25,20 @@ if [ ${#missing_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing_apt[@]}"
 fi
 
+# Prometheus (Debian's package): `make up` runs its own instance on 127.0.0.1:9090, and the
+# tests use promtool. Without recommends (no node exporter); where systemd started the
+# package's own service on 9090, stop and disable it so that `make up` can take the port.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  say "apt: installing prometheus"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
+  if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+    say "stopping and disabling the package's prometheus service (make up runs its own on 9090)"
+    $SUDO systemctl disable --now prometheus || true
+  fi
+fi
+
 # The broker: tansu from crates.io, into the default cargo root so every clone shares it
 # (the first build takes ~12-15 minutes on 2 cores; `cargo install` skips it afterwards).
 if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then

@@ -51,7 +51,8 @@ for p in "${PROCESSORS[@]}"; do SERVICES+=("${p%%=*}"); done
 API_PORT=${SWITCHYARD_API_PORT:-8000}
 API_METRICS=$((METRICS_BASE + 5))
 TOKEN_FILE="$RUN/api-token"
-SERVICES+=(api modems)
+PROMETHEUS_PORT=${SWITCHYARD_PROMETHEUS_PORT:-9090}
+SERVICES+=(api prometheus modems)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -95,6 +96,7 @@ up() {
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is not built (run: make build)"
   done
   command -v tansu >/dev/null || die "tansu is not installed (run: make deps)"
+  command -v prometheus >/dev/null || die "prometheus is not installed (run: make deps)"
 
   say "broker (tansu, SQLite storage in .run/data/tansu)"
   start tansu "$BROKER_PORT" "$DATA/tansu" env RUST_LOG="${RUST_LOG:-warn}" tansu broker \
@@ -144,6 +146,13 @@ up() {
     RUST_LOG="${RUST_LOG:-info,librdkafka=warn,rdkafka=warn}" "$BIN/switchyard-api"
   wait_for api 60 curl -fsS "http://$BROKER_HOST:$API_PORT/health"
 
+  say "prometheus (http://$BROKER_HOST:$PROMETHEUS_PORT, alert rules from monitoring/alerts.yml)"
+  write_prometheus_config
+  start prometheus "$PROMETHEUS_PORT" "$DATA/prometheus" prometheus \
+    --config.file="$RUN/prometheus.yml" --storage.tsdb.path="$DATA/prometheus" \
+    --storage.tsdb.retention.time=7d --web.listen-address="$BROKER_HOST:$PROMETHEUS_PORT"
+  wait_for prometheus 60 curl -fsS "http://$BROKER_HOST:$PROMETHEUS_PORT/-/ready"
+
   say "simulated modems ($FLEET, software SIMs in process)"
   start modems 0 "$RUN" env RUST_LOG="${RUST_LOG:-info}" "$BIN/switchyard-modem" --sim in-process \
     --fleet "$FLEET" --gateway "$BROKER_HOST:$GATEWAY_UDP" --rates 1,1,0.2 --status-secs 10
@@ -157,6 +166,7 @@ up() {
 
 Switchyard is up.
   Switch page:  http://$BROKER_HOST:$API_PORT/#token=$token
+  Prometheus:   http://$BROKER_HOST:$PROMETHEUS_PORT/alerts   (rules: monitoring/alerts.yml)
   API token:    $token   (kept in ${TOKEN_FILE#"$ROOT/"})
 Try:
   export PATH="$BIN:\$PATH" SWITCHYARD_API_TOKEN=$token
@@ -165,6 +175,27 @@ Try:
   switchyard tail imu
 Logs: make logs     Stop: make down
 EOM
+}
+
+# Prometheus scrapes every service this stack started, on the ports it gave them.
+write_prometheus_config() {
+  local targets="" p
+  for p in "${PROCESSORS[@]}"; do targets+="\"$BROKER_HOST:${p##*=}\", "; done
+  cat >"$RUN/prometheus.yml" <<EOC
+# Written by scripts/stack.sh at each \`make up\`.
+global:
+  scrape_interval: 5s
+  evaluation_interval: 5s
+rule_files:
+  - $ROOT/monitoring/alerts.yml
+scrape_configs:
+  - job_name: switchyard-gateway
+    static_configs: [{targets: ["$BROKER_HOST:$GATEWAY_METRICS"]}]
+  - job_name: switchyard-processors
+    static_configs: [{targets: [${targets%, }]}]
+  - job_name: switchyard-api
+    static_configs: [{targets: ["$BROKER_HOST:$API_METRICS"]}]
+EOC
 }
 
 status() {
@@ -177,6 +208,7 @@ status() {
       gateway) addr="udp://$BROKER_HOST:$GATEWAY_UDP" ;;
       modems) addr="$FLEET modems -> udp://$BROKER_HOST:$GATEWAY_UDP" ;;
       api) addr="http://$BROKER_HOST:$API_PORT (metrics :$API_METRICS)" ;;
+      prometheus) addr="http://$BROKER_HOST:$PROMETHEUS_PORT" ;;
       *) addr="http://$BROKER_HOST:$(port_of "$name")/metrics" ;;
     esac
     pid=$(pid_of "$name")
@@ -205,7 +237,7 @@ down() {
   for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
     stop_one "${SERVICES[$i]}"
   done
-  for port in "$REGISTRY_PORT" "$BROKER_PORT" "$GATEWAY_METRICS" "$API_PORT"; do
+  for port in "$REGISTRY_PORT" "$BROKER_PORT" "$GATEWAY_METRICS" "$API_PORT" "$PROMETHEUS_PORT"; do
     if port_busy "$port"; then echo "    warning: port $port is still in use by another process"; fi
   done
 }

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub pauses: IntCounter,
     pub records_in_flight: IntGauge,
     pub uncommitted_records: IntGauge,
+    /// 1 while `/health` says ready (joined, restored, not stalled), else 0: what an alert
+    /// can see, since Prometheus scrapes `/metrics`, not `/health`.
+    pub ready: IntGauge,
     /// Per-topic counter handles (in, out), so counting a record is not a label lookup.
     handles: Arc<Mutex<(TopicCounters, TopicCounters)>>,
 }
@@ -146,7 +149,12 @@ impl Metrics {
             "uncommitted_records",
             "Input records processed whose offsets the group has not confirmed (processed again after a crash).",
         )?;
+        let ready = gauge(
+            "ready",
+            "1 while the instance is ready (joined its group, stores restored, not stalled), else 0.",
+        )?;
         Ok(Metrics {
+            ready,
             records_in_flight,
             uncommitted_records,
             produce_failures: counter(

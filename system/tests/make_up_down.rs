@@ -51,6 +51,7 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
         "carrier-state",
         "anomaly-detector",
         "api",
+        "prometheus",
         "modems",
     ] {
         assert!(
@@ -103,6 +104,40 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
     })
     .expect("modems visible through the API");
 
+    // Prometheus scrapes every service (gateway, four processors, API) and loaded the rules.
+    let prometheus: SocketAddr = (
+        [127, 0, 0, 1],
+        stack.port("SWITCHYARD_PROMETHEUS_PORT").expect("port"),
+    )
+        .into();
+    let query = |path: &str| {
+        runtime.block_on(async {
+            reqwest::get(format!("http://{prometheus}{path}"))
+                .await
+                .ok()?
+                .json::<Value>()
+                .await
+                .ok()
+        })
+    };
+    let mut up = Value::Null;
+    wait_for(
+        "Prometheus to scrape six targets, all up",
+        Duration::from_secs(60),
+        || {
+            up = query("/api/v1/query?query=up").unwrap_or(Value::Null);
+            let results = up["data"]["result"].as_array().cloned().unwrap_or_default();
+            results.len() == 6 && results.iter().all(|r| r["value"][1] == "1")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {up}"));
+    let rules = query("/api/v1/rules").unwrap_or(Value::Null);
+    let loaded = rules["data"]["groups"][0]["rules"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    assert_eq!(loaded, 8, "the alert rules are loaded: {rules}");
+
     // Down: nothing left.
     let down = stack.sh("down").expect("stack.sh runs");
     assert!(
@@ -122,6 +157,7 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
         stack.port("SWITCHYARD_BROKER_PORT").expect("port"),
         stack.port("SWITCHYARD_REGISTRY_PORT").expect("port"),
         stack.port("SWITCHYARD_API_PORT").expect("port"),
+        stack.port("SWITCHYARD_PROMETHEUS_PORT").expect("port"),
     ]
     .into_iter()
     .chain(base..base + 6);

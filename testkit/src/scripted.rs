@@ -45,6 +45,7 @@ impl ScriptedStack {
             ("SWITCHYARD_REGISTRY_PORT", free_port()?.to_string()),
             ("SWITCHYARD_GATEWAY_PORT", free_port()?.to_string()),
             ("SWITCHYARD_API_PORT", free_port()?.to_string()),
+            ("SWITCHYARD_PROMETHEUS_PORT", free_port()?.to_string()),
             ("SWITCHYARD_METRICS_BASE", free_metrics_base()?.to_string()),
         ];
         Ok(ScriptedStack { env, run })

@@ -163,6 +163,7 @@ impl<P: Processor> Runner<P> {
             return Ok(());
         }
         self.health.set_ready(false);
+        self.shared.metrics.ready.set(0);
         let read_committed = self.config.processing_guarantee == Guarantee::ExactlyOnce;
         for &partition in partitions {
             self.engine.assign(partition);
@@ -416,6 +417,7 @@ impl<P: Processor> Runner<P> {
             }
         }
         self.health.set_ready(ready);
+        self.shared.metrics.ready.set(i64::from(ready));
     }
 
     /// Leave and rejoin the group. tansu 0.6.0 can leave a member that joined while a crashed
@@ -441,6 +443,7 @@ impl<P: Processor> Runner<P> {
     /// bound), even with the broker away.
     pub async fn finish(mut self) -> Result<(), RunnerError> {
         self.health.set_ready(false);
+        self.shared.metrics.ready.set(0);
         let timeout = self.config.shutdown_timeout();
         let deadline = Instant::now() + timeout;
         // A revocation while leaving must not wait again.

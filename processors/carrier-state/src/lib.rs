@@ -169,7 +169,15 @@ impl Processor for CarrierStateProcessor {
             .map(|(modem, _)| modem)
             .collect();
         for modem in due {
-            update(ctx, &modem, |m| lifecycle::expire(m, now_us))?;
+            let mut expired = false;
+            update(ctx, &modem, |m| {
+                expired = lifecycle::expire(m, now_us);
+                expired
+            })?;
+            if expired {
+                // switchyard_processor_events_total{event="requests_timed_out"}: alerted on.
+                ctx.count("requests_timed_out");
+            }
         }
         Ok(())
     }
@@ -261,6 +269,7 @@ mod tests {
         d.advance_wall_clock(Duration::from_secs(2)).expect("ok");
         let state = latest(&mut d);
         assert_eq!(state.requests[0].state, RequestState::TimedOut);
+        assert_eq!(d.count("requests_timed_out"), 1);
         // Nothing pending any more: further ticks publish nothing.
         d.advance_wall_clock(Duration::from_secs(10)).expect("ok");
         assert!(d.read_output::<CarrierState>(OUTPUT).is_empty());

@@ -287,6 +287,7 @@ fn published_and_health_checked_ports_are_the_ones_services_listen_on() {
         ("gateway", "6001:6001/udp"),
         ("api", "8000:8000"),
         ("grafana", "3000:3000"),
+        ("prometheus", "9090:9090"),
     ];
     for (service, mapping) in expected_host_ports {
         assert!(
@@ -295,8 +296,8 @@ fn published_and_health_checked_ports_are_the_ones_services_listen_on() {
         );
     }
     for (name, service) in &all {
-        if name == "grafana" {
-            continue; // Grafana listens on 3000 by default.
+        if name == "grafana" || name == "prometheus" {
+            continue; // Their images listen on 3000 and 9090 by default.
         }
         let env = environment(service);
         let listening = listen_ports(&env);
@@ -472,4 +473,59 @@ fn the_dashboard_is_the_one_generated_from_the_catalog() {
         "grafana/dashboards/switchyard.json is out of date: run \
          `switchyard topics grafana > grafana/dashboards/switchyard.json`"
     );
+}
+
+#[test]
+fn prometheus_scrapes_every_switchyard_service_where_it_listens_and_loads_the_rules() {
+    let doc = compose();
+    let all = services(&doc);
+    let mounts = strings(&all["prometheus"]["volumes"]);
+    for (host, container) in [
+        (
+            "./monitoring/prometheus-compose.yml",
+            "/etc/prometheus/prometheus.yml",
+        ),
+        ("./monitoring/alerts.yml", "/etc/prometheus/alerts.yml"),
+    ] {
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.starts_with(&format!("{host}:{container}"))),
+            "prometheus mounts {host} at {container}: {mounts:?}"
+        );
+    }
+    let config: Yaml = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("monitoring/prometheus-compose.yml")).expect("config"),
+    )
+    .expect("YAML");
+    assert_eq!(
+        strings(&config["rule_files"]),
+        ["/etc/prometheus/alerts.yml"]
+    );
+    let mut scraped = BTreeSet::new();
+    for job in config["scrape_configs"]
+        .as_sequence()
+        .expect("scrape_configs")
+    {
+        for group in job["static_configs"].as_sequence().expect("static_configs") {
+            for target in strings(&group["targets"]) {
+                let (service, port) = target.split_once(':').expect("host:port");
+                let port: u16 = port.parse().expect("port");
+                let env = environment(&all[service]);
+                assert!(
+                    listen_ports(&env).contains(&port),
+                    "{target}: {service} does not listen on {port}"
+                );
+                scraped.insert(service.to_string());
+            }
+        }
+    }
+    let long_running: BTreeSet<String> = switchyard_services(&doc)
+        .into_iter()
+        .filter(|(name, s)| {
+            !matches!(name.as_str(), "topics" | "modems") && !s["profiles"].is_sequence()
+        })
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(scraped, long_running, "every Switchyard service is scraped");
 }

@@ -30,7 +30,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::view::{CarrierName, ModemView, RequestView};
+use crate::view::{CarrierName, ModemView, RequestHistory, RequestView};
 use crate::{AppState, REQUEST_TOPIC};
 
 /// Largest request body accepted (a switch body is a few dozen bytes).
@@ -133,6 +133,7 @@ fn documented() -> (Router<Shared>, Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(routes!(get_modem))
         .routes(routes!(switch_carrier))
         .routes(routes!(get_request))
+        .routes(routes!(modem_requests))
         .routes(routes!(events))
         .split_for_parts();
     let (public, public_doc) = OpenApiRouter::new()
@@ -266,6 +267,25 @@ async fn get_modem(
     not_ready(&state)?;
     let table = read_table(&state)?;
     table.modem(&id).map(Json).ok_or_else(|| unknown_modem(&id))
+}
+
+/// A modem's switch history: its requests, newest first, each with every state change and
+/// its time.
+#[utoipa::path(get, path = "/modems/{id}/requests", params(("id" = String, Path, description = "Modem id")), responses(
+    (status = 200, description = "The modem's requests, newest first", body = Vec<RequestHistory>),
+    (status = 401, description = "Missing or wrong token", body = ErrorBody),
+    (status = 404, description = "Unknown modem", body = ErrorBody),
+))]
+async fn modem_requests(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<RequestHistory>>, ApiError> {
+    not_ready(&state)?;
+    let table = read_table(&state)?;
+    table
+        .history(&id)
+        .map(Json)
+        .ok_or_else(|| unknown_modem(&id))
 }
 
 fn unknown_modem(id: &str) -> ApiError {
@@ -550,6 +570,7 @@ mod tests {
             "/modems/{id}",
             "/modems/{id}/carrier",
             "/requests/{id}",
+            "/modems/{id}/requests",
             "/events",
             "/health",
         ] {

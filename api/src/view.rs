@@ -134,6 +134,48 @@ pub struct RequestView {
     pub reason: Option<String>,
 }
 
+/// One step of a request's lifecycle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StateChange {
+    pub state: RequestStateName,
+    /// RFC 3339 (UTC).
+    pub at: String,
+}
+
+/// A request with every state it went through and when, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RequestHistory {
+    #[serde(flatten)]
+    pub request: RequestView,
+    pub changes: Vec<StateChange>,
+}
+
+impl RequestHistory {
+    fn of(modem_id: &str, r: &SwitchRequestState) -> Self {
+        let mut changes = vec![StateChange {
+            state: RequestStateName::Requested,
+            at: rfc3339(r.requested_at),
+        }];
+        if let Some(sent) = r.sent_at {
+            changes.push(StateChange {
+                state: RequestStateName::Sent,
+                at: rfc3339(sent),
+            });
+        }
+        let state = RequestStateName::from(r.state);
+        if let (false, Some(done)) = (state.is_pending(), r.completed_at) {
+            changes.push(StateChange {
+                state,
+                at: rfc3339(done),
+            });
+        }
+        RequestHistory {
+            request: request_view(modem_id, r),
+            changes,
+        }
+    }
+}
+
 /// One modem: its carrier, its last status, when it was last heard, its requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ModemView {
@@ -256,6 +298,30 @@ impl Table {
         ids.into_iter().filter_map(|id| self.modem(id)).collect()
     }
 
+    /// A modem's switch requests, newest first, each with its state changes: those the
+    /// table holds (carrier-state keeps the last `--request-history`, 20 by default) and
+    /// those accepted here and not yet in it. None for an unknown modem.
+    pub fn history(&self, modem_id: &str) -> Option<Vec<RequestHistory>> {
+        let state = self.modems.get(modem_id)?;
+        let mut all: Vec<&SwitchRequestState> = state
+            .requests
+            .iter()
+            .chain(
+                self.accepted
+                    .values()
+                    .filter(|(m, _)| m == modem_id)
+                    .map(|(_, r)| r),
+            )
+            .collect();
+        // Newest first: by request time, the request id breaking ties.
+        all.sort_by(|a, b| (b.requested_at, &b.request_id).cmp(&(a.requested_at, &a.request_id)));
+        Some(
+            all.into_iter()
+                .map(|r| RequestHistory::of(modem_id, r))
+                .collect(),
+        )
+    }
+
     pub fn request(&self, request_id: &str) -> Option<RequestView> {
         if let Some(modem_id) = self.index.get(request_id) {
             let state = self.modems.get(modem_id)?;
@@ -304,6 +370,52 @@ mod tests {
             updated_at: 1_700_000_000_000_000,
             requests,
         }
+    }
+
+    #[test]
+    fn history_lists_requests_newest_first_with_each_state_change() {
+        const T: i64 = 1_700_000_000_000_000;
+        let mut table = Table::default();
+        let acked = SwitchRequestState {
+            sent_at: Some(T + 100_000),
+            completed_at: Some(T + 400_000),
+            attempts: 1,
+            ..request("r1", RequestState::Acked, T)
+        };
+        let timed_out = SwitchRequestState {
+            sent_at: Some(T + 60_100_000),
+            completed_at: Some(T + 120_000_000),
+            ..request("r2", RequestState::TimedOut, T + 60_000_000)
+        };
+        table.apply("7", Some(state("7", vec![acked, timed_out])));
+        table.accepted("7", request("r3", RequestState::Requested, T + 200_000_000));
+
+        let history = table.history("7").expect("known modem");
+        let ids: Vec<&str> = history
+            .iter()
+            .map(|h| h.request.request_id.as_str())
+            .collect();
+        assert_eq!(ids, ["r3", "r2", "r1"]);
+        let steps = |h: &RequestHistory| -> Vec<(RequestStateName, String)> {
+            h.changes.iter().map(|c| (c.state, c.at.clone())).collect()
+        };
+        assert_eq!(
+            steps(&history[2]),
+            [
+                (RequestStateName::Requested, rfc3339(T)),
+                (RequestStateName::Sent, rfc3339(T + 100_000)),
+                (RequestStateName::Acked, rfc3339(T + 400_000)),
+            ]
+        );
+        assert_eq!(
+            steps(&history[1]).last(),
+            Some(&(RequestStateName::TimedOut, rfc3339(T + 120_000_000)))
+        );
+        assert_eq!(
+            steps(&history[0]),
+            [(RequestStateName::Requested, rfc3339(T + 200_000_000))]
+        );
+        assert!(table.history("unknown").is_none());
     }
 
     #[test]

@@ -193,6 +193,12 @@ fn operators_switch_carriers_through_the_api_and_bad_requests_change_nothing() {
         );
         assert_eq!(a.status, 401);
         assert_eq!(client.call("GET", "/openapi.json", token, None).status, 401);
+        assert_eq!(
+            client
+                .call("GET", &format!("/modems/{MODEM}/requests"), token, None)
+                .status,
+            401
+        );
     }
 
     // Bad input: a clear JSON error each, nothing produced.
@@ -251,6 +257,29 @@ fn operators_switch_carriers_through_the_api_and_bad_requests_change_nothing() {
         client.get(&format!("/modems/{MODEM}")).body["carrier"],
         "verizon"
     );
+    // The modem's switch history: this request, newest first, requested -> (sent ->) acked.
+    // `sent` is missing when carrier-state folded the ACK before the gateway's `SENT` event
+    // (they travel on different topics).
+    let history = client.get(&format!("/modems/{MODEM}/requests"));
+    assert_eq!(history.status, 200, "{}", history.body);
+    let newest = &history.body[0];
+    assert_eq!(
+        newest["request_id"],
+        request_id.as_str(),
+        "{}",
+        history.body
+    );
+    let steps: Vec<&str> = newest["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .filter_map(|c| c["state"].as_str())
+        .collect();
+    assert!(
+        steps == ["requested", "sent", "acked"] || steps == ["requested", "acked"],
+        "{newest}"
+    );
+    assert_eq!(client.get("/modems/no-such-modem/requests").status, 404);
     let requests = stack
         .consume::<CarrierSwitchRequest>("downstream-request", 1, WAIT)
         .expect("requests");

@@ -12,6 +12,7 @@ pub mod codec;
 mod context;
 mod driver;
 pub mod engine;
+pub mod entry;
 mod metrics;
 mod processor;
 mod runner;
@@ -20,6 +21,7 @@ mod store;
 pub use context::{Context, Output};
 pub use driver::{DeadLetter, TestDriver, TestRecord};
 pub use engine::{FailureKind, Stopped, TopologyError};
+pub use entry::NoFlags;
 pub use metrics::Metrics;
 pub use processor::{
     ErrorPolicy, ProcessError, Processor, Record, Timer, TimerKind, TimerSpec, Topology,

@@ -112,12 +112,11 @@ impl<P: Processor> TestDriver<P> {
         })
     }
 
-    /// The task a key lands in (a stable hash of the key modulo the partition count).
+    /// The task a key lands in: the partition librdkafka's default partitioner
+    /// (`consistent_random`: CRC-32 of the key modulo the partition count) gives it, which is
+    /// what every Switchyard producer uses, so a test sees the same grouping as production.
     pub fn partition_for(&self, key: &str) -> i32 {
-        let hash = key
-            .bytes()
-            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-        (hash % self.partitions as u32) as i32
+        default_partition(key.as_bytes(), self.partitions)
     }
 
     /// Pipe a typed value into an input topic.
@@ -287,4 +286,11 @@ impl<P: Processor> TestDriver<P> {
         fresh.changelog = changelog;
         Ok(fresh)
     }
+}
+
+/// The partition librdkafka's default partitioner (`consistent_random`) gives a non-empty key:
+/// CRC-32 of the key modulo the partition count.
+pub fn default_partition(key: &[u8], partitions: i32) -> i32 {
+    let partitions = u32::try_from(partitions.max(1)).unwrap_or(1);
+    (crc32fast::hash(key) % partitions) as i32
 }

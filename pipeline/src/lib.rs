@@ -19,7 +19,7 @@ mod runner;
 mod store;
 
 pub use context::{Context, Output};
-pub use driver::{DeadLetter, TestDriver, TestRecord};
+pub use driver::{default_partition, DeadLetter, TestDriver, TestRecord};
 pub use engine::{FailureKind, Stopped, TopologyError};
 pub use entry::NoFlags;
 pub use metrics::Metrics;

@@ -38,6 +38,11 @@ struct Args {
     /// Limit for one broker round trip, in milliseconds.
     #[arg(long, env = "SWITCHYARD_REGISTRY_TIMEOUT_MS", default_value_t = 10_000)]
     timeout_ms: u64,
+    /// How long the broker may hold a fetch of the schemas topic, in milliseconds. A
+    /// registration answers once its record is read back, so this is most of its latency;
+    /// shorter costs the broker more while idle.
+    #[arg(long, env = "SWITCHYARD_REGISTRY_FETCH_WAIT_MS", default_value_t = 50)]
+    fetch_wait_ms: u64,
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {
@@ -54,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         topic: args.topic.clone(),
         default_level: args.default_compatibility,
         timeout: Duration::from_millis(args.timeout_ms),
+        fetch_wait: Duration::from_millis(args.fetch_wait_ms),
     };
 
     // A broker that is not up yet is waited for, with one clear line per attempt.

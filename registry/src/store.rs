@@ -38,6 +38,10 @@ pub struct StoreConfig {
     pub default_level: Level,
     /// Limit for one broker round trip (produce, watermark query, catch-up).
     pub timeout: Duration,
+    /// The follower's `fetch.wait.max.ms`. A write answers once its record is read back,
+    /// and tansu holds every fetch for the whole wait, so this bounds a registration's
+    /// latency from below (librdkafka's default, 500 ms, made each take 0.5-1 s).
+    pub fetch_wait: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +82,7 @@ impl SchemaStore {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", config.fetch_wait.as_millis().to_string())
             .create_with_context(TracingContext)?;
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&config.topic, 0, Offset::Beginning)?;

@@ -82,7 +82,10 @@ impl SchemaStore {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", config.fetch_wait.as_millis().to_string())
+            .set(
+                "fetch.wait.max.ms",
+                config.fetch_wait.as_millis().to_string(),
+            )
             .create_with_context(TracingContext)?;
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&config.topic, 0, Offset::Beginning)?;

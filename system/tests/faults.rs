@@ -275,10 +275,13 @@ fn carrier_state_killed_mid_stream_converges_to_the_same_state() {
     drop((processor, restarted));
 }
 
-/// 30% of packets lost each way between the modems and the gateway: every switch still
-/// ends (acked, or timed out / undeliverable at its deadline); none stays pending.
+/// 30% of packets lost each way between the modems and the gateway: every switch still ends
+/// acked, by retransmission. One attempt gets through both ways with probability
+/// 0.7 x 0.7 = 0.49; the retries (200 ms doubling to 800 ms within a 15 s deadline, about
+/// 18 attempts) fail a modem with probability 0.51^18 = 5e-6. Without retransmission all
+/// eight would be acked with probability 0.49^8 = 0.3%, so this test fails then.
 #[test]
-fn with_30_percent_packet_loss_every_switch_ends_and_none_stays_pending() {
+fn with_30_percent_packet_loss_every_switch_ends_acked() {
     use switchyard_schemas::records::CarrierState;
     let stack = Stack::start().expect("stack");
     let (_carrier_state, _) = stack
@@ -373,20 +376,7 @@ fn with_30_percent_packet_loss_every_switch_ends_and_none_stays_pending() {
         .iter()
         .filter(|(_, s)| *s == RequestState::Acked)
         .count();
-    for (modem, state) in &ends {
-        assert!(
-            matches!(
-                state,
-                RequestState::Acked | RequestState::TimedOut | RequestState::Undeliverable
-            ),
-            "{modem}: {state:?}"
-        );
-    }
-    // Retries get most switches through 30% loss each way.
-    assert!(
-        acked >= fleet as usize / 2,
-        "{acked} of {fleet} acked: {ends:?}"
-    );
+    assert_eq!(acked, fleet as usize, "every switch acked: {ends:?}");
 }
 
 /// The broker restarts while modems stream readings: the gateway buffers and the projector

@@ -52,6 +52,14 @@ API_PORT=${SWITCHYARD_API_PORT:-8000}
 API_METRICS=$((METRICS_BASE + 5))
 TOKEN_FILE="$RUN/api-token"
 PROMETHEUS_PORT=${SWITCHYARD_PROMETHEUS_PORT:-9090}
+# Authentication on: one random key per simulated modem, in a file only its owner reads
+# (under .run/, outside git); the gateway refuses enveloped packets without a valid tag.
+# v1 packets carry no identity and no tag: they are accepted only as the one declared
+# legacy modem (SWITCHYARD_LEGACY_MODEM_ID), so an original device works out of the box,
+# and anyone who can reach the gateway can speak for that one modem (docs/gateway.md).
+KEYS_FILE="$RUN/modem-keys"
+FIRST_MODEM=${SWITCHYARD_FIRST_MODEM:-356938035643809}
+LEGACY_MODEM_ID=${SWITCHYARD_LEGACY_MODEM_ID:-0}
 SERVICES+=(api prometheus modems)
 
 say() { printf '==> %s\n' "$*"; }
@@ -119,8 +127,10 @@ up() {
   if ss -Hlun "sport = :$GATEWAY_UDP" | grep -q . && ! running gateway; then
     die "UDP port $GATEWAY_UDP is taken by another process; cannot start the gateway"
   fi
+  write_modem_keys
   start gateway "$GATEWAY_METRICS" "$RUN" env SWITCHYARD_GATEWAY_LISTEN="$BROKER_HOST:$GATEWAY_UDP" \
     SWITCHYARD_METRICS_LISTEN="$BROKER_HOST:$GATEWAY_METRICS" \
+    SWITCHYARD_MODEM_KEYS="$KEYS_FILE" SWITCHYARD_LEGACY_MODEM_ID="$LEGACY_MODEM_ID" \
     RUST_LOG="${RUST_LOG:-info,librdkafka=warn,rdkafka=warn}" "$BIN/switchyard-gateway"
   wait_for gateway 60 curl -fsS "http://$BROKER_HOST:$GATEWAY_METRICS/health"
 
@@ -155,7 +165,7 @@ up() {
 
   say "simulated modems ($FLEET, software SIMs in process)"
   start modems 0 "$RUN" env RUST_LOG="${RUST_LOG:-info}" "$BIN/switchyard-modem" --sim in-process \
-    --fleet "$FLEET" --gateway "$BROKER_HOST:$GATEWAY_UDP" --rates 1,1,0.2 --status-secs 10
+    --fleet "$FLEET" --modem-id "$FIRST_MODEM" --keys "$KEYS_FILE" --gateway "$BROKER_HOST:$GATEWAY_UDP" --rates 1,1,0.2 --status-secs 10
   sleep 1
   running modems || die "the modem simulator exited; see $LOGS/modems.log"
 
@@ -175,6 +185,20 @@ Try:
   switchyard tail imu
 Logs: make logs     Stop: make down
 EOM
+}
+
+# A key for each simulated modem, made once (again if the fleet grew).
+write_modem_keys() {
+  local i
+  if [ -s "$KEYS_FILE" ] && [ "$(grep -c '^[0-9]' "$KEYS_FILE")" -ge "$FLEET" ]; then return; fi
+  (
+    umask 077
+    echo "# Made by scripts/stack.sh: MODEM_ID HEX_KEY for the simulated modems." >"$KEYS_FILE"
+    for ((i = 0; i < FLEET; i++)); do
+      echo "$((FIRST_MODEM + i)) $(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" >>"$KEYS_FILE"
+    done
+  )
+  echo "    modem keys: $FLEET, in ${KEYS_FILE#"$ROOT/"}"
 }
 
 # Prometheus scrapes every service this stack started, on the ports it gave them.

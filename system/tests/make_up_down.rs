@@ -6,8 +6,11 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use serde_json::Value;
+use switchyard_protocol::{Envelope, Frame, IotStatus, Packet};
 use switchyard_schemas::Catalog;
-use switchyard_testkit::{kafka, wait_for, workspace_binary, ScriptedStack};
+use switchyard_testkit::{
+    http_get_text, kafka, metric_sum, wait_for, workspace_binary, ScriptedStack,
+};
 
 /// Alive and not a zombie.
 fn alive(pid: u32) -> bool {
@@ -103,6 +106,58 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
         })
     })
     .expect("modems visible through the API");
+
+    // Secure by default: an unsigned envelope claiming a simulated modem is refused; a v1
+    // packet (no identity, no tag) is accepted as the declared legacy modem.
+    let gateway_udp: SocketAddr = (
+        [127, 0, 0, 1],
+        stack.port("SWITCHYARD_GATEWAY_PORT").expect("port"),
+    )
+        .into();
+    let gateway_metrics: SocketAddr = (
+        [127, 0, 0, 1],
+        stack.port("SWITCHYARD_METRICS_BASE").expect("port") + 4,
+    )
+        .into();
+    let spoofed = Frame {
+        envelope: Some(Envelope {
+            modem_id: 356_938_035_643_809,
+            sequence: 1,
+            request_id: None,
+            auth_tag: None,
+        }),
+        packet: Packet::IotStatus(IotStatus::OffNominal),
+    };
+    let v1 = Packet::IotStatus(IotStatus::Nominal);
+    let device = UdpSocket::bind("127.0.0.1:0").expect("device socket");
+    device
+        .send_to(&spoofed.encode().expect("encode"), gateway_udp)
+        .expect("send");
+    device
+        .send_to(&v1.encode().expect("encode"), gateway_udp)
+        .expect("send");
+    let metric = |name: &str| {
+        http_get_text(gateway_metrics, "/metrics")
+            .map(|m| metric_sum(&m, name))
+            .unwrap_or(0.0)
+    };
+    wait_for(
+        "the spoofed packet refused",
+        Duration::from_secs(30),
+        || metric("switchyard_gateway_rejects_total{reason=\"missing_tag\"}") == 1.0,
+    )
+    .expect("authentication is on under make up");
+    wait_for("the legacy modem listed", Duration::from_secs(60), || {
+        runtime.block_on(async {
+            reqwest::Client::new()
+                .get(format!("http://{api}/modems/0"))
+                .bearer_auth(token.trim())
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+    })
+    .expect("a v1 device is accepted as the legacy modem");
 
     // Prometheus scrapes every service (gateway, four processors, API) and loaded the rules.
     let prometheus: SocketAddr = (

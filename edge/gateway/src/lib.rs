@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchyard_schemas::records::now_us;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -154,30 +154,6 @@ pub fn bind_udp(listen: SocketAddr, recv_buffer: usize) -> anyhow::Result<UdpSoc
     Ok(UdpSocket::from_std(socket.into())?)
 }
 
-/// Parse a keys file: `MODEM_ID HEX_KEY` per line, `#` comments.
-pub fn parse_keys(text: &str) -> anyhow::Result<HashMap<u64, Vec<u8>>> {
-    let mut keys = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or_default().trim();
-        if line.is_empty() {
-            continue;
-        }
-        let mut parts = line.split_whitespace();
-        let (Some(modem), Some(key), None) = (parts.next(), parts.next(), parts.next()) else {
-            bail!("line {}: expected `MODEM_ID HEX_KEY`", n + 1);
-        };
-        let modem: u64 = modem
-            .parse()
-            .with_context(|| format!("line {}: modem id {modem:?}", n + 1))?;
-        let key = hex::decode(key).with_context(|| format!("line {}: key is not hex", n + 1))?;
-        if key.is_empty() {
-            bail!("line {}: empty key", n + 1);
-        }
-        keys.insert(modem, key);
-    }
-    Ok(keys)
-}
-
 struct Gateway {
     config: GatewayConfig,
     catalog: Catalog,
@@ -199,7 +175,7 @@ struct Gateway {
 pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let catalog = Catalog::embedded().context("the built-in catalog is invalid")?;
     let keys = match &config.modem_keys {
-        Some(path) => parse_keys(
+        Some(path) => switchyard_protocol::keys::parse_keys(
             &std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?,
         )
@@ -818,19 +794,6 @@ impl Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_files_parse_and_bad_lines_are_named() {
-        let keys = parse_keys("# fleet keys\n42 00ff\n\n7 0102 # spare\n").expect("parses");
-        assert_eq!(keys.get(&42), Some(&vec![0, 255]));
-        assert_eq!(keys.get(&7), Some(&vec![1, 2]));
-        assert!(parse_keys("42")
-            .expect_err("missing key")
-            .to_string()
-            .contains("line 1"));
-        assert!(parse_keys("x 00").is_err());
-        assert!(parse_keys("1 zz").is_err());
-    }
 
     #[test]
     fn rate_limited_logging_thins_out() {

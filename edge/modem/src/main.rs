@@ -45,8 +45,12 @@ struct Args {
     )]
     modem_id: u64,
     /// Modem key (hex) for the in-process SIMs; the gateway must know it.
-    #[arg(long, env = "SWITCHYARD_MODEM_KEY")]
+    #[arg(long, env = "SWITCHYARD_MODEM_KEY", conflicts_with = "keys")]
     key: Option<String>,
+    /// A keys file (`MODEM_ID HEX_KEY` per line, the gateway's format): each in-process
+    /// SIM signs with its own modem's key; a modem without a line in it is an error.
+    #[arg(long, env = "SWITCHYARD_MODEM_KEYS")]
+    keys: Option<std::path::PathBuf>,
     /// In-process SIMs speak v1, like the original devices.
     #[arg(long, env = "SWITCHYARD_SIM_V1")]
     v1: bool,
@@ -157,15 +161,33 @@ fn main() -> anyhow::Result<()> {
                 .map(hex::decode)
                 .transpose()
                 .context("--key must be hex")?;
+            let keys = match &args.keys {
+                Some(path) => Some(
+                    switchyard_protocol::keys::parse_keys(
+                        &std::fs::read_to_string(path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                    )
+                    .with_context(|| format!("parsing {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let key_of =
+                |modem_id: u64| -> anyhow::Result<Option<Vec<u8>>> {
+                    match &keys {
+                        Some(keys) => keys.get(&modem_id).cloned().map(Some).with_context(|| {
+                            format!("no key for modem {modem_id} in the keys file")
+                        }),
+                        None => Ok(key.clone()),
+                    }
+                };
+            let modem_keys = (0..args.fleet.max(1))
+                .map(|i| key_of(args.modem_id + i))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let threads: Vec<_> = (0..args.fleet.max(1))
-                .map(|i| {
-                    let (gateway, rates, ranges, key, v1) = (
-                        gateway,
-                        args.rates.clone(),
-                        args.ranges.clone(),
-                        key.clone(),
-                        args.v1,
-                    );
+                .zip(modem_keys)
+                .map(|(i, key)| {
+                    let (gateway, rates, ranges, v1) =
+                        (gateway, args.rates.clone(), args.ranges.clone(), args.v1);
                     let modem_id = args.modem_id + i;
                     std::thread::spawn(move || -> anyhow::Result<()> {
                         let applet = Applet::new(SimConfig {

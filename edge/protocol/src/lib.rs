@@ -11,6 +11,7 @@
 mod envelope;
 mod error;
 pub mod json;
+pub mod keys;
 mod packet;
 mod timestamp;
 

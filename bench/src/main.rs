@@ -195,7 +195,8 @@ impl Report {
     }
 }
 
-/// The commit the benchmarked binaries were built from (`+dirty` with uncommitted changes).
+/// The commit the benchmarked binaries were built from (`+dirty` with uncommitted changes
+/// outside `results/`, which the benches themselves write).
 fn commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
@@ -207,7 +208,8 @@ fn commit() -> String {
     };
     let hash = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+        git(&["status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"])
+            .is_some_and(|s| !s.is_empty());
     if dirty {
         format!("{hash}+dirty")
     } else {

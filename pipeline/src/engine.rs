@@ -31,6 +31,8 @@ pub enum FailureKind {
     Failed,
     /// The broker (or the producer) refused one of the record's outputs for good.
     Refused,
+    /// The processor found the record unusable ([`ProcessError::Invalid`]).
+    Invalid,
 }
 
 impl FailureKind {
@@ -39,6 +41,7 @@ impl FailureKind {
             FailureKind::Undecodable => "undecodable",
             FailureKind::Failed => "failed",
             FailureKind::Refused => "refused",
+            FailureKind::Invalid => "invalid",
         }
     }
 }
@@ -278,6 +281,7 @@ impl<P: Processor> Engine<P> {
             let policy = match kind {
                 FailureKind::Undecodable => self.topology.on_undecodable,
                 FailureKind::Failed | FailureKind::Refused => self.topology.on_error,
+                FailureKind::Invalid => ErrorPolicy::DeadLetter,
             };
             match policy {
                 ErrorPolicy::Stop => {
@@ -343,6 +347,7 @@ impl<P: Processor> Engine<P> {
         .map_err(|e| match e {
             ProcessError::Undecodable(reason) => (FailureKind::Undecodable, reason),
             ProcessError::Failed(reason) => (FailureKind::Failed, reason),
+            ProcessError::Invalid(reason) => (FailureKind::Invalid, reason),
         })
     }
 

@@ -203,11 +203,20 @@ pub enum ProcessError {
     /// The processor could not handle the record.
     #[error("{0}")]
     Failed(String),
+    /// The record is well-formed but unusable here (e.g. a reading whose sensor time is
+    /// implausible): always dead-lettered with this reason, whatever `on_error` says, since
+    /// it is the data that is wrong, not the processor.
+    #[error("invalid: {0}")]
+    Invalid(String),
 }
 
 impl ProcessError {
     pub fn failed(reason: impl std::fmt::Display) -> Self {
         ProcessError::Failed(reason.to_string())
+    }
+
+    pub fn invalid(reason: impl std::fmt::Display) -> Self {
+        ProcessError::Invalid(reason.to_string())
     }
 }
 

@@ -1,5 +1,7 @@
 //! `grafana-projector`: run the projector on Kafka.
 switchyard_pipeline::processor_main!(
     "Republishes sensor readings for Grafana: no timestamp field, record time = sensor time",
-    |catalog| Ok(grafana_projector::GrafanaProjector::new(catalog))
+    |config, catalog| Ok(grafana_projector::GrafanaProjector::with_config(
+        catalog, &config
+    ))
 );

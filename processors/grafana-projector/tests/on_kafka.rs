@@ -5,7 +5,11 @@ use std::time::Duration;
 use switchyard_schemas::records::{GrafanaReading, SensorReading};
 use switchyard_testkit::{http_get_text, metric_sum, wait_for, Stack};
 
-const T0_US: i64 = 1_685_620_800_123_456;
+/// An hour ago, with sub-millisecond digits: recent enough to be projected (the projector
+/// dead-letters sensor times older than the projected topic's retention).
+fn t0_us() -> i64 {
+    (switchyard_schemas::records::now_us() - 3_600_000_000) / 1_000_000 * 1_000_000 + 123_456
+}
 
 fn reading(
     modem: &str,
@@ -30,6 +34,7 @@ fn reading(
 
 #[test]
 fn readings_reach_their_grafana_topics_at_sensor_time() {
+    let t0 = t0_us();
     let stack = Stack::start().expect("stack");
     let (_projector, metrics) = stack
         .start_processor("grafana-projector", "grafana-projector", &[])
@@ -38,7 +43,7 @@ fn readings_reach_their_grafana_topics_at_sensor_time() {
     for (i, (sensor, device)) in sensors.iter().enumerate() {
         let records: Vec<(String, SensorReading, i64)> = (0..20)
             .map(|n| {
-                let t = T0_US + (i as i64 * 1000 + n) * 1_000_000;
+                let t = t0 + (i as i64 * 1000 + n) * 1_000_000;
                 // Record timestamp = arrival, three seconds after the sensor time.
                 (
                     "356938035643809".to_string(),
@@ -58,7 +63,7 @@ fn readings_reach_their_grafana_topics_at_sensor_time() {
     stack
         .produce(
             "temp",
-            &[("m".to_string(), reading("m", "temp", 3, None, T0_US), 1)],
+            &[("m".to_string(), reading("m", "temp", 3, None, t0), 1)],
         )
         .expect("produce");
 
@@ -93,7 +98,7 @@ fn readings_reach_their_grafana_topics_at_sensor_time() {
         let expected: Vec<(i64, i32)> = (0..20)
             .map(|n| {
                 (
-                    (T0_US + (i as i64 * 1000 + n) * 1_000_000) / 1000,
+                    (t0 + (i as i64 * 1000 + n) * 1_000_000) / 1000,
                     n as i32 * 10 - 50,
                 )
             })

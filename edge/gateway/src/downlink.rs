@@ -145,6 +145,10 @@ impl Downlink {
         self.pending.len()
     }
 
+    pub fn contains(&self, request_id: u64) -> bool {
+        self.pending.contains_key(&request_id)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }

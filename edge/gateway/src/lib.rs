@@ -23,6 +23,7 @@
 pub mod downlink;
 pub mod metrics;
 pub mod replay;
+pub mod request_offsets;
 pub mod restore;
 pub mod sessions;
 pub mod socket_drops;
@@ -60,6 +61,7 @@ use tracing::{info, warn};
 use crate::downlink::{Action, Downlink};
 use crate::metrics::GatewayMetrics;
 use crate::replay::ReplayWindow;
+use crate::request_offsets::RequestOffsets;
 use crate::sessions::Sessions;
 use crate::uplink::{to_record, wire_carrier, Uplink, ACK_TOPIC, STATUS_TOPIC};
 
@@ -165,6 +167,8 @@ struct Gateway {
     windows: Mutex<HashMap<u64, ReplayWindow>>,
     downlink: Mutex<Downlink>,
     downlink_sequence: Mutex<HashMap<u64, u32>>,
+    /// What of `downstream-request` may be committed: nothing past a pending request.
+    request_offsets: Mutex<RequestOffsets>,
     /// Wakes the downlink loop when a request arrives, so it is sent at once.
     new_request: tokio::sync::Notify,
     registry: RegistryClient,
@@ -246,6 +250,8 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         // Static membership: a restarted instance takes its own place in the group at once
         // instead of waiting for the broker to expire the process it replaces.
         .set("group.instance.id", &config.instance_id)
+        // Offsets are stored by hand, only up to the oldest request still pending
+        // (request_offsets), and committed in the background every 5 s.
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         // With no committed offset, start from the beginning: a request made before the
@@ -307,6 +313,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         sessions: Mutex::new(sessions),
         windows: Mutex::new(HashMap::new()),
         downlink_sequence: Mutex::new(HashMap::new()),
+        request_offsets: Mutex::new(RequestOffsets::default()),
         new_request: tokio::sync::Notify::new(),
         registry,
         metrics,
@@ -315,8 +322,9 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     info!(udp = %listen, metrics = %bound, authenticated = !gateway.keys.is_empty(), "gateway running");
 
     let uplink = tokio::spawn(Arc::clone(&gateway).receive());
-    let requests = tokio::spawn(Arc::clone(&gateway).take_requests(consumer));
-    let retransmit = tokio::spawn(Arc::clone(&gateway).retransmit());
+    let consumer = Arc::new(consumer);
+    let requests = tokio::spawn(Arc::clone(&gateway).take_requests(Arc::clone(&consumer)));
+    let retransmit = tokio::spawn(Arc::clone(&gateway).retransmit(consumer));
     let drops = match socket_drops::socket_inode(&gateway.socket) {
         Some(inode) => tokio::spawn(socket_drops::watch(
             inode,
@@ -621,7 +629,7 @@ impl Gateway {
         self.publish(DELIVERY_TOPIC, modem_id, &record, std::time::Instant::now());
     }
 
-    async fn take_requests(self: Arc<Self>, consumer: StreamConsumer<TracingContext>) {
+    async fn take_requests(self: Arc<Self>, consumer: Arc<StreamConsumer<TracingContext>>) {
         let Some((id, codec)) = self.codecs.get(REQUEST_TOPIC).cloned() else {
             warn!("no schema for downstream-request; downlink is off");
             return;
@@ -647,14 +655,24 @@ impl Gateway {
                     .map_err(|e| e.to_string())
             }) {
                 Ok((request, request_id)) => {
+                    // Added and recorded under one lock of the downlink, so the offset is
+                    // never committed between the two.
                     let added = self.downlink.lock().map(|mut d| {
-                        d.add(
+                        let added = d.add(
                             request_id,
                             &request.modem_id,
                             wire_carrier(request.carrier),
                             request.deadline,
                             now_us(),
-                        )
+                        );
+                        if let Ok(mut offsets) = self.request_offsets.lock() {
+                            if added {
+                                offsets.pending(request_id, message.partition(), message.offset());
+                            } else {
+                                offsets.read(message.partition(), message.offset());
+                            }
+                        }
+                        added
                     });
                     if added.unwrap_or(false) {
                         self.new_request.notify_one();
@@ -667,15 +685,19 @@ impl Gateway {
                         .with_label_values(&["bad_request_record"])
                         .inc();
                     warn!(error = %e, offset = message.offset(), "unreadable switch request skipped");
+                    if let Ok(mut offsets) = self.request_offsets.lock() {
+                        offsets.read(message.partition(), message.offset());
+                    }
                 }
             }
-            let _ = consumer.store_offset_from_message(&message);
         }
     }
 
-    async fn retransmit(self: Arc<Self>) {
+    async fn retransmit(self: Arc<Self>, consumer: Arc<StreamConsumer<TracingContext>>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut stored = Vec::new();
         loop {
+            self.store_request_offsets(&consumer, &mut stored);
             // Every 100 ms for retries and deadlines, and at once for a new request.
             tokio::select! {
                 _ = tick.tick() => {}
@@ -748,6 +770,39 @@ impl Gateway {
                     }
                 }
             }
+        }
+    }
+
+    /// Store for the next background commit, per partition, the offset of the oldest request
+    /// still pending (or the one after the last read), when it moved since `stored`.
+    fn store_request_offsets(
+        &self,
+        consumer: &StreamConsumer<TracingContext>,
+        stored: &mut Vec<(i32, i64)>,
+    ) {
+        let positions = match (self.downlink.lock(), self.request_offsets.lock()) {
+            (Ok(downlink), Ok(mut offsets)) => {
+                offsets.retain(|id| downlink.contains(id));
+                offsets.positions()
+            }
+            _ => return,
+        };
+        if positions == *stored {
+            return;
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (partition, offset) in &positions {
+            if tpl
+                .add_partition_offset(REQUEST_TOPIC, *partition, rdkafka::Offset::Offset(*offset))
+                .is_err()
+            {
+                return;
+            }
+        }
+        match consumer.store_offsets(&tpl) {
+            Ok(()) => *stored = positions,
+            // A partition no longer assigned (rebalance): tried again at the next tick.
+            Err(e) => warn!(error = %e, "storing downstream-request offsets"),
         }
     }
 

@@ -567,3 +567,107 @@ fn an_ack_the_broker_has_not_acknowledged_does_not_end_the_switch() {
         "the ACK record is on the broker once"
     );
 }
+
+#[test]
+fn a_switch_pending_when_the_gateway_dies_is_sent_again_after_its_restart() {
+    let stack = Stack::start().expect("stack");
+    let gateway = stack
+        .start_gateway(&[("SWITCHYARD_RETRY_INITIAL_MS", "300".to_string())])
+        .expect("gateway");
+    let udp = gateway.udp;
+    let device = client();
+    let modem = 356_938_035_643_811u64;
+    let hello = envelope(modem, 1, None, Packet::IotStatus(IotStatus::Nominal));
+    device
+        .send_to(&hello.encode().expect("encode"), udp)
+        .expect("send");
+    let _ = stack
+        .consume::<IotStatusReport>("iot-status", 1, WAIT)
+        .expect("the gateway saw the modem");
+
+    // First a request that ends at once (no such modem: undeliverable at its deadline), then
+    // the one that stays pending because the device never answers.
+    let mut gone = request("999", "00000000000000c0", records::Carrier::Verizon);
+    gone.deadline = now_us() + 500_000;
+    let pending = request(
+        &modem.to_string(),
+        "00000000000000c1",
+        records::Carrier::Verizon,
+    );
+    stack
+        .produce(
+            "downstream-request",
+            &[
+                ("999".to_string(), gone, now_us() / 1000),
+                (modem.to_string(), pending, now_us() / 1000),
+            ],
+        )
+        .expect("requests");
+    let mut buf = [0u8; 512];
+    let (n, _) = device.recv_from(&mut buf).expect("the first Perform");
+    assert_eq!(
+        Frame::decode(&buf[..n])
+            .expect("decodes")
+            .envelope
+            .and_then(|e| e.request_id),
+        Some(0xc1)
+    );
+    // The fault lands where it matters: the group has committed past the finished request
+    // but not past the pending one (the old gateway committed every request it took in).
+    let bootstrap = stack.broker.bootstrap();
+    switchyard_testkit::wait_for("the finished request committed", WAIT, || {
+        switchyard_testkit::kafka::committed_total(
+            &bootstrap,
+            "switchyard-gateway",
+            &["downstream-request"],
+        )
+        .is_ok_and(|c| c == 1)
+    })
+    .expect("committed up to the pending request, not past it");
+
+    drop(gateway);
+    device.set_nonblocking(true).expect("nonblocking");
+    while device.recv_from(&mut buf).is_ok() {}
+    device.set_nonblocking(false).expect("blocking");
+    let _restarted = stack
+        .start_gateway(&[
+            ("SWITCHYARD_RETRY_INITIAL_MS", "300".to_string()),
+            ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
+        ])
+        .expect("gateway again");
+    // The restarted gateway reads the pending request again and sends it; the device has
+    // not spoken since (its address comes from its session).
+    let (n, from) = device
+        .recv_from(&mut buf)
+        .expect("the pending switch is sent again after the restart");
+    let frame = Frame::decode(&buf[..n]).expect("decodes");
+    assert_eq!(frame.packet, Packet::CarrierSwitchPerform(Carrier::Verizon));
+    assert_eq!(frame.envelope.and_then(|e| e.request_id), Some(0xc1));
+    let ack = envelope(
+        modem,
+        2,
+        Some(0xc1),
+        Packet::CarrierSwitchAck {
+            status: AckStatus::Ack,
+            carrier: Carrier::Verizon,
+        },
+    );
+    device
+        .send_to(&ack.encode().expect("encode"), from)
+        .expect("send");
+    let mut kinds = Vec::new();
+    switchyard_testkit::wait_for("the switch to end acked", WAIT, || {
+        kinds = stack
+            .read_to_end::<DownlinkDelivery>("downlink-delivery")
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|e| e.value.request_id == "00000000000000c1")
+                    .map(|e| e.value.event)
+                    .collect()
+            })
+            .unwrap_or_default();
+        kinds.contains(&DeliveryEvent::Acked)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {kinds:?}"));
+}

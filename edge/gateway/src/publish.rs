@@ -1,0 +1,133 @@
+//! Records to Kafka: encoded with their topic's registered schema, handed to the producer,
+//! their acknowledgement awaited in the background; every record that does not make it is
+//! counted. Also the two record kinds the gateway writes about itself: rejects and
+//! downlink deliveries.
+
+use std::net::SocketAddr;
+use switchyard_schemas::records::now_us;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureRecord;
+use serde::Serialize;
+use switchyard_schemas::records::{DeliveryEvent, DownlinkDelivery, GatewayReject};
+use tracing::warn;
+
+use crate::service::{rate_limited, Gateway};
+use crate::{DELIVERY_TOPIC, REJECT_TOPIC};
+
+impl Gateway {
+    pub(crate) fn reject(
+        &self,
+        datagram: &[u8],
+        source: SocketAddr,
+        reason: &'static str,
+        detail: &str,
+        modem_id: Option<String>,
+        arrived: std::time::Instant,
+    ) {
+        let counter = self.metrics.rejects.with_label_values(&[reason]);
+        counter.inc();
+        if rate_limited(counter.get()) {
+            warn!(%source, reason, detail, occurrences = counter.get(), "datagram rejected");
+        }
+        let record = GatewayReject {
+            received_at: now_us(),
+            source: source.to_string(),
+            reason: reason.to_string(),
+            detail: detail.to_string(),
+            modem_id,
+            raw: datagram.to_vec(),
+        };
+        self.publish(REJECT_TOPIC, &source.to_string(), &record, arrived);
+    }
+
+    /// Hand a record to the producer; its delivery is awaited in the background, and the
+    /// time from `started` (the datagram's arrival) to the broker's ack is observed.
+    pub(crate) fn publish<T: Serialize>(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &T,
+        started: std::time::Instant,
+    ) {
+        self.publish_then(topic, key, value, started, || {});
+    }
+
+    /// [`Self::publish`], running `acknowledged` once the broker has acknowledged the record
+    /// (never, if it does not). A record that cannot be handed over is counted in
+    /// `switchyard_gateway_dropped_total{topic,reason}` (the queue-full case also in
+    /// `backpressure_total`), one the broker never acknowledges in `produce_failures_total`.
+    pub(crate) fn publish_then<T: Serialize>(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &T,
+        started: std::time::Instant,
+        acknowledged: impl FnOnce() + Send + 'static,
+    ) {
+        let dropped = |reason: &str, detail: &dyn std::fmt::Display| {
+            let c = self.metrics.dropped.with_label_values(&[topic, reason]);
+            c.inc();
+            if rate_limited(c.get()) {
+                warn!(%topic, reason, %detail, dropped = c.get(), "record dropped");
+            }
+        };
+        let Some((id, codec)) = self.codecs.get(topic) else {
+            return dropped("no_schema", &"no registered schema for the topic");
+        };
+        let payload = match codec.encode(*id, value) {
+            Ok(p) => p,
+            Err(e) => return dropped("encode", &e),
+        };
+        let record = FutureRecord::to(topic).key(key).payload(&payload);
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                let metrics = self.metrics.clone();
+                let topic = topic.to_string();
+                tokio::spawn(async move {
+                    match delivery.await {
+                        Ok(Ok(_)) => {
+                            metrics
+                                .produce_seconds
+                                .observe(started.elapsed().as_secs_f64());
+                            acknowledged();
+                        }
+                        _ => {
+                            let c = metrics.produce_failures.with_label_values(&[&topic]);
+                            c.inc();
+                            if rate_limited(c.get()) {
+                                warn!(%topic, failures = c.get(), "record not delivered to the broker");
+                            }
+                        }
+                    }
+                });
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                self.metrics.backpressure.inc();
+                dropped("queue_full", &"producer buffer full (broker down?)");
+            }
+            Err((e, _)) => dropped("produce_error", &e),
+        }
+    }
+
+    pub(crate) fn delivery(
+        &self,
+        request_id: u64,
+        modem_id: &str,
+        event: DeliveryEvent,
+        attempt: i32,
+        address: Option<SocketAddr>,
+        reason: Option<&str>,
+    ) {
+        let record = DownlinkDelivery {
+            request_id: format!("{request_id:016x}"),
+            modem_id: modem_id.to_string(),
+            event,
+            attempt,
+            address: address.map(|a| a.to_string()),
+            reason: reason.map(str::to_string),
+            at: now_us(),
+        };
+        self.publish(DELIVERY_TOPIC, modem_id, &record, std::time::Instant::now());
+    }
+}

@@ -1,0 +1,180 @@
+//! Uplink: each datagram from a device is decoded, authenticated, attributed to a modem,
+//! its session observed, and published; an ACK ends its switch once its record is on the
+//! broker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_schemas::records::now_us;
+
+use switchyard_protocol::json::parse_request_id;
+use switchyard_protocol::{verify, AuthError, Envelope, Frame};
+use switchyard_schemas::records::{DeliveryEvent, SessionProtocol};
+use tracing::warn;
+
+use crate::service::Gateway;
+use crate::uplink::{to_record, Uplink, ACK_TOPIC, STATUS_TOPIC};
+use crate::SESSIONS_TOPIC;
+
+impl Gateway {
+    pub(crate) async fn receive(self: Arc<Self>) {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            match self.socket.recv_from(&mut buf).await {
+                Ok((n, source)) => self.uplink(&buf[..n], source),
+                Err(e) => {
+                    warn!(error = %e, "UDP receive failed; continuing");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    /// One datagram from a device.
+    fn uplink(self: &Arc<Self>, datagram: &[u8], source: SocketAddr) {
+        let arrived = std::time::Instant::now();
+        let received_at = now_us();
+        let frame = match Frame::decode(datagram) {
+            Ok(frame) => frame,
+            Err(e) => {
+                return self.reject(
+                    datagram,
+                    source,
+                    e.reason_code(),
+                    &e.to_string(),
+                    None,
+                    arrived,
+                )
+            }
+        };
+        let modem_id = match &frame.envelope {
+            Some(envelope) => {
+                if let Err((reason, detail)) = self.authenticate(datagram, envelope) {
+                    return self.reject(
+                        datagram,
+                        source,
+                        reason,
+                        &detail,
+                        Some(envelope.modem_id.to_string()),
+                        arrived,
+                    );
+                }
+                envelope.modem_id.to_string()
+            }
+            None if self.config.reject_v1 => {
+                return self.reject(
+                    datagram,
+                    source,
+                    "v1_not_accepted",
+                    "v1 packets are refused (--reject-v1)",
+                    None,
+                    arrived,
+                )
+            }
+            None => self.config.legacy_modem_id.clone(),
+        };
+        let record = match to_record(&frame, &modem_id, received_at, &self.catalog) {
+            Ok(record) => record,
+            Err(reason) => {
+                return self.reject(
+                    datagram,
+                    source,
+                    reason,
+                    "a device sent a downlink packet",
+                    Some(modem_id),
+                    arrived,
+                )
+            }
+        };
+        self.metrics
+            .packets
+            .with_label_values(&[frame.packet.kind()])
+            .inc();
+        let protocol = match frame.envelope {
+            Some(_) => SessionProtocol::Envelope,
+            None => SessionProtocol::V1,
+        };
+        let authenticated = frame.envelope.is_some() && !self.keys.is_empty();
+        let session = self.sessions.lock().ok().and_then(|mut sessions| {
+            let record = sessions.observe(&modem_id, source, protocol, authenticated, received_at);
+            self.metrics.known_modems.set(sessions.len() as i64);
+            record
+        });
+        if let Some(session) = session {
+            self.metrics.session_writes.inc();
+            self.publish(SESSIONS_TOPIC, &modem_id, &session, arrived);
+        }
+        match record {
+            Uplink::Reading { topic, reading } => {
+                self.publish(&topic, &modem_id, &reading, arrived)
+            }
+            Uplink::Status(status) => self.publish(STATUS_TOPIC, &modem_id, &status, arrived),
+            Uplink::Ack(ack) => {
+                let request_id = ack
+                    .request_id
+                    .as_deref()
+                    .and_then(|id| parse_request_id(id).ok());
+                // The pending downlink ends only once the ACK is on the broker: if its record
+                // were lost, carrier-state would time out a switch the SIM made. Until then
+                // the Perform may be re-sent, and the SIM answers it again.
+                let gateway = Arc::clone(self);
+                let modem = modem_id.clone();
+                self.publish_then(ACK_TOPIC, &modem_id, &ack, arrived, move || {
+                    let answered = gateway
+                        .downlink
+                        .lock()
+                        .ok()
+                        .and_then(|mut d| d.answered(request_id, &modem));
+                    if let Some(p) = answered {
+                        gateway.delivery(
+                            p.request_id,
+                            &modem,
+                            DeliveryEvent::Acked,
+                            p.attempts,
+                            Some(source),
+                            None,
+                        );
+                    }
+                });
+            }
+        }
+    }
+
+    /// With keys configured: a known modem, a valid tag, a fresh sequence number.
+    fn authenticate(
+        &self,
+        datagram: &[u8],
+        envelope: &Envelope,
+    ) -> Result<(), (&'static str, String)> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.get(&envelope.modem_id).ok_or((
+            "unknown_modem",
+            format!("no key for modem {}", envelope.modem_id),
+        ))?;
+        verify(datagram, key).map_err(|e| {
+            let reason = match e {
+                AuthError::MissingTag => "missing_tag",
+                _ => "bad_tag",
+            };
+            (reason, e.to_string())
+        })?;
+        let fresh = self
+            .windows
+            .lock()
+            .map(|mut w| {
+                w.entry(envelope.modem_id)
+                    .or_default()
+                    .accept(envelope.sequence)
+            })
+            .unwrap_or(false);
+        if !fresh {
+            return Err((
+                "replayed_sequence",
+                format!("sequence {} was seen or is too old", envelope.sequence),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,243 @@
+//! Downlink: switch requests from `downstream-request` become Perform packets sent to the
+//! modem's session address and re-sent until answered or given up; offsets are committed
+//! only up to the oldest request still pending.
+
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_schemas::records::now_us;
+
+use anyhow::Context;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use switchyard_kafka::{is_partition_eof, TracingContext};
+use switchyard_protocol::json::parse_request_id;
+use switchyard_protocol::{Envelope, Frame, Packet};
+use switchyard_registry::RecordDecoder;
+use switchyard_schemas::records::{CarrierSwitchRequest, DeliveryEvent};
+use tracing::{info, warn};
+
+use crate::downlink::Action;
+use crate::service::Gateway;
+use crate::uplink::wire_carrier;
+use crate::REQUEST_TOPIC;
+
+impl Gateway {
+    pub(crate) async fn take_requests(
+        self: Arc<Self>,
+        consumer: Arc<StreamConsumer<TracingContext>>,
+    ) {
+        let Some((id, codec)) = self.codecs.get(REQUEST_TOPIC).cloned() else {
+            warn!("no schema for downstream-request; downlink is off");
+            return;
+        };
+        // Requests written with a newer (compatible) schema are resolved to ours.
+        let mut decoder = RecordDecoder::new(self.registry.clone(), id, codec);
+        loop {
+            let message = match consumer.recv().await {
+                Ok(m) => m,
+                Err(e) if is_partition_eof(&e) => continue,
+                Err(e) => {
+                    warn!(error = %e, "reading downstream-request; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let request = decoder
+                .decode::<CarrierSwitchRequest>(message.payload())
+                .await;
+            match request.and_then(|r| {
+                parse_request_id(&r.request_id)
+                    .map(|rid| (r, rid))
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok((request, request_id)) => {
+                    // Added and recorded under one lock of the downlink, so the offset is
+                    // never committed between the two.
+                    let added = self.downlink.lock().map(|mut d| {
+                        let added = d.add(
+                            request_id,
+                            &request.modem_id,
+                            wire_carrier(request.carrier),
+                            request.deadline,
+                            now_us(),
+                        );
+                        if let Ok(mut offsets) = self.request_offsets.lock() {
+                            if added {
+                                offsets.pending(request_id, message.partition(), message.offset());
+                            } else {
+                                offsets.read(message.partition(), message.offset());
+                            }
+                        }
+                        added
+                    });
+                    if added.unwrap_or(false) {
+                        self.new_request.notify_one();
+                        info!(request = %request.request_id, modem = %request.modem_id, carrier = ?request.carrier, "switch request taken");
+                    }
+                }
+                Err(e) => {
+                    self.metrics
+                        .rejects
+                        .with_label_values(&["bad_request_record"])
+                        .inc();
+                    warn!(error = %e, offset = message.offset(), "unreadable switch request skipped");
+                    if let Ok(mut offsets) = self.request_offsets.lock() {
+                        offsets.read(message.partition(), message.offset());
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn retransmit(self: Arc<Self>, consumer: Arc<StreamConsumer<TracingContext>>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut stored = Vec::new();
+        loop {
+            self.store_request_offsets(&consumer, &mut stored);
+            // Every 100 ms for retries and deadlines, and at once for a new request.
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.new_request.notified() => {}
+            }
+            self.metrics
+                .buffered
+                .set(i64::from(rdkafka::producer::Producer::in_flight_count(
+                    &self.producer,
+                )));
+            let actions = match (self.downlink.lock(), self.sessions.lock()) {
+                (Ok(mut downlink), Ok(sessions)) => {
+                    downlink.due(now_us(), |m| sessions.address(m).is_some())
+                }
+                _ => Vec::new(),
+            };
+            for action in actions {
+                match action {
+                    Action::Send {
+                        request_id,
+                        modem_id,
+                        carrier,
+                        attempt,
+                    } => {
+                        let address = self.sessions.lock().ok().and_then(|s| s.address(&modem_id));
+                        let Some(address) = address else {
+                            continue;
+                        };
+                        let packet = match self.perform_packet(&modem_id, request_id, carrier) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                warn!(modem = %modem_id, error = %e, "cannot build a Perform packet");
+                                continue;
+                            }
+                        };
+                        if let Err(e) = self.socket.send_to(&packet, address).await {
+                            warn!(%address, error = %e, "UDP send failed");
+                        }
+                        let event = if attempt == 1 {
+                            DeliveryEvent::Sent
+                        } else {
+                            DeliveryEvent::Retried
+                        };
+                        if attempt > 1 {
+                            self.metrics.downlink_retries.inc();
+                        } else {
+                            self.metrics.downlink_sent.inc();
+                        }
+                        self.delivery(request_id, &modem_id, event, attempt, Some(address), None);
+                    }
+                    Action::GiveUp {
+                        request_id,
+                        modem_id,
+                        attempts,
+                        reason,
+                    } => {
+                        self.metrics
+                            .undeliverable
+                            .with_label_values(&[reason])
+                            .inc();
+                        warn!(request = format!("{request_id:016x}"), modem = %modem_id, reason, "switch request undeliverable");
+                        self.delivery(
+                            request_id,
+                            &modem_id,
+                            DeliveryEvent::Undeliverable,
+                            attempts,
+                            None,
+                            Some(reason),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Store for the next background commit, per partition, the offset of the oldest request
+    /// still pending (or the one after the last read), when it moved since `stored`.
+    fn store_request_offsets(
+        &self,
+        consumer: &StreamConsumer<TracingContext>,
+        stored: &mut Vec<(i32, i64)>,
+    ) {
+        let positions = match (self.downlink.lock(), self.request_offsets.lock()) {
+            (Ok(downlink), Ok(mut offsets)) => {
+                offsets.retain(|id| downlink.contains(id));
+                offsets.positions()
+            }
+            _ => return,
+        };
+        if positions == *stored {
+            return;
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (partition, offset) in &positions {
+            if tpl
+                .add_partition_offset(REQUEST_TOPIC, *partition, rdkafka::Offset::Offset(*offset))
+                .is_err()
+            {
+                return;
+            }
+        }
+        match consumer.store_offsets(&tpl) {
+            Ok(()) => *stored = positions,
+            // A partition no longer assigned (rebalance): tried again at the next tick.
+            Err(e) => warn!(error = %e, "storing downstream-request offsets"),
+        }
+    }
+
+    /// The Perform packet for a modem: bare v1 for the legacy modem, else an envelope with
+    /// the request id, signed when the modem has a key.
+    fn perform_packet(
+        &self,
+        modem_id: &str,
+        request_id: u64,
+        carrier: switchyard_protocol::Carrier,
+    ) -> anyhow::Result<Vec<u8>> {
+        let packet = Packet::CarrierSwitchPerform(carrier);
+        if modem_id == self.config.legacy_modem_id {
+            return Ok(packet.encode()?);
+        }
+        let modem: u64 = modem_id
+            .parse()
+            .with_context(|| format!("modem id {modem_id:?} is not a number"))?;
+        let sequence = self
+            .downlink_sequence
+            .lock()
+            .map(|mut s| {
+                let n = s.entry(modem).or_insert(0);
+                *n = n.wrapping_add(1);
+                *n
+            })
+            .unwrap_or(0);
+        let frame = Frame {
+            envelope: Some(Envelope {
+                modem_id: modem,
+                sequence,
+                request_id: Some(request_id),
+                auth_tag: None,
+            }),
+            packet,
+        };
+        Ok(match self.keys.get(&modem) {
+            Some(key) => frame.encode_signed(key)?,
+            None => frame.encode()?,
+        })
+    }
+}

@@ -1,0 +1,238 @@
+//! The gateway as a service: start-up (schemas, clients, sessions read back, socket), the
+//! state its tasks share, and shutdown. The tasks are in `receive` (uplink), `send`
+//! (downlink) and `publish` (records to Kafka).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use switchyard_kafka::TracingContext;
+use switchyard_registry::{RecordDecoder, RegistryClient};
+use switchyard_schemas::wire::SchemaCodec;
+use switchyard_schemas::{value_subject, Catalog, Role};
+use switchyard_telemetry::Health;
+use tokio::net::UdpSocket;
+use tracing::info;
+
+use crate::config::{bind_udp, GatewayConfig};
+use crate::downlink::Downlink;
+use crate::metrics::GatewayMetrics;
+use crate::replay::ReplayWindow;
+use crate::request_offsets::RequestOffsets;
+use crate::restore;
+use crate::sessions::Sessions;
+use crate::socket_drops;
+use crate::uplink::{ACK_TOPIC, STATUS_TOPIC};
+use crate::{DELIVERY_TOPIC, REJECT_TOPIC, REQUEST_TOPIC, SESSIONS_TOPIC};
+
+pub(crate) struct Gateway {
+    pub(crate) config: GatewayConfig,
+    pub(crate) catalog: Catalog,
+    pub(crate) socket: UdpSocket,
+    pub(crate) producer: FutureProducer,
+    pub(crate) codecs: HashMap<String, (i32, Arc<SchemaCodec>)>,
+    pub(crate) keys: HashMap<u64, Vec<u8>>,
+    pub(crate) sessions: Mutex<Sessions>,
+    pub(crate) windows: Mutex<HashMap<u64, ReplayWindow>>,
+    pub(crate) downlink: Mutex<Downlink>,
+    pub(crate) downlink_sequence: Mutex<HashMap<u64, u32>>,
+    /// What of `downstream-request` may be committed: nothing past a pending request.
+    pub(crate) request_offsets: Mutex<RequestOffsets>,
+    /// Wakes the downlink loop when a request arrives, so it is sent at once.
+    pub(crate) new_request: tokio::sync::Notify,
+    pub(crate) registry: RegistryClient,
+    pub(crate) metrics: GatewayMetrics,
+}
+
+/// Run the gateway until `shutdown` completes.
+pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let catalog = Catalog::embedded().context("the built-in catalog is invalid")?;
+    let keys = match &config.modem_keys {
+        Some(path) => switchyard_protocol::keys::parse_keys(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?,
+        None => HashMap::new(),
+    };
+    let metrics = GatewayMetrics::new()?;
+    let health = Health::default();
+    let bound = switchyard_telemetry::serve(
+        config.metrics_listen,
+        metrics.registry.clone(),
+        health.clone(),
+    )
+    .await
+    .with_context(|| format!("metrics endpoint on {}", config.metrics_listen))?;
+    tokio::pin!(shutdown);
+
+    // Every topic the gateway writes or reads, with its registered schema.
+    let mut topics: Vec<String> = catalog
+        .topics_with_role(Role::Sensor)
+        .map(|t| t.name.clone())
+        .collect();
+    topics.extend(
+        [
+            STATUS_TOPIC,
+            ACK_TOPIC,
+            DELIVERY_TOPIC,
+            REJECT_TOPIC,
+            REQUEST_TOPIC,
+            SESSIONS_TOPIC,
+        ]
+        .map(String::from),
+    );
+    let registry = RegistryClient::new(&config.endpoints.registry_url);
+    let mut codecs = HashMap::new();
+    for topic in topics {
+        let text = catalog
+            .value_schema(&topic)
+            .with_context(|| format!("{topic} has no schema"))?;
+        let subject = value_subject(&topic);
+        let id = tokio::select! {
+            registered = registry.register_retrying(&subject, text) => {
+                registered.with_context(|| format!("registering {topic}"))?
+            }
+            _ = &mut shutdown => return Ok(()),
+        };
+        codecs.insert(
+            topic,
+            (id, SchemaCodec::parse(text).map_err(anyhow::Error::msg)?),
+        );
+    }
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", config.linger_ms.to_string())
+        .set(
+            "queue.buffering.max.messages",
+            config.buffer_records.to_string(),
+        )
+        .set("message.timeout.ms", "300000")
+        .create()
+        .context("creating the producer")?;
+    let consumer: StreamConsumer<TracingContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
+        .set("group.id", "switchyard-gateway")
+        // Static membership: a restarted instance takes its own place in the group at once
+        // instead of waiting for the broker to expire the process it replaces.
+        .set("group.instance.id", &config.instance_id)
+        // Offsets are stored by hand, only up to the oldest request still pending
+        // (request_offsets), and committed in the background every 5 s.
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        // With no committed offset, start from the beginning: a request made before the
+        // gateway's first start is not skipped (a stale one fails its deadline at once).
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        // Downlink is interactive: do not let the broker sit on a fetch.
+        .set(
+            "fetch.wait.max.ms",
+            switchyard_kafka::FETCH_WAIT_MS.to_string(),
+        )
+        .create_with_context(TracingContext)
+        .context("creating the consumer")?;
+    consumer
+        .subscribe(&[REQUEST_TOPIC])
+        .context("subscribing to downstream-request")?;
+
+    let mut sessions = Sessions::new(
+        &config.instance_id,
+        i64::try_from(config.session_heartbeat_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+    );
+    let (session_id, session_codec) = codecs
+        .get(SESSIONS_TOPIC)
+        .cloned()
+        .context("no schema for device-sessions")?;
+    let restored = tokio::select! {
+        restored = restore::restore_sessions(
+            &config.endpoints.bootstrap_servers,
+            RecordDecoder::new(registry.clone(), session_id, session_codec),
+            &mut sessions,
+            Duration::from_secs(60),
+        ) => restored?,
+        _ = &mut shutdown => return Ok(()),
+    };
+    let (taken, skipped) = restored;
+    metrics.sessions_restored.set(taken as i64);
+    metrics.known_modems.set(sessions.len() as i64);
+    if skipped > 0 {
+        metrics
+            .rejects
+            .with_label_values(&["bad_session_record"])
+            .inc_by(skipped);
+    }
+    info!(instance = %config.instance_id, restored = taken, skipped, "sessions read back");
+
+    let socket = bind_udp(config.listen, config.udp_buffer_bytes)?;
+    let listen = socket.local_addr()?;
+    let gateway = Arc::new(Gateway {
+        downlink: Mutex::new(Downlink::new(
+            i64::try_from(config.retry_initial_ms.saturating_mul(1000)).unwrap_or(i64::MAX),
+            i64::try_from(config.retry_max_ms.saturating_mul(1000)).unwrap_or(i64::MAX),
+        )),
+        config,
+        catalog,
+        socket,
+        producer,
+        codecs,
+        keys,
+        sessions: Mutex::new(sessions),
+        windows: Mutex::new(HashMap::new()),
+        downlink_sequence: Mutex::new(HashMap::new()),
+        request_offsets: Mutex::new(RequestOffsets::default()),
+        new_request: tokio::sync::Notify::new(),
+        registry,
+        metrics,
+    });
+    health.set_ready(true);
+    info!(udp = %listen, metrics = %bound, authenticated = !gateway.keys.is_empty(), "gateway running");
+
+    let uplink = tokio::spawn(Arc::clone(&gateway).receive());
+    let consumer = Arc::new(consumer);
+    let requests = tokio::spawn(Arc::clone(&gateway).take_requests(Arc::clone(&consumer)));
+    let retransmit = tokio::spawn(Arc::clone(&gateway).retransmit(consumer));
+    let drops = match socket_drops::socket_inode(&gateway.socket) {
+        Some(inode) => tokio::spawn(socket_drops::watch(
+            inode,
+            gateway.metrics.kernel_drops.clone(),
+        )),
+        None => tokio::spawn(async {}),
+    };
+    shutdown.await;
+    info!("shutting down");
+    uplink.abort();
+    requests.abort();
+    retransmit.abort();
+    drops.abort();
+    let producer = gateway.producer.clone();
+    tokio::task::spawn_blocking(move || {
+        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10))
+    })
+    .await
+    .ok();
+    Ok(())
+}
+
+/// Logs the 1st, 2nd, 4th, 8th… occurrence of a recurring problem.
+pub(crate) fn rate_limited(count: u64) -> bool {
+    count.is_power_of_two()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_logging_thins_out() {
+        let logged: Vec<u64> = (1..=20).filter(|n| rate_limited(*n)).collect();
+        assert_eq!(logged, vec![1, 2, 4, 8, 16]);
+    }
+}

@@ -1,6 +1,7 @@
 //! `switchyard`: the operator CLI.
 
 mod avro_json;
+mod dlq;
 mod grafana;
 mod packet;
 mod produce;
@@ -54,6 +55,13 @@ enum Command {
         #[command(flatten)]
         args: tail::TailArgs,
     },
+    /// A processor's dead letters: list them, or replay them to their topics after a fix.
+    Dlq {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
     /// Every modem the switch API knows: carrier, status, last seen, latest request.
     Modems {
         #[command(flatten)]
@@ -103,6 +111,7 @@ async fn main() -> ExitCode {
         Command::Topics { endpoints, command } => topics::run(&endpoints, command).await,
         Command::Produce { endpoints, args } => produce::run(&endpoints, args).await,
         Command::Tail { endpoints, args } => tail::run(&endpoints, args).await,
+        Command::Dlq { endpoints, command } => dlq::run(&endpoints, command).await,
         Command::Modems { api } => switch::modems(&api).await,
         Command::Switch { api, args } => switch::switch(&api, args).await,
     };

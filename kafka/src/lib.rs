@@ -1,5 +1,7 @@
 //! Kafka client plumbing shared by Switchyard's services.
 
+pub mod dead_letter;
+
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;

@@ -13,16 +13,9 @@ use crate::processor::{Body, ErrorPolicy, Processor, Record, TimerKind, Topology
 use crate::store::KeyValueStore;
 use crate::{ProcessError, Timer};
 
-/// Header names on dead-lettered records.
-pub mod headers {
-    pub const TOPIC: &str = "switchyard.dlq.topic";
-    pub const PARTITION: &str = "switchyard.dlq.partition";
-    pub const OFFSET: &str = "switchyard.dlq.offset";
-    pub const TIMESTAMP: &str = "switchyard.dlq.timestamp";
-    pub const PROCESSOR: &str = "switchyard.dlq.processor";
-    pub const REASON: &str = "switchyard.dlq.reason";
-    pub const ERROR: &str = "switchyard.dlq.error";
-}
+/// Header names on dead-lettered records (defined with the other Kafka conventions, so that
+/// the CLI's `dlq` commands read what the runner writes).
+pub use switchyard_kafka::dead_letter as headers;
 
 /// Why a record or timer failed, as counted in metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,7 +351,12 @@ impl<P: Processor> Engine<P> {
         kind: FailureKind,
         reason: &str,
     ) -> Output {
-        let mut h = vec![
+        let mut h: Vec<(String, Vec<u8>)> = incoming
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().unwrap_or_default()))
+            .collect();
+        h.extend([
             (
                 headers::TOPIC.to_string(),
                 incoming.topic.as_bytes().to_vec(),
@@ -379,8 +377,12 @@ impl<P: Processor> Engine<P> {
                 headers::REASON.to_string(),
                 kind.as_str().as_bytes().to_vec(),
             ),
+            (
+                headers::EXCEPTION.to_string(),
+                format!("switchyard.{}", kind.as_str()).into_bytes(),
+            ),
             (headers::ERROR.to_string(), reason.as_bytes().to_vec()),
-        ];
+        ]);
         if let Some(ts) = incoming.timestamp_ms {
             h.push((headers::TIMESTAMP.to_string(), ts.to_string().into_bytes()));
         }

@@ -315,9 +315,9 @@ async fn a_refused_output_dead_letters_its_input_and_processing_goes_on() {
     assert_eq!(dead.len(), 1, "exactly the poisoned input is dead-lettered");
     let headers = &dead[0].headers;
     assert_eq!(headers["switchyard.dlq.reason"], "refused");
-    assert_eq!(headers["switchyard.dlq.topic"], INPUT);
+    assert_eq!(headers["__streams.errors.topic"], INPUT);
     assert!(
-        headers["switchyard.dlq.error"].contains(OUTPUT),
+        headers["__streams.errors.message"].contains(OUTPUT),
         "{headers:?}"
     );
     let original = stack.schema(INPUT).expect("schema");

@@ -293,4 +293,63 @@ fn a_poison_record_is_dead_lettered_and_processing_continues() {
         },
     )
     .expect("dead letter counted");
+
+    // The data team's way back: list the dead letters, replay them to their topic. The
+    // replayed record is the input as it was, without the dead-letter headers; still bad,
+    // it is dead-lettered again, which shows it went round.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(
+            switchyard_testkit::workspace_binary("switchyard").expect("built"),
+        )
+        .args(args)
+        .envs(stack.env())
+        .output()
+        .expect("switchyard runs");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let listed = cli(&["dlq", "list", NAME]);
+    let line: serde_json::Value =
+        serde_json::from_str(listed.lines().next().expect("one line")).expect("JSON");
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert_eq!(
+        (
+            line["topic"].as_str(),
+            line["reason"].as_str(),
+            line["key"].as_str()
+        ),
+        (Some("imu"), Some("undecodable"), Some("m0")),
+        "{line}"
+    );
+    let replayed = cli(&["dlq", "replay", NAME]);
+    assert!(
+        replayed.contains("replayed 1 dead letter(s) (imu: 1)"),
+        "{replayed}"
+    );
+    assert!(replayed.contains("--from-offset 1"), "{replayed}");
+    let imu = kafka::read_to_end(&stack.broker.bootstrap(), "imu").expect("imu");
+    let copies: Vec<_> = imu
+        .iter()
+        .filter(|r| r.payload.as_deref() == Some(&b"not avro"[..]))
+        .collect();
+    assert_eq!(copies.len(), 2, "the original and the replayed copy");
+    assert_eq!(copies[1].key.as_deref(), Some(&b"m0"[..]));
+    assert_eq!(copies[1].timestamp_ms, Some(1_700_000_000_000));
+    assert!(
+        copies[1]
+            .headers
+            .keys()
+            .all(|k| !headers::is_dead_letter_header(k)),
+        "{:?}",
+        copies[1].headers
+    );
+    wait_for(
+        "the replayed record dead-lettered again",
+        Duration::from_secs(60),
+        || {
+            kafka::read_to_end(&stack.broker.bootstrap(), &format!("{NAME}-dlq"))
+                .is_ok_and(|d| d.len() == 2)
+        },
+    )
+    .expect("replayed and processed again");
 }

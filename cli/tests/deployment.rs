@@ -379,6 +379,15 @@ fn start_order_waits_for_health_and_the_one_shot_topic_service() {
     }
 }
 
+/// The dashboards whose panels read Kafka (the sensor dashboard); the operations dashboard
+/// reads Prometheus.
+fn kafka_dashboards() -> Vec<(PathBuf, Json)> {
+    dashboards()
+        .into_iter()
+        .filter(|(_, d)| d["uid"] != "switchyard-operations")
+        .collect()
+}
+
 fn dashboards() -> Vec<(PathBuf, Json)> {
     std::fs::read_dir(repo().join("grafana/dashboards"))
         .expect("grafana/dashboards")
@@ -407,7 +416,7 @@ fn topics_of(dashboard: &Json) -> Vec<String> {
 #[test]
 fn dashboards_name_only_catalog_topics_and_every_sensor_has_its_panel() {
     let catalog = Catalog::embedded().expect("catalog");
-    let all = dashboards();
+    let all = kafka_dashboards();
     assert!(!all.is_empty());
     let mut shown = BTreeSet::new();
     for (path, dashboard) in &all {
@@ -528,4 +537,33 @@ fn prometheus_scrapes_every_switchyard_service_where_it_listens_and_loads_the_ru
         .map(|(name, _)| name)
         .collect();
     assert_eq!(scraped, long_running, "every Switchyard service is scraped");
+}
+
+#[test]
+fn the_operations_dashboard_queries_prometheus_for_metrics_the_services_export() {
+    let (_, dashboard) = dashboards()
+        .into_iter()
+        .find(|(_, d)| d["uid"] == "switchyard-operations")
+        .expect("grafana/dashboards/operations.json");
+    let datasource: Yaml = serde_yaml::from_str(
+        &std::fs::read_to_string(repo().join("grafana/provisioning/datasources/prometheus.yaml"))
+            .expect("datasource"),
+    )
+    .expect("yaml");
+    let uid = datasource["datasources"][0]["uid"].as_str().expect("uid");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 6);
+    for panel in panels {
+        assert_eq!(panel["datasource"]["uid"], uid, "{}", panel["title"]);
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for metric in switchyard_testkit::metrics_in(expr) {
+                assert!(
+                    switchyard_testkit::metric_registered(metric).expect("sources"),
+                    "{} queries {metric}, which no service registers",
+                    panel["title"]
+                );
+            }
+        }
+    }
 }

@@ -42,3 +42,27 @@ fn every_alert_rule_has_a_unit_test() {
         );
     }
 }
+
+#[test]
+fn alert_rules_use_only_metrics_the_services_export() {
+    // promtool's tests feed the rules series named in the test file, so a metric renamed in
+    // a service would leave its rule silent without failing them: check the names here.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitoring");
+    let rules = std::fs::read_to_string(dir.join("alerts.yml")).expect("alerts.yml");
+    let exprs: Vec<&str> = rules
+        .lines()
+        .skip_while(|l| !l.contains("rules:"))
+        .filter(|l| !l.trim_start().starts_with('#') && !l.contains("summary:"))
+        .collect();
+    let mut checked = 0;
+    for line in exprs {
+        for metric in switchyard_testkit::metrics_in(line) {
+            assert!(
+                switchyard_testkit::metric_registered(metric).expect("sources"),
+                "alerts.yml uses {metric}, which no service registers"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked} metric uses checked");
+}

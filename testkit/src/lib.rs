@@ -571,6 +571,48 @@ pub mod kafka {
     }
 }
 
+/// Whether a `switchyard_*` metric name (as Prometheus sees it, `_bucket` suffix allowed) is
+/// registered by a service: its name without the service prefix appears quoted in the
+/// gateway's, the pipeline's or the API's sources. For checking dashboards and alert rules
+/// against what the services export.
+pub fn metric_registered(metric: &str) -> Result<bool> {
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        for entry in std::fs::read_dir(dir)?.filter_map(std::result::Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                rust_files(&path, out)?;
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    for dir in ["edge/gateway/src", "pipeline/src", "api/src"] {
+        rust_files(&repo.join(dir), &mut files)?;
+    }
+    let name = metric
+        .trim_start_matches("switchyard_gateway_")
+        .trim_start_matches("switchyard_api_")
+        .trim_start_matches("switchyard_")
+        .trim_end_matches("_bucket");
+    let quoted = format!("\"{name}\"");
+    for file in files {
+        if std::fs::read_to_string(&file)?.contains(&quoted) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The `switchyard_*` metric names a PromQL expression uses.
+pub fn metrics_in(expr: &str) -> Vec<&str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("switchyard_"))
+        .collect()
+}
+
 /// A plain HTTP request with a JSON body; returns (status, body).
 pub fn http_json(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;

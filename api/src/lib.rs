@@ -39,8 +39,8 @@ use tracing::{info, warn};
 
 use crate::view::{ModemView, Table};
 
-pub const STATE_TOPIC: &str = "carrier-state";
-pub const REQUEST_TOPIC: &str = "downstream-request";
+pub const STATE_TOPIC: &str = switchyard_schemas::topics::CARRIER_STATE;
+pub const REQUEST_TOPIC: &str = switchyard_schemas::topics::DOWNSTREAM_REQUEST;
 
 #[derive(Debug, Clone, Args)]
 pub struct ApiConfig {

@@ -5,6 +5,7 @@
 //! topics apply` and the dashboards all read it from here.
 
 pub mod records;
+pub mod topics;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -43,7 +43,7 @@ pub mod uplink;
 pub use config::{bind_udp, GatewayConfig};
 pub use service::run;
 
-pub const REQUEST_TOPIC: &str = "downstream-request";
-pub const DELIVERY_TOPIC: &str = "downlink-delivery";
-pub const REJECT_TOPIC: &str = "gateway-rejects";
-pub const SESSIONS_TOPIC: &str = "device-sessions";
+pub const REQUEST_TOPIC: &str = switchyard_schemas::topics::DOWNSTREAM_REQUEST;
+pub const DELIVERY_TOPIC: &str = switchyard_schemas::topics::DOWNLINK_DELIVERY;
+pub const REJECT_TOPIC: &str = switchyard_schemas::topics::GATEWAY_REJECTS;
+pub const SESSIONS_TOPIC: &str = switchyard_schemas::topics::DEVICE_SESSIONS;

@@ -5,8 +5,8 @@ use switchyard_protocol::{AckStatus, Carrier, Frame, IotStatus, Packet};
 use switchyard_schemas::records::{self, CarrierSwitchAck, IotStatusReport, SensorReading};
 use switchyard_schemas::Catalog;
 
-pub const STATUS_TOPIC: &str = "iot-status";
-pub const ACK_TOPIC: &str = "carrier-switch-ack";
+pub const STATUS_TOPIC: &str = switchyard_schemas::topics::IOT_STATUS;
+pub const ACK_TOPIC: &str = switchyard_schemas::topics::CARRIER_SWITCH_ACK;
 
 /// A record to publish, keyed by modem id.
 #[derive(Debug, Clone, PartialEq)]

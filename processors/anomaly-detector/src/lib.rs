@@ -17,7 +17,7 @@ use switchyard_schemas::{Catalog, Role};
 use crate::detector::{DeviceStats, Finding, Rules};
 
 pub const NAME: &str = "anomaly-detector";
-pub const OUTPUT: &str = "anomalies";
+pub const OUTPUT: &str = switchyard_schemas::topics::ANOMALIES;
 const STATS: &str = "stats";
 /// Per device: when it last sent something, for the silence timer (small values, cheap to scan).
 const LAST_SEEN: &str = "last-seen";

@@ -15,16 +15,17 @@ use switchyard_schemas::records::{
     CarrierState, CarrierSwitchAck, CarrierSwitchRequest, DeviceSession, DownlinkDelivery,
     IotStatusReport,
 };
+use switchyard_schemas::topics;
 
 use crate::lifecycle::ModemRecord;
 
 pub const NAME: &str = "carrier-state";
-pub const REQUESTS: &str = "downstream-request";
-pub const ACKS: &str = "carrier-switch-ack";
-pub const DELIVERIES: &str = "downlink-delivery";
-pub const STATUS: &str = "iot-status";
-pub const SESSIONS: &str = "device-sessions";
-pub const OUTPUT: &str = "carrier-state";
+pub const REQUESTS: &str = topics::DOWNSTREAM_REQUEST;
+pub const ACKS: &str = topics::CARRIER_SWITCH_ACK;
+pub const DELIVERIES: &str = topics::DOWNLINK_DELIVERY;
+pub const STATUS: &str = topics::IOT_STATUS;
+pub const SESSIONS: &str = topics::DEVICE_SESSIONS;
+pub const OUTPUT: &str = topics::CARRIER_STATE;
 const MODEMS: &str = "modems";
 /// Modems with a pending request, and its earliest deadline: what the timer scans.
 const PENDING: &str = "pending";

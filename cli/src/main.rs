@@ -5,6 +5,7 @@ mod dlq;
 mod grafana;
 mod packet;
 mod produce;
+mod scaffold;
 mod switch;
 mod tail;
 mod topics;
@@ -54,6 +55,11 @@ enum Command {
         endpoints: Endpoints,
         #[command(flatten)]
         args: tail::TailArgs,
+    },
+    /// Scaffold a new processor: crate, output schema, catalog entries, workspace member.
+    New {
+        #[command(subcommand)]
+        command: scaffold::NewCommand,
     },
     /// A processor's dead letters: list them, or replay them to their topics after a fix.
     Dlq {
@@ -111,6 +117,7 @@ async fn main() -> ExitCode {
         Command::Topics { endpoints, command } => topics::run(&endpoints, command).await,
         Command::Produce { endpoints, args } => produce::run(&endpoints, args).await,
         Command::Tail { endpoints, args } => tail::run(&endpoints, args).await,
+        Command::New { command } => scaffold::run(command),
         Command::Dlq { endpoints, command } => dlq::run(&endpoints, command).await,
         Command::Modems { api } => switch::modems(&api).await,
         Command::Switch { api, args } => switch::switch(&api, args).await,

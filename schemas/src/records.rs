@@ -254,6 +254,28 @@ impl TopicRecord for GatewayReject {
     const SCHEMA_FILE: &'static str = "gateway-reject.avsc";
 }
 
+/// (schema file, Rust type) for every record type here: what `switchyard new processor`
+/// names when a new processor reads a topic of that schema.
+macro_rules! record_types {
+    ($($t:ident),* $(,)?) => {
+        pub const RECORD_TYPES: &[(&str, &str)] =
+            &[$((<$t as TopicRecord>::SCHEMA_FILE, stringify!($t))),*];
+    };
+}
+
+record_types!(
+    SensorReading,
+    GrafanaReading,
+    IotStatusReport,
+    CarrierSwitchRequest,
+    CarrierSwitchAck,
+    DownlinkDelivery,
+    DeviceSession,
+    CarrierState,
+    Anomaly,
+    GatewayReject,
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

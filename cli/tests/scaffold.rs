@@ -1,0 +1,127 @@
+//! `switchyard new processor` on a scratch copy of this repository: the crate it makes
+//! builds, is formatted, passes clippy and its own tests, and the catalog, workspace and
+//! topic docs are updated. Built in this workspace's target directory, so it costs the
+//! copied crates' builds, not their dependencies'.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use switchyard_schemas::Catalog;
+use switchyard_testkit::workspace_binary;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The repository's tracked files, copied into `to`.
+fn copy_repo(to: &Path) {
+    let listed = Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(repo())
+        .output()
+        .expect("git runs");
+    assert!(listed.status.success(), "git ls-files: {listed:?}");
+    for path in listed.stdout.split(|b| *b == 0).filter(|p| !p.is_empty()) {
+        let path = std::str::from_utf8(path).expect("utf-8 path");
+        let from = repo().join(path);
+        if !from.is_file() {
+            continue; // deleted in the working tree
+        }
+        let dest = to.join(path);
+        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(&from, &dest).expect("copy");
+    }
+}
+
+fn cargo(dir: &Path, args: &[&str]) -> String {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join("target"));
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", target)
+        .output()
+        .expect("cargo runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cargo {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn a_scaffolded_processor_builds_and_its_tests_pass() {
+    let scratch = tempfile::tempdir().expect("scratch");
+    let dir = scratch.path();
+    copy_repo(dir);
+    let out = Command::new(workspace_binary("switchyard").expect("built"))
+        .args([
+            "new",
+            "processor",
+            "door-count",
+            "--input",
+            "imu",
+            "--input",
+            "iot-status",
+            "--output",
+            "door-counts",
+            "--repo",
+        ])
+        .arg(dir)
+        .output()
+        .expect("switchyard runs");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The crate, with a main.rs of at most five lines.
+    let main =
+        std::fs::read_to_string(dir.join("processors/door-count/src/main.rs")).expect("main.rs");
+    assert!(main.lines().count() <= 5, "{main}");
+    // The catalog has the output and dead-letter topics, with the output's schema.
+    let catalog = Catalog::from_dir(&dir.join("schemas")).expect("a valid catalog");
+    assert_eq!(catalog.schema_file("door-counts"), Some("door-counts.avsc"));
+    assert!(catalog.topic("door-count-dlq").is_some());
+    let docs = std::fs::read_to_string(dir.join("docs/topics.md")).expect("topics.md");
+    assert!(docs.contains("door-counts") && docs.contains("door-count-dlq"));
+    let workspace = std::fs::read_to_string(dir.join("Cargo.toml")).expect("Cargo.toml");
+    assert!(workspace.contains("\"processors/door-count\""));
+
+    // It builds, is formatted and lint-clean, and its tests pass.
+    cargo(dir, &["fmt", "-p", "door-count", "--check"]);
+    cargo(
+        dir,
+        &[
+            "clippy",
+            "-p",
+            "door-count",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    );
+    let tested = cargo(dir, &["test", "-p", "door-count"]);
+    assert!(tested.contains("test result: ok. 2 passed"), "{tested}");
+
+    // Names already taken are refused with a clear message, and nothing is written.
+    let again = Command::new(workspace_binary("switchyard").expect("built"))
+        .args([
+            "new",
+            "processor",
+            "door-count",
+            "--input",
+            "imu",
+            "--output",
+            "door-counts",
+            "--repo",
+        ])
+        .arg(dir)
+        .output()
+        .expect("switchyard runs");
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+}

@@ -27,6 +27,19 @@ METRICS_BASE=${SWITCHYARD_METRICS_BASE:-9100}
 GATEWAY_METRICS=$((METRICS_BASE + 4))
 PROCESSORS=(reading-counter=$METRICS_BASE grafana-projector=$((METRICS_BASE + 1))
   carrier-state=$((METRICS_BASE + 2)) anomaly-detector=$((METRICS_BASE + 3)))
+# Every other crate under processors/ (e.g. one made by `switchyard new processor`) runs too,
+# in name order, with metrics ports from METRICS_BASE + 10.
+discover_processors() {
+  local dir name next=$((METRICS_BASE + 10))
+  for dir in "$ROOT"/processors/*/; do
+    name=$(sed -n 's/^name = "\(.*\)"$/\1/p' "$dir/Cargo.toml" 2>/dev/null | head -n 1)
+    [ -n "$name" ] && [ -f "$dir/src/main.rs" ] || continue
+    case " ${PROCESSORS[*]%%=*} " in *" $name "*) continue ;; esac
+    PROCESSORS+=("$name=$next")
+    next=$((next + 1))
+  done
+}
+discover_processors
 # tansu holds every fetch for the whole wait and runs its SQLite queries for every fetch, so
 # each idle consumer costs the broker CPU: measured, one consumer of one 3-partition topic at
 # a 20 ms wait costs about 20% of a core, at 100 ms a few % (`make bench`, idle section).

@@ -107,6 +107,21 @@ fn a_scaffolded_processor_builds_and_its_tests_pass() {
     let tested = cargo(dir, &["test", "-p", "door-count"]);
     assert!(tested.contains("test result: ok. 2 passed"), "{tested}");
 
+    // `make up` runs it without an edit: stack.sh finds it under processors/.
+    let status = Command::new("bash")
+        .arg(dir.join("scripts/stack.sh"))
+        .arg("status")
+        .env("SWITCHYARD_RUN_DIR", dir.join(".run"))
+        .output()
+        .expect("stack.sh runs");
+    let listed = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("door-count ") && l.contains(":9110/metrics")),
+        "{listed}"
+    );
+
     // Names already taken are refused with a clear message, and nothing is written.
     let again = Command::new(workspace_binary("switchyard").expect("built"))
         .args([

@@ -4,7 +4,11 @@ use std::fmt::Write;
 use std::path::Path;
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("avro");
+    // The manifest dir of this build, read when the script runs: a build script binary is
+    // shared by copies of the workspace in one target dir (the scaffold test builds one), so
+    // a path compiled into it with env! could name another copy.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    let dir = Path::new(&manifest_dir).join("avro");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .map(|entries| {

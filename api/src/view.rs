@@ -185,6 +185,9 @@ pub struct ModemView {
     /// `nominal`, `idle` or `off_nominal`.
     pub last_status: Option<String>,
     pub last_seen: Option<String>,
+    /// The device clock's offset as its gateway sees it: arrival minus sensor time of its
+    /// readings, smoothed, in ms (network delay plus the clock's error); null before a reading.
+    pub clock_offset_ms: Option<i64>,
     /// The request in flight, if any.
     pub pending: Option<RequestView>,
     /// Recent requests, oldest first.
@@ -282,6 +285,7 @@ impl Table {
             carrier: state.carrier.map(Into::into),
             last_status: state.last_status.map(|s| status_name(s).to_string()),
             last_seen: state.last_seen.map(rfc3339),
+            clock_offset_ms: state.clock_offset_ms,
             pending: requests
                 .iter()
                 .rev()
@@ -368,6 +372,7 @@ mod tests {
             last_status: Some(IotStatus::Nominal),
             last_seen: Some(1_700_000_000_000_000),
             updated_at: 1_700_000_000_000_000,
+            clock_offset_ms: Some(1_500),
             requests,
         }
     }

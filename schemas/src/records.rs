@@ -182,6 +182,7 @@ pub struct DeviceSession {
     pub first_seen: i64,
     pub last_seen: i64,
     pub address_changes: i64,
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl TopicRecord for DeviceSession {
@@ -211,6 +212,7 @@ pub struct CarrierState {
     pub last_status: Option<IotStatus>,
     pub last_seen: Option<i64>,
     pub updated_at: i64,
+    pub clock_offset_ms: Option<i64>,
     pub requests: Vec<SwitchRequestState>,
 }
 
@@ -345,6 +347,7 @@ mod tests {
             first_seen: T0,
             last_seen: T0 + 30_000_000,
             address_changes: 2,
+            clock_offset_ms: Some(-1_250),
         });
         round_trip(IotStatusReport {
             modem_id: "1".into(),
@@ -383,6 +386,7 @@ mod tests {
             last_status: Some(IotStatus::Nominal),
             last_seen: Some(T0),
             updated_at: T0,
+            clock_offset_ms: Some(42),
             requests: vec![SwitchRequestState {
                 request_id: "00000000000000ff".into(),
                 carrier: Carrier::Disconnect,

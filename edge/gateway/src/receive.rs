@@ -95,8 +95,19 @@ impl Gateway {
             None => SessionProtocol::V1,
         };
         let authenticated = frame.envelope.is_some() && !self.keys.is_empty();
+        let sensor_time = match &record {
+            Uplink::Reading { reading, .. } => Some(reading.timestamp),
+            _ => None,
+        };
         let session = self.sessions.lock().ok().and_then(|mut sessions| {
-            let record = sessions.observe(&modem_id, source, protocol, authenticated, received_at);
+            let record = sessions.observe(
+                &modem_id,
+                source,
+                protocol,
+                authenticated,
+                received_at,
+                sensor_time,
+            );
             self.metrics.known_modems.set(sessions.len() as i64);
             record
         });

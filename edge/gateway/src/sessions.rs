@@ -21,7 +21,13 @@ struct Session {
     /// `last_seen` of the last record written: the heartbeat runs from here.
     written: i64,
     address_changes: i64,
+    /// Arrival minus sensor time of the readings, smoothed (µs); None before a reading.
+    clock_offset_us: Option<i64>,
 }
+
+/// Weight of a new sample in the smoothed clock offset (1/8: a few readings move it, one
+/// delayed datagram barely does).
+const CLOCK_SMOOTHING: i64 = 8;
 
 /// Every session this gateway instance holds.
 #[derive(Debug)]
@@ -42,8 +48,9 @@ impl Sessions {
         }
     }
 
-    /// A packet from `modem_id` arrived from `address` at `now_us`. Returns the session
-    /// record to write, if one is due.
+    /// A packet from `modem_id` arrived from `address` at `now_us` (a reading also gives its
+    /// sensor time, for the clock offset). Returns the session record to write, if one is
+    /// due; the clock offset alone never makes one due, it rides on the next.
     pub fn observe(
         &mut self,
         modem_id: &str,
@@ -51,7 +58,9 @@ impl Sessions {
         protocol: SessionProtocol,
         authenticated: bool,
         now_us: i64,
+        sensor_time_us: Option<i64>,
     ) -> Option<DeviceSession> {
+        let sample = sensor_time_us.map(|t| now_us.saturating_sub(t));
         let Some(session) = self.by_modem.get_mut(modem_id) else {
             let session = Session {
                 address,
@@ -61,10 +70,17 @@ impl Sessions {
                 last_seen: now_us,
                 written: now_us,
                 address_changes: 0,
+                clock_offset_us: sample,
             };
             self.by_modem.insert(modem_id.to_string(), session);
             return Some(self.record(modem_id, &session));
         };
+        if let Some(sample) = sample {
+            session.clock_offset_us = Some(match session.clock_offset_us {
+                Some(smoothed) => smoothed + (sample - smoothed) / CLOCK_SMOOTHING,
+                None => sample,
+            });
+        }
         let moved = session.address != address;
         let changed =
             moved || session.protocol != protocol || session.authenticated != authenticated;
@@ -111,6 +127,7 @@ impl Sessions {
                 last_seen: record.last_seen,
                 written: record.last_seen,
                 address_changes: record.address_changes,
+                clock_offset_us: record.clock_offset_ms.map(|ms| ms.saturating_mul(1000)),
             },
         );
         true
@@ -139,6 +156,7 @@ impl Sessions {
             first_seen: s.first_seen,
             last_seen: s.last_seen,
             address_changes: s.address_changes,
+            clock_offset_ms: s.clock_offset_us.map(|us| us.div_euclid(1000)),
         }
     }
 }
@@ -157,7 +175,7 @@ mod tests {
     fn writes_on_first_sight_on_a_move_and_at_most_once_per_heartbeat() {
         let mut s = Sessions::new("gw-a", 30 * S);
         let first = s
-            .observe("7", addr(4000), SessionProtocol::V1, false, 100 * S)
+            .observe("7", addr(4000), SessionProtocol::V1, false, 100 * S, None)
             .expect("first sight is written");
         assert_eq!(
             (
@@ -176,6 +194,7 @@ mod tests {
                     SessionProtocol::V1,
                     false,
                     100 * S + i * S / 10,
+                    Some(100 * S + i * S / 10 - S / 20),
                 )
             })
             .collect();
@@ -183,7 +202,7 @@ mod tests {
         assert_eq!(written[0].last_seen, 130 * S);
         // NAT rebinding: written at once, counted.
         let moved = s
-            .observe("7", addr(4001), SessionProtocol::V1, false, 161 * S)
+            .observe("7", addr(4001), SessionProtocol::V1, false, 161 * S, None)
             .expect("a move is written at once");
         assert_eq!((moved.address_changes, moved.first_seen), (1, 100 * S));
         assert_eq!(s.address("7"), Some(addr(4001)));
@@ -191,17 +210,72 @@ mod tests {
     }
 
     #[test]
+    fn the_clock_offset_is_smoothed_and_rides_on_the_next_record() {
+        let mut s = Sessions::new("gw-a", 30 * S);
+        // A device whose clock is 2 s behind: readings arrive 2 s after their sensor time.
+        let first = s
+            .observe(
+                "9",
+                addr(1),
+                SessionProtocol::V1,
+                false,
+                10 * S,
+                Some(8 * S),
+            )
+            .expect("first sight");
+        assert_eq!(first.clock_offset_ms, Some(2_000));
+        // One reading delayed by 10 s moves the smoothed offset by an eighth of the jump.
+        assert!(
+            s.observe(
+                "9",
+                addr(1),
+                SessionProtocol::V1,
+                false,
+                21 * S,
+                Some(11 * S)
+            )
+            .is_none(),
+            "an offset alone writes nothing"
+        );
+        let later = s
+            .observe("9", addr(1), SessionProtocol::V1, false, 41 * S, None)
+            .expect("heartbeat");
+        assert_eq!(later.clock_offset_ms, Some(3_000));
+    }
+
+    #[test]
     fn a_restart_takes_back_only_its_own_sessions_and_the_newest() {
         let mut before = Sessions::new("gw-a", 30 * S);
         let mine = before
-            .observe("1", addr(5000), SessionProtocol::Envelope, true, 10 * S)
+            .observe(
+                "1",
+                addr(5000),
+                SessionProtocol::Envelope,
+                true,
+                10 * S,
+                None,
+            )
             .expect("written");
         let mut other = Sessions::new("gw-b", 30 * S);
         let theirs = other
-            .observe("2", addr(6000), SessionProtocol::Envelope, true, 10 * S)
+            .observe(
+                "2",
+                addr(6000),
+                SessionProtocol::Envelope,
+                true,
+                10 * S,
+                None,
+            )
             .expect("written");
         let moved_away = other
-            .observe("1", addr(6001), SessionProtocol::Envelope, true, 20 * S)
+            .observe(
+                "1",
+                addr(6001),
+                SessionProtocol::Envelope,
+                true,
+                20 * S,
+                None,
+            )
             .expect("written");
 
         let mut after = Sessions::new("gw-a", 30 * S);

@@ -304,11 +304,17 @@ mod tests {
             first_seen: 1_700_000_000_000_000,
             last_seen: 1_700_000_030_000_000,
             address_changes: 0,
+            clock_offset_ms: Some(-90_000),
         };
         d.pipe(SESSIONS, MODEM, &session, 1).expect("ok");
         let state = latest(&mut d);
         assert_eq!(state.modem_id, MODEM);
         assert_eq!(state.last_seen, Some(1_700_000_030_000_000));
+        assert_eq!(
+            state.clock_offset_ms,
+            Some(-90_000),
+            "the device clock's offset"
+        );
         // An older session record (replayed input) does not move last seen back.
         let older = DeviceSession {
             last_seen: 1_700_000_000_000_000,

@@ -43,6 +43,7 @@ impl ModemRecord {
                 last_status: None,
                 last_seen: None,
                 updated_at: 0,
+                clock_offset_ms: None,
                 requests: Vec::new(),
             },
             early: Vec::new(),
@@ -253,7 +254,15 @@ pub fn apply_status(record: &mut ModemRecord, status: &IotStatusReport) -> bool 
 /// A gateway's session record: the modem is known (a v1 device that sends only readings is
 /// known this way alone) and was last heard at its `last_seen`.
 pub fn apply_session(record: &mut ModemRecord, session: &DeviceSession) -> bool {
-    see(record, session.last_seen)
+    if session.last_seen < record.state.last_seen.unwrap_or(i64::MIN) {
+        return false; // an older session record (input read again): nothing new
+    }
+    let offset_changed = record.state.clock_offset_ms != session.clock_offset_ms
+        && session.clock_offset_ms.is_some();
+    if offset_changed {
+        record.state.clock_offset_ms = session.clock_offset_ms;
+    }
+    see(record, session.last_seen) || offset_changed
 }
 
 fn see(record: &mut ModemRecord, at: i64) -> bool {

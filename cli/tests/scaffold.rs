@@ -1,7 +1,12 @@
 //! `switchyard new processor` on a scratch copy of this repository: the crate it makes
 //! builds, is formatted, passes clippy and its own tests, and the catalog, workspace and
-//! topic docs are updated. Built in this workspace's target directory, so it costs the
-//! copied crates' builds, not their dependencies'.
+//! topic docs are updated.
+//!
+//! The copy builds in its own target directory, `target/scaffold-check` (kept between runs,
+//! so only the first pays for the dependencies). Sharing the workspace's own target dir would
+//! be cheaper but is wrong: cargo hashes path crates by their path inside the workspace, so
+//! the copy's crates would overwrite this workspace's artifacts (seen: the schemas crate's
+//! generated file then named the deleted copy's files, and the doc-tests failed).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,7 +41,8 @@ fn copy_repo(to: &Path) {
 fn cargo(dir: &Path, args: &[&str]) -> String {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join("target"));
+        .unwrap_or_else(|_| repo().join("target"))
+        .join("scaffold-check");
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
         .current_dir(dir)

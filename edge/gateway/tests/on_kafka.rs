@@ -53,6 +53,18 @@ fn envelope(modem: u64, sequence: u32, request_id: Option<u64>, packet: Packet) 
     }
 }
 
+/// The device announces itself (an enveloped status packet) and the gateway has taken it:
+/// from then on the gateway knows where the modem is.
+fn say_hello(stack: &Stack, device: &UdpSocket, udp: SocketAddr, modem: u64) {
+    let hello = envelope(modem, 1, None, Packet::IotStatus(IotStatus::Nominal));
+    device
+        .send_to(&hello.encode().expect("encode"), udp)
+        .expect("send");
+    let _ = stack
+        .consume::<IotStatusReport>("iot-status", 1, WAIT)
+        .expect("the gateway saw the modem");
+}
+
 #[test]
 fn the_original_systems_packets_reach_their_topics_and_bad_datagrams_are_kept_as_rejects() {
     let stack = Stack::start().expect("stack");
@@ -147,13 +159,7 @@ fn a_switch_reaches_the_device_is_retried_and_its_ack_closes_it() {
     let (_gateway, udp) = start_gateway(&stack, &[]);
     let device = client();
     let modem = 356_938_035_643_809u64;
-    let hello = envelope(modem, 1, None, Packet::IotStatus(IotStatus::Nominal));
-    device
-        .send_to(&hello.encode().expect("encode"), udp)
-        .expect("send");
-    let _ = stack
-        .consume::<IotStatusReport>("iot-status", 1, WAIT)
-        .expect("the gateway saw the modem");
+    say_hello(&stack, &device, udp, modem);
 
     let req = request(
         &modem.to_string(),
@@ -493,13 +499,7 @@ fn an_ack_the_broker_has_not_acknowledged_does_not_end_the_switch() {
     let (_gateway, udp) = start_gateway(&stack, &[]);
     let device = client();
     let modem = 356_938_035_643_810u64;
-    let hello = envelope(modem, 1, None, Packet::IotStatus(IotStatus::Nominal));
-    device
-        .send_to(&hello.encode().expect("encode"), udp)
-        .expect("send");
-    let _ = stack
-        .consume::<IotStatusReport>("iot-status", 1, WAIT)
-        .expect("the gateway saw the modem");
+    say_hello(&stack, &device, udp, modem);
     let req = request(
         &modem.to_string(),
         "00000000000000b8",
@@ -577,13 +577,7 @@ fn a_switch_pending_when_the_gateway_dies_is_sent_again_after_its_restart() {
     let udp = gateway.udp;
     let device = client();
     let modem = 356_938_035_643_811u64;
-    let hello = envelope(modem, 1, None, Packet::IotStatus(IotStatus::Nominal));
-    device
-        .send_to(&hello.encode().expect("encode"), udp)
-        .expect("send");
-    let _ = stack
-        .consume::<IotStatusReport>("iot-status", 1, WAIT)
-        .expect("the gateway saw the modem");
+    say_hello(&stack, &device, udp, modem);
 
     // First a request that ends at once (no such modem: undeliverable at its deadline), then
     // the one that stays pending because the device never answers.

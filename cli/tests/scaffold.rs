@@ -55,27 +55,33 @@ fn cargo(dir: &Path, args: &[&str]) -> String {
     text
 }
 
+/// `switchyard new processor door-count ARGS --repo DIR`.
+fn new_processor(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(workspace_binary("switchyard").expect("built"))
+        .args(["new", "processor", "door-count"])
+        .args(args)
+        .arg("--repo")
+        .arg(dir)
+        .output()
+        .expect("switchyard runs")
+}
+
 #[test]
 fn a_scaffolded_processor_builds_and_its_tests_pass() {
     let scratch = tempfile::tempdir().expect("scratch");
     let dir = scratch.path();
     copy_repo(dir);
-    let out = Command::new(workspace_binary("switchyard").expect("built"))
-        .args([
-            "new",
-            "processor",
-            "door-count",
+    let out = new_processor(
+        dir,
+        &[
             "--input",
             "imu",
             "--input",
             "iot-status",
             "--output",
             "door-counts",
-            "--repo",
-        ])
-        .arg(dir)
-        .output()
-        .expect("switchyard runs");
+        ],
+    );
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -129,20 +135,7 @@ fn a_scaffolded_processor_builds_and_its_tests_pass() {
     );
 
     // Names already taken are refused with a clear message, and nothing is written.
-    let again = Command::new(workspace_binary("switchyard").expect("built"))
-        .args([
-            "new",
-            "processor",
-            "door-count",
-            "--input",
-            "imu",
-            "--output",
-            "door-counts",
-            "--repo",
-        ])
-        .arg(dir)
-        .output()
-        .expect("switchyard runs");
+    let again = new_processor(dir, &["--input", "imu", "--output", "door-counts"]);
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
 }

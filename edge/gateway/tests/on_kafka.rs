@@ -65,6 +65,17 @@ fn say_hello(stack: &Stack, device: &UdpSocket, udp: SocketAddr, modem: u64) {
         .expect("the gateway saw the modem");
 }
 
+/// A switch request for `modem` on `downstream-request`, as the API writes it.
+fn request_switch(stack: &Stack, modem: u64, request_id: &str, carrier: records::Carrier) {
+    let req = request(&modem.to_string(), request_id, carrier);
+    stack
+        .produce(
+            "downstream-request",
+            &[(modem.to_string(), req, now_us() / 1000)],
+        )
+        .expect("request");
+}
+
 #[test]
 fn the_original_systems_packets_reach_their_topics_and_bad_datagrams_are_kept_as_rejects() {
     let stack = Stack::start().expect("stack");
@@ -161,17 +172,7 @@ fn a_switch_reaches_the_device_is_retried_and_its_ack_closes_it() {
     let modem = 356_938_035_643_809u64;
     say_hello(&stack, &device, udp, modem);
 
-    let req = request(
-        &modem.to_string(),
-        "00000000000000a7",
-        records::Carrier::Verizon,
-    );
-    stack
-        .produce(
-            "downstream-request",
-            &[(modem.to_string(), req, now_us() / 1000)],
-        )
-        .expect("request");
+    request_switch(&stack, modem, "00000000000000a7", records::Carrier::Verizon);
     let mut buf = [0u8; 512];
     let mut received = Vec::new();
     for _ in 0..2 {
@@ -500,17 +501,7 @@ fn an_ack_the_broker_has_not_acknowledged_does_not_end_the_switch() {
     let device = client();
     let modem = 356_938_035_643_810u64;
     say_hello(&stack, &device, udp, modem);
-    let req = request(
-        &modem.to_string(),
-        "00000000000000b8",
-        records::Carrier::TMobile,
-    );
-    stack
-        .produce(
-            "downstream-request",
-            &[(modem.to_string(), req, now_us() / 1000)],
-        )
-        .expect("request");
+    request_switch(&stack, modem, "00000000000000b8", records::Carrier::TMobile);
     let mut buf = [0u8; 512];
     device.recv_from(&mut buf).expect("the first Perform");
 

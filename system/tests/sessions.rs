@@ -1,7 +1,9 @@
-//! Device sessions on real processes (tansu, registry, gateway, carrier-state, switch API),
-//! with the test as an original v1 device on a UDP socket: it sends only IoT Data (as the
+//! Device sessions on real processes (tansu, registry, gateway, carrier-state, switch API).
+//! First the test is an original v1 device on a UDP socket: it sends only IoT Data (as the
 //! original devices do), yet it is listed by the API, and after a gateway restart a switch
 //! reaches it without it speaking again, because the new gateway read its session back.
+//! Then `switchyard-modem` is the original device, its v1 SIM spoken to with the original
+//! client's dialogue: it is listed, switched and acked, and its SIM holds the new carrier.
 
 mod common;
 
@@ -130,6 +132,75 @@ fn a_v1_device_sending_only_readings_is_listed_and_switched_across_a_gateway_res
     assert_eq!(
         api(api_addr, "GET", &format!("/modems/{LEGACY}"), None).1["carrier"],
         "verizon"
+    );
+}
+
+#[test]
+fn an_original_device_is_listed_switched_and_acked_through_its_sims_original_dialogue() {
+    let stack = Stack::start().expect("stack");
+    let gateway = stack
+        .start_gateway(&[
+            ("SWITCHYARD_LEGACY_MODEM_ID", LEGACY.to_string()),
+            ("SWITCHYARD_RETRY_INITIAL_MS", "1500".to_string()),
+        ])
+        .expect("gateway");
+    let (_carrier_state, _) = stack
+        .start_processor("carrier-state", "carrier-state", &[])
+        .expect("carrier-state");
+    let (_api, api_addr) = stack.start_api(TOKEN, &[]).expect("API ready");
+    let modem = stack
+        .spawn(
+            "switchyard-modem",
+            "original-modem",
+            &[
+                ("SWITCHYARD_GATEWAY", gateway.udp.to_string()),
+                ("SWITCHYARD_SIM_V1", "true".to_string()),
+                ("SWITCHYARD_SIM_DIALOGUE", "original".to_string()),
+                ("SWITCHYARD_RATES", "2,0,0".to_string()),
+            ],
+        )
+        .expect("modem");
+
+    wait_for("the original device in GET /modems", WAIT, || {
+        let (status, modems) = api(api_addr, "GET", &format!("/modems/{LEGACY}"), None);
+        status == 200 && !modems["last_seen"].is_null()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n--- modem:\n{}", modem.log_text()));
+    let (status, accepted) = api(
+        api_addr,
+        "POST",
+        &format!("/modems/{LEGACY}/carrier"),
+        Some(r#"{"carrier":"t-mobile"}"#),
+    );
+    assert_eq!(status, 202, "{accepted}");
+    let request_id = accepted["request_id"].as_str().expect("id").to_string();
+    let mut finished = Value::Null;
+    wait_for("the switch to be acked", WAIT, || {
+        finished = api(api_addr, "GET", &format!("/requests/{request_id}"), None).1;
+        finished["state"] == "acked"
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {finished}\n--- modem:\n{}\n--- gateway:\n{}",
+            modem.log_text(),
+            gateway.service.log_text()
+        )
+    });
+    assert_eq!(
+        api(api_addr, "GET", &format!("/modems/{LEGACY}"), None).1["carrier"],
+        "t-mobile"
+    );
+    let packets = |kind: &str| {
+        gateway_metric(
+            gateway.metrics,
+            &format!("switchyard_gateway_packets_total{{type=\"{kind}\"}}"),
+        )
+    };
+    assert!(packets("iot_data") > 0.0 && packets("carrier_switch_ack") > 0.0);
+    assert_eq!(
+        packets("iot_status"),
+        0.0,
+        "the original device sends no status packet"
     );
 }
 

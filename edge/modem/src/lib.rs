@@ -5,6 +5,9 @@
 //!
 //! The SIM is reached through a [`SimLink`]: the software SIM in process, or any card behind
 //! PC/SC (the `pcsc` crate), such as `switchyard-sim` in vpcd's virtual reader.
+//!
+//! [`Dialogue::Original`] is the original modem client instead: readings go straight to the
+//! socket, and the SIM is polled with `00 F3` about once a second (`switchyard_sim::original`).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -12,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use switchyard_protocol::{IotData, IotStatus, Packet};
 use switchyard_sim::{
-    data_available_envelope, receive_data_length, receive_data_response, send_data_payload,
-    terminal_response_for, Applet,
+    data_available_envelope, original, receive_data_length, receive_data_response,
+    send_data_payload, terminal_response_for, Applet,
 };
 use tracing::{debug, info, warn};
 
@@ -163,8 +166,27 @@ impl Sensor {
     }
 }
 
+/// How the modem talks to its SIM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Dialogue {
+    /// ETSI TS 102 223: every packet through the SIM, FETCH and TERMINAL RESPONSE while
+    /// the SIM announces commands (`91 xx`), downlink by event download and RECEIVE DATA.
+    #[default]
+    Etsi,
+    /// The original modem client: readings straight to the socket, no status packets, the
+    /// SIM polled with `00 F3` every `poll_every`; a downlink packet waits for the SIM's
+    /// RECEIVE DATA and is pushed with `00 F4`, a SEND DATA's bytes go out as they are.
+    Original { poll_every: Duration },
+}
+
+/// Downlink packets an original client holds while it waits for the SIM's RECEIVE DATA.
+const ORIGINAL_CHANNEL_PACKETS: usize = 16;
+
+const SELECT_MF: [u8; 7] = [0x00, 0xA4, 0x00, 0x04, 0x02, 0x3F, 0x00];
+
 pub struct Modem<S: SimLink> {
     sim: S,
+    dialogue: Dialogue,
     socket: UdpSocket,
     gateway: SocketAddr,
     faults: Faults,
@@ -188,6 +210,7 @@ impl<S: SimLink> Modem<S> {
         let socket = UdpSocket::bind("0.0.0.0:0").context("binding the modem's UDP socket")?;
         Ok(Modem {
             sim,
+            dialogue: Dialogue::Etsi,
             socket,
             gateway,
             faults,
@@ -199,6 +222,11 @@ impl<S: SimLink> Modem<S> {
         })
     }
 
+    pub fn with_dialogue(mut self, dialogue: Dialogue) -> Self {
+        self.dialogue = dialogue;
+        self
+    }
+
     fn chance(&mut self, p: f64) -> bool {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
@@ -208,10 +236,55 @@ impl<S: SimLink> Modem<S> {
 
     /// Power on: talk to the SIM until it has no proactive command left (OPEN CHANNEL).
     pub fn power_on(&mut self) -> anyhow::Result<()> {
-        let r = self
-            .sim
-            .transmit(&[0x00, 0xA4, 0x00, 0x04, 0x02, 0x3F, 0x00])?;
-        self.drain(sw(&r))
+        let r = self.sim.transmit(&SELECT_MF)?;
+        match self.dialogue {
+            Dialogue::Etsi => self.drain(sw(&r)),
+            // The original client does not read the status: it polls.
+            Dialogue::Original { .. } => Ok(()),
+        }
+    }
+
+    /// One poll of the original client: `00 F3`, then act on the command's first bytes.
+    pub fn poll_original(&mut self) -> anyhow::Result<()> {
+        let r = self.sim.transmit(&original::FETCH)?;
+        if sw(&r) != [0x90, 0x00] {
+            warn!(sw = ?sw(&r), "the SIM refused the original FETCH");
+            return Ok(());
+        }
+        let command = &r[..r.len() - 2];
+        match original::read(command) {
+            original::Command::SendData(packet) => {
+                let packet = packet.to_vec();
+                self.send(&packet)?;
+            }
+            original::Command::ReceiveData => {
+                if let Some(packet) = self.channel.pop_front() {
+                    let apdu = original::push_apdu(&packet)
+                        .context("downlink packet too long for one APDU")?;
+                    let status = sw(&self.sim.transmit(&apdu)?);
+                    if status != [0x90, 0x00] {
+                        warn!(sw = ?status, "the SIM refused a downlink packet");
+                    }
+                }
+            }
+            original::Command::Other => {}
+        }
+        Ok(())
+    }
+
+    /// A packet from the network: to the SIM now (ETSI), or held for its RECEIVE DATA.
+    fn downlink(&mut self, packet: &[u8]) -> anyhow::Result<()> {
+        match self.dialogue {
+            Dialogue::Etsi => self.deliver(packet),
+            Dialogue::Original { .. } => {
+                if self.channel.len() >= ORIGINAL_CHANNEL_PACKETS {
+                    warn!("downlink buffer full: the oldest packet is dropped");
+                    self.channel.pop_front();
+                }
+                self.channel.push_back(packet.to_vec());
+                Ok(())
+            }
+        }
     }
 
     /// FETCH and perform proactive commands while the SIM announces them (`91 xx`).
@@ -321,7 +394,16 @@ impl<S: SimLink> Modem<S> {
         until: Option<Instant>,
     ) -> anyhow::Result<()> {
         self.power_on()?;
-        let mut next_status = Instant::now();
+        let original_poll = match self.dialogue {
+            Dialogue::Original { poll_every } => Some(poll_every),
+            Dialogue::Etsi => None,
+        };
+        let mut next_poll = Instant::now();
+        // The original devices never send their status packet.
+        let mut next_status = match original_poll {
+            Some(_) => until.unwrap_or(Instant::now() + Duration::from_secs(86_400 * 365)),
+            None => Instant::now(),
+        };
         let mut buf = [0u8; 1500];
         loop {
             let now = Instant::now();
@@ -336,6 +418,10 @@ impl<S: SimLink> Modem<S> {
                     .context("UDP send")?;
                 self.sent += 1;
             }
+            if let Some(poll_every) = original_poll.filter(|_| now >= next_poll) {
+                self.poll_original()?;
+                next_poll = now + poll_every;
+            }
             if now >= next_status {
                 self.push(&Packet::IotStatus(IotStatus::Nominal).encode()?)?;
                 next_status = now + status_every;
@@ -348,14 +434,18 @@ impl<S: SimLink> Modem<S> {
                 let packet =
                     Packet::IotData(IotData::with_value(sensor.device_id, timestamp, value))
                         .encode()?;
-                self.push(&packet)?;
+                match self.dialogue {
+                    Dialogue::Etsi => self.push(&packet)?,
+                    Dialogue::Original { .. } => self.send(&packet)?,
+                }
             }
             let next_tick = sensors
                 .iter()
                 .map(|s| s.next)
                 .min()
                 .unwrap_or(now + status_every)
-                .min(next_status);
+                .min(next_status)
+                .min(original_poll.map_or(next_status, |_| next_poll));
             let wait = next_tick
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(1), Duration::from_millis(200));
@@ -370,9 +460,9 @@ impl<S: SimLink> Modem<S> {
                         continue;
                     }
                     let packet = buf[..n].to_vec();
-                    self.deliver(&packet)?;
+                    self.downlink(&packet)?;
                     if self.chance(self.faults.duplicate) {
-                        self.deliver(&packet)?;
+                        self.downlink(&packet)?;
                     }
                 }
                 Ok(_) => {}
@@ -530,6 +620,51 @@ mod tests {
                 switchyard_sim::profile(carrier).imsi
             );
         }
+    }
+
+    #[test]
+    fn an_original_client_sends_readings_itself_and_answers_a_perform_through_its_polls() {
+        let (m, gateway) = modem(true);
+        let mut m = m.with_dialogue(Dialogue::Original {
+            poll_every: Duration::from_millis(20),
+        });
+        let device = m.socket.local_addr().expect("addr");
+        let perform = Packet::CarrierSwitchPerform(Carrier::Verizon)
+            .encode()
+            .expect("encode");
+        // Queued before the run: the modem reads it in its first receive.
+        gateway.send_to(&perform, device).expect("send");
+        let mut sensors = vec![Sensor::new(1, 20.0)];
+        m.run(
+            &mut sensors,
+            Duration::from_millis(10),
+            Some(Instant::now() + Duration::from_millis(400)),
+        )
+        .expect("runs");
+        let mut buf = [0u8; 512];
+        let (mut readings, mut acks) = (0, Vec::new());
+        gateway
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        while let Ok((n, _)) = gateway.recv_from(&mut buf) {
+            match Packet::decode(&buf[..n]).expect("bare v1 packets only") {
+                Packet::IotData(_) => readings += 1,
+                ack @ Packet::CarrierSwitchAck { .. } => acks.push(ack),
+                other => panic!("the original devices send no {other:?}"),
+            }
+        }
+        assert!(readings >= 4, "{readings} readings in 400 ms at 20 Hz");
+        assert_eq!(
+            acks,
+            vec![Packet::CarrierSwitchAck {
+                status: AckStatus::Ack,
+                carrier: Carrier::Verizon
+            }]
+        );
+        assert_eq!(
+            m.read_imsi().expect("imsi"),
+            switchyard_sim::profile(Carrier::Verizon).imsi
+        );
     }
 
     #[test]

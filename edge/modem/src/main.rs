@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use switchyard_modem::{Faults, InProcess, Modem, PcscCard, Sensor, ValueRange};
+use switchyard_modem::{Dialogue, Faults, InProcess, Modem, PcscCard, Sensor, ValueRange};
 use switchyard_protocol::Carrier;
 use switchyard_sim::{Applet, SimConfig};
 use tracing::{error, info};
@@ -17,6 +17,12 @@ enum SimKind {
     Pcsc,
     /// The software SIM inside this process (one per modem in a fleet).
     InProcess,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DialogueKind {
+    Etsi,
+    Original,
 }
 
 #[derive(Parser)]
@@ -54,6 +60,20 @@ struct Args {
     /// In-process SIMs speak v1, like the original devices.
     #[arg(long, env = "SWITCHYARD_SIM_V1")]
     v1: bool,
+    /// How the modem talks to its SIM: `etsi` (TS 102 223, every packet through the SIM) or
+    /// `original` (the original modem client: readings straight to the gateway, no status
+    /// packets, the SIM polled with `00 F3` every --poll-ms). An original device is
+    /// `--v1 --dialogue original`.
+    #[arg(
+        long,
+        env = "SWITCHYARD_SIM_DIALOGUE",
+        value_enum,
+        default_value = "etsi"
+    )]
+    dialogue: DialogueKind,
+    /// Milliseconds between the original client's polls of the SIM.
+    #[arg(long, env = "SWITCHYARD_SIM_POLL_MS", default_value_t = 1000)]
+    poll_ms: u64,
     /// Sensor rates in Hz: imu,gyro,temp (device ids 1, 2, 3); the original devices' groups
     /// ran at 100, 10 and 1 Hz. 0 turns a sensor off.
     #[arg(long, env = "SWITCHYARD_RATES", value_delimiter = ',', default_values_t = [100.0, 10.0, 1.0])]
@@ -133,6 +153,12 @@ fn main() -> anyhow::Result<()> {
         .duration_secs
         .map(|s| Instant::now() + Duration::from_secs(s));
     let status_every = Duration::from_secs(args.status_secs.max(1));
+    let dialogue = match args.dialogue {
+        DialogueKind::Etsi => Dialogue::Etsi,
+        DialogueKind::Original => Dialogue::Original {
+            poll_every: Duration::from_millis(args.poll_ms.max(1)),
+        },
+    };
     match args.sim {
         SimKind::Pcsc => {
             if args.fleet != 1 {
@@ -150,7 +176,7 @@ fn main() -> anyhow::Result<()> {
                     Err(e) => return Err(e),
                 }
             };
-            let mut modem = Modem::new(card, gateway, faults, 1)?;
+            let mut modem = Modem::new(card, gateway, faults, 1)?.with_dialogue(dialogue);
             info!(%gateway, imsi = %modem.read_imsi().unwrap_or_default(), "modem running with its SIM over PC/SC");
             modem.run(&mut sensors(&args.rates, &args.ranges), status_every, until)
         }
@@ -197,7 +223,8 @@ fn main() -> anyhow::Result<()> {
                             v1,
                             carrier: Carrier::AtAndT,
                         });
-                        let mut modem = Modem::new(InProcess(applet), gateway, faults, modem_id)?;
+                        let mut modem = Modem::new(InProcess(applet), gateway, faults, modem_id)?
+                            .with_dialogue(dialogue);
                         modem.run(&mut sensors(&rates, &ranges), status_every, until)
                     })
                 })

@@ -11,7 +11,8 @@
 //! | `00 A4 00 04 02 FID` | SELECT a file: `3F00` MF, `2FE2` EF ICCID, `6F07` EF IMSI |
 //! | `00 B0 00 00 Le` | READ BINARY of the selected EF |
 //! | `00 F4 00 00 Lc packet` | push a packet (the original system's command): a Carrier Switch Perform from the network, or an IoT packet from the modem to send |
-//! | `80 12 00 00 Le` (or the original's `00 F3 00 00 Le`) | FETCH the pending proactive command |
+//! | `80 12 00 00 Le` | FETCH the pending proactive command |
+//! | `00 F3 00 00 Le` | the original modem client's FETCH: see [`original`] |
 //! | `80 14 00 00 Lc TLVs` | TERMINAL RESPONSE to the fetched command |
 //! | `80 C2 00 00 Lc D6…` | ENVELOPE (event download): "data available" on the channel |
 //!
@@ -23,6 +24,7 @@
 //! command still works too). A pending command is announced by the status word `91 xx`
 //! (xx = its length).
 
+pub mod original;
 mod tlv;
 pub mod vpcd;
 
@@ -125,6 +127,9 @@ pub struct Applet {
     command_number: u8,
     uplink_sequence: u32,
     channel_open: bool,
+    /// The terminal speaks the original modem client's dialogue (it sent `00 F3`): answers
+    /// carry `90 00`, never `91 xx`, until the next reset.
+    original_terminal: bool,
 }
 
 impl Applet {
@@ -138,6 +143,7 @@ impl Applet {
             command_number: 0,
             uplink_sequence: 0,
             channel_open: false,
+            original_terminal: false,
         };
         applet.reset();
         applet
@@ -149,6 +155,7 @@ impl Applet {
         self.pending.clear();
         self.awaiting_response = false;
         self.channel_open = false;
+        self.original_terminal = false;
         let cmd = self.command(KIND_OPEN_CHANNEL, 0x01, |body| {
             tlv::push(body, 0x82, &[0x81, 0x82]);
             tlv::push(body, 0x35, &[0x02, 0x03, 0x04, 0x03, 0x04, 0x1F, 0x02]);
@@ -188,14 +195,17 @@ impl Applet {
             (0x00, 0xA4) => (Vec::new(), self.select(p1, p2, data)),
             (0x00, 0xB0) => self.read_binary(p1, p2, le),
             (0x00, 0xF4) => (Vec::new(), self.push(data)),
-            (0x80, 0x12) | (0x00, 0xF3) => self.fetch(le),
+            (0x80, 0x12) => self.fetch(le),
+            (0x00, 0xF3) => self.original_fetch(),
             (0x80, 0x14) => (Vec::new(), self.terminal_response(data)),
             (0x80, 0xC2) => (Vec::new(), self.envelope(data)),
             (0x00 | 0x80, _) => (Vec::new(), sw::BAD_INS),
             _ => (Vec::new(), sw::BAD_CLA),
         };
         let status = match (status, self.pending.front()) {
-            (sw::OK, Some(next)) if !self.awaiting_response => [0x91, next.len().min(255) as u8],
+            (sw::OK, Some(next)) if !self.awaiting_response && !self.original_terminal => {
+                [0x91, next.len().min(255) as u8]
+            }
             (s, _) => s,
         };
         out.extend_from_slice(&status);
@@ -319,10 +329,15 @@ impl Applet {
         sw::OK
     }
 
-    fn command(&mut self, kind: u8, qualifier: u8, add: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    fn next_command_number(&mut self) -> u8 {
         self.command_number = self.command_number.wrapping_add(1).max(1);
+        self.command_number
+    }
+
+    fn command(&mut self, kind: u8, qualifier: u8, add: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let number = self.next_command_number();
         let mut body = Vec::new();
-        tlv::push(&mut body, 0x81, &[self.command_number, kind, qualifier]);
+        tlv::push(&mut body, 0x81, &[number, kind, qualifier]);
         add(&mut body);
         tlv::proactive(&body)
     }

@@ -285,3 +285,77 @@ fn event_downloads_are_checked() {
     assert_eq!(sw(&applet.transmit(&response)), sw::BAD_DATA);
     assert_eq!(applet.carrier(), Carrier::AtAndT);
 }
+
+/// The original client's FETCH; its answer must always be the whole command with `90 00`.
+fn original_fetch(applet: &mut Applet) -> Vec<u8> {
+    let r = applet.transmit(&original::FETCH);
+    assert_eq!(sw(&r), sw::OK, "{r:02x?}");
+    r[..r.len() - 2].to_vec()
+}
+
+#[test]
+fn the_original_clients_dialogue_switches_and_answers_the_ack_as_send_data() {
+    let mut applet = sim(None, true);
+    // Power-on as the original client does it: SELECT, status unread, then poll.
+    applet.transmit(&[0x00, 0xA4, 0x00, 0x04, 0x02, 0x3F, 0x00]);
+    let first = original_fetch(&mut applet);
+    assert_eq!(&first[4..7], &[1, 0x40, 0x01], "OPEN CHANNEL, whole");
+    assert!(first.len() > 0x15, "longer than Le, yet not cut");
+    assert_eq!(original::read(&first), original::Command::Other);
+
+    // Nothing to send: RECEIVE DATA, byte for byte, and again on the next poll.
+    let idle = original_fetch(&mut applet);
+    assert_eq!(hex::encode(&idle), "d00e8103024200820281218500b701ff");
+    assert_eq!(original::read(&idle), original::Command::ReceiveData);
+    assert_eq!(
+        original::read(&original_fetch(&mut applet)),
+        original::Command::ReceiveData
+    );
+
+    // The client pushes the Perform; the answer is 90 00, not 91 xx.
+    let perform = Packet::CarrierSwitchPerform(Carrier::Verizon)
+        .encode()
+        .expect("encode");
+    let r = applet.transmit(&original::push_apdu(&perform).expect("short"));
+    assert_eq!(r, sw::OK.to_vec());
+    assert_eq!(applet.carrier(), Carrier::Verizon);
+
+    let send = original_fetch(&mut applet);
+    assert_eq!(
+        hex::encode(&send),
+        "d029810305430182028121 3c00 b602 1102".replace(' ', "")
+    );
+    let original::Command::SendData(packet) = original::read(&send) else {
+        panic!("SEND DATA expected: {send:02x?}");
+    };
+    // Exactly the packet: the original decoder refuses trailing bytes.
+    assert_eq!(
+        Packet::decode(packet).expect("a v1 ACK"),
+        Packet::CarrierSwitchAck {
+            status: AckStatus::Ack,
+            carrier: Carrier::Verizon
+        }
+    );
+    assert_eq!(
+        original::read(&original_fetch(&mut applet)),
+        original::Command::ReceiveData,
+        "the ACK went once; the SIM is ready again"
+    );
+}
+
+#[test]
+fn an_original_client_never_sees_91_even_with_a_command_pending() {
+    let mut applet = sim(None, true);
+    original_fetch(&mut applet);
+    let status = Packet::IotStatus(switchyard_protocol::IotStatus::Nominal)
+        .encode()
+        .expect("encode");
+    let r = applet.transmit(&original::push_apdu(&status).expect("short"));
+    assert_eq!(r, sw::OK.to_vec(), "a SEND DATA is pending, yet 90 00");
+    let r = applet.transmit(&[0x00, 0xA4, 0x00, 0x04, 0x02, 0x6F, 0x07]);
+    assert_eq!(sw(&r), sw::OK);
+    // A reset ends the original dialogue: the ETSI terminal hears 91 xx again.
+    applet.reset();
+    let r = applet.transmit(&[0x00, 0xA4, 0x00, 0x04, 0x02, 0x3F, 0x00]);
+    assert_eq!(sw(&r)[0], 0x91);
+}

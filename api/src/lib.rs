@@ -10,6 +10,7 @@
 //! * Every endpoint but `/health` (and the static page at `/`, which holds no data) needs
 //!   `Authorization: Bearer TOKEN`.
 
+pub mod readings;
 pub mod routes;
 pub mod view;
 
@@ -75,6 +76,8 @@ pub struct ApiConfig {
         default_value = "127.0.0.1:9105"
     )]
     pub metrics_listen: SocketAddr,
+    #[command(flatten)]
+    pub readings: readings::ReadingsConfig,
 }
 
 impl ApiConfig {
@@ -158,6 +161,8 @@ pub struct AppState {
     pub grafana_url: Option<String>,
     pub metrics: ApiMetrics,
     pub ready: Health,
+    /// Recent readings for the page's charts.
+    pub readings: Arc<readings::Hub>,
 }
 
 /// Register `topic`'s catalog schema, waiting for the registry if it is not up yet.
@@ -209,6 +214,7 @@ pub async fn run(config: ApiConfig, shutdown: impl Future<Output = ()>) -> anyho
         .create()
         .context("creating the producer")?;
     let (changes, _) = broadcast::channel(1024);
+    let readings = Arc::new(readings::Hub::new(&config.readings, &metrics.registry)?);
     let state = Arc::new(AppState {
         token,
         table: RwLock::new(Table::default()),
@@ -221,12 +227,20 @@ pub async fn run(config: ApiConfig, shutdown: impl Future<Output = ()>) -> anyho
         grafana_url: config.grafana_url.clone(),
         metrics,
         ready: ready.clone(),
+        readings: Arc::clone(&readings),
     });
 
     let follower = tokio::spawn(follow(
         Arc::clone(&state),
         config.endpoints.bootstrap_servers.clone(),
         RecordDecoder::new(registry.clone(), state_id, state_codec),
+    ));
+    let readings_follower = tokio::spawn(readings::follow::follow(
+        readings,
+        config.endpoints.bootstrap_servers.clone(),
+        registry.clone(),
+        catalog.clone(),
+        config.readings.clone(),
     ));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -250,6 +264,7 @@ pub async fn run(config: ApiConfig, shutdown: impl Future<Output = ()>) -> anyho
         }
     };
     follower.abort();
+    readings_follower.abort();
     result
         .context("the server task failed")?
         .context("serving the API")

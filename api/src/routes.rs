@@ -31,14 +31,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::view::{CarrierName, ModemView, RequestHistory, RequestView};
-use crate::{AppState, REQUEST_TOPIC};
+use crate::{readings, AppState, REQUEST_TOPIC};
 
 /// Largest request body accepted (a switch body is a few dozen bytes).
 pub const MAX_BODY_BYTES: usize = 4096;
 
 const PAGE: &str = include_str!("page.html");
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 /// An error, as every endpoint reports it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -59,6 +59,10 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
     fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -135,6 +139,8 @@ fn documented() -> (Router<Shared>, Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(routes!(get_request))
         .routes(routes!(modem_requests))
         .routes(routes!(events))
+        .routes(routes!(readings::routes::modem_readings))
+        .routes(routes!(readings::routes::modem_readings_events))
         .split_for_parts();
     let (public, public_doc) = OpenApiRouter::new()
         .routes(routes!(health))
@@ -288,7 +294,7 @@ async fn modem_requests(
         .ok_or_else(|| unknown_modem(&id))
 }
 
-fn unknown_modem(id: &str) -> ApiError {
+pub(crate) fn unknown_modem(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "unknown_modem",
@@ -572,6 +578,8 @@ mod tests {
             "/requests/{id}",
             "/modems/{id}/requests",
             "/events",
+            "/modems/{id}/readings",
+            "/modems/{id}/readings/events",
             "/health",
         ] {
             assert!(paths.iter().any(|x| *x == p), "{p} missing from {paths:?}");

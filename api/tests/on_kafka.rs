@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use switchyard_protocol::{Envelope, Frame, IotStatus, Packet};
-use switchyard_schemas::records::{Carrier, CarrierSwitchRequest};
+use switchyard_schemas::records::{
+    now_us, Anomaly, AnomalyKind, Carrier, CarrierSwitchRequest, GrafanaReading,
+};
 use switchyard_testkit::{workspace_binary, Service, Stack};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
@@ -116,6 +118,127 @@ impl Client {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Readings projected for Grafana (written here as the projector writes them: record time =
+/// sensor time), one anomaly, and another modem's readings that must stay off this modem's
+/// chart; then the readings endpoint and the page's chart, whose data must hold exactly the
+/// sensor times sent, with the anomaly and the switches made above on the same time axis.
+fn charts_show_the_projected_readings_at_their_sensor_times(
+    stack: &Stack,
+    client: &Client,
+    addr: SocketAddr,
+) {
+    let now_ms = now_us() / 1000;
+    // Sensor times across the last 40 s, which hold the switches made above, and not
+    // whole seconds, so arrival time cannot pass for sensor time.
+    let times: Vec<i64> = (0..40).map(|i| now_ms - 40_000 + i * 1_000 + 137).collect();
+    let reading = |modem: &str, value: i32| GrafanaReading {
+        modem_id: modem.into(),
+        device_id: 1,
+        value,
+    };
+    let mut records: Vec<(String, GrafanaReading, i64)> = times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            (
+                MODEM.to_string(),
+                reading(MODEM, (i as i32 % 7) * 10 - 30),
+                *t,
+            )
+        })
+        .collect();
+    records.push(("7777".into(), reading("7777", 999), now_ms - 5_000));
+    stack
+        .produce("imu-grafana", &records)
+        .expect("projected readings");
+    let spike_at = times[20];
+    stack
+        .produce(
+            "anomalies",
+            &[(
+                MODEM.to_string(),
+                Anomaly {
+                    modem_id: MODEM.into(),
+                    device_id: 1,
+                    sensor: "imu".into(),
+                    kind: AnomalyKind::Spike,
+                    value: Some(30),
+                    expected_low: None,
+                    expected_high: None,
+                    score: Some(9.0),
+                    sensor_time: spike_at * 1000,
+                    detected_at: now_ms * 1000,
+                    detail: "test spike".into(),
+                },
+                now_ms,
+            )],
+        )
+        .expect("anomaly");
+
+    let path = format!("/modems/{MODEM}/readings");
+    let mut answer = Value::Null;
+    switchyard_testkit::wait_for("the readings in the API", WAIT, || {
+        answer = client.get(&path).body;
+        answer["series"][0]["points"].as_array().map(Vec::len) == Some(times.len())
+            && answer["anomalies"].as_array().map(Vec::len) == Some(1)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {answer}"));
+    let series = answer["series"].as_array().expect("series");
+    assert_eq!(series.len(), 1, "only imu was sent: {answer}");
+    assert_eq!(
+        (series[0]["sensor"].as_str(), series[0]["topic"].as_str()),
+        (Some("imu"), Some("imu-grafana"))
+    );
+    let got: Vec<i64> = series[0]["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .filter_map(|p| p["t"].as_i64())
+        .collect();
+    assert_eq!(got, times, "points at exactly the sensor times, in order");
+    assert!(
+        !answer.to_string().contains("999"),
+        "another modem's reading on this chart: {answer}"
+    );
+    assert_eq!(answer["anomalies"][0]["t"], spike_at);
+    assert_eq!(client.call("GET", &path, None, None).status, 401);
+    assert_eq!(
+        client
+            .call("GET", &format!("{path}/events"), None, None)
+            .status,
+        401
+    );
+    assert_eq!(client.get("/modems/no-such-modem/readings").status, 404);
+
+    let screenshot = stack.broker.data_dir().join("chart-page.png");
+    let times_csv = times
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let page = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/browser/chart_page.py"
+        ))
+        .args([
+            &format!("http://{addr}"),
+            TOKEN,
+            MODEM,
+            &times_csv,
+            &spike_at.to_string(),
+        ])
+        .arg(&screenshot)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        page.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&page.stdout),
+        String::from_utf8_lossy(&page.stderr)
+    );
 }
 
 fn start_api(stack: &Stack) -> (Service, SocketAddr) {
@@ -342,6 +465,8 @@ fn operators_switch_carriers_through_the_api_and_bad_requests_change_nothing() {
         "t-mobile",
         "the API agrees with the page"
     );
+
+    charts_show_the_projected_readings_at_their_sensor_times(&stack, &client, addr);
 
     // A modem that went away: the switch ends as timed out, and a second one is refused
     // while the first is pending.

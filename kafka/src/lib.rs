@@ -1,5 +1,6 @@
 //! Kafka client plumbing shared by Switchyard's services.
 
+pub mod clients;
 pub mod dead_letter;
 
 use rdkafka::client::ClientContext;

@@ -161,10 +161,16 @@ fn an_original_device_is_listed_switched_and_acked_through_its_sims_original_dia
         )
         .expect("modem");
 
-    wait_for("the original device in GET /modems", WAIT, || {
-        let (status, modems) = api(api_addr, "GET", &format!("/modems/{LEGACY}"), None);
-        status == 200 && !modems["last_seen"].is_null()
-    })
+    // Listed, and its carrier known before anyone switched it: the SIM reported it at
+    // power-on, as an ACK without a request.
+    wait_for(
+        "the original device in GET /modems, with its carrier",
+        WAIT,
+        || {
+            let (status, modem) = api(api_addr, "GET", &format!("/modems/{LEGACY}"), None);
+            status == 200 && !modem["last_seen"].is_null() && modem["carrier"] == "at&t"
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}\n--- modem:\n{}", modem.log_text()));
     let (status, accepted) = api(
         api_addr,

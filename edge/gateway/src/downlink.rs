@@ -5,6 +5,14 @@ use std::collections::HashMap;
 
 use switchyard_protocol::Carrier;
 
+/// What a device's ACK packet said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Switched, or (without a request id) on this carrier now.
+    Ack(Carrier),
+    Nack,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pending {
     pub request_id: u64,
@@ -123,14 +131,26 @@ impl Downlink {
         actions
     }
 
-    /// The device answered: by request id, or (v1 devices) the modem's oldest pending request.
-    pub fn answered(&mut self, request_id: Option<u64>, modem_id: &str) -> Option<Pending> {
+    /// The device answered: by request id, or (v1 devices) the modem's oldest pending request
+    /// that the answer fits: a NACK, or an ACK naming the carrier asked for. An ACK without a
+    /// request id naming another carrier answers nothing: it is the SIM reporting its carrier
+    /// (as it does at power-on), and the Perform goes on being re-sent.
+    pub fn answered(
+        &mut self,
+        request_id: Option<u64>,
+        modem_id: &str,
+        answer: Answer,
+    ) -> Option<Pending> {
         let id = match request_id {
             Some(id) => id,
             None => {
                 self.pending
                     .values()
                     .filter(|p| p.modem_id == modem_id)
+                    .filter(|p| match answer {
+                        Answer::Nack => true,
+                        Answer::Ack(carrier) => p.carrier == carrier,
+                    })
                     .min_by_key(|p| p.added_us)?
                     .request_id
             }
@@ -185,7 +205,9 @@ mod tests {
         assert_eq!(sends(d.due(3 * S, |_| true)), 1);
         assert_eq!(sends(d.due(7 * S, |_| true)), 1, "then 4 s, the maximum");
         assert_eq!(sends(d.due(11 * S, |_| true)), 1);
-        assert!(d.answered(Some(1), "m").is_some());
+        assert!(d
+            .answered(Some(1), "m", Answer::Ack(Carrier::Verizon))
+            .is_some());
         assert!(d.due(20 * S, |_| true).is_empty());
     }
 
@@ -232,9 +254,25 @@ mod tests {
         assert!(d.add(2, "m", Carrier::Verizon, 10 * S, 1));
         assert_eq!(d.len(), 1);
         assert!(
-            d.answered(Some(2), "other").is_none(),
+            d.answered(Some(2), "other", Answer::Ack(Carrier::Verizon))
+                .is_none(),
             "an answer from another modem does not count"
         );
-        assert_eq!(d.answered(None, "m").map(|p| p.request_id), Some(2));
+        assert!(
+            d.answered(None, "m", Answer::Ack(Carrier::AtAndT))
+                .is_none(),
+            "a v1 ACK naming another carrier is a carrier report, not the answer"
+        );
+        assert_eq!(
+            d.answered(None, "m", Answer::Ack(Carrier::Verizon))
+                .map(|p| p.request_id),
+            Some(2)
+        );
+        assert!(d.add(3, "m", Carrier::TMobile, 10 * S, 2));
+        assert_eq!(
+            d.answered(None, "m", Answer::Nack).map(|p| p.request_id),
+            Some(3),
+            "a NACK names the carrier kept: it answers whatever was asked"
+        );
     }
 }

@@ -9,11 +9,12 @@ use switchyard_schemas::records::now_us;
 
 use switchyard_protocol::json::parse_request_id;
 use switchyard_protocol::{verify, AuthError, Envelope, Frame};
-use switchyard_schemas::records::{DeliveryEvent, SessionProtocol};
+use switchyard_schemas::records::{AckStatus, DeliveryEvent, SessionProtocol};
 use tracing::warn;
 
+use crate::downlink::Answer;
 use crate::service::Gateway;
-use crate::uplink::{to_record, Uplink, ACK_TOPIC, STATUS_TOPIC};
+use crate::uplink::{to_record, wire_carrier, Uplink, ACK_TOPIC, STATUS_TOPIC};
 use crate::SESSIONS_TOPIC;
 
 impl Gateway {
@@ -125,6 +126,10 @@ impl Gateway {
                     .request_id
                     .as_deref()
                     .and_then(|id| parse_request_id(id).ok());
+                let answer = match ack.status {
+                    AckStatus::Ack => Answer::Ack(wire_carrier(ack.carrier)),
+                    AckStatus::Nack => Answer::Nack,
+                };
                 // The pending downlink ends only once the ACK is on the broker: if its record
                 // were lost, carrier-state would time out a switch the SIM made. Until then
                 // the Perform may be re-sent, and the SIM answers it again.
@@ -135,7 +140,7 @@ impl Gateway {
                         .downlink
                         .lock()
                         .ok()
-                        .and_then(|mut d| d.answered(request_id, &modem));
+                        .and_then(|mut d| d.answered(request_id, &modem, answer));
                     if let Some(p) = answered {
                         gateway.delivery(
                             p.request_id,

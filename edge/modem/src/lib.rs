@@ -578,6 +578,15 @@ mod tests {
         .expect("runs");
         let mut buf = [0u8; 512];
         let (n, _) = gateway.recv_from(&mut buf).expect("a packet");
+        assert_eq!(
+            Frame::decode(&buf[..n]).expect("decodes").packet,
+            Packet::CarrierSwitchAck {
+                status: AckStatus::Ack,
+                carrier: Carrier::AtAndT
+            },
+            "at power-on the SIM reports its carrier"
+        );
+        let (n, _) = gateway.recv_from(&mut buf).expect("a packet");
         let status = Frame::decode(&buf[..n]).expect("decodes");
         assert_eq!(
             status.envelope.map(|e| e.modem_id),
@@ -596,6 +605,14 @@ mod tests {
         let (mut m, gateway) = modem(true);
         m.power_on().expect("power on");
         let mut buf = [0u8; 64];
+        let (n, _) = gateway.recv_from(&mut buf).expect("the carrier report");
+        assert_eq!(
+            Packet::decode(&buf[..n]).expect("v1"),
+            Packet::CarrierSwitchAck {
+                status: AckStatus::Ack,
+                carrier: Carrier::AtAndT
+            }
+        );
         // The ETSI path (ENVELOPE data available, RECEIVE DATA) the simulator uses, then the
         // original system's push command: both reach the applet.
         for (carrier, via_push) in [(Carrier::Verizon, false), (Carrier::TMobile, true)] {
@@ -654,12 +671,14 @@ mod tests {
             }
         }
         assert!(readings >= 4, "{readings} readings in 400 ms at 20 Hz");
+        let ack = |carrier| Packet::CarrierSwitchAck {
+            status: AckStatus::Ack,
+            carrier,
+        };
         assert_eq!(
             acks,
-            vec![Packet::CarrierSwitchAck {
-                status: AckStatus::Ack,
-                carrier: Carrier::Verizon
-            }]
+            vec![ack(Carrier::AtAndT), ack(Carrier::Verizon)],
+            "the power-on carrier report, then the switch's ACK"
         );
         assert_eq!(
             m.read_imsi().expect("imsi"),

@@ -2,7 +2,7 @@
 //! exactly the original modem client's dialogue: `00 F3 00 00 15` polls whose answers come
 //! whole with `90 00` whatever Le says, no TERMINAL RESPONSE ever, commands told apart by
 //! their first two bytes, the downlink packet pushed with `00 F4` after a RECEIVE DATA, and
-//! the ACK read from byte 15 of a SEND DATA to its end.
+//! the ACK read from byte 15 of a SEND DATA to its end (at power-on, the SIM's carrier report).
 
 use std::process::Command;
 use std::time::Duration;
@@ -44,6 +44,17 @@ fn the_original_clients_dialogue_over_pcsc_switches_the_sim_and_reads_the_ack_ba
     assert!(open.len() > 0x15, "cut to Le: {open:02X?}");
     assert_eq!(&open[..2], &[0xD0, open.len() as u8 - 2]);
     assert_eq!(&open[5..7], &[0x40, 0x01], "OPEN CHANNEL");
+
+    // Then the SIM reports its carrier, an ACK without a request, as v1 receivers take it.
+    let report = poll(&mut card);
+    assert_eq!(&report[..2], &[0xD0, 0x29]);
+    assert_eq!(
+        Packet::decode(&report[15..]).expect("one v1 packet"),
+        Packet::CarrierSwitchAck {
+            status: AckStatus::Ack,
+            carrier: Carrier::AtAndT
+        }
+    );
 
     // Nothing to send: RECEIVE DATA on every poll.
     for _ in 0..3 {

@@ -149,7 +149,9 @@ impl Applet {
         applet
     }
 
-    /// Power-on or reset: forget the selection and pending commands, ask for a channel.
+    /// Power-on or reset: forget the selection and pending commands, ask for a channel, and
+    /// report the carrier: a SEND DATA with an ACK naming the current carrier and no request,
+    /// which v1 receivers accept, so the network knows the carrier from the first packets.
     pub fn reset(&mut self) -> &'static [u8] {
         self.selected = None;
         self.pending.clear();
@@ -163,6 +165,13 @@ impl Applet {
             tlv::push(body, 0x3C, &[0x01, 0x17, 0x71]);
         });
         self.pending.push_back(cmd);
+        self.queue_send(
+            Packet::CarrierSwitchAck {
+                status: AckStatus::Ack,
+                carrier: self.carrier,
+            },
+            None,
+        );
         ATR
     }
 

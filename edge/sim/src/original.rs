@@ -66,27 +66,14 @@ impl Applet {
         self.channel_open = true;
         self.awaiting_response = false;
         let command = match self.pending.pop_front() {
-            Some(cmd) => match send_data_payload(&cmd) {
-                Some(packet) => self.original_send_data(&packet),
-                None => cmd,
+            // Same command number as the SEND DATA it stands for (command details, `81 03 nn`).
+            Some(cmd) => match (send_data_payload(&cmd), cmd.get(4)) {
+                (Some(packet), Some(&number)) => original_send_data(number, &packet),
+                _ => cmd,
             },
             None => self.original_receive_data(),
         };
         (command, sw::OK)
-    }
-
-    /// `D0 29`, command details, device identities (SIM to channel 1), an empty transport
-    /// level (`3C 00`), channel data tag and length, then the packet from byte 15.
-    fn original_send_data(&mut self, packet: &[u8]) -> Vec<u8> {
-        let number = self.next_command_number();
-        let mut out = SEND_DATA_PREFIX.to_vec();
-        out.extend_from_slice(&[0x81, 0x03, number, KIND_SEND_DATA, 0x01]);
-        out.extend_from_slice(&[0x82, 0x02, 0x81, 0x21]);
-        out.extend_from_slice(&[0x3C, 0x00]);
-        out.extend_from_slice(&[0xB6, packet.len().min(255) as u8]);
-        debug_assert_eq!(out.len(), SEND_DATA_HEADER_LEN);
-        out.extend_from_slice(packet);
-        out
     }
 
     /// `D0 0E`: a well-formed RECEIVE DATA of 14 bytes (command details, device identities,
@@ -102,4 +89,17 @@ impl Applet {
         debug_assert_eq!(command[..2], RECEIVE_DATA_PREFIX);
         command
     }
+}
+
+/// `D0 29`, command details, device identities (SIM to channel 1), an empty transport level
+/// (`3C 00`), channel data tag and length, then the packet from byte 15.
+fn original_send_data(number: u8, packet: &[u8]) -> Vec<u8> {
+    let mut out = SEND_DATA_PREFIX.to_vec();
+    out.extend_from_slice(&[0x81, 0x03, number, KIND_SEND_DATA, 0x01]);
+    out.extend_from_slice(&[0x82, 0x02, 0x81, 0x21]);
+    out.extend_from_slice(&[0x3C, 0x00]);
+    out.extend_from_slice(&[0xB6, packet.len().min(255) as u8]);
+    debug_assert_eq!(out.len(), SEND_DATA_HEADER_LEN);
+    out.extend_from_slice(packet);
+    out
 }

@@ -36,11 +36,23 @@ fn push(applet: &mut Applet, packet: &[u8]) -> Vec<u8> {
     applet.transmit(&apdu)
 }
 
+/// Power-on's two commands: OPEN CHANNEL, then the SEND DATA reporting the carrier.
 fn open_channel(applet: &mut Applet) {
     let cmd = fetch_and_respond(applet);
     assert_eq!(cmd[0], 0xD0);
     assert_eq!(&cmd[4..7], &[1, 0x40, 0x01], "OPEN CHANNEL comes first");
     assert!(applet.channel_open());
+    let report = send_data_payload(&fetch_and_respond(applet)).expect("SEND DATA");
+    let frame = Frame::decode(&report).expect("a packet");
+    assert_eq!(
+        frame.packet,
+        Packet::CarrierSwitchAck {
+            status: AckStatus::Ack,
+            carrier: applet.carrier()
+        },
+        "then the carrier, reported"
+    );
+    assert_eq!(frame.envelope.and_then(|e| e.request_id), None);
 }
 
 #[test]
@@ -174,7 +186,8 @@ fn uplink_packets_go_out_enveloped_and_signed_with_increasing_sequence() {
         );
         sequences.push(frame.envelope.map(|e| e.sequence));
     }
-    assert_eq!(sequences, vec![Some(1), Some(2), Some(3)]);
+    // Sequence 1 was the carrier report at power-on.
+    assert_eq!(sequences, vec![Some(2), Some(3), Some(4)]);
 }
 
 #[test]
@@ -232,14 +245,14 @@ fn downlink_over_event_download_and_receive_data_switches_the_carrier() {
 
     let r = applet.transmit(&[0x80, 0x12, 0x00, 0x00, 0x0E]);
     let command = &r[..r.len() - 2];
-    assert_eq!(hex::encode_upper(&r), "D00C810302420082028121B701029000");
+    assert_eq!(hex::encode_upper(&r), "D00C810303420082028121B701029000");
     assert_eq!(receive_data_length(command), Some(2));
     assert_eq!(send_data_payload(command), None);
 
     let response = receive_data_response(command, &perform).expect("response");
     assert_eq!(
         hex::encode_upper(&response),
-        "8014000013810302420082028281830100B6021020B70100"
+        "8014000013810303420082028281830100B6021020B70100"
     );
     let r = applet.transmit(&response);
     assert_eq!(sw(&r)[0], 0x91, "the ACK's SEND DATA is pending");
@@ -302,10 +315,20 @@ fn the_original_clients_dialogue_switches_and_answers_the_ack_as_send_data() {
     assert_eq!(&first[4..7], &[1, 0x40, 0x01], "OPEN CHANNEL, whole");
     assert!(first.len() > 0x15, "longer than Le, yet not cut");
     assert_eq!(original::read(&first), original::Command::Other);
+    // Then the carrier, reported as an ACK without a request.
+    let report = original_fetch(&mut applet);
+    assert_eq!(
+        hex::encode(&report),
+        "d029810302430182028121 3c00 b602 1100".replace(' ', "")
+    );
+    assert_eq!(
+        original::read(&report),
+        original::Command::SendData(&[0x11, 0x00])
+    );
 
     // Nothing to send: RECEIVE DATA, byte for byte, and again on the next poll.
     let idle = original_fetch(&mut applet);
-    assert_eq!(hex::encode(&idle), "d00e8103024200820281218500b701ff");
+    assert_eq!(hex::encode(&idle), "d00e8103034200820281218500b701ff");
     assert_eq!(original::read(&idle), original::Command::ReceiveData);
     assert_eq!(
         original::read(&original_fetch(&mut applet)),

@@ -260,6 +260,51 @@ mod tests {
     }
 
     #[test]
+    fn a_sims_power_on_report_sets_the_carrier_and_answers_no_request() {
+        let mut d = driver();
+        let v1_ack = |status, carrier, at| CarrierSwitchAck {
+            modem_id: MODEM.into(),
+            request_id: None,
+            status,
+            carrier,
+            received_at: at,
+            sequence: None,
+        };
+        // Power-on, nothing asked: the modem's carrier is known from its first packets.
+        d.pipe(ACKS, MODEM, &v1_ack(AckStatus::Ack, Carrier::AtAndT, 1), 1)
+            .expect("ok");
+        let state = latest(&mut d);
+        assert_eq!(state.carrier, Some(Carrier::AtAndT));
+        assert!(state.requests.is_empty());
+
+        // A switch to Verizon is pending when the modem reboots: its report (still AT&T) is
+        // not the answer, the ACK naming Verizon is.
+        let req = request(&d, "00000000000000ab", Carrier::Verizon, 30);
+        d.pipe(REQUESTS, MODEM, &req, 2).expect("ok");
+        let t = req.requested_at;
+        d.pipe(
+            ACKS,
+            MODEM,
+            &v1_ack(AckStatus::Ack, Carrier::AtAndT, t + 1),
+            3,
+        )
+        .expect("ok");
+        let state = latest(&mut d);
+        assert_eq!(state.requests[0].state, RequestState::Requested);
+        assert_eq!(state.carrier, Some(Carrier::AtAndT));
+        d.pipe(
+            ACKS,
+            MODEM,
+            &v1_ack(AckStatus::Ack, Carrier::Verizon, t + 2),
+            4,
+        )
+        .expect("ok");
+        let state = latest(&mut d);
+        assert_eq!(state.requests[0].state, RequestState::Acked);
+        assert_eq!(state.carrier, Some(Carrier::Verizon));
+    }
+
+    #[test]
     fn a_request_without_an_answer_times_out_from_the_timer() {
         let mut d = driver();
         let req = request(&d, "00000000000000bb", Carrier::TMobile, 5);

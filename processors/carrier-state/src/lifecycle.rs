@@ -175,12 +175,15 @@ pub fn apply_ack(record: &mut ModemRecord, ack: &CarrierSwitchAck) -> bool {
                 return true;
             }
         },
-        // A v1 device cannot name the request: it answers the oldest pending one.
+        // A v1 device cannot name the request: it answers the oldest pending one that the
+        // answer fits (a NACK, or an ACK naming the carrier asked for). An ACK naming
+        // another carrier is the SIM reporting its carrier (at power-on): carrier only.
         None => record
             .state
             .requests
             .iter_mut()
             .filter(|r| is_pending(r.state))
+            .filter(|r| ack.status == AckStatus::Nack || r.carrier == ack.carrier)
             .min_by_key(|r| r.requested_at),
     };
     let Some(request) = target else {

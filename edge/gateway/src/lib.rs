@@ -13,6 +13,8 @@
 //!   `device-sessions` topic (this instance, address, protocol, first and last seen) on first
 //!   sight, on a move and as a bounded heartbeat; carrier-state lists modems from it, and a
 //!   restarted gateway reads its own sessions back, so downlink reaches modems at once.
+//! * Scale-out ([`elsewhere`]): every instance reads every switch request; only the one
+//!   holding the modem's session sends it, the others leave it (and its deadline) alone.
 //! * Downlink: `downstream-request` becomes a Carrier Switch Perform (in an envelope with
 //!   the request id, signed when the modem has a key; a bare v1 packet for the legacy
 //!   modem), sent to the modem's address and re-sent with backoff until its ACK arrives or
@@ -23,11 +25,13 @@
 //! Layout, one job per file: `config` (flags, socket), `service` (start-up, shared state,
 //! shutdown), `receive` (uplink), `send` (downlink and its commits), `publish` (records to
 //! Kafka and their accounting), with the pure rules beside them: `uplink` (packet to
-//! record), `downlink` (when to send, retry, give up), `sessions`, `request_offsets`,
-//! `replay`; `restore` reads sessions back, `socket_drops` reads the kernel's counters.
+//! record), `downlink` (when to send, retry, give up), `sessions`, `elsewhere`,
+//! `request_offsets`, `replay`; `restore` reads sessions back and follows them,
+//! `socket_drops` reads the kernel's counters.
 
 mod config;
 pub mod downlink;
+pub mod elsewhere;
 pub mod metrics;
 mod publish;
 mod receive;

@@ -19,6 +19,10 @@ pub struct GatewayMetrics {
     pub session_writes: IntCounter,
     pub sessions_restored: IntGauge,
     pub buffered: IntGauge,
+    pub modems_elsewhere: IntGauge,
+    pub modems_moved_away: IntCounter,
+    pub left_to_holder: IntCounter,
+    pub expired_requests: IntCounter,
 }
 
 /// Upper bounds (seconds) of the `produce_seconds` histogram: fine below 100 ms, where a
@@ -106,6 +110,22 @@ impl GatewayMetrics {
             buffered: reg!(IntGauge::new(
                 "buffered_records",
                 "Records handed to the producer and not yet acknowledged by the broker."
+            )?),
+            modems_elsewhere: reg!(IntGauge::new(
+                "modems_elsewhere",
+                "Modems whose session another gateway instance holds."
+            )?),
+            modems_moved_away: reg!(IntCounter::new(
+                "modems_moved_away_total",
+                "Sessions ended here because the modem was heard by another instance later."
+            )?),
+            left_to_holder: reg!(IntCounter::new(
+                "requests_left_to_holder_total",
+                "Switch requests past their deadline here that another instance held the modem for: not reported undeliverable by this one."
+            )?),
+            expired_requests: reg!(IntCounter::new(
+                "expired_requests_total",
+                "Switch requests already past their deadline when read (e.g. a new instance reading old requests): skipped."
             )?),
             registry,
         })

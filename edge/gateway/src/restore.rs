@@ -1,32 +1,48 @@
-//! Reading `device-sessions` back at start: the sessions this instance held before it
-//! stopped, so downlink reaches its modems before they speak again.
+//! Reading `device-sessions`: back at start, the sessions this instance held before it
+//! stopped (so downlink reaches its modems before they speak again) and who holds the
+//! others; then followed while running, so a modem that moves to another instance is left
+//! to it ([`crate::elsewhere`]).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use switchyard_kafka::{clients, is_partition_eof, TracingContext};
 use switchyard_registry::RecordDecoder;
 use switchyard_schemas::records::DeviceSession;
-use tracing::warn;
+use tracing::{info, warn};
 
+use crate::elsewhere::Elsewhere;
+use crate::service::Gateway;
 use crate::sessions::Sessions;
 use crate::SESSIONS_TOPIC;
 
-/// Read `device-sessions` from its start to its end as of now into `sessions`; returns how
-/// many sessions it took. Unreadable records are skipped and counted in `skipped`.
+/// What reading `device-sessions` back found.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Sessions this instance took back.
+    pub taken: usize,
+    /// Unreadable records skipped.
+    pub skipped: u64,
+    /// Where each partition ended: following goes on from here.
+    pub ends: HashMap<i32, i64>,
+}
+
+/// Read `device-sessions` from its start to its end as of now into `sessions` (this
+/// instance's) and `elsewhere` (the others').
 pub async fn restore_sessions(
     bootstrap: &str,
-    mut decoder: RecordDecoder,
+    decoder: &mut RecordDecoder,
     sessions: &mut Sessions,
+    elsewhere: &mut Elsewhere,
     timeout: Duration,
-) -> anyhow::Result<(usize, u64)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+) -> anyhow::Result<Restored> {
+    let consumer: BaseConsumer = clients::consumer_config(bootstrap)
         .set("group.id", "switchyard-gateway-restore")
-        .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "50")
         .create()
         .context("creating the session reader")?;
@@ -35,25 +51,26 @@ pub async fn restore_sessions(
     if partitions.is_empty() {
         bail!("topic {SESSIONS_TOPIC} does not exist (run `switchyard topics apply`)");
     }
-    let mut ends = std::collections::HashMap::new();
+    let mut restored = Restored::default();
+    let mut behind = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
         let (low, high) = consumer.fetch_watermarks(SESSIONS_TOPIC, p, timeout)?;
+        restored.ends.insert(p, high);
         if high > low {
-            ends.insert(p, high);
+            behind.insert(p, high);
             tpl.add_partition_offset(SESSIONS_TOPIC, p, Offset::Beginning)?;
         }
     }
-    if ends.is_empty() {
-        return Ok((0, 0));
+    if behind.is_empty() {
+        return Ok(restored);
     }
     consumer.assign(&tpl)?;
     let deadline = Instant::now() + timeout;
-    let (mut taken, mut skipped) = (0usize, 0u64);
-    while !ends.is_empty() {
+    while !behind.is_empty() {
         if Instant::now() > deadline {
             bail!(
-                "device-sessions not read to its end within {timeout:?}; partitions left: {ends:?}"
+                "device-sessions not read to its end within {timeout:?}; partitions left: {behind:?}"
             );
         }
         let Some(message) = consumer.poll(Duration::from_millis(100)) else {
@@ -62,15 +79,99 @@ pub async fn restore_sessions(
         let message = message.context("reading device-sessions")?;
         let (partition, offset) = (message.partition(), message.offset());
         match decoder.decode::<DeviceSession>(message.payload()).await {
-            Ok(session) => taken += usize::from(sessions.restore(&session)),
+            Ok(session) => {
+                sessions.restore(&session);
+                elsewhere.apply(&session);
+            }
             Err(e) => {
-                skipped += 1;
+                restored.skipped += 1;
                 warn!(partition, offset, error = %e, "unreadable session record skipped");
             }
         }
-        if ends.get(&partition).is_some_and(|end| offset + 1 >= *end) {
-            ends.remove(&partition);
+        if behind.get(&partition).is_some_and(|end| offset + 1 >= *end) {
+            behind.remove(&partition);
         }
     }
-    Ok((taken, skipped))
+    // What is left is what this instance held last: `restore` dropped a session whenever
+    // another instance's record of the modem came after it.
+    restored.taken = sessions.len();
+    Ok(restored)
+}
+
+impl Gateway {
+    /// Follow `device-sessions` from `ends`: another instance's record of a modem this one
+    /// holds, written after this one last heard it, means the modem moved there.
+    pub(crate) async fn follow_sessions(
+        self: Arc<Self>,
+        mut decoder: RecordDecoder,
+        ends: HashMap<i32, i64>,
+    ) {
+        let consumer: StreamConsumer<TracingContext> = match clients::consumer_config(
+            &self.config.endpoints.bootstrap_servers,
+        )
+        .set("group.id", "switchyard-gateway-sessions")
+        // Session records come at most once per heartbeat per modem; a move is
+        // worth a quarter second, not a broker read every 20 ms.
+        .set("fetch.wait.max.ms", "250")
+        .create_with_context(TracingContext)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot follow device-sessions; modems that move to another gateway keep being sent to here");
+                return;
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (p, end) in &ends {
+            if tpl
+                .add_partition_offset(SESSIONS_TOPIC, *p, Offset::Offset(*end))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Err(e) = consumer.assign(&tpl) {
+            warn!(error = %e, "cannot assign device-sessions");
+            return;
+        }
+        loop {
+            let message = match consumer.recv().await {
+                Ok(m) => m,
+                Err(e) if is_partition_eof(&e) => continue,
+                Err(e) => {
+                    warn!(error = %e, "following device-sessions; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let session = match decoder.decode::<DeviceSession>(message.payload()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.metrics
+                        .rejects
+                        .with_label_values(&["bad_session_record"])
+                        .inc();
+                    warn!(offset = message.offset(), error = %e, "unreadable session record skipped");
+                    continue;
+                }
+            };
+            let moved = self
+                .sessions
+                .lock()
+                .map(|mut s| {
+                    let moved = s.yield_to(&session);
+                    self.metrics.known_modems.set(s.len() as i64);
+                    moved
+                })
+                .unwrap_or(false);
+            if let Ok(mut e) = self.elsewhere.lock() {
+                e.apply(&session);
+                self.metrics.modems_elsewhere.set(e.len() as i64);
+            }
+            if moved {
+                self.metrics.modems_moved_away.inc();
+                info!(modem = %session.modem_id, to = %session.gateway, "modem moved to another gateway; its downlink goes from there");
+            }
+        }
+    }
 }

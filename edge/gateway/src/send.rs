@@ -50,6 +50,14 @@ impl Gateway {
                     .map(|rid| (r, rid))
                     .map_err(|e| e.to_string())
             }) {
+                // Past its deadline before it was read (an instance reading old requests
+                // for the first time): carrier-state has timed it out; nothing to send.
+                Ok((request, _)) if request.deadline <= now_us() => {
+                    self.metrics.expired_requests.inc();
+                    if let Ok(mut offsets) = self.request_offsets.lock() {
+                        offsets.read(message.partition(), message.offset());
+                    }
+                }
                 Ok((request, request_id)) => {
                     // Added and recorded under one lock of the downlink, so the offset is
                     // never committed between the two.
@@ -150,6 +158,21 @@ impl Gateway {
                         attempts,
                         reason,
                     } => {
+                        let holder = self
+                            .elsewhere
+                            .lock()
+                            .ok()
+                            .and_then(|e| e.holder(&modem_id).map(str::to_string));
+                        let held_here = self
+                            .sessions
+                            .lock()
+                            .is_ok_and(|s| s.address(&modem_id).is_some());
+                        if let Some(holder) = holder.filter(|_| !held_here) {
+                            // The instance holding the modem sent it and reports its end.
+                            self.metrics.left_to_holder.inc();
+                            info!(request = format!("{request_id:016x}"), modem = %modem_id, %holder, "switch request left to the gateway holding the modem");
+                            continue;
+                        }
                         self.metrics
                             .undeliverable
                             .with_label_values(&[reason])

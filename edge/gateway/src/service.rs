@@ -8,10 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
-use switchyard_kafka::TracingContext;
+use switchyard_kafka::{clients, TracingContext};
 use switchyard_registry::{RecordDecoder, RegistryClient};
 use switchyard_schemas::wire::SchemaCodec;
 use switchyard_schemas::{value_subject, Catalog, Role};
@@ -21,6 +20,7 @@ use tracing::info;
 
 use crate::config::{bind_udp, GatewayConfig};
 use crate::downlink::Downlink;
+use crate::elsewhere::Elsewhere;
 use crate::metrics::GatewayMetrics;
 use crate::replay::ReplayWindow;
 use crate::request_offsets::RequestOffsets;
@@ -38,6 +38,8 @@ pub(crate) struct Gateway {
     pub(crate) codecs: HashMap<String, (i32, Arc<SchemaCodec>)>,
     pub(crate) keys: HashMap<u64, Vec<u8>>,
     pub(crate) sessions: Mutex<Sessions>,
+    /// Modems whose session another gateway instance holds.
+    pub(crate) elsewhere: Mutex<Elsewhere>,
     pub(crate) windows: Mutex<HashMap<u64, ReplayWindow>>,
     pub(crate) downlink: Mutex<Downlink>,
     pub(crate) downlink_sequence: Mutex<HashMap<u64, u32>>,
@@ -106,10 +108,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         );
     }
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
+    let producer: FutureProducer = clients::producer_config(&config.endpoints.bootstrap_servers)
         .set("linger.ms", config.linger_ms.to_string())
         .set(
             "queue.buffering.max.messages",
@@ -118,27 +117,27 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         .set("message.timeout.ms", "300000")
         .create()
         .context("creating the producer")?;
-    let consumer: StreamConsumer<TracingContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
-        .set("group.id", "switchyard-gateway")
-        // Static membership: a restarted instance takes its own place in the group at once
-        // instead of waiting for the broker to expire the process it replaces.
-        .set("group.instance.id", &config.instance_id)
-        // Offsets are stored by hand, only up to the oldest request still pending
-        // (request_offsets), and committed in the background every 5 s.
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        // With no committed offset, start from the beginning: a request made before the
-        // gateway's first start is not skipped (a stale one fails its deadline at once).
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        // Downlink is interactive: do not let the broker sit on a fetch.
-        .set(
-            "fetch.wait.max.ms",
-            switchyard_kafka::FETCH_WAIT_MS.to_string(),
-        )
-        .create_with_context(TracingContext)
-        .context("creating the consumer")?;
+    // A group of its own per instance: every gateway reads every request, and the one
+    // holding the modem's session sends it (scale-out, `elsewhere`).
+    let consumer: StreamConsumer<TracingContext> =
+        clients::consumer_config(&config.endpoints.bootstrap_servers)
+            .set(
+                "group.id",
+                format!("switchyard-gateway-{}", config.instance_id),
+            )
+            // Static membership: a restarted instance takes its own place in the group at once
+            // instead of waiting for the broker to expire the process it replaces.
+            .set("group.instance.id", &config.instance_id)
+            // Offsets are stored by hand, only up to the oldest request still pending
+            // (request_offsets), and committed in the background every 5 s.
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            // With no committed offset, start from the beginning: a request made before the
+            // gateway's first start is not skipped (a stale one fails its deadline at once).
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .create_with_context(TracingContext)
+            .context("creating the consumer")?;
     consumer
         .subscribe(&[REQUEST_TOPIC])
         .context("subscribing to downstream-request")?;
@@ -151,16 +150,24 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         .get(SESSIONS_TOPIC)
         .cloned()
         .context("no schema for device-sessions")?;
+    let mut elsewhere = Elsewhere::new(&config.instance_id);
+    let mut session_decoder = RecordDecoder::new(registry.clone(), session_id, session_codec);
     let restored = tokio::select! {
         restored = restore::restore_sessions(
             &config.endpoints.bootstrap_servers,
-            RecordDecoder::new(registry.clone(), session_id, session_codec),
+            &mut session_decoder,
             &mut sessions,
+            &mut elsewhere,
             Duration::from_secs(60),
         ) => restored?,
         _ = &mut shutdown => return Ok(()),
     };
-    let (taken, skipped) = restored;
+    let restore::Restored {
+        taken,
+        skipped,
+        ends,
+    } = restored;
+    metrics.modems_elsewhere.set(elsewhere.len() as i64);
     metrics.sessions_restored.set(taken as i64);
     metrics.known_modems.set(sessions.len() as i64);
     if skipped > 0 {
@@ -185,6 +192,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         codecs,
         keys,
         sessions: Mutex::new(sessions),
+        elsewhere: Mutex::new(elsewhere),
         windows: Mutex::new(HashMap::new()),
         downlink_sequence: Mutex::new(HashMap::new()),
         request_offsets: Mutex::new(RequestOffsets::default()),
@@ -199,6 +207,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     let consumer = Arc::new(consumer);
     let requests = tokio::spawn(Arc::clone(&gateway).take_requests(Arc::clone(&consumer)));
     let retransmit = tokio::spawn(Arc::clone(&gateway).retransmit(consumer));
+    let follow = tokio::spawn(Arc::clone(&gateway).follow_sessions(session_decoder, ends));
     let drops = match socket_drops::socket_inode(&gateway.socket) {
         Some(inode) => tokio::spawn(socket_drops::watch(
             inode,
@@ -211,6 +220,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     uplink.abort();
     requests.abort();
     retransmit.abort();
+    follow.abort();
     drops.abort();
     let producer = gateway.producer.clone();
     tokio::task::spawn_blocking(move || {

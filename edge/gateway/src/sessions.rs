@@ -101,6 +101,22 @@ impl Sessions {
 
     /// Take a session read back from the topic, if this instance held it and it is newer
     /// than what is known. Returns whether it was taken.
+    /// A record another instance wrote while this one runs: if it heard the modem no
+    /// earlier than this one last did, the modem has moved there and its session here ends.
+    /// Returns whether it did.
+    pub fn yield_to(&mut self, record: &DeviceSession) -> bool {
+        if record.gateway == self.instance {
+            return false;
+        }
+        match self.by_modem.get(&record.modem_id) {
+            Some(mine) if mine.last_seen <= record.last_seen => {
+                self.by_modem.remove(&record.modem_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn restore(&mut self, record: &DeviceSession) -> bool {
         if record.gateway != self.instance {
             // Another instance heard the modem later: its NAT mapping points there now.
@@ -287,5 +303,54 @@ mod tests {
         assert!(!after.restore(&moved_away));
         assert_eq!(after.address("1"), None);
         assert!(after.is_empty());
+    }
+
+    #[test]
+    fn a_running_instance_yields_a_modem_only_to_a_later_record_of_another() {
+        let mut a = Sessions::new("gw-a", 30 * S);
+        a.observe(
+            "1",
+            addr(5000),
+            SessionProtocol::Envelope,
+            true,
+            20 * S,
+            None,
+        );
+        let mut b = Sessions::new("gw-b", 30 * S);
+        let older = b
+            .observe(
+                "1",
+                addr(6000),
+                SessionProtocol::Envelope,
+                true,
+                10 * S,
+                None,
+            )
+            .expect("written");
+        let later = b
+            .observe(
+                "1",
+                addr(6001),
+                SessionProtocol::Envelope,
+                true,
+                25 * S,
+                None,
+            )
+            .expect("written");
+        let own = a
+            .observe(
+                "1",
+                addr(5001),
+                SessionProtocol::Envelope,
+                true,
+                21 * S,
+                None,
+            )
+            .expect("a move here is written");
+        assert!(!a.yield_to(&own), "its own records change nothing");
+        assert!(!a.yield_to(&older), "gw-b heard it before gw-a last did");
+        assert_eq!(a.address("1"), Some(addr(5001)));
+        assert!(a.yield_to(&later), "the modem moved to gw-b");
+        assert_eq!(a.address("1"), None);
     }
 }

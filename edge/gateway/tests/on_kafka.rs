@@ -603,7 +603,8 @@ fn a_switch_pending_when_the_gateway_dies_is_sent_again_after_its_restart() {
     switchyard_testkit::wait_for("the finished request committed", WAIT, || {
         switchyard_testkit::kafka::committed_total(
             &bootstrap,
-            "switchyard-gateway",
+            // The instance's own group (default instance id `gateway`).
+            "switchyard-gateway-gateway",
             &["downstream-request"],
         )
         .is_ok_and(|c| c == 1)
@@ -655,4 +656,144 @@ fn a_switch_pending_when_the_gateway_dies_is_sent_again_after_its_restart() {
         kinds.contains(&DeliveryEvent::Acked)
     })
     .unwrap_or_else(|e| panic!("{e}: {kinds:?}"));
+}
+
+/// Scale-out: two gateways on one Kafka, a modem on each. Each switch leaves from the
+/// gateway holding its modem; when a modem moves to the other gateway (a new NAT mapping
+/// at the balancer), its next switch leaves from there, and the gateway it left neither
+/// sends to it nor reports the request undeliverable at the deadline.
+#[test]
+fn two_gateways_share_one_kafka_and_each_switch_leaves_from_the_gateway_holding_the_modem() {
+    let stack = Stack::start().expect("stack");
+    let start = |id: &str| {
+        stack
+            .start_gateway(&[
+                ("SWITCHYARD_RETRY_INITIAL_MS", "300".to_string()),
+                ("SWITCHYARD_GATEWAY_ID", id.to_string()),
+            ])
+            .expect("gateway healthy")
+    };
+    let (a, b) = (start("gw-a"), start("gw-b"));
+    let metric = |g: &switchyard_testkit::Gateway, name: &str| {
+        switchyard_testkit::http_get_text(g.metrics, "/metrics")
+            .map(|m| switchyard_testkit::metric_sum(&m, name))
+            .unwrap_or(-1.0)
+    };
+    let (dev1, dev2) = (client(), client());
+    let (m1, m2) = (101u64, 202u64);
+    let send = |dev: &UdpSocket, to: SocketAddr, frame: Frame| {
+        dev.send_to(&frame.encode().expect("encode"), to)
+            .expect("send");
+    };
+    let status = Packet::IotStatus(IotStatus::Nominal);
+    send(&dev1, a.udp, envelope(m1, 1, None, status.clone()));
+    send(&dev2, b.udp, envelope(m2, 1, None, status.clone()));
+    switchyard_testkit::wait_for(
+        "each gateway to hold one modem and know the other's",
+        WAIT,
+        || {
+            [&a, &b].iter().all(|g| {
+                metric(g, "switchyard_gateway_known_modems") == 1.0
+                    && metric(g, "switchyard_gateway_modems_elsewhere") == 1.0
+            })
+        },
+    )
+    .expect("sessions shared");
+
+    // A Perform arrives from the gateway the device talks to; the device answers it there.
+    let answer = |dev: &UdpSocket, modem: u64, expected_from: SocketAddr, sequence: u32| {
+        let mut buf = [0u8; 512];
+        let (n, from) = dev.recv_from(&mut buf).expect("a Perform arrives");
+        assert_eq!(
+            from, expected_from,
+            "sent by the gateway holding modem {modem}"
+        );
+        let frame = Frame::decode(&buf[..n]).expect("decodes");
+        let Packet::CarrierSwitchPerform(carrier) = frame.packet else {
+            panic!("not a Perform: {frame:?}");
+        };
+        let request_id = frame.envelope.and_then(|e| e.request_id);
+        let ack = Packet::CarrierSwitchAck {
+            status: AckStatus::Ack,
+            carrier,
+        };
+        send(dev, from, envelope(modem, sequence, request_id, ack));
+        request_id
+    };
+    request_switch(&stack, m1, "0000000000000001", records::Carrier::Verizon);
+    request_switch(&stack, m2, "0000000000000002", records::Carrier::TMobile);
+    assert_eq!(answer(&dev1, m1, a.udp, 2), Some(1));
+    assert_eq!(answer(&dev2, m2, b.udp, 2), Some(2));
+
+    // Modem 1 moves to gateway b.
+    send(&dev1, b.udp, envelope(m1, 3, None, status));
+    switchyard_testkit::wait_for("gateway a to learn that modem 1 moved", WAIT, || {
+        metric(&a, "switchyard_gateway_modems_moved_away_total") == 1.0
+            && metric(&a, "switchyard_gateway_known_modems") == 0.0
+    })
+    .expect("moved");
+    // A request with a short deadline, so gateway a reaches it while the test waits.
+    let mut moved = request(
+        &m1.to_string(),
+        "0000000000000003",
+        records::Carrier::AtAndT,
+    );
+    moved.deadline = moved.requested_at + 4_000_000;
+    stack
+        .produce(
+            "downstream-request",
+            &[(m1.to_string(), moved, now_us() / 1000)],
+        )
+        .expect("request");
+    // Request 3 comes from gateway b only; a re-send of request 1 by gateway a from before
+    // its ACK landed is passed over.
+    let mut buf = [0u8; 512];
+    loop {
+        let (n, from) = dev1.recv_from(&mut buf).expect("request 3's Perform");
+        let frame = Frame::decode(&buf[..n]).expect("decodes");
+        let request_id = frame.envelope.and_then(|e| e.request_id);
+        if request_id == Some(1) {
+            continue;
+        }
+        assert_eq!(
+            (request_id, from),
+            (Some(3), b.udp),
+            "after the move, only gateway b sends to modem 1"
+        );
+        let ack = Packet::CarrierSwitchAck {
+            status: AckStatus::Ack,
+            carrier: Carrier::AtAndT,
+        };
+        send(&dev1, b.udp, envelope(m1, 4, Some(3), ack));
+        break;
+    }
+    switchyard_testkit::wait_for("gateway a to leave request 3 to gateway b", WAIT, || {
+        metric(&a, "switchyard_gateway_requests_left_to_holder_total") == 1.0
+    })
+    .expect("left to the holder");
+
+    // Every request acked once, from the gateway holding the modem; nothing undeliverable.
+    let events = stack
+        .read_to_end::<DownlinkDelivery>("downlink-delivery")
+        .expect("deliveries");
+    let acked = |id: &str| {
+        events
+            .iter()
+            .filter(|e| e.value.request_id == id && e.value.event == DeliveryEvent::Acked)
+            .count()
+    };
+    for id in ["0000000000000001", "0000000000000002", "0000000000000003"] {
+        assert_eq!(
+            acked(id),
+            1,
+            "{id}: {events:?}",
+            events = events.iter().map(|e| &e.value).collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        events
+            .iter()
+            .all(|e| e.value.event != DeliveryEvent::Undeliverable),
+        "the gateway that did not hold a modem reported its request undeliverable"
+    );
 }

@@ -24,13 +24,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
-use switchyard_kafka::{is_partition_eof, Endpoints, TracingContext};
-use switchyard_registry::{RecordDecoder, RegistryClient};
+use switchyard_kafka::{clients, is_partition_eof, Endpoints, TracingContext};
+use switchyard_registry_client::{RecordDecoder, RegistryClient};
 use switchyard_schemas::records::CarrierState;
 use switchyard_schemas::wire::SchemaCodec;
 use switchyard_schemas::{value_subject, Catalog};
@@ -206,10 +205,7 @@ pub async fn run(config: ApiConfig, shutdown: impl Future<Output = ()>) -> anyho
         _ = &mut shutdown => return Ok(()),
     };
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
+    let producer: FutureProducer = clients::producer_config(&config.endpoints.bootstrap_servers)
         .set("message.timeout.ms", config.produce_timeout_ms.to_string())
         .create()
         .context("creating the producer")?;
@@ -272,9 +268,7 @@ pub async fn run(config: ApiConfig, shutdown: impl Future<Output = ()>) -> anyho
 
 /// High watermark of every partition of `topic`.
 fn end_offsets(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> {
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let probe: BaseConsumer = clients::admin_config(bootstrap).create()?;
     let partitions = switchyard_kafka::partitions(&probe, topic, Duration::from_secs(10))?;
     if partitions.is_empty() {
         bail!("topic {topic} does not exist (run `switchyard topics apply`)");
@@ -305,16 +299,9 @@ async fn follow(state: Arc<AppState>, bootstrap: String, mut decoder: RecordDeco
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));
     };
-    let consumer: StreamConsumer<TracingContext> = match ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+    // Operators watch switches live: the factory's short fetch wait.
+    let consumer: StreamConsumer<TracingContext> = match clients::consumer_config(&bootstrap)
         .set("group.id", "switchyard-api-view")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        // Operators watch switches live: answer fetches as soon as a change is there.
-        .set(
-            "fetch.wait.max.ms",
-            switchyard_kafka::FETCH_WAIT_MS.to_string(),
-        )
         .create_with_context(TracingContext)
     {
         Ok(c) => c,

@@ -18,7 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use switchyard_pipeline::{
     Context, ErrorPolicy, ProcessError, Processor, Record, RunnerConfig, Topology,
 };
-use switchyard_registry::RegistryClient;
+use switchyard_registry_client::RegistryClient;
 use switchyard_schemas::records::GrafanaReading;
 use switchyard_schemas::{value_subject, Catalog, CATALOG_TOML};
 use switchyard_testkit::{kafka, Broker, Registry};

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::{Args, Subcommand};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
+use switchyard_kafka::clients;
 use switchyard_kafka::dead_letter as headers;
 
 use crate::{Endpoints, Failure};
@@ -92,10 +92,7 @@ pub async fn run(endpoints: &Endpoints, command: DlqCommand) -> Result<(), Failu
 
 async fn replay(endpoints: &Endpoints, args: &DlqArgs, dry_run: bool) -> Result<(), Failure> {
     let (letters, ends) = read(endpoints, args)?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &endpoints.bootstrap_servers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
+    let producer: FutureProducer = clients::producer_config(&endpoints.bootstrap_servers)
         .create()
         .context("creating the Kafka producer")?;
     let mut replayed: BTreeMap<String, usize> = BTreeMap::new();
@@ -173,10 +170,8 @@ fn read(
     args: &DlqArgs,
 ) -> Result<(Vec<DeadLetter>, BTreeMap<i32, i64>), Failure> {
     let topic = format!("{}-dlq", args.processor);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &endpoints.bootstrap_servers)
+    let consumer: BaseConsumer = clients::consumer_config(&endpoints.bootstrap_servers)
         .set("group.id", "switchyard-dlq")
-        .set("enable.auto.commit", "false")
         .create()
         .context("creating the Kafka consumer")?;
     let partitions = switchyard_kafka::partitions(&consumer, &topic, Duration::from_secs(10))

@@ -8,9 +8,9 @@ use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use clap::Args;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use switchyard_registry::RegistryClient;
+use switchyard_kafka::clients;
+use switchyard_registry_client::RegistryClient;
 use switchyard_schemas::{value_subject, Catalog};
 
 use crate::{Endpoints, Failure};
@@ -51,9 +51,7 @@ pub async fn run(endpoints: &Endpoints, args: ProduceArgs) -> Result<(), Failure
     let mut payload = vec![0u8];
     payload.extend_from_slice(&id.to_be_bytes());
     payload.extend_from_slice(&body);
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &endpoints.bootstrap_servers)
-        .set("acks", "all")
+    let producer: FutureProducer = clients::producer_config(&endpoints.bootstrap_servers)
         .set("message.timeout.ms", "10000")
         .create()
         .context("creating the producer")?;

@@ -1,19 +1,19 @@
 //! `switchyard tail TOPIC`: records as JSON lines, values decoded through the registry.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::{Args, ValueEnum};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use schema_registry_converter::async_impl::avro::AvroDecoder;
-use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use serde_json::{json, Map, Value};
-use switchyard_kafka::TracingContext;
+use switchyard_kafka::{clients, TracingContext};
+use switchyard_registry_client::RegistryClient;
+use switchyard_schemas::wire::{split_frame, SchemaCodec};
 use switchyard_schemas::{Catalog, ValueFormat};
 
 use crate::avro_json::to_json;
@@ -45,13 +45,12 @@ pub async fn run(endpoints: &Endpoints, args: TailArgs) -> Result<(), Failure> {
     let raw = catalog
         .topic(&args.topic)
         .is_some_and(|t| t.value_format == ValueFormat::Raw);
-    let consumer: StreamConsumer<TracingContext> = ClientConfig::new()
-        .set("bootstrap.servers", &endpoints.bootstrap_servers)
-        .set("group.id", "switchyard-tail")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", args.exit_at_end.to_string())
-        .create_with_context(TracingContext)
-        .context("creating the Kafka consumer")?;
+    let consumer: StreamConsumer<TracingContext> =
+        clients::consumer_config(&endpoints.bootstrap_servers)
+            .set("group.id", "switchyard-tail")
+            .set("enable.partition.eof", args.exit_at_end.to_string())
+            .create_with_context(TracingContext)
+            .context("creating the Kafka consumer")?;
     let metadata = consumer
         .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
         .with_context(|| format!("broker {} unreachable", endpoints.bootstrap_servers))?;
@@ -81,14 +80,17 @@ pub async fn run(endpoints: &Endpoints, args: TailArgs) -> Result<(), Failure> {
         .assign(&assignment)
         .context("assigning partitions")?;
 
-    let decoder = AvroDecoder::new(SrSettings::new(endpoints.registry_url.clone()));
+    let mut decoder = WriterDecoder {
+        registry: RegistryClient::new(&endpoints.registry_url),
+        codecs: HashMap::new(),
+    };
     let mut printed = 0usize;
     let mut at_end: HashSet<i32> = HashSet::new();
     while args.count.is_none_or(|n| printed < n) {
         match consumer.recv().await {
             Ok(message) => {
                 at_end.remove(&message.partition());
-                crate::emit(render(&message, raw, &decoder).await);
+                crate::emit(render(&message, raw, &mut decoder).await);
                 printed += 1;
             }
             Err(KafkaError::PartitionEOF(p)) => {
@@ -103,7 +105,33 @@ pub async fn run(endpoints: &Endpoints, args: TailArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn render(message: &BorrowedMessage<'_>, raw: bool, decoder: &AvroDecoder) -> Value {
+/// Values decoded with the schema that wrote them (by the id in their header).
+struct WriterDecoder {
+    registry: RegistryClient,
+    codecs: HashMap<i32, Arc<SchemaCodec>>,
+}
+
+impl WriterDecoder {
+    async fn decode(&mut self, payload: &[u8]) -> Result<Value, String> {
+        let (id, body) = split_frame(payload)?;
+        let codec = match self.codecs.get(&id) {
+            Some(codec) => Arc::clone(codec),
+            None => {
+                let text = self
+                    .registry
+                    .schema_by_id(id)
+                    .await
+                    .map_err(|e| format!("schema {id}: {e}"))?;
+                let codec = SchemaCodec::parse(&text)?;
+                self.codecs.insert(id, Arc::clone(&codec));
+                codec
+            }
+        };
+        Ok(to_json(&codec.read_value(body)?))
+    }
+}
+
+async fn render(message: &BorrowedMessage<'_>, raw: bool, decoder: &mut WriterDecoder) -> Value {
     let mut out = Map::new();
     out.insert("topic".into(), json!(message.topic()));
     out.insert("partition".into(), json!(message.partition()));
@@ -124,8 +152,8 @@ async fn render(message: &BorrowedMessage<'_>, raw: bool, decoder: &AvroDecoder)
     let value = match message.payload() {
         None => Value::Null,
         Some(bytes) if raw => json!(hex::encode(bytes)),
-        Some(bytes) => match decoder.decode(Some(bytes)).await {
-            Ok(decoded) => to_json(&decoded.value),
+        Some(bytes) => match decoder.decode(bytes).await {
+            Ok(decoded) => decoded,
             Err(e) => {
                 out.insert("error".into(), json!(format!("cannot decode value: {e}")));
                 json!(hex::encode(bytes))

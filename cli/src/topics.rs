@@ -6,9 +6,9 @@ use anyhow::{anyhow, Context};
 use clap::Subcommand;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::types::RDKafkaErrorCode;
-use switchyard_registry::RegistryClient;
+use switchyard_kafka::clients;
+use switchyard_registry_client::RegistryClient;
 use switchyard_schemas::Catalog;
 
 use crate::{Endpoints, Failure};
@@ -122,10 +122,10 @@ async fn create_topics(
     replication: i32,
     partitions: Option<i32>,
 ) -> Result<(), StepError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &endpoints.bootstrap_servers)
-        .create()
-        .map_err(|e| StepError::Final(e.into()))?;
+    let admin: AdminClient<DefaultClientContext> =
+        clients::admin_config(&endpoints.bootstrap_servers)
+            .create()
+            .map_err(|e| StepError::Final(e.into()))?;
     let configs: Vec<Vec<(&str, String)>> =
         catalog.topics.iter().map(|t| t.broker_config()).collect();
     let new_topics: Vec<NewTopic> = catalog

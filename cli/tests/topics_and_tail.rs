@@ -11,7 +11,7 @@ use schema_registry_converter::async_impl::avro::AvroEncoder;
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
 use serde_json::Value;
-use switchyard_registry::RegistryClient;
+use switchyard_registry_client::RegistryClient;
 use switchyard_schemas::Catalog;
 use switchyard_testkit::{Broker, Registry};
 

@@ -13,14 +13,13 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
-use switchyard_kafka::TracingContext;
+use switchyard_kafka::{clients, TracingContext};
 use tokio::sync::{watch, Mutex};
 use tracing::{debug, info, warn};
 
@@ -70,23 +69,19 @@ impl SchemaStore {
     /// Create the topic if needed, read it to its end, and keep following it.
     pub async fn open(config: StoreConfig) -> Result<Arc<SchemaStore>, StoreError> {
         ensure_topic(&config).await?;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &config.bootstrap_servers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
+        let producer: FutureProducer = clients::producer_config(&config.bootstrap_servers)
             .set("message.timeout.ms", config.timeout.as_millis().to_string())
             .create()?;
-        let consumer: StreamConsumer<TracingContext> = ClientConfig::new()
-            .set("bootstrap.servers", &config.bootstrap_servers)
-            .set("group.id", "switchyard-registry")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            .set(
-                "fetch.wait.max.ms",
-                config.fetch_wait.as_millis().to_string(),
-            )
-            .create_with_context(TracingContext)?;
+        let consumer: StreamConsumer<TracingContext> =
+            clients::consumer_config(&config.bootstrap_servers)
+                .set("group.id", "switchyard-registry")
+                .set("enable.partition.eof", "true")
+                .set("auto.offset.reset", "earliest")
+                .set(
+                    "fetch.wait.max.ms",
+                    config.fetch_wait.as_millis().to_string(),
+                )
+                .create_with_context(TracingContext)?;
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&config.topic, 0, Offset::Beginning)?;
         consumer.assign(&assignment)?;
@@ -388,8 +383,7 @@ async fn ensure_topic(config: &StoreConfig) -> Result<(), StoreError> {
         bootstrap: config.bootstrap_servers.clone(),
         source,
     };
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.bootstrap_servers)
+    let admin: AdminClient<DefaultClientContext> = clients::admin_config(&config.bootstrap_servers)
         .create()
         .map_err(topic_error)?;
     let topic = NewTopic::new(&config.topic, 1, TopicReplication::Fixed(1))

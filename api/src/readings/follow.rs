@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use switchyard_kafka::{clients, is_partition_eof, TracingContext};
-use switchyard_registry::{RecordDecoder, RegistryClient};
+use switchyard_registry_client::{RecordDecoder, RegistryClient};
 use switchyard_schemas::records::{now_us, Anomaly, AnomalyKind, GrafanaReading};
 use switchyard_schemas::wire::{split_frame, SchemaCodec};
 use switchyard_schemas::{value_subject, Catalog, Role, GRAFANA_SUFFIX};

@@ -12,7 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use switchyard_kafka::{clients, is_partition_eof, TracingContext};
-use switchyard_registry::RecordDecoder;
+use switchyard_registry_client::RecordDecoder;
 use switchyard_schemas::records::DeviceSession;
 use tracing::{info, warn};
 

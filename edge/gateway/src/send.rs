@@ -12,7 +12,7 @@ use rdkafka::message::Message;
 use switchyard_kafka::{is_partition_eof, TracingContext};
 use switchyard_protocol::json::parse_request_id;
 use switchyard_protocol::{Envelope, Frame, Packet};
-use switchyard_registry::RecordDecoder;
+use switchyard_registry_client::RecordDecoder;
 use switchyard_schemas::records::{CarrierSwitchRequest, DeliveryEvent};
 use tracing::{info, warn};
 

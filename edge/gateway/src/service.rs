@@ -11,7 +11,7 @@ use anyhow::Context;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use switchyard_kafka::{clients, TracingContext};
-use switchyard_registry::{RecordDecoder, RegistryClient};
+use switchyard_registry_client::{RecordDecoder, RegistryClient};
 use switchyard_schemas::wire::SchemaCodec;
 use switchyard_schemas::{value_subject, Catalog, Role};
 use switchyard_telemetry::Health;

@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
-use switchyard_kafka::is_partition_eof;
+use switchyard_kafka::{clients, is_partition_eof};
 use tracing::{error, warn};
 
 use super::config::{Guarantee, RunnerConfig};
@@ -88,11 +87,8 @@ pub(crate) fn output_producer(
     transactional_id: Option<String>,
     shared: Arc<Shared>,
 ) -> Result<Arc<OutputProducer>, KafkaError> {
-    let mut settings = ClientConfig::new();
+    let mut settings = clients::producer_config(&config.endpoints.bootstrap_servers);
     settings
-        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
         // No local timeout: librdkafka retries retriable errors for as long as it takes (in
         // order); consumption pauses at the in-flight bounds meanwhile.
         .set("message.timeout.ms", "0")

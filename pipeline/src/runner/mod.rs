@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::Producer;
-use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use switchyard_registry_client::RegistryClient;
 use switchyard_schemas::Catalog;
 use switchyard_telemetry::{shutdown_signal, Health};
 use tracing::info;
@@ -78,7 +78,7 @@ pub async fn run_until<P: Processor>(
     tokio::pin!(shutdown);
 
     // Schemas: the catalog's, registered (idempotent) so outputs carry their ids.
-    let sr = SrSettings::new(config.endpoints.registry_url.clone());
+    let registry = RegistryClient::new(&config.endpoints.registry_url);
     let inputs = engine.topology().input_topics();
     let outputs = engine.topology().output_topics();
     for (topic, is_input) in inputs
@@ -90,7 +90,7 @@ pub async fn run_until<P: Processor>(
             continue;
         };
         let id = tokio::select! {
-            id = schemas::register(&sr, topic, &catalog) => id?,
+            id = schemas::register(&registry, topic, &catalog) => id?,
             _ = &mut shutdown => return Ok(()),
         };
         engine.add_writer(id, schema);
@@ -137,7 +137,7 @@ pub async fn run_until<P: Processor>(
         producer,
         shared,
         config,
-        writers: schemas::WriterSchemas::new(sr),
+        writers: schemas::WriterSchemas::new(registry),
         health,
         effects: Effects::default(),
         joined: false,

@@ -7,7 +7,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use switchyard_kafka::is_partition_eof;
+use switchyard_kafka::{clients, is_partition_eof};
 use tracing::warn;
 
 use super::config::RunnerError;
@@ -18,11 +18,9 @@ pub(crate) type ChangelogEntry = (String, Option<Vec<u8>>);
 /// The consumer settings a restore reads with: committed data only when the processor runs
 /// with transactions, so aborted store writes are never restored.
 pub(crate) fn restore_settings(bootstrap: &str, topic: &str, read_committed: bool) -> ClientConfig {
-    let mut settings = ClientConfig::new();
+    let mut settings = clients::consumer_config(bootstrap);
     settings
-        .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("{topic}-restore"))
-        .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set(
             "isolation.level",

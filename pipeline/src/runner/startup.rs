@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use switchyard_kafka::clients;
 use tracing::{error, info};
 
 use super::config::{Guarantee, RunnerConfig, RunnerError};
@@ -26,9 +26,8 @@ pub(crate) async fn check_topics<P: Processor>(
     config: &RunnerConfig,
     engine: &Engine<P>,
 ) -> Result<i32, RunnerError> {
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
-        .create()?;
+    let probe: BaseConsumer =
+        clients::admin_config(&config.endpoints.bootstrap_servers).create()?;
     let metadata =
         tokio::task::spawn_blocking(move || probe.fetch_metadata(None, Duration::from_secs(30)))
             .await
@@ -81,9 +80,8 @@ pub(crate) async fn create_changelogs<P: Processor>(
     if stores.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        clients::admin_config(&config.endpoints.bootstrap_servers).create()?;
     let names: Vec<String> = stores
         .iter()
         .map(|s| engine.topology().changelog_topic(s))
@@ -120,25 +118,25 @@ pub(crate) fn group_consumer(
     name: &str,
     shared: Arc<Shared>,
 ) -> Result<StreamConsumer<GroupContext>, RunnerError> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", &config.endpoints.bootstrap_servers)
-        .set("group.id", name)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "5000")
-        .set("fetch.wait.max.ms", config.fetch_wait_ms.to_string())
-        .set(
-            "session.timeout.ms",
-            SESSION_TIMEOUT.as_millis().to_string(),
-        )
-        .set("heartbeat.interval.ms", "3000")
-        .set(
-            "isolation.level",
-            if config.processing_guarantee == Guarantee::ExactlyOnce {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        )
-        .create_with_context(GroupContext { shared })?)
+    Ok(
+        clients::consumer_config(&config.endpoints.bootstrap_servers)
+            .set("group.id", name)
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "5000")
+            .set("fetch.wait.max.ms", config.fetch_wait_ms.to_string())
+            .set(
+                "session.timeout.ms",
+                SESSION_TIMEOUT.as_millis().to_string(),
+            )
+            .set("heartbeat.interval.ms", "3000")
+            .set(
+                "isolation.level",
+                if config.processing_guarantee == Guarantee::ExactlyOnce {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
+            )
+            .create_with_context(GroupContext { shared })?,
+    )
 }

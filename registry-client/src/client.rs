@@ -1,5 +1,8 @@
-//! A small client for the registry API: what `switchyard topics apply` and `tail` need.
-//! (Serdes use `schema_registry_converter`, which caches ids.)
+//! Calls of Confluent's Schema Registry API, with the registry's errors kept as they are.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
@@ -38,17 +41,44 @@ pub struct RegisteredSchema {
     pub schema: String,
 }
 
+/// A registry at one URL. Clones share the HTTP client and the id cache.
 #[derive(Debug, Clone)]
 pub struct RegistryClient {
     base: String,
     http: reqwest::Client,
+    /// Schema text by id: an id never changes its schema, so it is asked for once.
+    by_id: Arc<Mutex<HashMap<i32, Arc<str>>>>,
 }
+
+/// Longest wait between two tries while the registry is unreachable.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 
 impl RegistryClient {
     pub fn new(base_url: &str) -> Self {
         RegistryClient {
             base: base_url.trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
+            by_id: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Run `call` until the registry answers: while it is unreachable, wait (doubling from
+    /// 250 ms up to 10 s) and log; an answer from the registry, even an error, is returned.
+    async fn retrying<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match call().await {
+                Err(e) if e.error_code().is_none() => {
+                    tracing::warn!(error = %e, what, retry_in = ?delay, "schema registry unreachable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
+                }
+                other => return other,
+            }
         }
     }
 
@@ -104,36 +134,39 @@ impl RegistryClient {
         Ok(self.send::<Id>(request).await?.id)
     }
 
-    /// The latest live version of a subject.
-    /// [`RegistryClient::register`], waiting (with backoff, logged) while the registry is
-    /// unreachable; an answer from the registry, such as an incompatible schema, is final.
+    /// [`RegistryClient::register`], waiting while the registry is unreachable.
     pub async fn register_retrying(&self, subject: &str, schema: &str) -> Result<i32, ClientError> {
-        let mut delay = std::time::Duration::from_millis(250);
-        loop {
-            match self.register(subject, schema).await {
-                Err(e) if e.error_code().is_none() => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "schema registry unreachable; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_secs(10));
-                }
-                other => return other,
-            }
-        }
+        self.retrying(subject, || self.register(subject, schema))
+            .await
     }
 
+    /// The latest live version of a subject.
     pub async fn latest(&self, subject: &str) -> Result<RegisteredSchema, ClientError> {
         let url = format!("{}/subjects/{}/versions/latest", self.base, encode(subject));
         self.send(self.http.get(url)).await
     }
 
-    /// The schema text for an id.
-    pub async fn schema_by_id(&self, id: i32) -> Result<String, ClientError> {
+    /// The schema text for an id; asked of the registry once per id.
+    pub async fn schema_by_id(&self, id: i32) -> Result<Arc<str>, ClientError> {
+        if let Some(text) = self.by_id.lock().ok().and_then(|c| c.get(&id).cloned()) {
+            return Ok(text);
+        }
         #[derive(Deserialize)]
         struct Schema {
             schema: String,
         }
         let url = format!("{}/schemas/ids/{id}", self.base);
-        Ok(self.send::<Schema>(self.http.get(url)).await?.schema)
+        let text: Arc<str> = self.send::<Schema>(self.http.get(url)).await?.schema.into();
+        if let Ok(mut cache) = self.by_id.lock() {
+            cache.insert(id, Arc::clone(&text));
+        }
+        Ok(text)
+    }
+
+    /// [`RegistryClient::schema_by_id`], waiting while the registry is unreachable.
+    pub async fn schema_by_id_retrying(&self, id: i32) -> Result<Arc<str>, ClientError> {
+        self.retrying("schema by id", || self.schema_by_id(id))
+            .await
     }
 
     /// Subjects with a live version.

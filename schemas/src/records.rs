@@ -183,6 +183,8 @@ pub struct DeviceSession {
     pub last_seen: i64,
     pub address_changes: i64,
     pub clock_offset_ms: Option<i64>,
+    #[serde(default)]
+    pub sequence: Option<i64>,
 }
 
 impl TopicRecord for DeviceSession {
@@ -348,6 +350,7 @@ mod tests {
             last_seen: T0 + 30_000_000,
             address_changes: 2,
             clock_offset_ms: Some(-1_250),
+            sequence: Some(7),
         });
         round_trip(IotStatusReport {
             modem_id: "1".into(),

@@ -87,6 +87,7 @@ mod tests {
             last_seen: 2,
             address_changes: 0,
             clock_offset_ms: None,
+            sequence: None,
         }
     }
 

@@ -14,6 +14,7 @@ use tracing::warn;
 
 use crate::downlink::Answer;
 use crate::service::Gateway;
+use crate::sessions::Heard;
 use crate::uplink::{to_record, wire_carrier, Uplink, ACK_TOPIC, STATUS_TOPIC};
 use crate::SESSIONS_TOPIC;
 
@@ -103,11 +104,19 @@ impl Gateway {
         let session = self.sessions.lock().ok().and_then(|mut sessions| {
             let record = sessions.observe(
                 &modem_id,
-                source,
-                protocol,
-                authenticated,
-                received_at,
-                sensor_time,
+                Heard {
+                    address: source,
+                    protocol,
+                    authenticated,
+                    at_us: received_at,
+                    sensor_time_us: sensor_time,
+                    // The number the replay window just accepted: kept in the session record.
+                    sequence: frame
+                        .envelope
+                        .as_ref()
+                        .filter(|_| authenticated)
+                        .map(|e| e.sequence),
+                },
             );
             self.metrics.known_modems.set(sessions.len() as i64);
             record

@@ -12,6 +12,26 @@ pub struct ReplayWindow {
 }
 
 impl ReplayWindow {
+    /// A window that refuses `seq` and everything before it: what a restarted gateway
+    /// knows from the session record (which numbers below it were seen is not kept).
+    pub fn raise_to(&mut self, seq: u32) {
+        if self.highest.is_none_or(|h| seq > h) {
+            self.highest = Some(seq);
+            self.seen = u64::MAX;
+        } else if let Some(h) = self.highest {
+            // Numbers up to `seq`, below the highest, count as seen too.
+            let behind = h - seq;
+            if behind < WINDOW {
+                self.seen |= u64::MAX << behind;
+            }
+        }
+    }
+
+    /// The highest number accepted, if any.
+    pub fn highest(&self) -> Option<u32> {
+        self.highest
+    }
+
     /// Whether `seq` is acceptable; records it if so.
     pub fn accept(&mut self, seq: u32) -> bool {
         let Some(highest) = self.highest else {
@@ -59,5 +79,19 @@ mod tests {
         assert!(!w.accept(36), "64 behind: too old");
         assert!(w.accept(1000));
         assert!(!w.accept(100), "far behind after a jump");
+    }
+
+    #[test]
+    fn a_raised_window_refuses_the_number_and_all_before_it() {
+        let mut w = ReplayWindow::default();
+        w.raise_to(50);
+        assert!(!w.accept(50) && !w.accept(49) && !w.accept(1));
+        assert!(w.accept(51));
+        assert!(w.accept(53));
+        // Raised below the highest: 52 counted as seen, 54 still new.
+        w.raise_to(52);
+        assert!(!w.accept(52));
+        assert!(w.accept(54));
+        assert_eq!(w.highest(), Some(54));
     }
 }

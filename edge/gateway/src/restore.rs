@@ -168,6 +168,15 @@ impl Gateway {
                 e.apply(&session);
                 self.metrics.modems_elsewhere.set(e.len() as i64);
             }
+            // What another instance accepted is not fresh here either.
+            let sequence = crate::sessions::record_sequence(&session);
+            if let (true, Ok(modem), Ok(mut windows)) = (
+                sequence > 0 && session.gateway != self.config.instance_id,
+                session.modem_id.parse::<u64>(),
+                self.windows.lock(),
+            ) {
+                windows.entry(modem).or_default().raise_to(sequence);
+            }
             if moved {
                 self.metrics.modems_moved_away.inc();
                 info!(modem = %session.modem_id, to = %session.gateway, "modem moved to another gateway; its downlink goes from there");

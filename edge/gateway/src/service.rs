@@ -178,6 +178,10 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     }
     info!(instance = %config.instance_id, restored = taken, skipped, "sessions read back");
 
+    let sessions_for_windows: Vec<(u64, u32)> = sessions
+        .sequences()
+        .filter_map(|(m, seq)| Some((m.parse().ok()?, seq)))
+        .collect();
     let socket = bind_udp(config.listen, config.udp_buffer_bytes)?;
     let listen = socket.local_addr()?;
     let gateway = Arc::new(Gateway {
@@ -193,7 +197,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         keys,
         sessions: Mutex::new(sessions),
         elsewhere: Mutex::new(elsewhere),
-        windows: Mutex::new(HashMap::new()),
+        windows: Mutex::new(restored_windows(&sessions_for_windows)),
         downlink_sequence: Mutex::new(HashMap::new()),
         request_offsets: Mutex::new(RequestOffsets::default()),
         new_request: tokio::sync::Notify::new(),
@@ -218,6 +222,22 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     shutdown.await;
     info!("shutting down");
     uplink.abort();
+    // The sequence numbers accepted since each session was last written: so that the
+    // next instance refuses a packet captured before this one stopped.
+    let last = gateway
+        .sessions
+        .lock()
+        .map(|mut s| s.unwritten_sequences())
+        .unwrap_or_default();
+    let written = last.len();
+    for record in last {
+        let modem = record.modem_id.clone();
+        gateway.publish(SESSIONS_TOPIC, &modem, &record, std::time::Instant::now());
+    }
+    info!(
+        sessions = written,
+        "sessions' last sequence numbers written"
+    );
     requests.abort();
     retransmit.abort();
     follow.abort();
@@ -229,6 +249,19 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     .await
     .ok();
     Ok(())
+}
+
+/// Replay windows for the restored sessions: each refuses the sequence number its record
+/// carried and every earlier one.
+fn restored_windows(sequences: &[(u64, u32)]) -> HashMap<u64, ReplayWindow> {
+    sequences
+        .iter()
+        .map(|(modem, seq)| {
+            let mut window = ReplayWindow::default();
+            window.raise_to(*seq);
+            (*modem, window)
+        })
+        .collect()
 }
 
 /// Logs the 1st, 2nd, 4th, 8th… occurrence of a recurring problem.

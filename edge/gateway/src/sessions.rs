@@ -23,6 +23,26 @@ struct Session {
     address_changes: i64,
     /// Arrival minus sensor time of the readings, smoothed (µs); None before a reading.
     clock_offset_us: Option<i64>,
+    /// Highest authenticated envelope sequence number accepted (0: none), and the one the
+    /// last record written carried.
+    sequence: u32,
+    sequence_written: u32,
+}
+
+/// One accepted packet, as far as its modem's session is concerned.
+#[derive(Debug, Clone, Copy)]
+pub struct Heard {
+    /// Its source: the modem's downlink address from now on.
+    pub address: SocketAddr,
+    pub protocol: SessionProtocol,
+    /// It carried a valid tag.
+    pub authenticated: bool,
+    /// When it arrived (µs).
+    pub at_us: i64,
+    /// A reading's sensor time (µs), for the clock offset.
+    pub sensor_time_us: Option<i64>,
+    /// The envelope sequence number the replay window accepted (authenticated only).
+    pub sequence: Option<u32>,
 }
 
 /// Weight of a new sample in the smoothed clock offset (1/8: a few readings move it, one
@@ -48,19 +68,20 @@ impl Sessions {
         }
     }
 
-    /// A packet from `modem_id` arrived from `address` at `now_us` (a reading also gives its
-    /// sensor time, for the clock offset). Returns the session record to write, if one is
-    /// due; the clock offset alone never makes one due, it rides on the next.
-    pub fn observe(
-        &mut self,
-        modem_id: &str,
-        address: SocketAddr,
-        protocol: SessionProtocol,
-        authenticated: bool,
-        now_us: i64,
-        sensor_time_us: Option<i64>,
-    ) -> Option<DeviceSession> {
+    /// A packet from `modem_id` was accepted. Returns the session record to write, if one
+    /// is due; the clock offset and the sequence number alone never make one due, they ride
+    /// on the next.
+    pub fn observe(&mut self, modem_id: &str, heard: Heard) -> Option<DeviceSession> {
+        let Heard {
+            address,
+            protocol,
+            authenticated,
+            at_us: now_us,
+            sensor_time_us,
+            sequence,
+        } = heard;
         let sample = sensor_time_us.map(|t| now_us.saturating_sub(t));
+        let sequence = sequence.unwrap_or(0);
         let Some(session) = self.by_modem.get_mut(modem_id) else {
             let session = Session {
                 address,
@@ -71,6 +92,8 @@ impl Sessions {
                 written: now_us,
                 address_changes: 0,
                 clock_offset_us: sample,
+                sequence,
+                sequence_written: sequence,
             };
             self.by_modem.insert(modem_id.to_string(), session);
             return Some(self.record(modem_id, &session));
@@ -91,10 +114,12 @@ impl Sessions {
         }
         session.protocol = protocol;
         session.authenticated = authenticated;
+        session.sequence = session.sequence.max(sequence);
         if !changed && session.last_seen - session.written < self.heartbeat_us {
             return None;
         }
         session.written = session.last_seen;
+        session.sequence_written = session.sequence;
         let session = *session;
         Some(self.record(modem_id, &session))
     }
@@ -144,9 +169,36 @@ impl Sessions {
                 written: record.last_seen,
                 address_changes: record.address_changes,
                 clock_offset_us: record.clock_offset_ms.map(|ms| ms.saturating_mul(1000)),
+                sequence: record_sequence(record),
+                sequence_written: record_sequence(record),
             },
         );
         true
+    }
+
+    /// Records of the sessions whose sequence number moved since they were last written,
+    /// marked written: what a stopping gateway writes so that its successor refuses every
+    /// packet it accepted.
+    pub fn unwritten_sequences(&mut self) -> Vec<DeviceSession> {
+        let mut records = Vec::new();
+        for (modem_id, s) in &mut self.by_modem {
+            if s.sequence != s.sequence_written {
+                s.sequence_written = s.sequence;
+                records.push((modem_id.clone(), *s));
+            }
+        }
+        records
+            .into_iter()
+            .map(|(modem_id, s)| self.record(&modem_id, &s))
+            .collect()
+    }
+
+    /// The sequence numbers the held sessions were restored with, by modem.
+    pub fn sequences(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.by_modem
+            .iter()
+            .filter(|(_, s)| s.sequence > 0)
+            .map(|(m, s)| (m.as_str(), s.sequence))
     }
 
     /// Where `modem_id`'s downlink goes.
@@ -173,8 +225,17 @@ impl Sessions {
             last_seen: s.last_seen,
             address_changes: s.address_changes,
             clock_offset_ms: s.clock_offset_us.map(|us| us.div_euclid(1000)),
+            sequence: (s.sequence > 0).then_some(i64::from(s.sequence)),
         }
     }
+}
+
+/// A record's sequence number, 0 when it has none (or one out of range).
+pub fn record_sequence(record: &DeviceSession) -> u32 {
+    record
+        .sequence
+        .and_then(|s| u32::try_from(s).ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -187,11 +248,32 @@ mod tests {
         ([198, 51, 100, 7], port).into()
     }
 
+    fn heard(
+        address: SocketAddr,
+        protocol: SessionProtocol,
+        authenticated: bool,
+        at_us: i64,
+        sensor_time_us: Option<i64>,
+        sequence: Option<u32>,
+    ) -> Heard {
+        Heard {
+            address,
+            protocol,
+            authenticated,
+            at_us,
+            sensor_time_us,
+            sequence,
+        }
+    }
+
     #[test]
     fn writes_on_first_sight_on_a_move_and_at_most_once_per_heartbeat() {
         let mut s = Sessions::new("gw-a", 30 * S);
         let first = s
-            .observe("7", addr(4000), SessionProtocol::V1, false, 100 * S, None)
+            .observe(
+                "7",
+                heard(addr(4000), SessionProtocol::V1, false, 100 * S, None, None),
+            )
             .expect("first sight is written");
         assert_eq!(
             (
@@ -206,11 +288,14 @@ mod tests {
             .filter_map(|i| {
                 s.observe(
                     "7",
-                    addr(4000),
-                    SessionProtocol::V1,
-                    false,
-                    100 * S + i * S / 10,
-                    Some(100 * S + i * S / 10 - S / 20),
+                    heard(
+                        addr(4000),
+                        SessionProtocol::V1,
+                        false,
+                        100 * S + i * S / 10,
+                        Some(100 * S + i * S / 10 - S / 20),
+                        None,
+                    ),
                 )
             })
             .collect();
@@ -218,7 +303,10 @@ mod tests {
         assert_eq!(written[0].last_seen, 130 * S);
         // NAT rebinding: written at once, counted.
         let moved = s
-            .observe("7", addr(4001), SessionProtocol::V1, false, 161 * S, None)
+            .observe(
+                "7",
+                heard(addr(4001), SessionProtocol::V1, false, 161 * S, None, None),
+            )
             .expect("a move is written at once");
         assert_eq!((moved.address_changes, moved.first_seen), (1, 100 * S));
         assert_eq!(s.address("7"), Some(addr(4001)));
@@ -232,11 +320,14 @@ mod tests {
         let first = s
             .observe(
                 "9",
-                addr(1),
-                SessionProtocol::V1,
-                false,
-                10 * S,
-                Some(8 * S),
+                heard(
+                    addr(1),
+                    SessionProtocol::V1,
+                    false,
+                    10 * S,
+                    Some(8 * S),
+                    None,
+                ),
             )
             .expect("first sight");
         assert_eq!(first.clock_offset_ms, Some(2_000));
@@ -244,17 +335,23 @@ mod tests {
         assert!(
             s.observe(
                 "9",
-                addr(1),
-                SessionProtocol::V1,
-                false,
-                21 * S,
-                Some(11 * S)
+                heard(
+                    addr(1),
+                    SessionProtocol::V1,
+                    false,
+                    21 * S,
+                    Some(11 * S),
+                    None
+                )
             )
             .is_none(),
             "an offset alone writes nothing"
         );
         let later = s
-            .observe("9", addr(1), SessionProtocol::V1, false, 41 * S, None)
+            .observe(
+                "9",
+                heard(addr(1), SessionProtocol::V1, false, 41 * S, None, None),
+            )
             .expect("heartbeat");
         assert_eq!(later.clock_offset_ms, Some(3_000));
     }
@@ -265,32 +362,41 @@ mod tests {
         let mine = before
             .observe(
                 "1",
-                addr(5000),
-                SessionProtocol::Envelope,
-                true,
-                10 * S,
-                None,
+                heard(
+                    addr(5000),
+                    SessionProtocol::Envelope,
+                    true,
+                    10 * S,
+                    None,
+                    None,
+                ),
             )
             .expect("written");
         let mut other = Sessions::new("gw-b", 30 * S);
         let theirs = other
             .observe(
                 "2",
-                addr(6000),
-                SessionProtocol::Envelope,
-                true,
-                10 * S,
-                None,
+                heard(
+                    addr(6000),
+                    SessionProtocol::Envelope,
+                    true,
+                    10 * S,
+                    None,
+                    None,
+                ),
             )
             .expect("written");
         let moved_away = other
             .observe(
                 "1",
-                addr(6001),
-                SessionProtocol::Envelope,
-                true,
-                20 * S,
-                None,
+                heard(
+                    addr(6001),
+                    SessionProtocol::Envelope,
+                    true,
+                    20 * S,
+                    None,
+                    None,
+                ),
             )
             .expect("written");
 
@@ -310,41 +416,53 @@ mod tests {
         let mut a = Sessions::new("gw-a", 30 * S);
         a.observe(
             "1",
-            addr(5000),
-            SessionProtocol::Envelope,
-            true,
-            20 * S,
-            None,
+            heard(
+                addr(5000),
+                SessionProtocol::Envelope,
+                true,
+                20 * S,
+                None,
+                None,
+            ),
         );
         let mut b = Sessions::new("gw-b", 30 * S);
         let older = b
             .observe(
                 "1",
-                addr(6000),
-                SessionProtocol::Envelope,
-                true,
-                10 * S,
-                None,
+                heard(
+                    addr(6000),
+                    SessionProtocol::Envelope,
+                    true,
+                    10 * S,
+                    None,
+                    None,
+                ),
             )
             .expect("written");
         let later = b
             .observe(
                 "1",
-                addr(6001),
-                SessionProtocol::Envelope,
-                true,
-                25 * S,
-                None,
+                heard(
+                    addr(6001),
+                    SessionProtocol::Envelope,
+                    true,
+                    25 * S,
+                    None,
+                    None,
+                ),
             )
             .expect("written");
         let own = a
             .observe(
                 "1",
-                addr(5001),
-                SessionProtocol::Envelope,
-                true,
-                21 * S,
-                None,
+                heard(
+                    addr(5001),
+                    SessionProtocol::Envelope,
+                    true,
+                    21 * S,
+                    None,
+                    None,
+                ),
             )
             .expect("a move here is written");
         assert!(!a.yield_to(&own), "its own records change nothing");
@@ -352,5 +470,25 @@ mod tests {
         assert_eq!(a.address("1"), Some(addr(5001)));
         assert!(a.yield_to(&later), "the modem moved to gw-b");
         assert_eq!(a.address("1"), None);
+    }
+
+    #[test]
+    fn sequence_numbers_ride_on_records_and_a_stopping_gateway_writes_the_last() {
+        let mut s = Sessions::new("gw-a", 30 * S);
+        let at = |t, seq| heard(addr(1), SessionProtocol::Envelope, true, t, None, Some(seq));
+        let first = s.observe("5", at(S, 1)).expect("first sight");
+        assert_eq!(first.sequence, Some(1));
+        assert!(s.observe("5", at(2 * S, 2)).is_none());
+        assert!(s.observe("5", at(3 * S, 3)).is_none());
+        let last = s.unwritten_sequences();
+        assert_eq!(last.len(), 1);
+        assert_eq!(
+            (last[0].modem_id.as_str(), last[0].sequence),
+            ("5", Some(3))
+        );
+        assert!(s.unwritten_sequences().is_empty(), "written once");
+        let mut after = Sessions::new("gw-a", 30 * S);
+        after.restore(&last[0]);
+        assert_eq!(after.sequences().collect::<Vec<_>>(), vec![("5", 3)]);
     }
 }

@@ -350,6 +350,7 @@ mod tests {
             last_seen: 1_700_000_030_000_000,
             address_changes: 0,
             clock_offset_ms: Some(-90_000),
+            sequence: None,
         };
         d.pipe(SESSIONS, MODEM, &session, 1).expect("ok");
         let state = latest(&mut d);

@@ -200,18 +200,12 @@ Logs: make logs     Stop: make down
 EOM
 }
 
-# A key for each simulated modem, made once (again if the fleet grew).
+# A key for each simulated modem, made once (kept; added if the fleet grew). Mode 600.
 write_modem_keys() {
-  local i
-  if [ -s "$KEYS_FILE" ] && [ "$(grep -c '^[0-9]' "$KEYS_FILE")" -ge "$FLEET" ]; then return; fi
-  (
-    umask 077
-    echo "# Made by scripts/stack.sh: MODEM_ID HEX_KEY for the simulated modems." >"$KEYS_FILE"
-    for ((i = 0; i < FLEET; i++)); do
-      echo "$((FIRST_MODEM + i)) $(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" >>"$KEYS_FILE"
-    done
-  )
-  echo "    modem keys: $FLEET, in ${KEYS_FILE#"$ROOT/"}"
+  local out
+  out=$("$BIN/switchyard" keys generate --file "$KEYS_FILE" --first "$FIRST_MODEM" --count "$FLEET") \
+    || die "cannot write the modem keys file $KEYS_FILE"
+  echo "    modem keys: ${out#"$ROOT/"}"
 }
 
 # Prometheus scrapes every service this stack started, on the ports it gave them.

@@ -3,6 +3,7 @@
 mod avro_json;
 mod dlq;
 mod grafana;
+mod keys;
 mod packet;
 mod produce;
 mod scaffold;
@@ -68,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
+    /// Modem keys: the file the gateway authenticates with and the simulator signs with.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     /// Every modem the switch API knows: carrier, status, last seen, latest request.
     Modems {
         #[command(flatten)]
@@ -119,6 +125,7 @@ async fn main() -> ExitCode {
         Command::Tail { endpoints, args } => tail::run(&endpoints, args).await,
         Command::New { command } => scaffold::run(command),
         Command::Dlq { endpoints, command } => dlq::run(&endpoints, command).await,
+        Command::Keys { command } => keys::run(command),
         Command::Modems { api } => switch::modems(&api).await,
         Command::Switch { api, args } => switch::switch(&api, args).await,
     };

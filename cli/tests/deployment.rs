@@ -360,9 +360,10 @@ fn start_order_waits_for_health_and_the_one_shot_topic_service() {
         strings(&all["topics"]["command"]),
         ["switchyard", "topics", "apply"]
     );
+    // The one-shots that make the topics and the keys need no topic.
     for (name, _) in switchyard_services(&doc)
         .iter()
-        .filter(|(n, _)| *n != "topics")
+        .filter(|(n, _)| !matches!(n.as_str(), "topics" | "keys"))
     {
         let deps = &all[name]["depends_on"];
         assert!(
@@ -532,7 +533,7 @@ fn prometheus_scrapes_every_switchyard_service_where_it_listens_and_loads_the_ru
     let long_running: BTreeSet<String> = switchyard_services(&doc)
         .into_iter()
         .filter(|(name, s)| {
-            !matches!(name.as_str(), "topics" | "modems") && !s["profiles"].is_sequence()
+            name != "modems" && s["restart"].as_str() != Some("no") && !s["profiles"].is_sequence()
         })
         .map(|(name, _)| name)
         .collect();
@@ -566,4 +567,65 @@ fn the_operations_dashboard_queries_prometheus_for_metrics_the_services_export()
             }
         }
     }
+}
+
+#[test]
+fn the_gateway_authenticates_with_keys_the_keys_service_makes_and_the_modems_sign_with() {
+    let doc = compose();
+    let all = services(&doc);
+    let keys = &all["keys"];
+    assert_eq!(keys["restart"].as_str(), Some("no"), "a one-shot");
+    let command = strings(&keys["command"]);
+    let file = command
+        .iter()
+        .skip_while(|a| *a != "--file")
+        .nth(1)
+        .expect("switchyard keys generate --file PATH");
+    assert_eq!(command[..3], ["switchyard", "keys", "generate"]);
+    let volume_of = |service: &Yaml| -> Vec<(String, String)> {
+        strings(&service["volumes"])
+            .iter()
+            .map(|v| {
+                let mut parts = v.split(':');
+                (
+                    parts.next().unwrap_or_default().to_string(),
+                    parts.next().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let holds = |service: &Yaml| {
+        volume_of(keys).iter().any(|(volume, dir)| {
+            file.starts_with(dir.as_str())
+                && volume_of(service)
+                    .iter()
+                    .any(|(v, d)| v == volume && d == dir)
+        })
+    };
+    let gateway = &all["gateway"];
+    assert_eq!(
+        environment(gateway).get("SWITCHYARD_MODEM_KEYS"),
+        Some(file),
+        "the gateway authenticates with the generated file"
+    );
+    assert!(holds(gateway), "the gateway mounts the keys volume");
+    assert_eq!(
+        gateway["depends_on"]["keys"]["condition"].as_str(),
+        Some("service_completed_successfully")
+    );
+    let modems = &all["modems"];
+    let args = strings(&modems["command"]);
+    assert!(
+        args.windows(2).any(|w| w[0] == "--keys" && w[1] == *file),
+        "the simulated modems sign with the same file: {args:?}"
+    );
+    assert!(holds(modems), "the modems mount the keys volume");
+    assert!(
+        !environment(gateway).contains_key("SWITCHYARD_REJECT_V1")
+            && environment(gateway)
+                .get("SWITCHYARD_LEGACY_MODEM_ID")
+                .map(String::as_str)
+                == Some("0"),
+        "an original device works out of the box as legacy modem 0"
+    );
 }

@@ -75,7 +75,9 @@ impl FromStr for Level {
 /// Whether `reader` can read everything `writer` wrote. Confluent (Java Avro) refuses what
 /// apache-avro calls partial compatibility (missing enum symbols, partly overlapping unions).
 fn can_read(writer: &Schema, reader: &Schema) -> Result<(), String> {
-    match SchemaCompatibility::can_read(writer, reader) {
+    // The reader's aliases on named types first, as Java Avro applies them.
+    let writer = crate::aliases::apply_reader_aliases(writer, reader)?;
+    match SchemaCompatibility::can_read(&writer, reader) {
         Ok(Compatibility::Full) => Ok(()),
         Ok(Compatibility::Partial) => {
             Err("reading may fail for some values (enum symbols or union branches missing)".into())
@@ -176,5 +178,106 @@ mod tests {
             Ok(Level::FullTransitive)
         );
         assert!("sideways".parse::<Level>().is_err());
+    }
+
+    /// Named types: names must match, unless the reader lists the writer's full name as an
+    /// alias (Java Avro's `SchemaCompatibility.schemaNameEquals`). The first five cases are
+    /// Apache Avro's own (`TestSchemaCompatibilityNameMismatch`, the schemas of
+    /// `TestSchemas`, and `test_simple_schema_promotion` of lang/py), the rest apply the
+    /// alias rule to each kind of named type, nested, and to relative aliases.
+    #[test]
+    fn renamed_types_are_compatible_only_through_the_readers_aliases() {
+        let backward_ok = |reader: &str, writer: &str| {
+            check(
+                Level::Backward,
+                &Schema::parse_str(reader).expect("reader"),
+                &[(1, Schema::parse_str(writer).expect("writer"))],
+            )
+        };
+        let enum_ab =
+            |name: &str| format!(r#"{{"type":"enum","name":"{name}","symbols":["A","B"]}}"#);
+        let empty_record =
+            |name: &str| format!(r#"{{"type":"record","name":"{name}","fields":[]}}"#);
+        let dint_denum = |e: &str| {
+            format!(
+                r#"{{"type":"record","name":"Record1","fields":[{{"name":"a","type":"int","default":0}},{{"name":"b","type":{}}}]}}"#,
+                enum_ab(e)
+            )
+        };
+        // Apache Avro: TestSchemaCompatibilityNameMismatch (reader, writer): all incompatible.
+        for (reader, writer) in [
+            (enum_ab("Enum1"), enum_ab("Enum2")),
+            (empty_record("Record2"), empty_record("Record1")),
+            (
+                r#"{"type":"fixed","name":"Fixed","size":4}"#.to_string(),
+                r#"{"type":"fixed","name":"AnotherName","size":4}"#.to_string(),
+            ),
+            (dint_denum("Enum1"), dint_denum("Enum2")),
+        ] {
+            assert!(
+                backward_ok(&reader, &writer).is_err(),
+                "{reader} read {writer}"
+            );
+        }
+        // Apache Avro lang/py: a reader record named "other" with alias "foo" reads "foo".
+        assert!(backward_ok(
+            r#"{"name":"other","type":"record","fields":[{"type":"int","name":"f1"}],"aliases":["foo"]}"#,
+            r#"{"name":"foo","type":"record","fields":[{"type":"int","name":"f1"},{"type":"string","name":"f2"}]}"#,
+        )
+        .is_ok());
+
+        // The same renames with the old name as an alias: compatible.
+        let aliased_enum = |name: &str, alias: &str| {
+            format!(
+                r#"{{"type":"enum","name":"{name}","aliases":["{alias}"],"symbols":["A","B"]}}"#
+            )
+        };
+        assert!(backward_ok(&aliased_enum("Enum1", "Enum2"), &enum_ab("Enum2")).is_ok());
+        assert!(backward_ok(
+            r#"{"type":"fixed","name":"Fixed","aliases":["AnotherName"],"size":4}"#,
+            r#"{"type":"fixed","name":"AnotherName","size":4}"#
+        )
+        .is_ok());
+        let nested = |e: &str| {
+            format!(
+                r#"{{"type":"record","name":"Record1","fields":[{{"name":"b","type":{{"type":"array","items":["null",{e}]}}}}]}}"#
+            )
+        };
+        assert!(backward_ok(
+            &nested(&aliased_enum("Enum1", "Enum2")),
+            &nested(&enum_ab("Enum2"))
+        )
+        .is_ok());
+        assert!(backward_ok(&nested(&enum_ab("Enum1")), &nested(&enum_ab("Enum2"))).is_err());
+
+        // The issue's case: Reading renamed Reading2, relative alias, in a namespace.
+        let reading = |name: &str, aliases: &str, ns: &str| {
+            format!(
+                r#"{{"type":"record","name":"{name}","namespace":"{ns}","aliases":[{aliases}],"fields":[{{"name":"value","type":"int"}}]}}"#
+            )
+        };
+        let writer = reading("Reading", "", "io.switchyard");
+        assert!(backward_ok(
+            &reading("Reading2", r#""Reading""#, "io.switchyard"),
+            &writer
+        )
+        .is_ok());
+        assert!(backward_ok(
+            &reading("Reading2", r#""io.switchyard.Reading""#, "io.switchyard"),
+            &writer
+        )
+        .is_ok());
+        assert!(
+            backward_ok(&reading("Reading2", r#""Reading""#, "elsewhere"), &writer).is_err(),
+            "a relative alias is in the reader's namespace: elsewhere.Reading is not the writer"
+        );
+        assert!(backward_ok(&reading("Reading2", "", "io.switchyard"), &writer).is_err());
+        // FULL also needs the old schema to read the new: the old one has no alias.
+        assert!(check(
+            Level::Full,
+            &Schema::parse_str(&reading("Reading2", r#""Reading""#, "io.switchyard")).expect("new"),
+            &[(1, Schema::parse_str(&writer).expect("old"))],
+        )
+        .is_err());
     }
 }

@@ -154,3 +154,33 @@ impl ResolvingReader {
         self.reader.read_value(&mut body).map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod alias_tests {
+    use super::*;
+
+    /// The registry accepts renaming a type with its old name as an alias (as Confluent
+    /// does), so a processor reading with the renamed schema must read the old records.
+    #[test]
+    fn records_of_a_type_renamed_with_an_alias_are_read_with_the_new_name() {
+        let old = SchemaCodec::parse(
+            r#"{"type":"record","name":"Reading","namespace":"io.s","fields":[{"name":"value","type":"int"}]}"#,
+        )
+        .expect("old");
+        let new = SchemaCodec::parse(
+            r#"{"type":"record","name":"Reading2","namespace":"io.s","aliases":["Reading"],"fields":[{"name":"value","type":"int"}]}"#,
+        )
+        .expect("new");
+        #[derive(serde::Serialize)]
+        struct Reading {
+            value: i32,
+        }
+        let framed = old.encode(1, &Reading { value: 5 }).expect("encode");
+        let (_, body) = split_frame(&framed).expect("frame");
+        let read = ResolvingReader::new(&old, &new)
+            .expect("resolvable")
+            .read_value(body)
+            .expect("read");
+        assert_eq!(read, Value::Record(vec![("value".into(), Value::Int(5))]));
+    }
+}

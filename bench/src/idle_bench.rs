@@ -11,7 +11,7 @@ use switchyard_testkit::{workspace_binary, ScriptedStack};
 use crate::Report;
 
 /// CPU seconds (user + system) `pid` has used so far.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at the state, field 3;

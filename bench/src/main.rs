@@ -49,6 +49,12 @@ enum Bench {
         /// Seconds of latency measurement.
         #[arg(long, default_value_t = 10)]
         latency_secs: u64,
+        /// Datagrams/s offered while measuring the gateway's CPU per datagram.
+        #[arg(long, default_value_t = 20_000)]
+        cost_rate: u64,
+        /// Seconds per CPU-cost round.
+        #[arg(long, default_value_t = 5)]
+        cost_secs: u64,
     },
     /// grafana-projector (the binary) vs a raw rdkafka consume->produce loop.
     Processor {
@@ -105,6 +111,8 @@ fn main() -> anyhow::Result<()> {
             offered_rate,
             latency_rate,
             latency_secs,
+            cost_rate,
+            cost_secs,
         } => {
             let report = gateway_bench::run(
                 runtime.handle(),
@@ -114,6 +122,8 @@ fn main() -> anyhow::Result<()> {
                     offered_rate,
                     latency_rate,
                     latency_secs,
+                    cost_rate,
+                    cost_secs,
                 },
             )?;
             report.write(&cli.out)?;

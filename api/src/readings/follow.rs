@@ -157,8 +157,7 @@ pub async fn follow(
             reading(&mut latest, &message).await
         };
         match event {
-            Ok(Some(event)) => hub.add(event, oldest_ms),
-            Ok(None) => {}
+            Ok(event) => hub.add(event, oldest_ms),
             Err(e) => {
                 hub.undecodable.inc();
                 warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), error = %e, "record skipped by the page's charts");
@@ -190,7 +189,7 @@ async fn anomaly_decoder(
 async fn reading(
     latest: &mut LatestSchemas,
     message: &BorrowedMessage<'_>,
-) -> Result<Option<ReadingEvent>, String> {
+) -> Result<ReadingEvent, String> {
     let topic = message.topic();
     let sensor = topic.strip_suffix(GRAFANA_SUFFIX).unwrap_or(topic);
     let t = message
@@ -199,7 +198,7 @@ async fn reading(
         .ok_or("the record has no timestamp")?;
     let (_, body) = split_frame(message.payload().ok_or("empty record")?)?;
     let reading = latest.decode(topic, body).await?;
-    Ok(Some(ReadingEvent::Reading {
+    Ok(ReadingEvent::Reading {
         modem_id: reading.modem_id,
         sensor: sensor.to_string(),
         topic: topic.to_string(),
@@ -207,20 +206,20 @@ async fn reading(
             t,
             value: reading.value,
         },
-    }))
+    })
 }
 
 async fn anomaly(
     decoder: &mut RecordDecoder,
     message: &BorrowedMessage<'_>,
-) -> Result<Option<ReadingEvent>, String> {
+) -> Result<ReadingEvent, String> {
     let a: Anomaly = decoder.decode(message.payload()).await?;
     let kind = match a.kind {
         AnomalyKind::Spike => "spike",
         AnomalyKind::Stuck => "stuck",
         AnomalyKind::Silent => "silent",
     };
-    Ok(Some(ReadingEvent::Anomaly {
+    Ok(ReadingEvent::Anomaly {
         modem_id: a.modem_id,
         mark: AnomalyMark {
             t: a.sensor_time / 1000,
@@ -229,5 +228,5 @@ async fn anomaly(
             value: a.value,
             detail: a.detail,
         },
-    }))
+    })
 }

@@ -60,6 +60,7 @@ bench: deps
 	./target/release/switchyard-bench memory
 	./target/release/switchyard-bench scale
 	./target/release/switchyard-bench idle
+	./target/release/switchyard-bench burst
 
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= decode apdu avro

@@ -1,6 +1,7 @@
 //! `switchyard-bench`: measurements for `make bench`, each against its baseline in the same
 //! run on the same broker, written to `results/bench.md` and `results/bench.json`.
 
+mod burst_bench;
 mod gateway_bench;
 mod idle_bench;
 mod pipeline_bench;
@@ -84,6 +85,17 @@ enum Bench {
     },
     /// Time and memory as the fleet grows 10 -> 10,000 modems.
     Scale,
+    /// The `make up` gateway taking a burst of readings (kernel drops, all records acked).
+    Burst {
+        /// Datagrams per second.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        /// Seconds per round.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// What `make up` with only its simulated modems costs the broker, and from which client.
     Idle {
         #[arg(long, default_value_t = 5)]
@@ -138,6 +150,11 @@ fn main() -> anyhow::Result<()> {
         Bench::Roundtrip { switches } => emit(&cli.out, system_bench::roundtrip(switches)?)?,
         Bench::Memory { modems } => emit(&cli.out, system_bench::memory(modems)?)?,
         Bench::Scale => emit(&cli.out, system_bench::scale()?)?,
+        Bench::Burst {
+            rate,
+            seconds,
+            rounds,
+        } => emit(&cli.out, burst_bench::run(rate, seconds, rounds)?)?,
         Bench::Idle { rounds, seconds } => emit(
             &cli.out,
             idle_bench::run(rounds, std::time::Duration::from_secs(seconds))?,

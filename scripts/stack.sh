@@ -23,6 +23,7 @@ export SWITCHYARD_REGISTRY_URL="http://$BROKER_HOST:$REGISTRY_PORT"
 SERVICES=(tansu registry gateway)
 FLEET=${SWITCHYARD_FLEET:-3}
 GATEWAY_UDP=${SWITCHYARD_GATEWAY_PORT:-6001}
+GATEWAY_BUFFER=${SWITCHYARD_GATEWAY_BUFFER:-400000}
 METRICS_BASE=${SWITCHYARD_METRICS_BASE:-9100}
 GATEWAY_METRICS=$((METRICS_BASE + 4))
 PROCESSORS=(reading-counter=$METRICS_BASE grafana-projector=$((METRICS_BASE + 1))
@@ -141,8 +142,10 @@ up() {
     die "UDP port $GATEWAY_UDP is taken by another process; cannot start the gateway"
   fi
   write_modem_keys
+  # A 10 s burst at 20,000 readings/s outruns this machine's broker (one SQLite partition
+  # per topic); the producer holds up to GATEWAY_BUFFER records meanwhile (make bench: burst).
   start gateway "$GATEWAY_METRICS" "$RUN" env SWITCHYARD_GATEWAY_LISTEN="$BROKER_HOST:$GATEWAY_UDP" \
-    SWITCHYARD_METRICS_LISTEN="$BROKER_HOST:$GATEWAY_METRICS" \
+    SWITCHYARD_METRICS_LISTEN="$BROKER_HOST:$GATEWAY_METRICS" SWITCHYARD_GATEWAY_BUFFER="$GATEWAY_BUFFER" \
     SWITCHYARD_MODEM_KEYS="$KEYS_FILE" SWITCHYARD_LEGACY_MODEM_ID="$LEGACY_MODEM_ID" \
     RUST_LOG="${RUST_LOG:-info,librdkafka=warn,rdkafka=warn}" "$BIN/switchyard-gateway"
   wait_for gateway 60 curl -fsS "http://$BROKER_HOST:$GATEWAY_METRICS/health"

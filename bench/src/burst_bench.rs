@@ -95,9 +95,10 @@ pub fn run(rate: u64, seconds: u64, rounds: usize) -> anyhow::Result<Report> {
             )
         })
         .collect::<String>();
-    let all_zero = results
-        .iter()
-        .all(|r| r["dropped_by_kernel"].as_f64() == Some(0.0));
+    // Every datagram taken in and every record acknowledged: nothing dropped, nothing lost.
+    let all_zero = results.iter().all(|r| {
+        r["dropped_by_kernel"].as_f64() == Some(0.0) && r["counted_lost"].as_f64() == Some(0.0)
+    });
     let verdict = if all_zero { "meets" } else { "misses" };
     Ok(Report {
         name: "burst",
@@ -105,7 +106,7 @@ pub fn run(rate: u64, seconds: u64, rounds: usize) -> anyhow::Result<Report> {
             "## The `make up` gateway taking a burst\n\n\
              `scripts/stack.sh up` (what `make up` runs: release binaries, one partition per topic, authentication on, three simulated modems) in a scratch folder; one loopback sender offers {rate} v1 IoT Data datagrams/s (the legacy modem's readings) for {seconds} s per round. Dropped by the kernel: the gateway's `udp_kernel_drops` (the socket's drop count from /proc/net/udp); the last ack is the broker's acknowledgement of the last record.\n\n\
              | round | sent | dropped by the kernel | received | acknowledged | counted lost | last ack after the last send (s) |\n|---|---|---|---|---|---|---|\n{rows}\n\
-             Target: zero kernel drops in every round: {verdict}.\n"
+             Target: in every round zero kernel drops and nothing counted lost (what the broker cannot take at once waits in the producer's buffer, `GATEWAY_BUFFER` in `scripts/stack.sh`): {verdict}.\n"
         ),
         json: json!({ "rate": rate, "seconds": seconds, "rounds": results }),
     })

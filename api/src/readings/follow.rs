@@ -116,8 +116,8 @@ pub async fn follow(
     };
     let consumer: StreamConsumer<TracingContext> = match clients::consumer_config(&bootstrap)
         .set("group.id", "switchyard-api-readings")
-        // People look at these charts: a quarter second is live enough, and each
-        // shorter wait costs the broker a read of every partition (docs/performance.md).
+        // People look at these charts: half a second is live enough, and each shorter
+        // wait costs the broker a read of every partition (make bench: idle).
         .set("fetch.wait.max.ms", config.fetch_wait_ms.to_string())
         .create_with_context(TracingContext)
     {

@@ -41,7 +41,7 @@ pub struct ReadingsConfig {
     #[arg(
         long = "readings-fetch-wait-ms",
         env = "SWITCHYARD_READINGS_FETCH_WAIT_MS",
-        default_value_t = 250
+        default_value_t = 500
     )]
     pub fetch_wait_ms: u64,
 }

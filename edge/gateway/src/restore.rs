@@ -110,9 +110,13 @@ impl Gateway {
             &self.config.endpoints.bootstrap_servers,
         )
         .set("group.id", "switchyard-gateway-sessions")
-        // Session records come at most once per heartbeat per modem; a move is
-        // worth a quarter second, not a broker read every 20 ms.
-        .set("fetch.wait.max.ms", "250")
+        // Session records come at most once per heartbeat per modem; noticing a move
+        // within a second is enough, and each shorter wait costs the broker a read
+        // (make bench: idle).
+        .set("fetch.wait.max.ms", "1000")
+        // The instance reads its own session writes back too: keep librdkafka's prefetch
+        // small (1 MiB, not 64) so memory follows the modems, not the last burst.
+        .set("queued.max.messages.kbytes", "1024")
         .create_with_context(TracingContext)
         {
             Ok(c) => c,

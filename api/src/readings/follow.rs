@@ -2,8 +2,10 @@
 //! them, so the page is also a live check of that contract: each value is decoded with the
 //! *latest* schema of `<topic>-value` (the id in the record's header is ignored, as the
 //! datasource ignores it), and a point's time is the record timestamp. `anomalies` is read
-//! too, for the markers. Reading starts a bounded number of records before each partition's
-//! end, and points older than the window are not kept.
+//! too, for the markers. The topics are followed only while someone looks at a chart (a
+//! readings request in the last `--readings-idle-stop-secs`, or an open event stream);
+//! each start reads a bounded number of records before each partition's end again, and
+//! points older than the window are not kept.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -101,10 +103,77 @@ pub async fn follow(
         }
     };
 
+    let mut latest = LatestSchemas {
+        registry,
+        codecs: HashMap::new(),
+    };
+    let window_us = i64::try_from(config.window_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+    let idle_stop = Duration::from_secs(config.idle_stop_secs);
+    // Followed only while someone looks: an idle consumer costs the broker a read of every
+    // partition per fetch wait (make bench: idle). Starting reads back the window again.
+    loop {
+        hub.until_wanted(idle_stop).await;
+        let Some(consumer) = open(&bootstrap, &all, &config).await else {
+            return;
+        };
+        info!(topics = ?all, "following the projected topics for the page's charts");
+        let mut check = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            let message = tokio::select! {
+                m = consumer.recv() => m,
+                _ = check.tick() => {
+                    if hub.still_wanted(idle_stop) {
+                        continue;
+                    }
+                    hub.clear();
+                    info!("nobody looks at the charts: stopped following the projected topics");
+                    break;
+                }
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(e) if is_partition_eof(&e) => continue,
+                Err(e) => {
+                    warn!(error = %e, "reading the projected topics; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let oldest_ms = (now_us() - window_us) / 1000;
+            let event = if anomaly_topics.iter().any(|t| t == message.topic()) {
+                match anomalies.as_mut() {
+                    Some(decoder) => anomaly(decoder, &message).await,
+                    None => continue,
+                }
+            } else {
+                reading(&mut latest, &message).await
+            };
+            match event {
+                Ok(event) => hub.add(event, oldest_ms),
+                Err(e) => {
+                    hub.undecodable.inc();
+                    warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), error = %e, "record skipped by the page's charts");
+                }
+            }
+        }
+    }
+}
+
+/// A consumer assigned to `topics`, starting the configured lookback before each end;
+/// retried while the broker or the topics are not there. `None` if it cannot be made.
+async fn open(
+    bootstrap: &str,
+    topics: &[String],
+    config: &ReadingsConfig,
+) -> Option<StreamConsumer<TracingContext>> {
     let mut delay = Duration::from_millis(250);
     let assignment = loop {
-        let (b, topics, lookback) = (bootstrap.clone(), all.clone(), config.lookback_records);
-        match tokio::task::spawn_blocking(move || start_offsets(&b, &topics, lookback)).await {
+        let (b, t, lookback) = (
+            bootstrap.to_string(),
+            topics.to_vec(),
+            config.lookback_records,
+        );
+        match tokio::task::spawn_blocking(move || start_offsets(&b, &t, lookback)).await {
             Ok(Ok(a)) => break a,
             Ok(Err(e)) => {
                 warn!(error = %e, retry_in = ?delay, "cannot read the projected topics yet")
@@ -114,7 +183,7 @@ pub async fn follow(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));
     };
-    let consumer: StreamConsumer<TracingContext> = match clients::consumer_config(&bootstrap)
+    let consumer: StreamConsumer<TracingContext> = match clients::consumer_config(bootstrap)
         .set("group.id", "switchyard-api-readings")
         // People look at these charts: half a second is live enough, and each shorter
         // wait costs the broker a read of every partition (make bench: idle).
@@ -124,46 +193,14 @@ pub async fn follow(
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "cannot create the readings consumer");
-            return;
+            return None;
         }
     };
     if let Err(e) = consumer.assign(&assignment) {
         warn!(error = %e, "cannot assign the projected topics");
-        return;
+        return None;
     }
-    info!(topics = ?all, "following the projected topics for the page's charts");
-    let mut latest = LatestSchemas {
-        registry,
-        codecs: HashMap::new(),
-    };
-    let window_us = i64::try_from(config.window_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
-    loop {
-        let message = match consumer.recv().await {
-            Ok(m) => m,
-            Err(e) if is_partition_eof(&e) => continue,
-            Err(e) => {
-                warn!(error = %e, "reading the projected topics; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let oldest_ms = (now_us() - window_us) / 1000;
-        let event = if anomaly_topics.iter().any(|t| t == message.topic()) {
-            match anomalies.as_mut() {
-                Some(decoder) => anomaly(decoder, &message).await,
-                None => continue,
-            }
-        } else {
-            reading(&mut latest, &message).await
-        };
-        match event {
-            Ok(event) => hub.add(event, oldest_ms),
-            Err(e) => {
-                hub.undecodable.inc();
-                warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), error = %e, "record skipped by the page's charts");
-            }
-        }
-    }
+    Some(consumer)
 }
 
 async fn anomaly_decoder(

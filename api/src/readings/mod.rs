@@ -6,7 +6,11 @@ pub mod follow;
 pub mod routes;
 pub mod store;
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::RwLock;
+use std::time::Duration;
+
+use switchyard_schemas::records::now_us;
 
 use clap::Args;
 use prometheus::{IntCounter, IntGauge, Registry};
@@ -44,6 +48,13 @@ pub struct ReadingsConfig {
         default_value_t = 500
     )]
     pub fetch_wait_ms: u64,
+    /// Stop following the projected topics this long after the last chart was looked at.
+    #[arg(
+        long = "readings-idle-stop-secs",
+        env = "SWITCHYARD_READINGS_IDLE_STOP_SECS",
+        default_value_t = 60
+    )]
+    pub idle_stop_secs: u64,
 }
 
 /// The store, the live feed and their metrics; the follower is the only writer.
@@ -52,6 +63,9 @@ pub struct Hub {
     pub events: broadcast::Sender<ReadingEvent>,
     pub undecodable: IntCounter,
     pub points: IntGauge,
+    /// When a chart was last asked for (µs), and a wake-up for the follower.
+    last_wanted_us: AtomicI64,
+    wanted: tokio::sync::Notify,
 }
 
 impl Hub {
@@ -68,7 +82,37 @@ impl Hub {
             events: broadcast::channel(4096).0,
             undecodable,
             points,
+            last_wanted_us: AtomicI64::new(i64::MIN),
+            wanted: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Someone looks at a chart: follow the projected topics (again).
+    pub fn want(&self) {
+        self.last_wanted_us.store(now_us(), Ordering::Relaxed);
+        self.wanted.notify_one();
+    }
+
+    /// Whether a chart was asked for within `idle`, or an event stream is open.
+    pub fn still_wanted(&self, idle: Duration) -> bool {
+        let idle_us = i64::try_from(idle.as_micros()).unwrap_or(i64::MAX);
+        self.events.receiver_count() > 0
+            || now_us().saturating_sub(self.last_wanted_us.load(Ordering::Relaxed)) < idle_us
+    }
+
+    /// Return once someone looks at a chart.
+    pub async fn until_wanted(&self, idle: Duration) {
+        while !self.still_wanted(idle) {
+            self.wanted.notified().await;
+        }
+    }
+
+    /// Forget every point (the follower stopped; it reads them back when it starts).
+    pub fn clear(&self) {
+        if let Ok(mut store) = self.store.write() {
+            store.clear();
+        }
+        self.points.set(0);
     }
 
     /// Keep `event` (unless its sensor time is before `oldest_ms`) and tell the listeners.
@@ -98,5 +142,29 @@ impl Hub {
         }
         drop(store);
         let _ = self.events.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_topics_are_wanted_only_after_a_look_and_while_a_stream_is_open() {
+        let config = ReadingsConfig {
+            window_secs: 600,
+            max_points: 10,
+            lookback_records: 10,
+            fetch_wait_ms: 500,
+            idle_stop_secs: 60,
+        };
+        let hub = Hub::new(&config, &Registry::new()).expect("hub");
+        let minute = Duration::from_secs(60);
+        assert!(!hub.still_wanted(minute), "nobody looked yet: no consumer");
+        hub.want();
+        assert!(hub.still_wanted(minute));
+        assert!(!hub.still_wanted(Duration::ZERO), "a look long enough ago stops it");
+        let _stream = hub.events.subscribe();
+        assert!(hub.still_wanted(Duration::ZERO), "an open event stream keeps it");
     }
 }

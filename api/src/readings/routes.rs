@@ -13,6 +13,7 @@ use crate::routes::{ApiError, ErrorBody, Shared};
 use crate::AppState;
 
 fn snapshot(state: &AppState, modem: &str) -> Result<ModemReadings, ApiError> {
+    state.readings.want();
     let readings = state
         .readings
         .store

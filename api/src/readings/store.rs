@@ -163,6 +163,12 @@ impl Readings {
         }
     }
 
+    /// Forget every modem's points and markers.
+    pub fn clear(&mut self) {
+        self.modems.clear();
+        self.held = 0;
+    }
+
     /// Points held, all modems together (a gauge).
     pub fn points(&self) -> usize {
         self.held

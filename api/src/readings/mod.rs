@@ -163,8 +163,14 @@ mod tests {
         assert!(!hub.still_wanted(minute), "nobody looked yet: no consumer");
         hub.want();
         assert!(hub.still_wanted(minute));
-        assert!(!hub.still_wanted(Duration::ZERO), "a look long enough ago stops it");
+        assert!(
+            !hub.still_wanted(Duration::ZERO),
+            "a look long enough ago stops it"
+        );
         let _stream = hub.events.subscribe();
-        assert!(hub.still_wanted(Duration::ZERO), "an open event stream keeps it");
+        assert!(
+            hub.still_wanted(Duration::ZERO),
+            "an open event stream keeps it"
+        );
     }
 }

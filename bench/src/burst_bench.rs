@@ -7,10 +7,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use serde_json::json;
 use switchyard_protocol::{IotData, Packet};
-use switchyard_testkit::{http_get_text, metric_sum, workspace_binary, ScriptedStack};
+use switchyard_testkit::{http_get_text, metric_sum};
 
 use crate::gateway_bench::{gateway_counts, send_paced, settle};
 use crate::Report;
@@ -21,19 +21,7 @@ fn kernel_drops(metrics: SocketAddr) -> f64 {
 }
 
 pub fn run(rate: u64, seconds: u64, rounds: usize) -> anyhow::Result<Report> {
-    let bin = workspace_binary("switchyard")?
-        .parent()
-        .context("bin dir")?
-        .to_path_buf();
-    let stack = ScriptedStack::new(&bin)?;
-    let up = stack.sh("up")?;
-    if !up.status.success() {
-        bail!(
-            "stack.sh up failed: {}{}",
-            String::from_utf8_lossy(&up.stdout),
-            String::from_utf8_lossy(&up.stderr)
-        );
-    }
+    let stack = crate::idle_bench::make_up()?;
     let udp: SocketAddr =
         format!("127.0.0.1:{}", stack.port("SWITCHYARD_GATEWAY_PORT")?).parse()?;
     let metrics: SocketAddr =

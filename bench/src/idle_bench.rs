@@ -45,7 +45,8 @@ fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(rounds: usize, window: Duration) -> anyhow::Result<Report> {
+/// `scripts/stack.sh up` (what `make up` runs) in a scratch folder, on this build's binaries.
+pub(crate) fn make_up() -> anyhow::Result<ScriptedStack> {
     let bin = workspace_binary("switchyard")?
         .parent()
         .context("bin dir")?
@@ -59,6 +60,11 @@ pub fn run(rounds: usize, window: Duration) -> anyhow::Result<Report> {
             String::from_utf8_lossy(&up.stderr)
         );
     }
+    Ok(stack)
+}
+
+pub fn run(rounds: usize, window: Duration) -> anyhow::Result<Report> {
+    let stack = make_up()?;
     let pids = stack.pids();
     let pid_of = |name: &str| pids.iter().find(|(n, _)| n == name).map(|(_, p)| *p);
     let tansu = pid_of("tansu").context("no tansu pid")?;

@@ -7,28 +7,18 @@ usage: chart_page.py URL TOKEN MODEM TIMES_CSV ANOMALY_T SCREENSHOT
 """
 import json
 import sys
-import tempfile
 
-from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
+
+import chromium  # beside this script
 
 
 def main() -> int:
     url, token, modem, times_csv, anomaly_t, screenshot = sys.argv[1:7]
     sent = [int(t) for t in times_csv.split(",")]
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--window-size=1000,1100",
-        "--user-data-dir=" + tempfile.mkdtemp(prefix="switchyard-chromium-"),
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = chromium.start(1000, 1100)
     try:
         driver.get(f"{url}/#token={token}")
         wait = WebDriverWait(driver, 60, ignored_exceptions=[StaleElementReferenceException])

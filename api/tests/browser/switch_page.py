@@ -4,28 +4,18 @@ page shows it acknowledged (the update arrives over server-sent events).
 usage: switch_page.py URL TOKEN MODEM CARRIER SCREENSHOT
 """
 import sys
-import tempfile
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+import chromium  # beside this script
+
 
 def main() -> int:
     url, token, modem, carrier, screenshot = sys.argv[1:6]
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--window-size=1200,600",
-        "--user-data-dir=" + tempfile.mkdtemp(prefix="switchyard-chromium-"),
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = chromium.start(1200, 600)
     try:
         driver.get(f"{url}/#token={token}")
         # Every live update re-renders the table, so elements found a moment ago may be gone.

@@ -191,7 +191,7 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
         .as_array()
         .map(Vec::len)
         .unwrap_or(0);
-    assert_eq!(loaded, 8, "the alert rules are loaded: {rules}");
+    assert_eq!(loaded, 9, "the alert rules are loaded: {rules}");
 
     // Down: nothing left.
     let down = stack.sh("down").expect("stack.sh runs");

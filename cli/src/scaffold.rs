@@ -92,6 +92,22 @@ fn new_processor(args: &ProcessorArgs) -> Result<(), Failure> {
             return bad(format!("topic {topic} is in the catalog already"));
         }
     }
+    // The output's record type is generated into `switchyard_schemas::records` beside every
+    // other schema's types, so its name must be new there.
+    let record = pascal(&args.output);
+    let mut taken = Vec::new();
+    for (file, text) in switchyard_schemas::SCHEMA_FILES {
+        let schema: Value =
+            serde_json::from_str(text).with_context(|| format!("{file} is not JSON"))?;
+        named_types(&schema, &mut taken);
+    }
+    if taken.iter().any(|t| *t == record) {
+        return bad(format!(
+            "output {:?} would be Avro type {record}, which a catalog schema defines already; \
+             choose another output name",
+            args.output
+        ));
+    }
     // Each input: its Rust record type and an example value of its schema.
     let mut inputs = Vec::new();
     for topic in &args.inputs {
@@ -163,6 +179,30 @@ fn new_processor(args: &ProcessorArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The short names of the record, enum and fixed types a schema defines, nested ones too.
+fn named_types(schema: &Value, out: &mut Vec<String>) {
+    match schema {
+        Value::Array(branches) => branches.iter().for_each(|b| named_types(b, out)),
+        Value::Object(o) => {
+            if let (Some("record" | "enum" | "fixed"), Some(name)) = (
+                o.get("type").and_then(Value::as_str),
+                o.get("name").and_then(Value::as_str),
+            ) {
+                out.push(name.rsplit('.').next().unwrap_or(name).to_owned());
+            }
+            for key in ["type", "items", "values"] {
+                if let Some(inner) = o.get(key) {
+                    named_types(inner, out);
+                }
+            }
+            if let Some(Value::Array(fields)) = o.get("fields") {
+                fields.iter().for_each(|f| named_types(f, out));
+            }
+        }
+        _ => {}
+    }
+}
+
 /// A minimal value of an Avro schema, as the JSON serde reads into the matching record type.
 fn example(schema: &Value) -> Value {
     match schema {
@@ -216,6 +256,7 @@ fn render(args: &ProcessorArgs, inputs: &[(String, &str, Value, i32)]) -> Vec<(S
     let record = pascal(out);
     let types: Vec<&str> = {
         let mut t: Vec<&str> = inputs.iter().map(|i| i.1).collect();
+        t.push(&record);
         t.sort_unstable();
         t.dedup();
         t
@@ -253,7 +294,6 @@ edition.workspace = true
 license.workspace = true
 
 [dependencies]
-serde.workspace = true
 switchyard-pipeline.workspace = true
 switchyard-schemas.workspace = true
 
@@ -271,27 +311,15 @@ switchyard_pipeline::processor_main!("{name}: counts records per key and input t
     let lib = format!(
         r##"//! `{name}`: reads {inputs_list}, writes `{out}`. Scaffolded by `switchyard new processor`:
 //! it counts records per key and input topic; replace `process` with what it should do
-//! (docs/pipeline.md), and `{out}.avsc` with what it writes.
+//! (docs/pipeline.md), and `schemas/avro/{out}.avsc` with what it writes: `{record}` is
+//! generated from that file when `switchyard-schemas` builds.
 
-use serde::{{Deserialize, Serialize}};
 use switchyard_pipeline::{{Context, ProcessError, Processor, Record, Topology}};
-use switchyard_schemas::records::{{TopicRecord, {types}}};
+use switchyard_schemas::records::{{{types}}};
 
 pub const NAME: &str = "{name}";
 pub const OUTPUT: &str = "{out}";
 const COUNTS: &str = "counts";
-
-/// `{out}.avsc`: `{out}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct {record} {{
-    pub key: String,
-    pub input_topic: String,
-    pub count: i64,
-}}
-
-impl TopicRecord for {record} {{
-    const SCHEMA_FILE: &'static str = "{out}.avsc";
-}}
 
 pub struct {ty};
 

@@ -93,6 +93,14 @@ fn a_scaffolded_processor_builds_and_its_tests_pass() {
     let main =
         std::fs::read_to_string(dir.join("processors/door-count/src/main.rs")).expect("main.rs");
     assert!(main.lines().count() <= 5, "{main}");
+    // The output's type is generated from its schema, not written out in the crate.
+    let lib =
+        std::fs::read_to_string(dir.join("processors/door-count/src/lib.rs")).expect("lib.rs");
+    assert!(!lib.contains("struct DoorCounts"), "{lib}");
+    assert!(
+        lib.contains("switchyard_schemas::records::{DoorCounts"),
+        "{lib}"
+    );
     // The catalog has the output and dead-letter topics, with the output's schema.
     let catalog = Catalog::from_dir(&dir.join("schemas")).expect("a valid catalog");
     assert_eq!(catalog.schema_file("door-counts"), Some("door-counts.avsc"));
@@ -138,4 +146,23 @@ fn a_scaffolded_processor_builds_and_its_tests_pass() {
     let again = new_processor(dir, &["--input", "imu", "--output", "door-counts"]);
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    // An output whose type name a catalog schema already defines (the Carrier enum) too.
+    let clash = Command::new(workspace_binary("switchyard").expect("built"))
+        .args([
+            "new",
+            "processor",
+            "carrier-echo",
+            "--input",
+            "imu",
+            "--output",
+            "carrier",
+        ])
+        .arg("--repo")
+        .arg(dir)
+        .output()
+        .expect("switchyard runs");
+    assert_eq!(clash.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&clash.stderr);
+    assert!(said.contains("Avro type Carrier"), "{said}");
+    assert!(!dir.join("processors/carrier-echo").exists());
 }

@@ -6,12 +6,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use switchyard_pipeline::{
     run_until, Context, ProcessError, Processor, Record, RunnerConfig, RunnerError, Timer,
     TimerKind, Topology,
 };
-use switchyard_schemas::records::{SensorReading, TopicRecord};
+use switchyard_schemas::records::{ReadingCount, SensorReading};
 use switchyard_schemas::Catalog;
 use switchyard_testkit::kafka::{committed_total, read_to_end};
 use switchyard_testkit::{
@@ -27,19 +26,6 @@ const OUTPUT: &str = "reading-counts";
 const STORE: &str = "counts";
 /// A reading with this value makes an output too large for any broker to take.
 const POISON: i32 = -1;
-
-/// `reading-count.avsc`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct ReadingCount {
-    modem_id: String,
-    sensor: String,
-    count: i64,
-    last_sensor_time: i64,
-}
-
-impl TopicRecord for ReadingCount {
-    const SCHEMA_FILE: &'static str = "reading-count.avsc";
-}
 
 /// What an instance did: (instance, task partition, when, was it a punctuation).
 type Log = Arc<Mutex<Vec<(&'static str, i32, Instant, bool)>>>;

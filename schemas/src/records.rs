@@ -1,12 +1,14 @@
 //! Rust types for the catalog's Avro schemas, shared by every producer and consumer.
 //!
-//! Each type names the schema file it mirrors ([`TopicRecord::SCHEMA_FILE`]); the tests below
-//! round-trip a populated value of each through the real schema, so a type and its `.avsc`
-//! cannot drift apart unnoticed. Timestamps are microseconds since the Unix epoch (UTC), as in
+//! The types are generated from `schemas/avro/*.avsc` at build time (`build.rs`, with
+//! `rsgen-avro`): a record type per schema file, named as its Avro record, an enum per Avro
+//! enum (`AT_AND_T` becomes `Carrier::AtAndT`), `Option` for a union with null. Each
+//! top-level record names its file ([`TopicRecord::SCHEMA_FILE`]); the tests below
+//! round-trip a populated value of each through the real schema. Timestamps are microseconds since the Unix epoch (UTC), as in
 //! the schemas' `timestamp-micros`.
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// Now, in the records' unit: microseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_us() -> i64 {
@@ -22,263 +24,15 @@ pub trait TopicRecord: Serialize + DeserializeOwned + Send + 'static {
     const SCHEMA_FILE: &'static str;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Carrier {
-    AtAndT,
-    TMobile,
-    Verizon,
-    Disconnect,
+/// The generated types, one per named type of the catalog's schemas (`build.rs`).
+#[allow(clippy::all, missing_docs, deprecated)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/record_types.rs"));
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum IotStatus {
-    Nominal,
-    Idle,
-    OffNominal,
-}
+pub use generated::*;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum AckStatus {
-    Ack,
-    Nack,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum DeliveryEvent {
-    Sent,
-    Retried,
-    Acked,
-    Undeliverable,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum RequestState {
-    Requested,
-    Sent,
-    Acked,
-    Nacked,
-    TimedOut,
-    Superseded,
-    Undeliverable,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum AnomalyKind {
-    Spike,
-    Stuck,
-    Silent,
-}
-
-/// `sensor-reading.avsc`: the sensor topics (`imu`, `gyro`, `temp`, `unknown`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SensorReading {
-    pub modem_id: String,
-    pub device_id: i64,
-    pub sensor: String,
-    pub timestamp: i64,
-    pub value: Option<i32>,
-    #[serde(with = "apache_avro::serde::bytes")]
-    pub data: Vec<u8>,
-    pub received_at: i64,
-    pub sequence: Option<i64>,
-}
-
-impl TopicRecord for SensorReading {
-    const SCHEMA_FILE: &'static str = "sensor-reading.avsc";
-}
-
-/// `grafana-reading.avsc`: the `<sensor>-grafana` topics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GrafanaReading {
-    pub modem_id: String,
-    pub device_id: i64,
-    pub value: i32,
-}
-
-impl TopicRecord for GrafanaReading {
-    const SCHEMA_FILE: &'static str = "grafana-reading.avsc";
-}
-
-/// `iot-status.avsc`: `iot-status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IotStatusReport {
-    pub modem_id: String,
-    pub status: IotStatus,
-    pub received_at: i64,
-    pub sequence: Option<i64>,
-}
-
-impl TopicRecord for IotStatusReport {
-    const SCHEMA_FILE: &'static str = "iot-status.avsc";
-}
-
-/// `carrier-switch-request.avsc`: `downstream-request`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CarrierSwitchRequest {
-    pub request_id: String,
-    pub modem_id: String,
-    pub carrier: Carrier,
-    pub requested_at: i64,
-    pub deadline: i64,
-    pub requested_by: Option<String>,
-}
-
-impl TopicRecord for CarrierSwitchRequest {
-    const SCHEMA_FILE: &'static str = "carrier-switch-request.avsc";
-}
-
-/// `carrier-switch-ack.avsc`: `carrier-switch-ack`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CarrierSwitchAck {
-    pub modem_id: String,
-    pub request_id: Option<String>,
-    pub status: AckStatus,
-    pub carrier: Carrier,
-    pub received_at: i64,
-    pub sequence: Option<i64>,
-}
-
-impl TopicRecord for CarrierSwitchAck {
-    const SCHEMA_FILE: &'static str = "carrier-switch-ack.avsc";
-}
-
-/// `downlink-delivery.avsc`: `downlink-delivery`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DownlinkDelivery {
-    pub request_id: String,
-    pub modem_id: String,
-    pub event: DeliveryEvent,
-    pub attempt: i32,
-    pub address: Option<String>,
-    pub reason: Option<String>,
-    pub at: i64,
-}
-
-impl TopicRecord for DownlinkDelivery {
-    const SCHEMA_FILE: &'static str = "downlink-delivery.avsc";
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum SessionProtocol {
-    V1,
-    Envelope,
-}
-
-/// `device-session.avsc`: `device-sessions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeviceSession {
-    pub modem_id: String,
-    pub gateway: String,
-    pub address: String,
-    pub protocol: SessionProtocol,
-    pub authenticated: bool,
-    pub first_seen: i64,
-    pub last_seen: i64,
-    pub address_changes: i64,
-    pub clock_offset_ms: Option<i64>,
-    #[serde(default)]
-    pub sequence: Option<i64>,
-}
-
-impl TopicRecord for DeviceSession {
-    const SCHEMA_FILE: &'static str = "device-session.avsc";
-}
-
-/// One switch request's lifecycle inside [`CarrierState`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SwitchRequestState {
-    pub request_id: String,
-    pub carrier: Carrier,
-    pub state: RequestState,
-    pub requested_at: i64,
-    pub deadline: i64,
-    pub sent_at: Option<i64>,
-    pub attempts: i32,
-    pub completed_at: Option<i64>,
-    pub result_carrier: Option<Carrier>,
-    pub reason: Option<String>,
-}
-
-/// `carrier-state.avsc`: the compacted `carrier-state` table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CarrierState {
-    pub modem_id: String,
-    pub carrier: Option<Carrier>,
-    pub last_status: Option<IotStatus>,
-    pub last_seen: Option<i64>,
-    pub updated_at: i64,
-    pub clock_offset_ms: Option<i64>,
-    pub requests: Vec<SwitchRequestState>,
-}
-
-impl TopicRecord for CarrierState {
-    const SCHEMA_FILE: &'static str = "carrier-state.avsc";
-}
-
-/// `anomaly.avsc`: `anomalies`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Anomaly {
-    pub modem_id: String,
-    pub device_id: i64,
-    pub sensor: String,
-    pub kind: AnomalyKind,
-    pub value: Option<i32>,
-    pub expected_low: Option<f64>,
-    pub expected_high: Option<f64>,
-    pub score: Option<f64>,
-    pub sensor_time: i64,
-    pub detected_at: i64,
-    pub detail: String,
-}
-
-impl TopicRecord for Anomaly {
-    const SCHEMA_FILE: &'static str = "anomaly.avsc";
-}
-
-/// `gateway-reject.avsc`: `gateway-rejects`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GatewayReject {
-    pub received_at: i64,
-    pub source: String,
-    pub reason: String,
-    pub detail: String,
-    pub modem_id: Option<String>,
-    #[serde(with = "apache_avro::serde::bytes")]
-    pub raw: Vec<u8>,
-}
-
-impl TopicRecord for GatewayReject {
-    const SCHEMA_FILE: &'static str = "gateway-reject.avsc";
-}
-
-/// (schema file, Rust type) for every record type here: what `switchyard new processor`
-/// names when a new processor reads a topic of that schema.
-macro_rules! record_types {
-    ($($t:ident),* $(,)?) => {
-        pub const RECORD_TYPES: &[(&str, &str)] =
-            &[$((<$t as TopicRecord>::SCHEMA_FILE, stringify!($t))),*];
-    };
-}
-
-record_types!(
-    SensorReading,
-    GrafanaReading,
-    IotStatusReport,
-    CarrierSwitchRequest,
-    CarrierSwitchAck,
-    DownlinkDelivery,
-    DeviceSession,
-    CarrierState,
-    Anomaly,
-    GatewayReject,
-);
+include!(concat!(env!("OUT_DIR"), "/topic_records.rs"));
 
 #[cfg(test)]
 mod tests {

@@ -1,33 +1,20 @@
 //! The example processor, the one to copy: for every sensor reading it bumps a per-modem,
 //! per-sensor count in a state store and publishes the new count to `reading-counts`.
 //!
-//! Everything a processor needs is here: a record type for its output (mirroring
-//! `schemas/avro/reading-count.avsc`), a topology (inputs, output, store), and `process`.
+//! Everything a processor needs is here: a topology (inputs, output, store) and `process`.
+//! Its output type, `ReadingCount`, is generated from `schemas/avro/reading-count.avsc`
+//! (every `.avsc` there becomes a type in `switchyard_schemas::records`).
 //! The framework does the rest: consumer group, registry, commits, dead letters, restoring
 //! the store after a restart, metrics. See docs/pipeline.md.
 
-use serde::{Deserialize, Serialize};
 use switchyard_pipeline::{Context, ProcessError, Processor, Record, Topology};
-use switchyard_schemas::records::{SensorReading, TopicRecord};
+use switchyard_schemas::records::{ReadingCount, SensorReading};
 use switchyard_schemas::{Catalog, Role};
 
 /// The processor's name: its consumer group, and the prefix of its dead-letter and changelog topics.
 pub const NAME: &str = "reading-counter";
 pub const OUTPUT: &str = "reading-counts";
 const STORE: &str = "counts";
-
-/// `reading-count.avsc`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReadingCount {
-    pub modem_id: String,
-    pub sensor: String,
-    pub count: i64,
-    pub last_sensor_time: i64,
-}
-
-impl TopicRecord for ReadingCount {
-    const SCHEMA_FILE: &'static str = "reading-count.avsc";
-}
 
 pub struct ReadingCounter {
     sensor_topics: Vec<String>,

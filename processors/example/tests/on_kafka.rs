@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use reading_counter::{ReadingCount, NAME, OUTPUT};
+use reading_counter::{NAME, OUTPUT};
 use switchyard_pipeline::engine::headers;
-use switchyard_schemas::records::SensorReading;
+use switchyard_schemas::records::{ReadingCount, SensorReading};
 use switchyard_testkit::kafka::{self, consume, produce};
 use switchyard_testkit::{http_get_text, metric_sum, wait_for, Service, Stack};
 

@@ -101,7 +101,7 @@ fn new_processor(args: &ProcessorArgs) -> Result<(), Failure> {
             serde_json::from_str(text).with_context(|| format!("{file} is not JSON"))?;
         named_types(&schema, &mut taken);
     }
-    if taken.iter().any(|t| *t == record) {
+    if taken.contains(&record) {
         return bad(format!(
             "output {:?} would be Avro type {record}, which a catalog schema defines already; \
              choose another output name",
@@ -327,7 +327,7 @@ impl Processor for {ty} {{
     fn topology(&self) -> Topology {{
         Topology::new(NAME){topology_inputs}
             .output::<{record}>(OUTPUT)
-            .store(COUNTS)
+            .store::<i64>(COUNTS)
     }}
 
     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {{

@@ -91,6 +91,16 @@ impl<P: Processor> TestDriver<P> {
             engine.add_writer(id, schema);
             engine.set_output_id(&topic, id);
         }
+        // Stores get ids after the topics', as a registry would give them.
+        let first_store_id = ids.len() as i32 + 1;
+        for (id, store) in (first_store_id..).zip(engine.topology().store_names()) {
+            let Some(schema) = engine.store_schema(&store) else {
+                continue;
+            };
+            schemas.insert(id, schema.clone());
+            engine.add_writer(id, schema);
+            engine.set_store_id(&store, id);
+        }
         for p in 0..partitions.max(1) {
             engine.assign(p);
         }

@@ -10,7 +10,7 @@ use switchyard_schemas::Catalog;
 
 use crate::context::{Context, Encoders, Output};
 use crate::processor::{Body, ErrorPolicy, Processor, Record, TimerKind, Topology};
-use crate::store::KeyValueStore;
+use crate::store::{KeyValueStore, StoreCodec};
 use crate::{ProcessError, Timer};
 
 /// Header names on dead-lettered records (defined with the other Kafka conventions, so that
@@ -69,6 +69,17 @@ impl Effects {
     }
 }
 
+/// What restoring one changelog record did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// Kept as written (the store's current schema, or a deletion).
+    AsWritten,
+    /// Written with an older schema (or as JSON) and converted to the current one.
+    Converted,
+    /// Could not be converted; kept as written, and reading its key fails.
+    Unreadable(String),
+}
+
 /// The processor must stop: a record or timer failed under [`ErrorPolicy::Stop`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{processor} stopped at {topic}[{partition}]@{offset}: {reason}")]
@@ -120,6 +131,8 @@ pub struct Engine<P: Processor> {
     /// Readers for records written with another schema than their topic's, built once.
     resolving: HashMap<(i32, String), ResolvingReader>,
     pub(crate) encoders: Encoders,
+    /// Per store: its value type, schema and registered id (shared by every task's copy).
+    store_codecs: BTreeMap<String, Arc<StoreCodec>>,
     tasks: BTreeMap<i32, Task>,
     next_wall_fire: HashMap<String, i64>,
 }
@@ -175,6 +188,24 @@ impl<P: Processor> Engine<P> {
                 topic: dlq,
             });
         }
+        let mut store_codecs = BTreeMap::new();
+        for spec in &topology.stores {
+            let codec = SchemaCodec::parse(spec.schema).map_err(|e| {
+                TopologyError::Schema(format!(
+                    "{}: store {} ({}): its schema does not parse: {e}",
+                    topology.name, spec.name, spec.type_name
+                ))
+            })?;
+            store_codecs.insert(
+                spec.name.clone(),
+                Arc::new(StoreCodec {
+                    name: spec.name.clone(),
+                    type_name: spec.type_name,
+                    id: 0,
+                    codec,
+                }),
+            );
+        }
         Ok(Engine {
             processor,
             topology,
@@ -182,6 +213,7 @@ impl<P: Processor> Engine<P> {
             writers: HashMap::new(),
             resolving: HashMap::new(),
             encoders,
+            store_codecs,
             tasks: BTreeMap::new(),
             next_wall_fire: HashMap::new(),
         })
@@ -203,6 +235,34 @@ impl<P: Processor> Engine<P> {
         if let Some(entry) = self.encoders.by_topic.get_mut(topic) {
             entry.0 = id;
         }
+    }
+
+    /// A store's value schema (for registration under its changelog's subject).
+    pub fn store_schema(&self, store: &str) -> Option<Arc<SchemaCodec>> {
+        self.store_codecs.get(store).map(|c| c.codec.clone())
+    }
+
+    /// The id a store's values are written with; set before any task is assigned.
+    pub fn set_store_id(&mut self, store: &str, id: i32) {
+        if let Some(codec) = self.store_codecs.get_mut(store) {
+            Arc::make_mut(codec).id = id;
+        }
+    }
+
+    /// The schema ids of changelog values that are neither the store's own schema nor a
+    /// known writer schema: the runner fetches them before restoring.
+    pub fn unknown_store_writers<'v>(
+        &self,
+        values: impl IntoIterator<Item = &'v [u8]>,
+    ) -> Vec<i32> {
+        let mut ids: Vec<i32> = values
+            .into_iter()
+            .filter_map(|v| split_frame(v).ok().map(|(id, _)| id))
+            .filter(|id| !self.writers.contains_key(id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     pub fn knows_writer(&self, id: i32) -> bool {
@@ -232,7 +292,10 @@ impl<P: Processor> Engine<P> {
             .topology
             .stores
             .iter()
-            .map(|s| (s.clone(), KeyValueStore::default()))
+            .filter_map(|s| {
+                let codec = self.store_codecs.get(&s.name)?.clone();
+                Some((s.name.clone(), KeyValueStore::new(codec)))
+            })
             .collect();
         self.tasks.entry(partition).or_insert(Task {
             stores,
@@ -246,8 +309,28 @@ impl<P: Processor> Engine<P> {
         self.tasks.remove(&partition);
     }
 
-    /// Apply one changelog record to a task's store.
-    pub fn restore(&mut self, partition: i32, store: &str, key: String, value: Option<Vec<u8>>) {
+    /// Apply one changelog record to a task's store. A value written with an older schema
+    /// of the store (or as JSON, before changelogs were Avro) is converted to the current one
+    /// first; one that cannot be is kept as it is, so nothing is lost: reading that key then
+    /// fails, and the record that reads it is dead-lettered with the reason.
+    pub fn restore(
+        &mut self,
+        partition: i32,
+        store: &str,
+        key: String,
+        value: Option<Vec<u8>>,
+    ) -> Restored {
+        let Some(codec) = self.store_codecs.get(store).cloned() else {
+            return Restored::Unreadable(format!("no store {store}"));
+        };
+        let (value, outcome) = match value {
+            None => (None, Restored::AsWritten),
+            Some(bytes) => match self.current_form(&codec, &bytes) {
+                Ok(Some(converted)) => (Some(converted), Restored::Converted),
+                Ok(None) => (Some(bytes), Restored::AsWritten),
+                Err(reason) => (Some(bytes), Restored::Unreadable(reason)),
+            },
+        };
         if let Some(s) = self
             .tasks
             .get_mut(&partition)
@@ -255,6 +338,44 @@ impl<P: Processor> Engine<P> {
         {
             s.restore(key, value);
         }
+        outcome
+    }
+
+    /// `None` when `bytes` is already a frame of the store's schema; else the converted frame.
+    fn current_form(
+        &mut self,
+        codec: &StoreCodec,
+        bytes: &[u8],
+    ) -> Result<Option<Vec<u8>>, String> {
+        if bytes.first() != Some(&0) {
+            let spec = self
+                .topology
+                .stores
+                .iter()
+                .find(|s| s.name == codec.name)
+                .ok_or("store vanished")?;
+            return (spec.from_json)(bytes, codec.id, &codec.codec).map(Some);
+        }
+        let (id, body) = split_frame(bytes)?;
+        if id == codec.id {
+            return Ok(None);
+        }
+        let writer = self
+            .writers
+            .get(&id)
+            .ok_or_else(|| format!("schema id {id} is unknown to the registry"))?
+            .clone();
+        let key = (id, format!("store {}", codec.name));
+        if !self.resolving.contains_key(&key) {
+            self.resolving
+                .insert(key.clone(), ResolvingReader::new(&writer, &codec.codec)?);
+        }
+        let value = self
+            .resolving
+            .get(&key)
+            .ok_or("resolver vanished")?
+            .read_value(body)?;
+        codec.codec.encode_value(codec.id, value).map(Some)
     }
 
     pub fn store(&self, partition: i32, name: &str) -> Option<&KeyValueStore> {

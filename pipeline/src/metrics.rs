@@ -19,6 +19,7 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub restore_seconds: prometheus::GaugeVec,
     pub restored_records: IntCounterVec,
+    pub store_values_unreadable: IntCounterVec,
     pub commits: IntCounter,
     pub commit_failures: IntCounter,
     pub producer_retries: IntCounter,
@@ -126,6 +127,11 @@ impl Metrics {
             "Changelog records applied while restoring.",
             &["store"],
         )?;
+        let store_values_unreadable = counter_vec(
+            "store_values_unreadable_total",
+            "Changelog values restored that are in no schema the store can read (kept as they were; reading their key fails and dead-letters the record).",
+            &["store"],
+        )?;
         let events = counter_vec(
             "processor_events_total",
             "Events the processor counted (ctx.count), by event.",
@@ -172,6 +178,7 @@ impl Metrics {
             consumer_lag,
             restore_seconds,
             restored_records,
+            store_values_unreadable,
             commits: counter(
                 "commits_total",
                 "Offset commits confirmed by the group (each covers only acknowledged outputs).",

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use apache_avro::types::Value;
 use serde::de::DeserializeOwned;
-use switchyard_schemas::records::TopicRecord;
+use switchyard_schemas::records::{StoreValue, TopicRecord};
 use switchyard_schemas::wire::SchemaCodec;
 
 use crate::context::Context;
@@ -62,6 +62,20 @@ pub(crate) struct TopicSpec {
     pub check: fn(&apache_avro::Schema) -> Result<(), String>,
 }
 
+/// Re-encodes a JSON value as a frame (schema id, codec) of the store's schema.
+pub(crate) type FromJson = fn(&[u8], i32, &SchemaCodec) -> Result<Vec<u8>, String>;
+
+/// A declared store: its name and the Avro schema of its values.
+#[derive(Debug, Clone)]
+pub struct StoreSpec {
+    pub name: String,
+    /// The values' Avro schema ([`StoreValue::avro_schema`]).
+    pub schema: &'static str,
+    pub type_name: &'static str,
+    /// Re-encodes a value an older version wrote as JSON (before changelogs were Avro).
+    pub(crate) from_json: FromJson,
+}
+
 /// A processor's shape: what it reads, writes and keeps. The runner creates the consumer
 /// group (group id = name), the dead-letter topic `<name>-dlq` and the changelog topics
 /// `<name>-<store>-changelog` from it, and checks it against the topic catalog.
@@ -70,7 +84,7 @@ pub struct Topology {
     pub(crate) name: String,
     pub(crate) inputs: Vec<TopicSpec>,
     pub(crate) outputs: Vec<TopicSpec>,
-    pub(crate) stores: Vec<String>,
+    pub(crate) stores: Vec<StoreSpec>,
     pub(crate) timers: Vec<TimerSpec>,
     pub(crate) on_undecodable: ErrorPolicy,
     pub(crate) on_error: ErrorPolicy,
@@ -132,9 +146,16 @@ impl Topology {
         self
     }
 
-    /// A key-value store, restored from `<name>-<store>-changelog` before processing.
-    pub fn store(mut self, name: impl Into<String>) -> Self {
-        self.stores.push(name.into());
+    /// A key-value store of `V` values, restored from `<name>-<store>-changelog` before
+    /// processing. The changelog's values are Avro with `V`'s schema, registered as
+    /// `<name>-<store>-changelog-value`.
+    pub fn store<V: StoreValue>(mut self, name: impl Into<String>) -> Self {
+        self.stores.push(StoreSpec {
+            name: name.into(),
+            schema: V::avro_schema(),
+            type_name: std::any::type_name::<V>(),
+            from_json: crate::store::json_to_avro::<V>,
+        });
         self
     }
 
@@ -172,7 +193,11 @@ impl Topology {
         self.outputs.iter().map(|s| s.topic.clone()).collect()
     }
 
-    pub fn store_names(&self) -> &[String] {
+    pub fn store_names(&self) -> Vec<String> {
+        self.stores.iter().map(|s| s.name.clone()).collect()
+    }
+
+    pub fn stores(&self) -> &[StoreSpec] {
         &self.stores
     }
 

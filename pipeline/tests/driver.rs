@@ -21,7 +21,7 @@ impl Processor for Counter {
         Topology::new("counter")
             .inputs::<SensorReading>(["imu", "temp"])
             .output::<GrafanaReading>("imu-grafana")
-            .store("counts")
+            .store::<i64>("counts")
             .timer("minute", TimerKind::StreamTime, Duration::from_secs(60))
             .timer("tick", TimerKind::WallClock, Duration::from_secs(10))
             .on_error(self.policy)
@@ -31,7 +31,7 @@ impl Processor for Counter {
     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         let reading: SensorReading = record.value()?;
         let counts = ctx.store("counts")?;
-        let n: u64 = counts.get(&reading.modem_id)?.unwrap_or(0);
+        let n: i64 = counts.get(&reading.modem_id)?.unwrap_or(0);
         counts.put(&reading.modem_id, &(n + 1))?;
         if reading.value == Some(666) {
             return Err(ProcessError::failed("the number of the beast"));
@@ -55,7 +55,7 @@ impl Processor for Counter {
     fn punctuate(&mut self, timer: &Timer, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         let store = ctx.store("counts")?;
         let key = format!("timer:{}", timer.name);
-        let n: u64 = store.get(&key)?.unwrap_or(0);
+        let n: i64 = store.get(&key)?.unwrap_or(0);
         store.put(&key, &(n + 1))
     }
 }
@@ -128,8 +128,8 @@ fn records_flow_through_with_typed_values_and_timestamps() {
     );
     assert_eq!(out[1].value.value, -3);
     let store = d.store(0, "counts").expect("store");
-    assert_eq!(store.get::<u64>("m1"), Ok(Some(2)));
-    assert_eq!(store.get::<u64>("m2"), Ok(Some(1)));
+    assert_eq!(store.get::<i64>("m1"), Ok(Some(2)));
+    assert_eq!(store.get::<i64>("m2"), Ok(Some(1)));
     assert!(
         d.read_output::<GrafanaReading>("imu-grafana").is_empty(),
         "read_output drains"
@@ -190,7 +190,7 @@ fn a_failing_record_is_dead_lettered_and_its_store_writes_are_undone() {
     assert_eq!(dead[0].headers[headers::ERROR], "the number of the beast");
     assert_eq!(
         d.store(0, "counts")
-            .and_then(|s| s.get::<u64>("m1").ok().flatten()),
+            .and_then(|s| s.get::<i64>("m1").ok().flatten()),
         Some(1),
         "the failed record's count was rolled back"
     );
@@ -213,7 +213,7 @@ fn timers_fire_on_stream_time_and_wall_clock() {
     let mut d = driver(ErrorPolicy::DeadLetter);
     let ticks = |d: &TestDriver<Counter>, name: &str| {
         d.store(0, "counts")
-            .and_then(|s| s.get::<u64>(&format!("timer:{name}")).ok().flatten())
+            .and_then(|s| s.get::<i64>(&format!("timer:{name}")).ok().flatten())
             .unwrap_or(0)
     };
     // Stream time advances with record timestamps (ms); the minute timer fires on crossings.
@@ -260,14 +260,14 @@ fn a_restarted_processor_resumes_from_its_changelog() {
         .expect("restart");
     assert_eq!(
         d.store(0, "counts")
-            .and_then(|s| s.get::<u64>("m1").ok().flatten()),
+            .and_then(|s| s.get::<i64>("m1").ok().flatten()),
         Some(5)
     );
     d.pipe("imu", "m1", &reading("m1", Some(9), 1), 1)
         .expect("ok");
     assert_eq!(
         d.store(0, "counts")
-            .and_then(|s| s.get::<u64>("m1").ok().flatten()),
+            .and_then(|s| s.get::<i64>("m1").ok().flatten()),
         Some(6)
     );
 }
@@ -293,7 +293,7 @@ fn keys_are_spread_over_tasks_with_their_own_stores() {
         let p = d.partition_for(m);
         assert_eq!(
             d.store(p, "counts")
-                .and_then(|s| s.get::<u64>(m).ok().flatten()),
+                .and_then(|s| s.get::<i64>(m).ok().flatten()),
             Some(1),
             "{m} lives in task {p}"
         );

@@ -51,7 +51,7 @@ impl Processor for Probe {
         let t = Topology::new(NAME)
             .input::<SensorReading>(INPUT)
             .output::<ReadingCount>(OUTPUT)
-            .store(STORE);
+            .store::<i64>(STORE);
         if self.ticks {
             t.timer("tick", TimerKind::WallClock, Duration::from_millis(50))
         } else {
@@ -466,4 +466,74 @@ async fn inputs_with_different_partition_counts_are_refused_by_name() {
     );
     assert!(text.contains(INPUT) && text.contains(extra), "{text}");
     assert!(text.contains("3, 2") || text.contains("2, 3"), "{text}");
+}
+
+/// A processor whose one store holds `V`: the same store with another value type.
+struct Keeper<V>(std::marker::PhantomData<V>);
+
+impl<V: switchyard_schemas::records::StoreValue> Processor for Keeper<V> {
+    fn topology(&self) -> Topology {
+        Topology::new(NAME)
+            .input::<SensorReading>(INPUT)
+            .store::<V>("kept")
+    }
+
+    fn process(&mut self, _: &Record<'_>, _: &mut Context<'_>) -> Result<(), ProcessError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_type_changed_incompatibly_is_refused_at_start_up() {
+    let stack = blocking(Stack::start).await.expect("stack");
+    let subject = "reading-counter-kept-changelog-value";
+    let first = RunnerConfig::new(&stack.broker.bootstrap(), &stack.registry.url());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(run_until(
+        Keeper::<i64>(Default::default()),
+        Catalog::embedded().expect("catalog"),
+        first,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // The store's schema is registered under its changelog's subject at start-up.
+    let (registry, path) = (
+        stack.registry.addr,
+        format!("/subjects/{subject}/versions/latest"),
+    );
+    let registered = blocking(move || {
+        let mut answer = String::new();
+        wait_for(
+            "the store schema is registered",
+            Duration::from_secs(60),
+            || {
+                answer = http_get_text(registry, &path).unwrap_or_default();
+                answer.contains("\"schema\"")
+            },
+        )
+        .map(|()| answer)
+    })
+    .await
+    .expect("registered");
+    let latest: serde_json::Value = serde_json::from_str(&registered).expect("JSON");
+    assert_eq!(latest["schema"], "\"long\"", "{registered}");
+    let _ = stop.send(());
+    running.await.expect("task").expect("first version ran");
+
+    // The same store holding strings: not readable from the longs already in its changelog.
+    let config = RunnerConfig::new(&stack.broker.bootstrap(), &stack.registry.url());
+    let refused = tokio::time::timeout(
+        Duration::from_secs(60),
+        run_until(
+            Keeper::<String>(Default::default()),
+            Catalog::embedded().expect("catalog"),
+            config,
+            std::future::pending(),
+        ),
+    )
+    .await
+    .expect("it refuses at start-up instead of running");
+    let text = refused.expect_err("an incompatible store type").to_string();
+    assert!(text.contains(subject) && text.contains("String"), "{text}");
 }

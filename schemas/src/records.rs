@@ -24,6 +24,66 @@ pub trait TopicRecord: Serialize + DeserializeOwned + Send + 'static {
     const SCHEMA_FILE: &'static str;
 }
 
+/// A type a state store can hold: its values go to the store's changelog as Avro, with this
+/// schema registered under the changelog topic's subject (so the registry checks a change of
+/// the store's type like any other schema change). Every catalog record type is one, and so
+/// are the primitives below.
+pub trait StoreValue: Serialize + DeserializeOwned + Send + 'static {
+    /// The Avro schema of the values, as JSON text.
+    fn avro_schema() -> &'static str;
+}
+
+impl<T: TopicRecord> StoreValue for T {
+    fn avro_schema() -> &'static str {
+        crate::SCHEMA_FILES
+            .iter()
+            .find(|(file, _)| *file == T::SCHEMA_FILE)
+            .map(|(_, text)| *text)
+            // Unreachable for generated types; a hand-made TopicRecord naming no catalog file
+            // gets a schema that fails to parse, and the processor refuses to start.
+            .unwrap_or("")
+    }
+}
+
+/// Vectors of a catalog record type: an Avro array of that record.
+impl<T: TopicRecord> StoreValue for Vec<T> {
+    fn avro_schema() -> &'static str {
+        static SCHEMAS: std::sync::Mutex<Vec<(&'static str, &'static str)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut known = SCHEMAS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, text)) = known.iter().find(|(file, _)| *file == T::SCHEMA_FILE) {
+            return text;
+        }
+        let text: &'static str = Box::leak(
+            format!(
+                r#"{{"type": "array", "items": {}}}"#,
+                <T as StoreValue>::avro_schema()
+            )
+            .into_boxed_str(),
+        );
+        known.push((T::SCHEMA_FILE, text));
+        text
+    }
+}
+
+macro_rules! primitive_store_values {
+    ($($t:ty => $schema:literal),* $(,)?) => {
+        $(impl StoreValue for $t {
+            fn avro_schema() -> &'static str {
+                $schema
+            }
+        })*
+    };
+}
+
+primitive_store_values!(
+    i64 => r#""long""#,
+    i32 => r#""int""#,
+    f64 => r#""double""#,
+    bool => r#""boolean""#,
+    String => r#""string""#,
+);
+
 /// The generated types, one per named type of the catalog's schemas (`build.rs`).
 #[allow(clippy::all, missing_docs, deprecated)]
 mod generated {
@@ -169,6 +229,19 @@ mod tests {
             sensor_time: T0,
             detected_at: T0 + 5,
             detail: "far above the recent range".into(),
+        });
+        round_trip(DeviceStats {
+            count: 31,
+            mean: 2.5,
+            variance: 0.25,
+            last_value: Some(3),
+            same_run: 2,
+            stuck_reported: false,
+        });
+        round_trip(LastSeen {
+            received_at: T0,
+            sensor_time: T0 - 7,
+            silent_reported: true,
         });
         round_trip(GatewayReject {
             received_at: T0,

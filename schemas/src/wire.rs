@@ -125,6 +125,19 @@ impl SchemaCodec {
         Ok(out)
     }
 
+    /// Write a generic value (already of this schema) into a Confluent frame with id `id`.
+    pub fn encode_value(&self, id: i32, value: Value) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(64);
+        out.push(0);
+        out.extend_from_slice(&id.to_be_bytes());
+        let body = self
+            .writer
+            .write_value_to_vec(value)
+            .map_err(|e| format!("value does not fit the schema: {e}"))?;
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
     /// Deserialize an Avro body written with this schema straight into `T`.
     pub fn decode<T: DeserializeOwned>(&self, mut body: &[u8]) -> Result<T, String> {
         self.reader.read_deser(&mut body).map_err(|e| e.to_string())

@@ -98,6 +98,14 @@ pub async fn run_until<P: Processor>(
             engine.set_output_id(topic, id);
         }
     }
+    for spec in engine.topology().stores().to_vec() {
+        let changelog = engine.topology().changelog_topic(&spec.name);
+        let id = tokio::select! {
+            id = schemas::register_store(&registry, &changelog, &spec) => id?,
+            _ = &mut shutdown => return Ok(()),
+        };
+        engine.set_store_id(&spec.name, id);
+    }
     let partitions = startup::check_topics(&config, &engine).await?;
     startup::create_changelogs(&config, &engine, partitions).await?;
 

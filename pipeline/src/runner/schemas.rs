@@ -9,6 +9,7 @@ use tracing::warn;
 
 use super::config::RunnerError;
 use crate::engine::Engine;
+use crate::processor::StoreSpec;
 use crate::Processor;
 
 /// Register (or find) the catalog schema of `topic`; retries while the registry is down.
@@ -25,6 +26,25 @@ pub(crate) async fn register(
         .await
         .map_err(|e| {
             RunnerError::Registry(format!("registering {} failed: {e}", value_subject(topic)))
+        })
+}
+
+/// Register (or find) a store's value schema under its changelog topic's subject. A store
+/// type changed incompatibly is refused here, by the registry, before anything is restored.
+pub(crate) async fn register_store(
+    registry: &RegistryClient,
+    changelog: &str,
+    spec: &StoreSpec,
+) -> Result<i32, RunnerError> {
+    let subject = value_subject(changelog);
+    registry
+        .register_retrying(&subject, spec.schema)
+        .await
+        .map_err(|e| {
+            RunnerError::Registry(format!(
+                "registering {subject} (store {}, {}) failed: {e}",
+                spec.name, spec.type_name
+            ))
         })
 }
 

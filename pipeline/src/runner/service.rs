@@ -23,7 +23,7 @@ use super::restore;
 use super::schemas::WriterSchemas;
 use super::shared::{GroupEvent, Shared};
 use crate::codec;
-use crate::engine::{Effects, Engine, FailureKind, Incoming};
+use crate::engine::{Effects, Engine, FailureKind, Incoming, Restored};
 use crate::{ErrorPolicy, Processor};
 
 /// Owning no partition this long, rejoin the group (then twice as long, up to the maximum).
@@ -181,8 +181,22 @@ impl<P: Processor> Runner<P> {
                 .await
                 .map_err(|e| RunnerError::Catalog(e.to_string()))??;
                 let count = records.len();
+                let older = self
+                    .engine
+                    .unknown_store_writers(records.iter().filter_map(|(_, v)| v.as_deref()));
+                for id in older {
+                    self.writers.ensure(&mut self.engine, id).await;
+                }
+                let (mut converted, mut unreadable) = (0u64, 0u64);
                 for (key, value) in records {
-                    self.engine.restore(partition, &store, key, value);
+                    match self.engine.restore(partition, &store, key.clone(), value) {
+                        Restored::AsWritten => {}
+                        Restored::Converted => converted += 1,
+                        Restored::Unreadable(reason) => {
+                            unreadable += 1;
+                            warn!(%store, partition, %key, %reason, "changelog value kept unconverted: reading it will fail");
+                        }
+                    }
                 }
                 let seconds = started.elapsed().as_secs_f64();
                 let metrics = &self.shared.metrics;
@@ -194,7 +208,11 @@ impl<P: Processor> Runner<P> {
                     .restored_records
                     .with_label_values(&[store.as_str()])
                     .inc_by(count as u64);
-                info!(%store, partition, records = count, seconds, "store restored");
+                metrics
+                    .store_values_unreadable
+                    .with_label_values(&[store.as_str()])
+                    .inc_by(unreadable);
+                info!(%store, partition, records = count, converted, unreadable, seconds, "store restored");
             }
         }
         self.report();

@@ -16,15 +16,15 @@
 //! tests assert at most 1 false alarm in 100,000 clean readings (documented bound: 1e-5 per
 //! reading).
 
-use serde::{Deserialize, Serialize};
+pub use switchyard_schemas::records::DeviceStats;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rules {
     pub alpha: f64,
     pub threshold: f64,
     pub min_std: f64,
-    pub warmup: u64,
-    pub stuck_readings: u64,
+    pub warmup: i64,
+    pub stuck_readings: i64,
 }
 
 impl Default for Rules {
@@ -39,45 +39,41 @@ impl Default for Rules {
     }
 }
 
-/// What one device's history amounts to.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DeviceStats {
-    pub count: u64,
-    pub mean: f64,
-    pub variance: f64,
-    pub last_value: Option<i64>,
-    pub same_run: u64,
-    pub stuck_reported: bool,
-}
-
 /// A finding about one reading.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finding {
     Spike { low: f64, high: f64, score: f64 },
-    Stuck { run: u64 },
+    Stuck { run: i64 },
 }
 
-impl DeviceStats {
-    fn std(&self, rules: &Rules) -> f64 {
-        self.variance.max(0.0).sqrt().max(rules.min_std)
-    }
-
+/// The detector's rules over one device's statistics ([`DeviceStats`] is generated from
+/// `schemas/avro/anomaly-detector-stats.avsc`, the `stats` store's value schema).
+pub trait Observe {
     /// The band a reading is expected in, once warmed up.
-    pub fn expected(&self, rules: &Rules) -> Option<(f64, f64)> {
+    fn expected(&self, rules: &Rules) -> Option<(f64, f64)>;
+    /// Take one reading; returns what it reveals.
+    fn observe(&mut self, value: i64, rules: &Rules) -> Vec<Finding>;
+}
+
+fn std(stats: &DeviceStats, rules: &Rules) -> f64 {
+    stats.variance.max(0.0).sqrt().max(rules.min_std)
+}
+
+impl Observe for DeviceStats {
+    fn expected(&self, rules: &Rules) -> Option<(f64, f64)> {
         (self.count >= rules.warmup).then(|| {
-            let half = rules.threshold * self.std(rules);
+            let half = rules.threshold * std(self, rules);
             (self.mean - half, self.mean + half)
         })
     }
 
-    /// Take one reading; returns what it reveals.
-    pub fn observe(&mut self, value: i64, rules: &Rules) -> Vec<Finding> {
+    fn observe(&mut self, value: i64, rules: &Rules) -> Vec<Finding> {
         let mut findings = Vec::new();
         let x = value as f64;
         let mut learn = x;
         if let Some((low, high)) = self.expected(rules) {
             if x < low || x > high {
-                let score = (x - self.mean).abs() / self.std(rules);
+                let score = (x - self.mean).abs() / std(self, rules);
                 findings.push(Finding::Spike { low, high, score });
                 learn = x.clamp(low, high);
             }

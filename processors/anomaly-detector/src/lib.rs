@@ -9,12 +9,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use clap::Args;
-use serde::{Deserialize, Serialize};
 use switchyard_pipeline::{Context, ProcessError, Processor, Record, Timer, TimerKind, Topology};
-use switchyard_schemas::records::{Anomaly, AnomalyKind, SensorReading};
+use switchyard_schemas::records::{Anomaly, AnomalyKind, LastSeen, SensorReading};
 use switchyard_schemas::{Catalog, Role};
 
-use crate::detector::{DeviceStats, Finding, Rules};
+use crate::detector::{DeviceStats, Finding, Observe, Rules};
 
 pub const NAME: &str = "anomaly-detector";
 pub const OUTPUT: &str = switchyard_schemas::topics::ANOMALIES;
@@ -72,20 +71,12 @@ impl Default for DetectorConfig {
             sensor_threshold: Vec::new(),
             alpha: r.alpha,
             min_std: r.min_std,
-            warmup: r.warmup,
-            stuck_readings: r.stuck_readings,
+            warmup: r.warmup.unsigned_abs(),
+            stuck_readings: r.stuck_readings.unsigned_abs(),
             silence_secs: 300,
             silence_check_ms: 10_000,
         }
     }
-}
-
-/// When a device last sent a reading (µs), and whether its silence was reported.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct LastSeen {
-    received_at: i64,
-    sensor_time: i64,
-    silent_reported: bool,
 }
 
 pub struct AnomalyDetector {
@@ -102,8 +93,10 @@ impl AnomalyDetector {
             alpha: config.alpha.clamp(f64::MIN_POSITIVE, 1.0),
             threshold: config.spike_threshold,
             min_std: config.min_std,
-            warmup: config.warmup,
-            stuck_readings: config.stuck_readings.max(2),
+            warmup: i64::try_from(config.warmup).unwrap_or(i64::MAX),
+            stuck_readings: i64::try_from(config.stuck_readings)
+                .unwrap_or(i64::MAX)
+                .max(2),
         };
         let rules = config
             .sensor_threshold
@@ -146,8 +139,8 @@ impl Processor for AnomalyDetector {
         Topology::new(NAME)
             .inputs::<SensorReading>(self.sensor_topics.clone())
             .output::<Anomaly>(OUTPUT)
-            .store(STATS)
-            .store(LAST_SEEN)
+            .store::<DeviceStats>(STATS)
+            .store::<LastSeen>(LAST_SEEN)
             .timer(SILENCE, TimerKind::WallClock, self.silence_check)
     }
 

@@ -17,7 +17,7 @@ use switchyard_schemas::records::{
 };
 use switchyard_schemas::topics;
 
-use crate::lifecycle::ModemRecord;
+use crate::lifecycle::{EarlyEvent, ModemRecord};
 
 pub const NAME: &str = "carrier-state";
 pub const REQUESTS: &str = topics::DOWNSTREAM_REQUEST;
@@ -26,7 +26,11 @@ pub const DELIVERIES: &str = topics::DOWNLINK_DELIVERY;
 pub const STATUS: &str = topics::IOT_STATUS;
 pub const SESSIONS: &str = topics::DEVICE_SESSIONS;
 pub const OUTPUT: &str = topics::CARRIER_STATE;
+/// Each modem's state, as published.
 const MODEMS: &str = "modems";
+/// Answers and delivery events that came before their request (see [`lifecycle`]).
+const EARLY_ACKS: &str = "early-acks";
+const EARLY_DELIVERIES: &str = "early-deliveries";
 /// Modems with a pending request, and its earliest deadline: what the timer scans.
 const PENDING: &str = "pending";
 const DEADLINES: &str = "deadlines";
@@ -84,22 +88,71 @@ fn update(
     modem_id: &str,
     change: impl FnOnce(&mut ModemRecord) -> bool,
 ) -> Result<(), ProcessError> {
-    let mut record: ModemRecord = ctx
-        .store(MODEMS)?
-        .get(modem_id)?
-        .unwrap_or_else(|| ModemRecord::new(modem_id));
+    let mut record = load(ctx, modem_id)?;
     if !change(&mut record) {
         ctx.count("unchanged");
         return Ok(());
     }
     let now_ms = ctx.wall_clock_ms();
     record.state.updated_at = now_ms.saturating_mul(1000);
-    ctx.store(MODEMS)?.put(modem_id, &record)?;
+    save(ctx, modem_id, &record)?;
     match record.next_deadline() {
         Some(deadline) => ctx.store(PENDING)?.put(modem_id, &deadline)?,
         None => ctx.store(PENDING)?.delete(modem_id),
     }
     ctx.send::<CarrierState>(OUTPUT, modem_id, &record.state, Some(now_ms))
+}
+
+/// A modem's record from its three stores (a new one for a modem never seen). Early events
+/// come back deliveries first: a delivery event comes before the answer it led to.
+fn load(ctx: &mut Context<'_>, modem_id: &str) -> Result<ModemRecord, ProcessError> {
+    let mut record = match ctx.store(MODEMS)?.get::<CarrierState>(modem_id)? {
+        Some(state) => ModemRecord {
+            state,
+            early: Vec::new(),
+        },
+        None => ModemRecord::new(modem_id),
+    };
+    let deliveries = ctx
+        .store(EARLY_DELIVERIES)?
+        .get::<Vec<DownlinkDelivery>>(modem_id)?;
+    let acks = ctx
+        .store(EARLY_ACKS)?
+        .get::<Vec<CarrierSwitchAck>>(modem_id)?;
+    record
+        .early
+        .extend(deliveries.into_iter().flatten().map(EarlyEvent::Delivery));
+    record
+        .early
+        .extend(acks.into_iter().flatten().map(EarlyEvent::Ack));
+    Ok(record)
+}
+
+/// Write a modem's record back; an empty list of early events is deleted, not written.
+fn save(ctx: &mut Context<'_>, modem_id: &str, record: &ModemRecord) -> Result<(), ProcessError> {
+    ctx.store(MODEMS)?.put(modem_id, &record.state)?;
+    let (mut acks, mut deliveries) = (Vec::new(), Vec::new());
+    for event in &record.early {
+        match event {
+            EarlyEvent::Ack(a) => acks.push(a.clone()),
+            EarlyEvent::Delivery(d) => deliveries.push(d.clone()),
+        }
+    }
+    for (store, empty) in [
+        (EARLY_ACKS, acks.is_empty()),
+        (EARLY_DELIVERIES, deliveries.is_empty()),
+    ] {
+        if empty {
+            ctx.store(store)?.delete(modem_id);
+        }
+    }
+    if !acks.is_empty() {
+        ctx.store(EARLY_ACKS)?.put(modem_id, &acks)?;
+    }
+    if !deliveries.is_empty() {
+        ctx.store(EARLY_DELIVERIES)?.put(modem_id, &deliveries)?;
+    }
+    Ok(())
 }
 
 impl Processor for CarrierStateProcessor {
@@ -111,8 +164,10 @@ impl Processor for CarrierStateProcessor {
             .input::<IotStatusReport>(STATUS)
             .input::<DeviceSession>(SESSIONS)
             .output::<CarrierState>(OUTPUT)
-            .store(MODEMS)
-            .store(PENDING)
+            .store::<CarrierState>(MODEMS)
+            .store::<Vec<CarrierSwitchAck>>(EARLY_ACKS)
+            .store::<Vec<DownlinkDelivery>>(EARLY_DELIVERIES)
+            .store::<i64>(PENDING)
             .timer(
                 DEADLINES,
                 TimerKind::WallClock,

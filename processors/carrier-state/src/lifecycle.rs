@@ -10,7 +10,6 @@
 //! of order: a repeated request or answer changes nothing, and an answer or delivery event for
 //! a request not seen yet is kept (bounded) and applied when the request arrives.
 
-use serde::{Deserialize, Serialize};
 use switchyard_schemas::records::{
     AckStatus, CarrierState, CarrierSwitchAck, CarrierSwitchRequest, DeliveryEvent, DeviceSession,
     DownlinkDelivery, IotStatusReport, RequestState, SwitchRequestState,
@@ -20,17 +19,17 @@ use switchyard_schemas::records::{
 const MAX_EARLY_EVENTS: usize = 32;
 
 /// An answer or delivery event that arrived before its request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum EarlyEvent {
     Ack(CarrierSwitchAck),
     Delivery(DownlinkDelivery),
 }
 
-/// What the store keeps per modem: the published state, and early events.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What the processor knows of a modem: the published state, and early events (kept in
+/// the stores `modems`, `early-acks` and `early-deliveries`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModemRecord {
     pub state: CarrierState,
-    #[serde(default)]
     pub early: Vec<EarlyEvent>,
 }
 

@@ -37,7 +37,7 @@ impl Processor for ReadingCounter {
         Topology::new(NAME)
             .inputs::<SensorReading>(self.sensor_topics.clone())
             .output::<ReadingCount>(OUTPUT)
-            .store(STORE)
+            .store::<i64>(STORE)
     }
 
     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {

@@ -192,6 +192,30 @@ fn sigterm_commits_so_a_restart_reprocesses_nothing() {
         "{}",
         first.log_text()
     );
+    // The store's changelog is Avro of the store's registered schema: `switchyard tail`
+    // decodes it through the registry like any topic, and its last value per key is the count.
+    let tailed = std::process::Command::new(
+        switchyard_testkit::workspace_binary("switchyard").expect("built"),
+    )
+    .args(["tail", "reading-counter-counts-changelog", "--exit-at-end"])
+    .envs(stack.env())
+    .output()
+    .expect("switchyard runs");
+    assert!(tailed.status.success(), "{tailed:?}");
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&tailed.stdout).lines() {
+        let record: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        assert!(record.get("error").is_none(), "{record}");
+        let count = record["value"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("a long: {record}"));
+        last.insert(record["key"].as_str().expect("key").to_string(), count);
+    }
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for (modem, sensor, _) in &sent {
+        *expected.entry(format!("{modem}/{sensor}")).or_default() += 1;
+    }
+    assert_eq!(last, expected, "the changelog's latest count per key");
 
     let (_second, _) = start_counter(&stack, "counter-2");
     sent.extend(produce_readings(&stack, 600, 900, 10));

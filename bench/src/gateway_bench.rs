@@ -16,11 +16,11 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use switchyard_kafka::clients;
 
 use anyhow::{bail, Context as _};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use switchyard_gateway::metrics::PRODUCE_BUCKETS;
 use switchyard_protocol::{Envelope, Frame, IotData, Packet};
@@ -297,10 +297,7 @@ impl RawLoop {
             let _guard = runtime.enter();
             switchyard_gateway::bind_udp(addr, UDP_BUFFER)?
         };
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
+        let producer: FutureProducer = clients::producer_config(bootstrap)
             .set("linger.ms", "5")
             .set("queue.buffering.max.messages", "100000")
             .create()?;
@@ -415,9 +412,7 @@ pub struct GatewayBench {
 pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Result<Report> {
     let stack = Stack::start()?;
     let bootstrap = stack.broker.bootstrap();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = clients::admin_config(&bootstrap).create()?;
     runtime.block_on(async {
         for r in admin
             .create_topics(

@@ -6,11 +6,11 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use switchyard_kafka::clients;
 
 use anyhow::{bail, Context as _};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -89,9 +89,7 @@ pub(crate) fn watermark_sum(probe: &BaseConsumer, topic: &str) -> anyhow::Result
 }
 
 async fn wait_until_output(bootstrap: &str, topic: &str, target: i64) -> anyhow::Result<Instant> {
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let probe: BaseConsumer = clients::admin_config(bootstrap).create()?;
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         if watermark_sum(&probe, topic)? >= target {
@@ -113,20 +111,15 @@ pub(crate) async fn raw_loop(
     records: usize,
     first: Arc<Mutex<Option<Instant>>>,
 ) -> anyhow::Result<()> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+    let consumer: StreamConsumer = clients::consumer_config(&bootstrap)
         .set("group.id", &group)
-        .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set(
             "fetch.wait.max.ms",
             switchyard_kafka::FETCH_WAIT_MS.to_string(),
         )
         .create()?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
+    let producer: FutureProducer = clients::producer_config(&bootstrap)
         .set("linger.ms", "5")
         .create()?;
     consumer.subscribe(&[input])?;
@@ -177,9 +170,7 @@ pub async fn run(records: usize, rounds: usize) -> anyhow::Result<Report> {
     let bootstrap = broker.bootstrap();
     let catalog = catalog()?;
 
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = clients::admin_config(&bootstrap).create()?;
     let topics = [
         NewTopic::new(INPUT, 3, TopicReplication::Fixed(1)),
         NewTopic::new(OUTPUT, 3, TopicReplication::Fixed(1)),
@@ -212,9 +203,7 @@ pub async fn run(records: usize, rounds: usize) -> anyhow::Result<Report> {
     kafka::produce(&bootstrap, INPUT, &input)?;
     let produce_rate = records as f64 / produce_started.elapsed().as_secs_f64();
 
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()?;
+    let probe: BaseConsumer = clients::admin_config(&bootstrap).create()?;
     let mut raw_rates = Vec::new();
     let mut framework_rates = Vec::new();
     for round in 1..=rounds {

@@ -10,10 +10,10 @@
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use switchyard_kafka::clients;
 use switchyard_schemas::records::now_us;
 
 use anyhow::{bail, Context as _};
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -69,9 +69,7 @@ fn readings(count: usize, modems: usize, base_us: i64) -> Vec<(String, SensorRea
 
 /// From the first output record to the last: (records, seconds).
 fn time_output(bootstrap: &str, topic: &str, base: i64, records: i64) -> anyhow::Result<f64> {
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let probe: BaseConsumer = clients::admin_config(bootstrap).create()?;
     let mut first = None;
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
@@ -107,9 +105,8 @@ pub fn processor(records: usize) -> anyhow::Result<Report> {
     let admin_runtime = tokio::runtime::Runtime::new()?;
     admin_runtime.block_on(async {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()?;
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            clients::admin_config(&bootstrap).create()?;
         for r in admin
             .create_topics(
                 &[NewTopic::new("imu-raw-copy", 3, TopicReplication::Fixed(1))],
@@ -196,10 +193,8 @@ fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
     // minus its arrival on `imu` (matched by modem and sensor time). The first 5 s warm up.
     let (imu_id, imu_schema) = stack.schema("imu")?;
     let imu_schemas = std::collections::HashMap::from([(imu_id, imu_schema)]);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+    let consumer: BaseConsumer = clients::consumer_config(&bootstrap)
         .set("group.id", "bench-latency")
-        .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", probe_fetch_wait_ms().to_string())
         .create()?;
     let mut tpl = TopicPartitionList::new();

@@ -2,9 +2,9 @@
 
 use std::process::{Command, Output};
 use std::time::Duration;
+use switchyard_kafka::clients;
 
 use apache_avro::types::Value as Avro;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use schema_registry_converter::async_impl::avro::AvroEncoder;
@@ -64,8 +64,7 @@ async fn apply_creates_the_catalog_idempotently_and_tail_decodes_records() {
     );
 
     // Every topic exists with its partitions; every Avro topic's subject is registered.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
+    let consumer: BaseConsumer = clients::admin_config(&broker.bootstrap())
         .create()
         .expect("consumer");
     let metadata = consumer
@@ -103,8 +102,7 @@ async fn apply_creates_the_catalog_idempotently_and_tail_decodes_records() {
         )
         .await
         .expect("encode through the registry");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap())
+    let producer: FutureProducer = clients::producer_config(&broker.bootstrap())
         .create()
         .expect("producer");
     producer

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use switchyard_kafka::clients;
 
 use switchyard_pipeline::{
     run_until, Context, ProcessError, Processor, Record, RunnerConfig, RunnerError, Timer,
@@ -431,11 +432,9 @@ impl Processor for TwoInputs {
 async fn inputs_with_different_partition_counts_are_refused_by_name() {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    use rdkafka::config::ClientConfig;
     let stack = blocking(Stack::start).await.expect("stack");
     let extra = "imu-two-partitions";
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", stack.broker.bootstrap())
+    let admin: AdminClient<DefaultClientContext> = clients::admin_config(&stack.broker.bootstrap())
         .create()
         .expect("admin");
     let created = admin

@@ -388,7 +388,6 @@ pub mod kafka {
     use std::time::{Duration, Instant};
 
     use anyhow::{bail, Context, Result};
-    use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -407,12 +406,10 @@ pub mod kafka {
 
     /// Produce records (key, payload, timestamp ms) and wait until the broker has them all.
     pub fn produce(bootstrap: &str, topic: &str, records: &[(String, Vec<u8>, i64)]) -> Result<()> {
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .create()?;
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            switchyard_kafka::clients::producer_config(bootstrap)
+                .set("linger.ms", "5")
+                .create()?;
         for (key, payload, ts) in records {
             let mut record = BaseRecord::to(topic)
                 .key(key.as_str())
@@ -436,10 +433,8 @@ pub mod kafka {
 
     /// A consumer that reads without committing, and the partitions of `topic`.
     fn reader(bootstrap: &str, topic: &str) -> Result<(BaseConsumer, Vec<i32>)> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let consumer: BaseConsumer = switchyard_kafka::clients::consumer_config(bootstrap)
             .set("group.id", "switchyard-test-reader")
-            .set("enable.auto.commit", "false")
             .create()?;
         let partitions = switchyard_kafka::partitions(&consumer, topic, Duration::from_secs(10))?;
         if partitions.is_empty() {
@@ -499,10 +494,8 @@ pub mod kafka {
 
     /// The sum over `topics`' partitions of the offsets `group` has committed (0 where none).
     pub fn committed_total(bootstrap: &str, group: &str, topics: &[&str]) -> Result<i64> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let consumer: BaseConsumer = switchyard_kafka::clients::consumer_config(bootstrap)
             .set("group.id", group)
-            .set("enable.auto.commit", "false")
             .create()?;
         let mut tpl = TopicPartitionList::new();
         for topic in topics {

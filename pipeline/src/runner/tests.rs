@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_kafka::clients;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::Producer;
@@ -47,10 +47,8 @@ fn config(bootstrap: &str) -> RunnerConfig {
 }
 
 fn group_consumer(bootstrap: &str) -> BaseConsumer {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = clients::consumer_config(bootstrap)
         .set("group.id", "eos-test")
-        .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();

@@ -165,4 +165,58 @@ fn a_scaffolded_processor_builds_and_its_tests_pass() {
     let said = String::from_utf8_lossy(&clash.stderr);
     assert!(said.contains("Avro type Carrier"), "{said}");
     assert!(!dir.join("processors/carrier-echo").exists());
+
+    // A pass-through processor: the output carries the input's record type, no new schema,
+    // and the scaffold alone is a working processor (nothing written by hand).
+    let copy = Command::new(workspace_binary("switchyard").expect("built"))
+        .args([
+            "new",
+            "processor",
+            "imu-copy",
+            "--input",
+            "imu",
+            "--output",
+            "imu-copy",
+        ])
+        .arg("--pass-through")
+        .arg("--repo")
+        .arg(dir)
+        .output()
+        .expect("switchyard runs");
+    assert!(copy.status.success(), "{copy:?}");
+    assert!(!dir.join("schemas/avro/imu-copy.avsc").exists());
+    let catalog = Catalog::from_dir(&dir.join("schemas")).expect("a valid catalog");
+    assert_eq!(catalog.schema_file("imu-copy"), Some("sensor-reading.avsc"));
+    cargo(
+        dir,
+        &[
+            "clippy",
+            "-p",
+            "imu-copy",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    );
+    let tested = cargo(dir, &["test", "-p", "imu-copy"]);
+    assert!(tested.contains("test result: ok. 2 passed"), "{tested}");
+    // Inputs of different record types cannot be passed through as one.
+    let mixed = Command::new(workspace_binary("switchyard").expect("built"))
+        .args([
+            "new",
+            "processor",
+            "mixed",
+            "--input",
+            "imu",
+            "--input",
+            "iot-status",
+        ])
+        .args(["--output", "mixed-out", "--pass-through", "--repo"])
+        .arg(dir)
+        .output()
+        .expect("switchyard runs");
+    assert_eq!(mixed.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&mixed.stderr);
+    assert!(said.contains("one record type"), "{said}");
 }

@@ -2,17 +2,21 @@
 //! that builds and whose tests pass, with everything around it: the output's schema, the
 //! catalog entries (output and dead-letter topic), the workspace member, and the regenerated
 //! `docs/topics.md`. The processor counts records per key and input topic, a starting point
-//! to replace.
+//! to replace; with `--pass-through` it writes the inputs' own record type instead and
+//! forwards every record (no new schema), ready to filter or change.
+
+mod templates;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
+use serde_json::Value;
 use switchyard_schemas::records::RECORD_TYPES;
 use switchyard_schemas::Catalog;
 
 use crate::Failure;
+use templates::Input;
 
 #[derive(Subcommand)]
 pub enum NewCommand {
@@ -32,6 +36,11 @@ pub struct ProcessorArgs {
     /// The new topic it writes (its schema is created as `schemas/avro/OUTPUT.avsc`).
     #[arg(long)]
     output: String,
+    /// Write the inputs' own record type to the output (no new schema) and forward every
+    /// record unchanged: a filter or a transformation to fill in. The inputs must share one
+    /// schema.
+    #[arg(long)]
+    pass_through: bool,
     /// The repository to add it to.
     #[arg(long, default_value = ".")]
     repo: PathBuf,
@@ -101,7 +110,7 @@ fn new_processor(args: &ProcessorArgs) -> Result<(), Failure> {
             serde_json::from_str(text).with_context(|| format!("{file} is not JSON"))?;
         named_types(&schema, &mut taken);
     }
-    if taken.contains(&record) {
+    if !args.pass_through && taken.contains(&record) {
         return bad(format!(
             "output {:?} would be Avro type {record}, which a catalog schema defines already; \
              choose another output name",
@@ -128,22 +137,44 @@ fn new_processor(args: &ProcessorArgs) -> Result<(), Failure> {
         };
         let schema: Value = serde_json::from_str(catalog.value_schema(topic).unwrap_or("null"))
             .with_context(|| format!("{file} is not JSON"))?;
-        inputs.push((topic.clone(), *rust_type, example(&schema), t.partitions));
+        inputs.push(Input {
+            topic: topic.clone(),
+            rust_type,
+            example: templates::example(&schema),
+            partitions: t.partitions,
+        });
     }
-    let partitions = inputs.iter().map(|i| i.3).max().unwrap_or(3);
-    if inputs.iter().any(|i| i.3 != partitions) {
+    let partitions = inputs.iter().map(|i| i.partitions).max().unwrap_or(3);
+    if inputs.iter().any(|i| i.partitions != partitions) {
         return bad(
             "the inputs have different partition counts (see docs/pipeline.md, co-partitioning)"
                 .into(),
         );
     }
 
-    let files = render(args, &inputs);
+    // What the output carries: a new schema, or with --pass-through the inputs' one.
+    let output_schema = if args.pass_through {
+        let first = inputs[0].rust_type;
+        if let Some(other) = inputs.iter().find(|i| i.rust_type != first) {
+            return bad(format!(
+                "--pass-through needs inputs of one record type: {} is {first}, {} is {}",
+                inputs[0].topic, other.topic, other.rust_type
+            ));
+        }
+        catalog
+            .schema_file(&inputs[0].topic)
+            .unwrap_or_default()
+            .to_string()
+    } else {
+        format!("{}.avsc", args.output)
+    };
+
+    let files = templates::render(args, &inputs);
     std::fs::create_dir_all(crate_dir.join("src")).context("creating the crate")?;
     for (path, text) in &files {
         std::fs::write(repo.join(path), text).with_context(|| format!("writing {path}"))?;
     }
-    append_catalog(repo, args, &dlq, partitions)?;
+    append_catalog(repo, args, &dlq, &output_schema, partitions)?;
     add_workspace_member(repo, &args.name)?;
     let catalog = Catalog::from_dir(&schemas_dir).context("the extended catalog is invalid")?;
     std::fs::write(
@@ -203,203 +234,11 @@ fn named_types(schema: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// A minimal value of an Avro schema, as the JSON serde reads into the matching record type.
-fn example(schema: &Value) -> Value {
-    match schema {
-        Value::String(t) => match t.as_str() {
-            "string" => json!(""),
-            "boolean" => json!(false),
-            "int" | "long" | "float" | "double" => json!(0),
-            "bytes" => json!([]),
-            _ => Value::Null,
-        },
-        Value::Array(branches) => branches.first().map(example).unwrap_or(Value::Null),
-        Value::Object(o) => match o.get("type").and_then(Value::as_str) {
-            Some("record") => Value::Object(
-                o.get("fields")
-                    .and_then(Value::as_array)
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|f| {
-                        Some((
-                            f.get("name")?.as_str()?.to_string(),
-                            example(f.get("type")?),
-                        ))
-                    })
-                    .collect(),
-            ),
-            Some("enum") => o
-                .get("symbols")
-                .and_then(|s| s.get(0))
-                .cloned()
-                .unwrap_or(Value::Null),
-            Some("array") => json!([]),
-            Some("map") => json!({}),
-            Some("fixed") => json!(vec![
-                0;
-                o.get("size").and_then(Value::as_u64).unwrap_or(0)
-                    as usize
-            ]),
-            Some(other) => example(&Value::String(other.to_string())),
-            None => o.get("type").map(example).unwrap_or(Value::Null),
-        },
-        _ => Value::Null,
-    }
-}
-
-fn render(args: &ProcessorArgs, inputs: &[(String, &str, Value, i32)]) -> Vec<(String, String)> {
-    let name = &args.name;
-    let krate = name.replace('-', "_");
-    let ty = pascal(name);
-    let out = &args.output;
-    let record = pascal(out);
-    let types: Vec<&str> = {
-        let mut t: Vec<&str> = inputs.iter().map(|i| i.1).collect();
-        t.push(&record);
-        t.sort_unstable();
-        t.dedup();
-        t
-    };
-    let topology_inputs: String = inputs
-        .iter()
-        .map(|(topic, t, _, _)| format!("\n            .input::<{t}>(\"{topic}\")"))
-        .collect();
-    let arms: String = inputs
-        .iter()
-        .map(|(topic, t, _, _)| {
-            format!("            \"{topic}\" => {{\n                let _value: {t} = record.value()?;\n            }}\n")
-        })
-        .collect();
-    let (first_topic, first_type, first_example, _) = &inputs[0];
-    let example_json = serde_json::to_string(first_example).unwrap_or_default();
-    let schema = serde_json::to_string_pretty(&json!({
-        "type": "record",
-        "name": record,
-        "namespace": "io.switchyard",
-        "doc": format!("{name}'s output: records counted per key and input topic (scaffolded; change it with the processor)."),
-        "fields": [
-            {"name": "key", "type": "string", "doc": "The input record's key."},
-            {"name": "input_topic", "type": "string"},
-            {"name": "count", "type": "long", "doc": "Records with this key seen on this topic so far."}
-        ]
-    }))
-    .unwrap_or_default();
-    let cargo = format!(
-        r#"[package]
-name = "{name}"
-description = "{name}: a Switchyard processor (scaffolded by `switchyard new processor`)."
-version.workspace = true
-edition.workspace = true
-license.workspace = true
-
-[dependencies]
-switchyard-pipeline.workspace = true
-switchyard-schemas.workspace = true
-
-[dev-dependencies]
-serde_json.workspace = true
-"#
-    );
-    let main = format!(
-        r#"//! `{name}`: run the processor on Kafka.
-switchyard_pipeline::processor_main!("{name}: counts records per key and input topic", |_catalog| {{
-    Ok({krate}::{ty})
-}});
-"#
-    );
-    let lib = format!(
-        r##"//! `{name}`: reads {inputs_list}, writes `{out}`. Scaffolded by `switchyard new processor`:
-//! it counts records per key and input topic; replace `process` with what it should do
-//! (docs/pipeline.md), and `schemas/avro/{out}.avsc` with what it writes: `{record}` is
-//! generated from that file when `switchyard-schemas` builds.
-
-use switchyard_pipeline::{{Context, ProcessError, Processor, Record, Topology}};
-use switchyard_schemas::records::{{{types}}};
-
-pub const NAME: &str = "{name}";
-pub const OUTPUT: &str = "{out}";
-const COUNTS: &str = "counts";
-
-pub struct {ty};
-
-impl Processor for {ty} {{
-    fn topology(&self) -> Topology {{
-        Topology::new(NAME){topology_inputs}
-            .output::<{record}>(OUTPUT)
-            .store::<i64>(COUNTS)
-    }}
-
-    fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {{
-        // Decoding checks the value against its topic's schema; an undecodable record is
-        // dead-lettered to `{name}-dlq`.
-        match record.topic {{
-{arms}            other => return Err(ProcessError::failed(format!("unexpected input topic {{other}}"))),
-        }}
-        let key = String::from_utf8_lossy(record.key.unwrap_or_default()).into_owned();
-        let counted = format!("{{}}/{{key}}", record.topic);
-        let count = ctx.store(COUNTS)?.get::<i64>(&counted)?.unwrap_or(0) + 1;
-        ctx.store(COUNTS)?.put(&counted, &count)?;
-        let out = {record} {{
-            key: key.clone(),
-            input_topic: record.topic.to_string(),
-            count,
-        }};
-        ctx.send(OUTPUT, &key, &out, record.timestamp_ms)
-    }}
-}}
-
-#[cfg(test)]
-mod tests {{
-    use super::*;
-    use switchyard_pipeline::{{FailureKind, TestDriver}};
-
-    fn example() -> {first_type} {{
-        serde_json::from_str(r#"{example_json}"#).expect("an example {first_type}")
-    }}
-
-    #[test]
-    fn counts_records_per_key_and_input_topic() {{
-        let mut d = TestDriver::new({ty}).expect("valid topology");
-        d.pipe("{first_topic}", "a", &example(), 1_000).expect("ok");
-        d.pipe("{first_topic}", "a", &example(), 2_000).expect("ok");
-        d.pipe("{first_topic}", "b", &example(), 3_000).expect("ok");
-        let out: Vec<(String, i64)> = d
-            .read_output::<{record}>(OUTPUT)
-            .into_iter()
-            .map(|r| (r.value.key, r.value.count))
-            .collect();
-        assert_eq!(out, [("a".into(), 1), ("a".into(), 2), ("b".into(), 1)]);
-    }}
-
-    #[test]
-    fn an_undecodable_record_is_dead_lettered() {{
-        let mut d = TestDriver::new({ty}).expect("valid topology");
-        d.pipe_raw("{first_topic}", Some(b"a"), Some(b"not avro"), 1).expect("continues");
-        assert_eq!(d.dead_letters()[0].kind, FailureKind::Undecodable);
-        assert!(d.read_output::<{record}>(OUTPUT).is_empty());
-    }}
-}}
-"##,
-        inputs_list = inputs
-            .iter()
-            .map(|i| format!("`{}`", i.0))
-            .collect::<Vec<_>>()
-            .join(", "),
-        types = types.join(", "),
-    );
-    vec![
-        (format!("processors/{name}/Cargo.toml"), cargo),
-        (format!("processors/{name}/src/main.rs"), main),
-        (format!("processors/{name}/src/lib.rs"), lib),
-        (format!("schemas/avro/{out}.avsc"), schema + "\n"),
-    ]
-}
-
 fn append_catalog(
     repo: &Path,
     args: &ProcessorArgs,
     dlq: &str,
+    output_schema: &str,
     partitions: i32,
 ) -> anyhow::Result<()> {
     let path = repo.join("schemas/topics.toml");
@@ -413,7 +252,7 @@ fn append_catalog(
 name = "{out}"
 role = "table"
 key = "the input's key"
-value_schema = "{out}.avsc"
+value_schema = "{output_schema}"
 partitions = {partitions}
 cleanup_policy = "delete"
 retention_ms = 604800000

@@ -61,6 +61,7 @@ bench: deps
 	./target/release/switchyard-bench scale
 	./target/release/switchyard-bench idle
 	./target/release/switchyard-bench burst
+	./target/release/switchyard-bench registry
 
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= decode apdu avro

@@ -5,6 +5,7 @@ mod burst_bench;
 mod gateway_bench;
 mod idle_bench;
 mod pipeline_bench;
+mod registry_bench;
 mod system_bench;
 
 use std::path::PathBuf;
@@ -96,6 +97,14 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Registering new schema versions on the `make up` stack, against reads.
+    Registry {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// New versions registered per round.
+        #[arg(long, default_value_t = 20)]
+        versions: usize,
+    },
     /// What `make up` with only its simulated modems costs the broker, and from which client.
     Idle {
         #[arg(long, default_value_t = 5)]
@@ -155,6 +164,9 @@ fn main() -> anyhow::Result<()> {
             seconds,
             rounds,
         } => emit(&cli.out, burst_bench::run(rate, seconds, rounds)?)?,
+        Bench::Registry { rounds, versions } => {
+            emit(&cli.out, registry_bench::run(rounds, versions)?)?
+        }
         Bench::Idle { rounds, seconds } => emit(
             &cli.out,
             idle_bench::run(rounds, std::time::Duration::from_secs(seconds))?,

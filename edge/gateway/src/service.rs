@@ -178,10 +178,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     }
     info!(instance = %config.instance_id, restored = taken, skipped, "sessions read back");
 
-    let sessions_for_windows: Vec<(u64, u32)> = sessions
-        .sequences()
-        .filter_map(|(m, seq)| Some((m.parse().ok()?, seq)))
-        .collect();
+    let sessions_for_windows: Vec<(u64, u32)> = sessions.sequences().collect();
     let socket = bind_udp(config.listen, config.udp_buffer_bytes)?;
     let listen = socket.local_addr()?;
     let gateway = Arc::new(Gateway {

@@ -99,6 +99,27 @@ fn workspace_binaries() -> BTreeSet<String> {
         .collect()
 }
 
+/// The processors of the workspace: the crates under `processors/` (their binary is named
+/// as the package).
+fn workspace_processors() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(repo().join("processors"))
+        .expect("processors/")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("Cargo.toml").is_file())
+        .filter_map(|e| {
+            let manifest = std::fs::read_to_string(e.path().join("Cargo.toml")).ok()?;
+            let line = manifest.lines().find(|l| l.starts_with("name = "))?;
+            Some(
+                line.trim_start_matches("name = ")
+                    .trim_matches('"')
+                    .to_string(),
+            )
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// What a command reads from the environment: variable → default (if any), from `--help`
 /// of the command and each of its subcommand prefixes.
 fn env_vars_read(command: &[String]) -> BTreeMap<String, Option<String>> {
@@ -186,11 +207,19 @@ fn compose_images_build_from_this_repository_and_run_workspace_binaries() {
             binaries.contains(binary),
             "{name}: {binary} is not a workspace binary"
         );
-        assert!(
-            dockerfile.contains(&format!("target/release/{binary}")),
-            "{name}: the Dockerfile does not put {binary} in the image"
-        );
     }
+    // The image holds every binary of the workspace: built with --workspace --bins, and
+    // every executable at the top of target/release copied, so a new processor needs no
+    // edit of the Dockerfile.
+    assert!(
+        dockerfile.contains("cargo build --release --locked --workspace --bins"),
+        "{dockerfile}"
+    );
+    assert!(
+        dockerfile
+            .contains("find target/release -maxdepth 1 -type f -executable -exec cp {} /out/"),
+        "{dockerfile}"
+    );
     // Third-party images: the ones the deployment promises.
     let image = |s: &str| all[s]["image"].as_str().unwrap_or_default().to_string();
     assert!(image("kafka").starts_with("apache/kafka:"));
@@ -236,14 +265,15 @@ fn every_variable_a_service_sets_is_read_and_no_loopback_default_is_left() {
             );
         }
     }
-    let processors = [
-        "grafana-projector",
-        "carrier-state",
-        "anomaly-detector",
-        "reading-counter",
-    ];
+    let processors = workspace_processors();
+    assert!(processors.len() >= 4, "{processors:?}");
     let all = services(&doc);
-    for p in processors {
+    for p in &processors {
+        assert!(
+            all.get(p.as_str())
+                .is_some_and(|s| strings(&s["command"]).first() == Some(p)),
+            "processor {p} has no compose service running it (switchyard new processor adds one)"
+        );
         assert_eq!(
             environment(&all[p])
                 .get("SWITCHYARD_PROCESSING_GUARANTEE")

@@ -109,6 +109,15 @@ fn a_scaffolded_processor_builds_and_its_tests_pass() {
     assert!(docs.contains("door-counts") && docs.contains("door-count-dlq"));
     let workspace = std::fs::read_to_string(dir.join("Cargo.toml")).expect("Cargo.toml");
     assert!(workspace.contains("\"processors/door-count\""));
+    // The Docker deployment runs it and Prometheus scrapes it there.
+    let compose = std::fs::read_to_string(dir.join("compose.yml")).expect("compose.yml");
+    assert!(
+        compose.contains("  door-count:\n    <<: *processor\n    command: [\"door-count\"]\n"),
+        "{compose}"
+    );
+    let scrape = std::fs::read_to_string(dir.join("monitoring/prometheus-compose.yml"))
+        .expect("prometheus-compose.yml");
+    assert!(scrape.contains(", \"door-count:9100\"]"), "{scrape}");
 
     // It builds, is formatted and lint-clean, and its tests pass.
     cargo(dir, &["fmt", "-p", "door-count", "--check"]);

@@ -176,6 +176,7 @@ fn new_processor(args: &ProcessorArgs) -> Result<(), Failure> {
     }
     append_catalog(repo, args, &dlq, &output_schema, partitions)?;
     add_workspace_member(repo, &args.name)?;
+    add_to_docker_deployment(repo, &args.name)?;
     let catalog = Catalog::from_dir(&schemas_dir).context("the extended catalog is invalid")?;
     std::fs::write(
         repo.join("docs/topics.md"),
@@ -293,4 +294,36 @@ fn add_workspace_member(repo: &Path, name: &str) -> anyhow::Result<()> {
         &text[end..]
     );
     std::fs::write(&path, updated).context("writing Cargo.toml")
+}
+
+/// The Docker deployment runs it too: a service in `compose.yml` (the processors' common
+/// settings, its binary as the command) and a scrape target for Prometheus. The image needs
+/// no edit: it holds every binary of the workspace.
+fn add_to_docker_deployment(repo: &Path, name: &str) -> anyhow::Result<()> {
+    let path = repo.join("compose.yml");
+    let text = std::fs::read_to_string(&path).context("reading compose.yml")?;
+    let anchor = "\n  api:\n";
+    let at = text
+        .find(anchor)
+        .context("compose.yml has no `api:` service to add the processor before")?;
+    let service = format!("\n  {name}:\n    <<: *processor\n    command: [\"{name}\"]\n");
+    let updated = format!("{}{service}{}", &text[..at], &text[at..]);
+    std::fs::write(&path, updated).context("writing compose.yml")?;
+
+    let path = repo.join("monitoring/prometheus-compose.yml");
+    let text =
+        std::fs::read_to_string(&path).context("reading monitoring/prometheus-compose.yml")?;
+    let job = text
+        .find("job_name: switchyard-processors")
+        .context("prometheus-compose.yml has no switchyard-processors job")?;
+    let targets = job
+        + text[job..]
+            .find("targets: [")
+            .context("the switchyard-processors job has no targets list")?;
+    let close = targets
+        + text[targets..]
+            .find(']')
+            .context("the targets list is not closed")?;
+    let updated = format!("{}, \"{name}:9100\"{}", &text[..close], &text[close..]);
+    std::fs::write(&path, updated).context("writing monitoring/prometheus-compose.yml")
 }

@@ -3,7 +3,7 @@
 //! grafana/dashboards/switchyard.json is this output; a test keeps them equal.
 
 use serde_json::{json, Value};
-use switchyard_schemas::{Catalog, GRAFANA_SUFFIX};
+use switchyard_schemas::{topics, Catalog, GRAFANA_SUFFIX};
 
 /// The datasource every panel uses (grafana/provisioning/datasources/kafka.yaml).
 pub const DATASOURCE_UID: &str = "switchyard-kafka";
@@ -69,11 +69,15 @@ pub fn dashboard(catalog: &Catalog) -> Value {
         y += 8;
     }
     for (title, topic, w) in [
-        ("Anomalies", "anomalies", 24),
-        ("Carrier state (every modem's SIM)", "carrier-state", 12),
-        ("Switch requests", "downstream-request", 12),
-        ("Downlink delivery", "downlink-delivery", 12),
-        ("SIM answers (ACK / NACK)", "carrier-switch-ack", 12),
+        ("Anomalies", topics::ANOMALIES, 24),
+        (
+            "Carrier state (every modem's SIM)",
+            topics::CARRIER_STATE,
+            12,
+        ),
+        ("Switch requests", topics::DOWNSTREAM_REQUEST, 12),
+        ("Downlink delivery", topics::DOWNLINK_DELIVERY, 12),
+        ("SIM answers (ACK / NACK)", topics::CARRIER_SWITCH_ACK, 12),
     ] {
         let x = if w == 24 || panels.len() % 2 == 1 {
             0

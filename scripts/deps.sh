@@ -57,3 +57,15 @@ if $FOR_TESTS && ! python3 -c "import selenium" 2>/dev/null; then
   say "pip: installing selenium (page test)"
   python3 -m pip install --quiet --disable-pip-version-check -r "$ROOT/api/tests/browser/requirements.txt"
 fi
+
+# vsmartcard-vpcd's reader listens on TCP 35963, inside Linux's ephemeral port range: a
+# client socket that happens to get that local port makes pcscd fail to bind it ("Address
+# already in use") and the SIM tests time out. Reserve the port so the kernel never hands it
+# out (best effort: a container may not let us; the tests then say why they waited).
+VPCD_PORT=35963
+RESERVED=/proc/sys/net/ipv4/ip_local_reserved_ports
+if [ -w "$RESERVED" ] && ! grep -qw "$VPCD_PORT" "$RESERVED"; then
+  current=$(cat "$RESERVED")
+  echo "${current:+$current,}$VPCD_PORT" > "$RESERVED" 2>/dev/null \
+    && say "reserved TCP port $VPCD_PORT (vpcd) from the ephemeral range" || true
+fi

@@ -819,6 +819,15 @@ pub fn ensure_pcscd(log_dir: &Path) -> Result<Option<Service>> {
     service.wait_until(Duration::from_secs(20), || {
         TcpStream::connect_timeout(&vpcd, Duration::from_millis(200)).is_ok()
     })?;
+    // vpcd's port is in the ephemeral range; a client socket holding it makes the reader
+    // fail to listen (scripts/deps.sh reserves the port to prevent that). Say so plainly.
+    if service.log_text().contains("Address already in use") {
+        bail!(
+            "pcscd could not listen on vpcd's port {vpcd}: another socket holds it (reserve it: \
+             scripts/deps.sh --test writes it to /proc/sys/net/ipv4/ip_local_reserved_ports)\n{}",
+            service.log_text()
+        );
+    }
     Ok(Some(service))
 }
 

@@ -259,6 +259,7 @@ impl<P: Processor> Engine<P> {
             .into_iter()
             .filter_map(|v| split_frame(v).ok().map(|(id, _)| id))
             .filter(|id| !self.writers.contains_key(id))
+            .filter(|id| !self.store_codecs.values().any(|c| c.id == *id))
             .collect();
         ids.sort_unstable();
         ids.dedup();

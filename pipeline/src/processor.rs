@@ -1,6 +1,7 @@
 //! What a processor is: its topology (inputs, outputs, stores, timers, error policies) and
 //! the callbacks the runner makes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use apache_avro::types::Value;
@@ -63,10 +64,11 @@ pub(crate) struct TopicSpec {
 }
 
 /// Re-encodes a JSON value as a frame (schema id, codec) of the store's schema.
-pub(crate) type FromJson = fn(&[u8], i32, &SchemaCodec) -> Result<Vec<u8>, String>;
+pub(crate) type FromJson =
+    Arc<dyn Fn(&[u8], i32, &SchemaCodec) -> Result<Vec<u8>, String> + Send + Sync>;
 
 /// A declared store: its name and the Avro schema of its values.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreSpec {
     pub name: String,
     /// The values' Avro schema ([`StoreValue::avro_schema`]).
@@ -74,6 +76,15 @@ pub struct StoreSpec {
     pub type_name: &'static str,
     /// Re-encodes a value an older version wrote as JSON (before changelogs were Avro).
     pub(crate) from_json: FromJson,
+}
+
+impl std::fmt::Debug for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSpec")
+            .field("name", &self.name)
+            .field("type_name", &self.type_name)
+            .finish()
+    }
 }
 
 /// A processor's shape: what it reads, writes and keeps. The runner creates the consumer
@@ -149,12 +160,24 @@ impl Topology {
     /// A key-value store of `V` values, restored from `<name>-<store>-changelog` before
     /// processing. The changelog's values are Avro with `V`'s schema, registered as
     /// `<name>-<store>-changelog-value`.
-    pub fn store<V: StoreValue>(mut self, name: impl Into<String>) -> Self {
+    pub fn store<V: StoreValue>(self, name: impl Into<String>) -> Self {
+        self.store_upgrading_json::<V>(name, |json| {
+            serde_json::from_slice(json).map_err(|e| format!("not JSON of it: {e}"))
+        })
+    }
+
+    /// [`Self::store`], for a store whose changelog an older version wrote as JSON of
+    /// another shape: `upgrade` turns such a value into a `V` when the store is restored.
+    pub fn store_upgrading_json<V: StoreValue>(
+        mut self,
+        name: impl Into<String>,
+        upgrade: impl Fn(&[u8]) -> Result<V, String> + Send + Sync + 'static,
+    ) -> Self {
         self.stores.push(StoreSpec {
             name: name.into(),
             schema: V::avro_schema(),
             type_name: std::any::type_name::<V>(),
-            from_json: crate::store::json_to_avro::<V>,
+            from_json: Arc::new(move |json, id, codec| codec.encode(id, &upgrade(json)?)),
         });
         self
     }

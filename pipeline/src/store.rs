@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use switchyard_schemas::records::StoreValue;
 use switchyard_schemas::wire::{split_frame, SchemaCodec};
 
 use crate::ProcessError;
@@ -152,20 +151,10 @@ impl KeyValueStore {
     }
 }
 
-/// A changelog value an older Switchyard wrote as JSON, re-encoded as a frame of the store's
-/// current schema (monomorphised per store type in [`crate::Topology::store`]).
-pub(crate) fn json_to_avro<V: StoreValue>(
-    json: &[u8],
-    id: i32,
-    codec: &SchemaCodec,
-) -> Result<Vec<u8>, String> {
-    let value: V = serde_json::from_slice(json).map_err(|e| format!("not JSON of it: {e}"))?;
-    codec.encode(id, &value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard_schemas::records::StoreValue;
 
     fn store_of<V: StoreValue>(id: i32) -> KeyValueStore {
         KeyValueStore::new(Arc::new(StoreCodec {
@@ -218,15 +207,5 @@ mod tests {
             "{err}"
         );
         assert!(store.get::<i32>("a").is_err());
-    }
-
-    #[test]
-    fn json_written_by_an_older_version_is_re_encoded() {
-        let codec = SchemaCodec::parse(<i64 as StoreValue>::avro_schema()).expect("schema");
-        assert_eq!(
-            json_to_avro::<i64>(b"3", 9, &codec),
-            Ok(vec![0, 0, 0, 0, 9, 6])
-        );
-        assert!(json_to_avro::<i64>(b"\"x\"", 9, &codec).is_err());
     }
 }

@@ -103,6 +103,19 @@ fn update(
     ctx.send::<CarrierState>(OUTPUT, modem_id, &record.state, Some(now_ms))
 }
 
+/// A `modems` value written before changelogs were Avro: JSON of the whole record,
+/// `{"state": {...}, "early": [...]}`. The state is kept; the early events (answers for
+/// requests never seen, a handful at most) are not carried over.
+fn state_from_json(json: &[u8]) -> Result<CarrierState, String> {
+    #[derive(serde::Deserialize)]
+    struct Before {
+        state: CarrierState,
+    }
+    serde_json::from_slice::<Before>(json)
+        .map(|before| before.state)
+        .map_err(|e| format!("not a carrier-state record of an older version: {e}"))
+}
+
 /// A modem's record from its three stores (a new one for a modem never seen). Early events
 /// come back deliveries first: a delivery event comes before the answer it led to.
 fn load(ctx: &mut Context<'_>, modem_id: &str) -> Result<ModemRecord, ProcessError> {
@@ -164,7 +177,7 @@ impl Processor for CarrierStateProcessor {
             .input::<IotStatusReport>(STATUS)
             .input::<DeviceSession>(SESSIONS)
             .output::<CarrierState>(OUTPUT)
-            .store::<CarrierState>(MODEMS)
+            .store_upgrading_json::<CarrierState>(MODEMS, state_from_json)
             .store::<Vec<CarrierSwitchAck>>(EARLY_ACKS)
             .store::<Vec<DownlinkDelivery>>(EARLY_DELIVERIES)
             .store::<i64>(PENDING)
@@ -441,5 +454,39 @@ mod tests {
             RequestState::TimedOut,
             "the restored pending index still drives the timer"
         );
+    }
+
+    #[test]
+    fn a_modems_value_an_older_version_wrote_as_json_is_restored() {
+        use switchyard_pipeline::engine::{Engine, Restored};
+        let catalog = switchyard_schemas::Catalog::embedded().expect("catalog");
+        let mut engine = Engine::new(
+            CarrierStateProcessor::new(CarrierStateConfig::default()),
+            &catalog,
+        )
+        .expect("topology");
+        engine.set_store_id(MODEMS, 9);
+        engine.assign(0);
+        let mut state = ModemRecord::new(MODEM).state;
+        state.carrier = Some(Carrier::Verizon);
+        state.last_status = Some(IotStatus::Nominal);
+        // What the store held before changelogs were Avro: JSON of the whole record.
+        let before = serde_json::json!({
+            "state": serde_json::to_value(&state).expect("json"),
+            "early": [{"Ack": {"modem_id": MODEM, "request_id": "00000000000000aa",
+                "status": "ACK", "carrier": "T_MOBILE", "received_at": 1, "sequence": null}}],
+        });
+        let json = serde_json::to_vec(&before).expect("json");
+        assert_eq!(
+            engine.restore(0, MODEMS, MODEM.into(), Some(json)),
+            Restored::Converted
+        );
+        let store = engine.store(0, MODEMS).expect("store");
+        assert_eq!(store.get::<CarrierState>(MODEM), Ok(Some(state)));
+        // Something else is kept as it was and reported.
+        assert!(matches!(
+            engine.restore(0, MODEMS, "other".into(), Some(b"[1, 2]".to_vec())),
+            Restored::Unreadable(_)
+        ));
     }
 }

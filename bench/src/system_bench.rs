@@ -469,6 +469,21 @@ fn data_packet(modem: u64, sequence: u32) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// A fresh gateway logging warnings only, once settled: it, its UDP and metrics addresses,
+/// and its idle RSS (MiB).
+fn quiet_gateway(
+    stack: &Stack,
+) -> anyhow::Result<(switchyard_testkit::Service, SocketAddr, SocketAddr, f64)> {
+    let switchyard_testkit::Gateway {
+        service,
+        udp,
+        metrics,
+    } = stack.start_gateway(&[("RUST_LOG", "warn".into())])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = rss_mib(service.pid());
+    Ok((service, udp, metrics, idle))
+}
+
 /// A fresh gateway fed `modems` × `per_modem` packets: (seconds to all acked, RSS before, RSS after).
 fn gateway_with(
     stack: &Stack,
@@ -476,13 +491,7 @@ fn gateway_with(
     per_modem: u32,
     status_only: bool,
 ) -> anyhow::Result<(f64, f64, f64)> {
-    let switchyard_testkit::Gateway {
-        service: gateway,
-        udp,
-        metrics,
-    } = stack.start_gateway(&[("RUST_LOG", "warn".into())])?;
-    std::thread::sleep(Duration::from_millis(500));
-    let before = rss_mib(gateway.pid());
+    let (gateway, udp, metrics, before) = quiet_gateway(stack)?;
     let packets: Vec<Vec<u8>> = (1..=per_modem)
         .flat_map(|seq| {
             (0..modems).map(move |m| {
@@ -546,13 +555,7 @@ fn detector_with(devices: usize, per_device: usize) -> anyhow::Result<(f64, f64,
 /// (librdkafka's buffers at the producer's peak, memory the allocator keeps); the second,
 /// (after the second wave − after the first) / (modems / 2), is what one more modem costs.
 fn gateway_waves(stack: &Stack, modems: u64) -> anyhow::Result<[f64; 3]> {
-    let switchyard_testkit::Gateway {
-        service: gateway,
-        udp,
-        metrics,
-    } = stack.start_gateway(&[("RUST_LOG", "warn".into())])?;
-    std::thread::sleep(Duration::from_millis(500));
-    let idle = rss_mib(gateway.pid());
+    let (gateway, udp, metrics, idle) = quiet_gateway(stack)?;
     let half = modems / 2;
     let mut after = Vec::new();
     for wave in [0..half, half..modems] {

@@ -55,10 +55,10 @@ fn cargo(dir: &Path, args: &[&str]) -> String {
     text
 }
 
-/// `switchyard new processor door-count ARGS --repo DIR`.
-fn new_processor(dir: &Path, args: &[&str]) -> std::process::Output {
+/// `switchyard new processor NAME ARGS --repo DIR`.
+fn new_processor(dir: &Path, name: &str, args: &[&str]) -> std::process::Output {
     Command::new(workspace_binary("switchyard").expect("built"))
-        .args(["new", "processor", "door-count"])
+        .args(["new", "processor", name])
         .args(args)
         .arg("--repo")
         .arg(dir)
@@ -73,6 +73,7 @@ fn a_scaffolded_processor_builds_and_its_tests_pass() {
     copy_repo(dir);
     let out = new_processor(
         dir,
+        "door-count",
         &[
             "--input",
             "imu",
@@ -152,24 +153,19 @@ fn a_scaffolded_processor_builds_and_its_tests_pass() {
     );
 
     // Names already taken are refused with a clear message, and nothing is written.
-    let again = new_processor(dir, &["--input", "imu", "--output", "door-counts"]);
+    let again = new_processor(
+        dir,
+        "door-count",
+        &["--input", "imu", "--output", "door-counts"],
+    );
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
     // An output whose type name a catalog schema already defines (the Carrier enum) too.
-    let clash = Command::new(workspace_binary("switchyard").expect("built"))
-        .args([
-            "new",
-            "processor",
-            "carrier-echo",
-            "--input",
-            "imu",
-            "--output",
-            "carrier",
-        ])
-        .arg("--repo")
-        .arg(dir)
-        .output()
-        .expect("switchyard runs");
+    let clash = new_processor(
+        dir,
+        "carrier-echo",
+        &["--input", "imu", "--output", "carrier"],
+    );
     assert_eq!(clash.status.code(), Some(2));
     let said = String::from_utf8_lossy(&clash.stderr);
     assert!(said.contains("Avro type Carrier"), "{said}");
@@ -177,21 +173,11 @@ fn a_scaffolded_processor_builds_and_its_tests_pass() {
 
     // A pass-through processor: the output carries the input's record type, no new schema,
     // and the scaffold alone is a working processor (nothing written by hand).
-    let copy = Command::new(workspace_binary("switchyard").expect("built"))
-        .args([
-            "new",
-            "processor",
-            "imu-copy",
-            "--input",
-            "imu",
-            "--output",
-            "imu-copy",
-        ])
-        .arg("--pass-through")
-        .arg("--repo")
-        .arg(dir)
-        .output()
-        .expect("switchyard runs");
+    let copy = new_processor(
+        dir,
+        "imu-copy",
+        &["--input", "imu", "--output", "imu-copy", "--pass-through"],
+    );
     assert!(copy.status.success(), "{copy:?}");
     assert!(!dir.join("schemas/avro/imu-copy.avsc").exists());
     let catalog = Catalog::from_dir(&dir.join("schemas")).expect("a valid catalog");
@@ -211,20 +197,19 @@ fn a_scaffolded_processor_builds_and_its_tests_pass() {
     let tested = cargo(dir, &["test", "-p", "imu-copy"]);
     assert!(tested.contains("test result: ok. 2 passed"), "{tested}");
     // Inputs of different record types cannot be passed through as one.
-    let mixed = Command::new(workspace_binary("switchyard").expect("built"))
-        .args([
-            "new",
-            "processor",
-            "mixed",
+    let mixed = new_processor(
+        dir,
+        "mixed",
+        &[
             "--input",
             "imu",
             "--input",
             "iot-status",
-        ])
-        .args(["--output", "mixed-out", "--pass-through", "--repo"])
-        .arg(dir)
-        .output()
-        .expect("switchyard runs");
+            "--output",
+            "mixed-out",
+            "--pass-through",
+        ],
+    );
     assert_eq!(mixed.status.code(), Some(2));
     let said = String::from_utf8_lossy(&mixed.stderr);
     assert!(said.contains("one record type"), "{said}");

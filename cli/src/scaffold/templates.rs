@@ -74,7 +74,26 @@ fn pass_through(args: &ProcessorArgs, inputs: &[Input]) -> Vec<(String, String)>
         .map(|i| format!("`{}`", i.topic))
         .collect::<Vec<_>>()
         .join(", ");
-    let example_json = serde_json::to_string(&inputs[0].example).unwrap_or_default();
+    let behaviour = format!(
+        r##"    #[test]
+    fn forwards_every_record_unchanged() {{
+        let mut d = TestDriver::new({ty}).expect("valid topology");
+        d.pipe("{first_topic}", "a", &example(), 1_000).expect("ok");
+        d.pipe("{first_topic}", "b", &example(), 2_000).expect("ok");
+        let out: Vec<(Option<String>, Option<i64>)> = d
+            .read_output::<{record}>(OUTPUT)
+            .into_iter()
+            .map(|r| {{
+                assert_eq!(r.value, example());
+                (r.key, r.timestamp_ms)
+            }})
+            .collect();
+        assert_eq!(out, [(Some("a".into()), Some(1_000)), (Some("b".into()), Some(2_000))]);
+    }}
+
+"##
+    );
+    let tests = test_module(&ty, &inputs[0], record, &behaviour);
     let lib = format!(
         r##"//! `{name}`: reads {inputs_list}, writes `{out}`, all of them `{record}`. Scaffolded by
 //! `switchyard new processor --pass-through`: it forwards every record unchanged, keeping
@@ -104,40 +123,7 @@ impl Processor for {ty} {{
     }}
 }}
 
-#[cfg(test)]
-mod tests {{
-    use super::*;
-    use switchyard_pipeline::{{FailureKind, TestDriver}};
-
-    fn example() -> {record} {{
-        serde_json::from_str(r#"{example_json}"#).expect("an example {record}")
-    }}
-
-    #[test]
-    fn forwards_every_record_unchanged() {{
-        let mut d = TestDriver::new({ty}).expect("valid topology");
-        d.pipe("{first_topic}", "a", &example(), 1_000).expect("ok");
-        d.pipe("{first_topic}", "b", &example(), 2_000).expect("ok");
-        let out: Vec<(Option<String>, Option<i64>)> = d
-            .read_output::<{record}>(OUTPUT)
-            .into_iter()
-            .map(|r| {{
-                assert_eq!(r.value, example());
-                (r.key, r.timestamp_ms)
-            }})
-            .collect();
-        assert_eq!(out, [(Some("a".into()), Some(1_000)), (Some("b".into()), Some(2_000))]);
-    }}
-
-    #[test]
-    fn an_undecodable_record_is_dead_lettered() {{
-        let mut d = TestDriver::new({ty}).expect("valid topology");
-        d.pipe_raw("{first_topic}", Some(b"a"), Some(b"not avro"), 1).expect("continues");
-        assert_eq!(d.dead_letters()[0].kind, FailureKind::Undecodable);
-        assert!(d.read_output::<{record}>(OUTPUT).is_empty());
-    }}
-}}
-"##
+{tests}"##
     );
     vec![
         (format!("processors/{name}/Cargo.toml"), cargo),
@@ -220,13 +206,7 @@ fn counting(args: &ProcessorArgs, inputs: &[Input]) -> Vec<(String, String)> {
             format!("            \"{topic}\" => {{\n                let _value: {t} = record.value()?;\n            }}\n")
         })
         .collect();
-    let Input {
-        topic: first_topic,
-        rust_type: first_type,
-        example: first_example,
-        ..
-    } = &inputs[0];
-    let example_json = serde_json::to_string(first_example).unwrap_or_default();
+    let first_topic = &inputs[0].topic;
     let schema = serde_json::to_string_pretty(&json!({
         "type": "record",
         "name": record,
@@ -240,6 +220,24 @@ fn counting(args: &ProcessorArgs, inputs: &[Input]) -> Vec<(String, String)> {
     }))
     .unwrap_or_default();
     let (cargo, main) = crate_files(args, "counts records per key and input topic");
+    let behaviour = format!(
+        r##"    #[test]
+    fn counts_records_per_key_and_input_topic() {{
+        let mut d = TestDriver::new({ty}).expect("valid topology");
+        d.pipe("{first_topic}", "a", &example(), 1_000).expect("ok");
+        d.pipe("{first_topic}", "a", &example(), 2_000).expect("ok");
+        d.pipe("{first_topic}", "b", &example(), 3_000).expect("ok");
+        let out: Vec<(String, i64)> = d
+            .read_output::<{record}>(OUTPUT)
+            .into_iter()
+            .map(|r| (r.value.key, r.value.count))
+            .collect();
+        assert_eq!(out, [("a".into(), 1), ("a".into(), 2), ("b".into(), 1)]);
+    }}
+
+"##
+    );
+    let tests = test_module(&ty, &inputs[0], &record, &behaviour);
     let lib = format!(
         r##"//! `{name}`: reads {inputs_list}, writes `{out}`. Scaffolded by `switchyard new processor`:
 //! it counts records per key and input topic; replace `process` with what it should do
@@ -281,38 +279,7 @@ impl Processor for {ty} {{
     }}
 }}
 
-#[cfg(test)]
-mod tests {{
-    use super::*;
-    use switchyard_pipeline::{{FailureKind, TestDriver}};
-
-    fn example() -> {first_type} {{
-        serde_json::from_str(r#"{example_json}"#).expect("an example {first_type}")
-    }}
-
-    #[test]
-    fn counts_records_per_key_and_input_topic() {{
-        let mut d = TestDriver::new({ty}).expect("valid topology");
-        d.pipe("{first_topic}", "a", &example(), 1_000).expect("ok");
-        d.pipe("{first_topic}", "a", &example(), 2_000).expect("ok");
-        d.pipe("{first_topic}", "b", &example(), 3_000).expect("ok");
-        let out: Vec<(String, i64)> = d
-            .read_output::<{record}>(OUTPUT)
-            .into_iter()
-            .map(|r| (r.value.key, r.value.count))
-            .collect();
-        assert_eq!(out, [("a".into(), 1), ("a".into(), 2), ("b".into(), 1)]);
-    }}
-
-    #[test]
-    fn an_undecodable_record_is_dead_lettered() {{
-        let mut d = TestDriver::new({ty}).expect("valid topology");
-        d.pipe_raw("{first_topic}", Some(b"a"), Some(b"not avro"), 1).expect("continues");
-        assert_eq!(d.dead_letters()[0].kind, FailureKind::Undecodable);
-        assert!(d.read_output::<{record}>(OUTPUT).is_empty());
-    }}
-}}
-"##,
+{tests}"##,
         inputs_list = inputs
             .iter()
             .map(|i| format!("`{}`", i.topic))
@@ -326,4 +293,32 @@ mod tests {{
         (format!("processors/{name}/src/lib.rs"), lib),
         (format!("schemas/avro/{out}.avsc"), schema + "\n"),
     ]
+}
+
+/// The generated crate's test module: an example value of the first input, the template's
+/// own test (`behaviour`), and the dead-letter test both templates share.
+fn test_module(ty: &str, first: &Input, output_type: &str, behaviour: &str) -> String {
+    let (first_topic, first_type) = (&first.topic, first.rust_type);
+    let example_json = serde_json::to_string(&first.example).unwrap_or_default();
+    format!(
+        r##"#[cfg(test)]
+mod tests {{
+    use super::*;
+    use switchyard_pipeline::{{FailureKind, TestDriver}};
+
+    fn example() -> {first_type} {{
+        serde_json::from_str(r#"{example_json}"#).expect("an example {first_type}")
+    }}
+
+{behaviour}
+    #[test]
+    fn an_undecodable_record_is_dead_lettered() {{
+        let mut d = TestDriver::new({ty}).expect("valid topology");
+        d.pipe_raw("{first_topic}", Some(b"a"), Some(b"not avro"), 1).expect("continues");
+        assert_eq!(d.dead_letters()[0].kind, FailureKind::Undecodable);
+        assert!(d.read_output::<{output_type}>(OUTPUT).is_empty());
+    }}
+}}
+"##
+    )
 }

@@ -69,11 +69,7 @@ fn pass_through(args: &ProcessorArgs, inputs: &[Input]) -> Vec<(String, String)>
         .map(|i| format!("{:?}", i.topic))
         .collect::<Vec<_>>()
         .join(", ");
-    let inputs_list = inputs
-        .iter()
-        .map(|i| format!("`{}`", i.topic))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let inputs_list = inputs_list(inputs);
     let behaviour = format!(
         r##"    #[test]
     fn forwards_every_record_unchanged() {{
@@ -280,11 +276,7 @@ impl Processor for {ty} {{
 }}
 
 {tests}"##,
-        inputs_list = inputs
-            .iter()
-            .map(|i| format!("`{}`", i.topic))
-            .collect::<Vec<_>>()
-            .join(", "),
+        inputs_list = inputs_list(inputs),
         types = types.join(", "),
     );
     vec![
@@ -293,6 +285,15 @@ impl Processor for {ty} {{
         (format!("processors/{name}/src/lib.rs"), lib),
         (format!("schemas/avro/{out}.avsc"), schema + "\n"),
     ]
+}
+
+/// The input topics as the generated docs name them: `imu`, `iot-status`.
+fn inputs_list(inputs: &[Input]) -> String {
+    inputs
+        .iter()
+        .map(|i| format!("`{}`", i.topic))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The generated crate's test module: an example value of the first input, the template's

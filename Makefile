@@ -59,6 +59,7 @@ bench: deps
 	./target/release/switchyard-bench roundtrip
 	./target/release/switchyard-bench memory
 	./target/release/switchyard-bench scale
+	./target/release/switchyard-bench fetch-cost
 	./target/release/switchyard-bench idle
 	./target/release/switchyard-bench burst
 	./target/release/switchyard-bench registry

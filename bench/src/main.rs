@@ -2,6 +2,7 @@
 //! run on the same broker, written to `results/bench.md` and `results/bench.json`.
 
 mod burst_bench;
+mod fetch_cost_bench;
 mod gateway_bench;
 mod idle_bench;
 mod pipeline_bench;
@@ -105,6 +106,12 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         versions: usize,
     },
+    /// What one idle consumer costs the broker and what a hop through it takes, by fetch wait.
+    FetchCost {
+        /// Seconds tansu's CPU is read per set-up.
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+    },
     /// What `make up` with only its simulated modems costs the broker, and from which client.
     Idle {
         #[arg(long, default_value_t = 5)]
@@ -121,6 +128,13 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.bench {
+        Bench::FetchCost { seconds } => {
+            let report = runtime.block_on(fetch_cost_bench::run(
+                std::time::Duration::from_secs(seconds),
+            ))?;
+            report.write(&cli.out)?;
+            println!("{}", report.markdown);
+        }
         Bench::Pipeline { records, rounds } => {
             let report = runtime.block_on(pipeline_bench::run(records, rounds))?;
             report.write(&cli.out)?;

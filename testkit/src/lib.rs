@@ -189,6 +189,11 @@ impl Broker {
         })
     }
 
+    /// The broker process's id (to read its CPU time from /proc).
+    pub fn pid(&self) -> u32 {
+        self.service.pid()
+    }
+
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
         self.addr.to_string()

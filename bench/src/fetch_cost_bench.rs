@@ -210,7 +210,7 @@ pub async fn run(window: Duration) -> anyhow::Result<Report> {
 
     let mut hops = String::new();
     let mut json_hops = Vec::new();
-    let mut p99_at_20 = f64::NAN;
+    let (mut alone_p99_at_20, mut second_p99_at_20) = (f64::NAN, f64::NAN);
     for (wait, follow_up) in [10u64, 20, 50]
         .into_iter()
         .flat_map(|w| [(w, false), (w, true)])
@@ -225,8 +225,10 @@ pub async fn run(window: Duration) -> anyhow::Result<Report> {
         );
         let record = if follow_up { "second of two" } else { "alone" };
         eprintln!("fetch-cost: hop at {wait} ms, {record}: p50 {p50:.0} max {max:.0}");
-        if wait == 20 && follow_up {
-            p99_at_20 = p99;
+        match (wait, follow_up) {
+            (20, false) => alone_p99_at_20 = p99,
+            (20, true) => second_p99_at_20 = p99,
+            _ => {}
         }
         hops.push_str(&format!(
             "| {wait} ms | {record} | {} | {min:.0} | {p50:.0} | {p99:.0} | {max:.0} |\n",
@@ -244,8 +246,7 @@ pub async fn run(window: Duration) -> anyhow::Result<Report> {
              | no consumer | 0 | {idle:.1}% |\n{rows}\n\
              One hop, by the consumer's fetch wait: a record produced (linger 0) at uneven moments, 60 times, until the consumer has it. Alone, it is found by the read that ends an empty fetch: at most one wait. As the second of two records 5 ms apart, it usually lands while the broker holds the fetch whose first read found the first record for the full wait, and is found by the next fetch's first read, which is held a full wait too: up to two waits. A switch's records come in such trains (the gateway's `sent`, then the ACK).\n\n\
              | fetch wait | record | records | min ms | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|---|\n{hops}\n\
-             What follows for `make up`: the carrier switch round trip crosses three consumers in series (gateway on `downstream-request`, carrier-state on `carrier-switch-ack`, the API on `carrier-state`), so at 20 ms waits three such hops' p99 add up to {three_p99:.0} ms before the modem, the SIM and three produce acknowledgements, and those three idle consumers alone cost tansu {three_hops_cpu:.0}% of a core. A p99 under 100 ms needs shorter waits on all three, which cost more; an idle stack under 25% of a core needs longer ones. On this broker the two targets exclude each other.\n",
-            three_p99 = 3.0 * p99_at_20,
+             What follows for `make up`: the carrier switch round trip crosses three consumers in series (gateway on `downstream-request`, carrier-state on `carrier-switch-ack`, the API on `carrier-state`), so at 20 ms waits each of the three hops takes up to {alone_p99_at_20:.0} ms for a lone record and {second_p99_at_20:.0} ms for the second of a train, before the modem, the SIM and three produce acknowledgements; and those three idle consumers alone cost tansu {three_hops_cpu:.0}% of a core. A p99 under 100 ms needs shorter waits on all three, which cost more; an idle stack under 25% of a core needs longer ones. On this broker the two targets exclude each other.\n",
         ),
         json: json!({ "idle_tansu_cpu_percent": idle, "setups": json_rows, "hops": json_hops }),
     })

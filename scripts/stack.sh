@@ -57,6 +57,14 @@ fetch_wait_of() {
     *) echo "${SWITCHYARD_FETCH_WAIT_MS:-20}" ;;
   esac
 }
+# carrier-state sends its outputs at once (linger 0): an operator waits on them and there
+# are a few per switch. The others let the producer fill batches for 5 ms.
+linger_of() {
+  case "$1" in
+    carrier-state) echo 0 ;;
+    *) echo 5 ;;
+  esac
+}
 # One partition per topic (the catalog says 3): this stack runs one instance of each service,
 # so more partitions add no parallelism, and each one adds to tansu's work per fetch of
 # every consumer. Topics created by an earlier `make up` keep their partitions.
@@ -155,7 +163,8 @@ up() {
     name=${p%%=*} port=${p##*=}
     say "processor $name"
     start "$name" "$port" "$RUN" env SWITCHYARD_METRICS_LISTEN="$BROKER_HOST:$port" \
-      SWITCHYARD_FETCH_WAIT_MS="$(fetch_wait_of "$name")" RUST_LOG="${RUST_LOG:-info,librdkafka=warn,rdkafka=warn}" "$BIN/$name"
+      SWITCHYARD_FETCH_WAIT_MS="$(fetch_wait_of "$name")" SWITCHYARD_LINGER_MS="$(linger_of "$name")" \
+      RUST_LOG="${RUST_LOG:-info,librdkafka=warn,rdkafka=warn}" "$BIN/$name"
   done
   for p in "${PROCESSORS[@]}"; do
     name=${p%%=*} port=${p##*=}

@@ -207,6 +207,8 @@ pub async fn run(config: ApiConfig, shutdown: impl Future<Output = ()>) -> anyho
 
     let producer: FutureProducer = clients::producer_config(&config.endpoints.bootstrap_servers)
         .set("message.timeout.ms", config.produce_timeout_ms.to_string())
+        // One record per operator action: nothing to batch, and the switch waits on it.
+        .set("linger.ms", "0")
         .create()
         .context("creating the producer")?;
     let (changes, _) = broadcast::channel(1024);

@@ -92,7 +92,7 @@ pub(crate) fn output_producer(
         // No local timeout: librdkafka retries retriable errors for as long as it takes (in
         // order); consumption pauses at the in-flight bounds meanwhile.
         .set("message.timeout.ms", "0")
-        .set("linger.ms", "5")
+        .set("linger.ms", config.linger_ms.to_string())
         .set("statistics.interval.ms", "5000")
         .set("queue.buffering.max.messages", "1000000");
     if let Some(id) = transactional_id {

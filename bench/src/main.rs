@@ -63,6 +63,8 @@ enum Bench {
     Processor {
         #[arg(long, default_value_t = 100_000)]
         records: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// Sensor sample -> imu-grafana latency at a fixed load from a modem fleet.
     Latency {
@@ -164,7 +166,9 @@ fn main() -> anyhow::Result<()> {
             report.write(&cli.out)?;
             println!("{}", report.markdown);
         }
-        Bench::Processor { records } => emit(&cli.out, system_bench::processor(records)?)?,
+        Bench::Processor { records, rounds } => {
+            emit(&cli.out, system_bench::processor(records, rounds)?)?
+        }
         Bench::Latency {
             modems,
             rates,

@@ -90,7 +90,8 @@ fn time_output(bootstrap: &str, topic: &str, base: i64, records: i64) -> anyhow:
     }
 }
 
-/// The raw baseline: consume `imu`, produce the same bytes to `imu-raw-copy`, commit after acks.
+/// The raw baseline: consume `imu` (resuming its group), produce the same bytes to
+/// `imu-raw-copy`, commit after acks; stops after `records`.
 fn raw_copy(bootstrap: &str, records: usize) -> anyhow::Result<()> {
     tokio::runtime::Runtime::new()?.block_on(crate::pipeline_bench::raw_loop(
         bootstrap.to_string(),
@@ -101,7 +102,10 @@ fn raw_copy(bootstrap: &str, records: usize) -> anyhow::Result<()> {
     ))
 }
 
-pub fn processor(records: usize) -> anyhow::Result<Report> {
+/// grafana-projector against the raw loop, `rounds` times alternating on one broker: each
+/// round appends `records` readings to `imu`, the raw loop copies them, then the projector
+/// (started afresh, resuming its group; stopped with SIGTERM so it commits) projects them.
+pub fn processor(records: usize, rounds: usize) -> anyhow::Result<Report> {
     let stack = Stack::start()?;
     let bootstrap = stack.broker.bootstrap();
     let admin_runtime = tokio::runtime::Runtime::new()?;
@@ -120,35 +124,77 @@ pub fn processor(records: usize) -> anyhow::Result<Report> {
         }
         anyhow::Ok(())
     })?;
-    eprintln!("producing {records} readings to imu");
-    stack.produce("imu", &readings(records, 500, now_us()))?;
+    let probe: BaseConsumer = clients::admin_config(&bootstrap).create()?;
+    let (mut raw_rates, mut projector_rates, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cpu_us_per_record = Vec::new();
+    for round in 1..=rounds {
+        eprintln!("round {round}: producing {records} readings to imu");
+        stack.produce("imu", &readings(records, 500, now_us()))?;
 
-    let raw_bootstrap = bootstrap.clone();
-    let raw = std::thread::spawn(move || raw_copy(&raw_bootstrap, records));
-    let raw_rate = time_output(&bootstrap, "imu-raw-copy", 0, records as i64)?;
-    raw.join()
-        .map_err(|_| anyhow::anyhow!("raw loop panicked"))??;
-    eprintln!("raw consume→produce: {raw_rate:.0} records/s");
+        let base = watermark_sum(&probe, "imu-raw-copy")?;
+        let raw_bootstrap = bootstrap.clone();
+        let raw = std::thread::spawn(move || raw_copy(&raw_bootstrap, records));
+        let raw_rate = time_output(&bootstrap, "imu-raw-copy", base, records as i64)?;
+        raw.join()
+            .map_err(|_| anyhow::anyhow!("raw loop panicked"))??;
+        eprintln!("round {round}: raw consume→produce {raw_rate:.0} records/s");
 
-    let (projector, _) = stack.start_processor("grafana-projector", "bench-projector", &[])?;
-    let projector_rate = time_output(&bootstrap, "imu-grafana", 0, records as i64)?;
-    let rss = rss_mib(projector.pid());
-    eprintln!("grafana-projector: {projector_rate:.0} records/s, RSS {rss:.0} MiB");
-    let ratio = projector_rate / raw_rate;
+        let base = watermark_sum(&probe, "imu-grafana")?;
+        let (mut projector, _) =
+            stack.start_processor("grafana-projector", "bench-projector", &[])?;
+        let projector_rate = time_output(&bootstrap, "imu-grafana", base, records as i64)?;
+        rss.push(rss_mib(projector.pid()));
+        // All its CPU since it started (start-up included: a few ms), per record.
+        let cpu = crate::idle_bench::cpu_seconds(projector.pid())?;
+        cpu_us_per_record.push(cpu / records as f64 * 1e6);
+        projector.terminate(Duration::from_secs(30))?;
+        eprintln!("round {round}: grafana-projector {projector_rate:.0} records/s");
+        raw_rates.push(raw_rate);
+        projector_rates.push(projector_rate);
+    }
+    let ratios: Vec<f64> = projector_rates
+        .iter()
+        .zip(&raw_rates)
+        .map(|(p, r)| p / r)
+        .collect();
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let ratio = median(&ratios);
+    let verdict = if ratio >= 0.90 { "meets" } else { "misses" };
+    let list = |v: &[f64], f: &dyn Fn(f64) -> String| {
+        v.iter().map(|x| f(*x)).collect::<Vec<_>>().join(", ")
+    };
+    let rate = |x: f64| format!("{x:.0}");
+    let percent = |x: f64| format!("{:.0}%", x * 100.0);
+    let max_rss = rss.iter().copied().fold(0.0, f64::max);
     Ok(Report {
         name: "processor",
         markdown: format!(
             "## Processor: grafana-projector vs raw rdkafka consume→produce\n\n\
-             {records} readings pre-filled on `imu` (500 modems). The raw loop copies bytes to another topic with the same guarantees (acks=all, idempotent, commit after acks); grafana-projector (the release binary) decodes each reading, drops the timestamp, re-encodes it with the `-grafana` schema and sets the record time. Rate from the first output record to the last.\n\n\
-             | | records/s |\n|---|---|\n\
-             | raw rdkafka consume→produce | {raw_rate:.0} |\n\
-             | grafana-projector | {projector_rate:.0} (RSS {rss:.0} MiB) |\n\
-             | **projector / raw** | **{:.0}%** |\n",
-            ratio * 100.0
+             {rounds} rounds on one broker; each appends {records} readings to `imu` (500 modems), then the raw loop copies them as bytes to another topic with the same guarantees (acks=all, idempotent, commit after acks), then grafana-projector (the release binary, started afresh and resuming its group) decodes each reading, drops the timestamp, re-encodes it with the `-grafana` schema and sets the record time. Each rate is from the first output record to the last.\n\n\
+             | | records/s (median) | by round |\n|---|---|---|\n\
+             | raw rdkafka consume→produce | {} | {} |\n\
+             | grafana-projector (RSS up to {max_rss:.0} MiB) | {} | {} |\n\
+             | **projector / raw** | **{}** | {} (target ≥ 90%: {verdict}) |\n\
+             | grafana-projector's CPU per record (µs, start-up included) | {:.1} | {} |\n",
+            rate(median(&raw_rates)),
+            list(&raw_rates, &rate),
+            rate(median(&projector_rates)),
+            list(&projector_rates, &rate),
+            percent(ratio),
+            list(&ratios, &percent),
+            median(&cpu_us_per_record),
+            list(&cpu_us_per_record, &|x| format!("{x:.1}")),
         ),
-        json: json!({ "records": records, "raw_records_per_second": raw_rate,
-                      "projector_records_per_second": projector_rate, "ratio": ratio,
-                      "projector_rss_mib": rss }),
+        json: json!({ "records_per_round": records, "rounds": rounds,
+                      "raw_records_per_second": raw_rates,
+                      "projector_records_per_second": projector_rates,
+                      "ratios_by_round": ratios, "ratio": ratio, "target_ratio": 0.90,
+                      "projector_rss_mib": rss,
+                      "projector_cpu_us_per_record": cpu_us_per_record }),
     })
 }
 
@@ -162,6 +208,8 @@ struct LatencyRun {
     raw: (usize, f64, f64, f64),
     projected: (usize, f64, f64, f64),
     hop: (usize, f64, f64, f64),
+    /// Each process's CPU over the measured window, % of one core (the machine has 200).
+    cpu: Vec<(&'static str, f64)>,
 }
 
 fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result<LatencyRun> {
@@ -169,7 +217,7 @@ fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
     let bootstrap = stack.broker.bootstrap();
     let gateway = stack.start_gateway(&[("RUST_LOG", "warn".into())])?;
     let udp = gateway.udp;
-    let (_projector, _) = stack.start_processor(
+    let (projector, _) = stack.start_processor(
         "grafana-projector",
         "bench-projector",
         &[("RUST_LOG", "warn".into())],
@@ -187,7 +235,14 @@ fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
         "--duration-secs",
         &(seconds + 10).to_string(),
     ]);
-    let _fleet = Service::spawn("bench-fleet", fleet, stack.broker.data_dir())?;
+    let fleet = Service::spawn("bench-fleet", fleet, stack.broker.data_dir())?;
+    let processes = [
+        ("tansu", stack.broker.pid()),
+        ("gateway", gateway.service.pid()),
+        ("grafana-projector", projector.pid()),
+        ("modem fleet", fleet.pid()),
+        ("bench probe", std::process::id()),
+    ];
 
     // Read `imu` and `imu-grafana` as they are written, in one consumer: latency = arrival at
     // this consumer - sensor time (in the reading on `imu`; the record time on
@@ -211,7 +266,11 @@ fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
     let mut raw = Vec::new();
     let mut arrived_raw: std::collections::HashMap<(Vec<u8>, i64), i64> = Default::default();
     let mut hops = Vec::new();
+    let mut cpu_at_warm: Option<Vec<f64>> = None;
     while Instant::now() < end {
+        if cpu_at_warm.is_none() && Instant::now() >= warm_until {
+            cpu_at_warm = Some(cpu_of(&processes)?);
+        }
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
@@ -241,6 +300,13 @@ fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
             }
         }
     }
+    let window = Instant::now() - warm_until;
+    let cpu = cpu_of(&processes)?
+        .iter()
+        .zip(cpu_at_warm.unwrap_or_default())
+        .zip(processes)
+        .map(|((end, start), (name, _))| (name, (end - start) / window.as_secs_f64() * 100.0))
+        .collect();
     let row = |samples: &mut Vec<f64>| {
         samples.sort_by(|a, b| a.total_cmp(b));
         (
@@ -255,12 +321,21 @@ fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
         raw: row(&mut raw),
         projected: row(&mut projected),
         hop: row(&mut hops),
+        cpu,
     };
     eprintln!(
         "latency at {}/s: imu p50 {} p99 {}; imu-grafana p50 {} p99 {}; projector hop p50 {} p99 {} ({} matched)",
         run.offered, run.raw.1, run.raw.2, run.projected.1, run.projected.2, run.hop.1, run.hop.2, run.hop.0
     );
     Ok(run)
+}
+
+/// CPU seconds used so far by each process.
+fn cpu_of(processes: &[(&str, u32)]) -> anyhow::Result<Vec<f64>> {
+    processes
+        .iter()
+        .map(|(_, pid)| crate::idle_bench::cpu_seconds(*pid))
+        .collect()
 }
 
 /// Sensor -> `imu` -> `imu-grafana` latency at each offered rate (readings/s per modem), each
@@ -292,13 +367,32 @@ pub fn latency(modems: u64, rates_per_modem: &[f64], seconds: u64) -> anyhow::Re
             "imu": {"records": run.raw.0, "p50_ms": run.raw.1, "p99_ms": run.raw.2, "p999_ms": run.raw.3},
             "imu_grafana": {"records": run.projected.0, "p50_ms": run.projected.1, "p99_ms": run.projected.2, "p999_ms": run.projected.3},
             "hop": {"records": run.hop.0, "p50_ms": run.hop.1, "p99_ms": run.hop.2, "p999_ms": run.hop.3},
+            "cpu_percent_of_one_core": run.cpu.iter().map(|(n, c)| (n.to_string(), json!(c))).collect::<serde_json::Map<_, _>>(),
         }));
+    }
+    let mut cpu_table = String::from("| readings/s offered |");
+    for (name, _) in runs.first().map(|r| r.cpu.as_slice()).unwrap_or_default() {
+        cpu_table.push_str(&format!(" {name} |"));
+    }
+    cpu_table.push_str(" all |\n|---|");
+    for _ in 0..=runs.first().map_or(0, |r| r.cpu.len()) {
+        cpu_table.push_str("---|");
+    }
+    cpu_table.push('\n');
+    for run in &runs {
+        cpu_table.push_str(&format!("| {:.0} |", run.offered));
+        for (_, c) in &run.cpu {
+            cpu_table.push_str(&format!(" {c:.0}% |"));
+        }
+        let all: f64 = run.cpu.iter().map(|(_, c)| c).sum();
+        cpu_table.push_str(&format!(" {all:.0}% |\n"));
     }
     Ok(Report {
         name: "latency",
         markdown: format!(
             "## End-to-end latency: sensor sample → `imu` → `imu-grafana`\n\n\
-             {modems} simulated modems (in-process SIMs, one UDP socket each) at each offered rate, through the gateway, `imu`, grafana-projector and `imu-grafana` (three partitions each, the catalog's), measured for {seconds} s after a 5 s warm-up by one probe consumer of both topics (fetch wait {probe_wait} ms): arrival at the probe minus sensor time (millisecond resolution). The projector's hop is, per reading, its arrival on `imu-grafana` minus its arrival on `imu`; its target is at most twice its fetch wait ({fetch_wait} ms) plus 10 ms at p99. Each rate on a fresh stack.\n\n{table}"
+             {modems} simulated modems (in-process SIMs, one UDP socket each) at each offered rate, through the gateway, `imu`, grafana-projector and `imu-grafana` (three partitions each, the catalog's), measured for {seconds} s after a 5 s warm-up by one probe consumer of both topics (fetch wait {probe_wait} ms): arrival at the probe minus sensor time (millisecond resolution). The projector's hop is, per reading, its arrival on `imu-grafana` minus its arrival on `imu`; its target is at most twice its fetch wait ({fetch_wait} ms) plus 10 ms at p99. Each rate on a fresh stack.\n\n{table}\n\
+             Where the CPU went over the measured window, % of one core (the machine has two: 200% is all of it):\n\n{cpu_table}"
         ),
         json: json!({ "modems": modems, "probe_fetch_wait_ms": probe_wait, "runs": json_runs }),
     })

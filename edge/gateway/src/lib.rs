@@ -40,6 +40,7 @@ pub mod request_offsets;
 pub mod restore;
 mod send;
 mod service;
+mod session_table;
 pub mod sessions;
 pub mod socket_drops;
 pub mod uplink;

@@ -5,28 +5,30 @@
 //! volume grows with the number of modems, not with their reading rate. A restarted gateway
 //! reads the topic back and takes the sessions it held.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use switchyard_schemas::records::{DeviceSession, SessionProtocol};
 
-/// One modem's session, as held in memory (the modem id is the map key).
+use crate::session_table::SessionTable;
+
+/// One modem's session, as the logic sees it (the modem id is the table's key; the table
+/// stores it packed).
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Session {
-    address: SocketAddr,
-    protocol: SessionProtocol,
-    authenticated: bool,
-    first_seen: i64,
-    last_seen: i64,
+pub(crate) struct Session {
+    pub address: SocketAddr,
+    pub protocol: SessionProtocol,
+    pub authenticated: bool,
+    pub first_seen: i64,
+    pub last_seen: i64,
     /// `last_seen` of the last record written: the heartbeat runs from here.
-    written: i64,
-    address_changes: i64,
+    pub written: i64,
+    pub address_changes: i64,
     /// Arrival minus sensor time of the readings, smoothed (µs); None before a reading.
-    clock_offset_us: Option<i64>,
+    pub clock_offset_us: Option<i64>,
     /// Highest authenticated envelope sequence number accepted (0: none), and the one the
     /// last record written carried.
-    sequence: u32,
-    sequence_written: u32,
+    pub sequence: u32,
+    pub sequence_written: u32,
 }
 
 /// One accepted packet, as far as its modem's session is concerned.
@@ -56,7 +58,7 @@ pub struct Sessions {
     heartbeat_us: i64,
     /// By modem id: the protocol's u64, 8 bytes in the map instead of a string's 24 and its
     /// allocation (modem ids are formatted from u64s; a string that is not one has no session).
-    by_modem: HashMap<u64, Session>,
+    by_modem: SessionTable,
 }
 
 fn key(modem_id: &str) -> Option<u64> {
@@ -70,7 +72,7 @@ impl Sessions {
         Sessions {
             instance: instance.to_string(),
             heartbeat_us,
-            by_modem: HashMap::new(),
+            by_modem: SessionTable::default(),
         }
     }
 
@@ -89,7 +91,7 @@ impl Sessions {
         let sample = sensor_time_us.map(|t| now_us.saturating_sub(t));
         let sequence = sequence.unwrap_or(0);
         let id = key(modem_id)?;
-        let Some(session) = self.by_modem.get_mut(&id) else {
+        let Some(mut session) = self.by_modem.get(id) else {
             let session = Session {
                 address,
                 protocol,
@@ -105,6 +107,26 @@ impl Sessions {
             self.by_modem.insert(id, session);
             return Some(self.record(modem_id, &session));
         };
+        let record = Self::observe_known(&mut session, heard, sample, self.heartbeat_us);
+        self.by_modem.insert(id, session);
+        record.then(|| self.record(modem_id, &session))
+    }
+
+    /// `observe` for a modem already held: updates `session`, says whether a record is due.
+    fn observe_known(
+        session: &mut Session,
+        heard: Heard,
+        sample: Option<i64>,
+        heartbeat_us: i64,
+    ) -> bool {
+        let Heard {
+            address,
+            protocol,
+            authenticated,
+            at_us: now_us,
+            ..
+        } = heard;
+        let sequence = heard.sequence.unwrap_or(0);
         if let Some(sample) = sample {
             session.clock_offset_us = Some(match session.clock_offset_us {
                 Some(smoothed) => smoothed + (sample - smoothed) / CLOCK_SMOOTHING,
@@ -122,13 +144,12 @@ impl Sessions {
         session.protocol = protocol;
         session.authenticated = authenticated;
         session.sequence = session.sequence.max(sequence);
-        if !changed && session.last_seen - session.written < self.heartbeat_us {
-            return None;
+        if !changed && session.last_seen - session.written < heartbeat_us {
+            return false;
         }
         session.written = session.last_seen;
         session.sequence_written = session.sequence;
-        let session = *session;
-        Some(self.record(modem_id, &session))
+        true
     }
 
     /// Take a session read back from the topic, if this instance held it and it is newer
@@ -143,9 +164,9 @@ impl Sessions {
         let Some(id) = key(&record.modem_id) else {
             return false;
         };
-        match self.by_modem.get(&id) {
+        match self.by_modem.get(id) {
             Some(mine) if mine.last_seen <= record.last_seen => {
-                self.by_modem.remove(&id);
+                self.by_modem.remove(id);
                 true
             }
             _ => false,
@@ -158,7 +179,7 @@ impl Sessions {
         };
         if record.gateway != self.instance {
             // Another instance heard the modem later: its NAT mapping points there now.
-            self.by_modem.remove(&id);
+            self.by_modem.remove(id);
             return false;
         }
         let Ok(address) = record.address.parse() else {
@@ -166,7 +187,7 @@ impl Sessions {
         };
         if self
             .by_modem
-            .get(&id)
+            .get(id)
             .is_some_and(|s| s.last_seen > record.last_seen)
         {
             return false;
@@ -193,30 +214,33 @@ impl Sessions {
     /// marked written: what a stopping gateway writes so that its successor refuses every
     /// packet it accepted.
     pub fn unwritten_sequences(&mut self) -> Vec<DeviceSession> {
-        let mut records = Vec::new();
-        for (modem_id, s) in &mut self.by_modem {
-            if s.sequence != s.sequence_written {
-                s.sequence_written = s.sequence;
-                records.push((*modem_id, *s));
-            }
-        }
-        records
+        let moved: Vec<(u64, Session)> = self
+            .by_modem
+            .ids()
+            .filter_map(|id| Some((id, self.by_modem.get(id)?)))
+            .filter(|(_, s)| s.sequence != s.sequence_written)
+            .collect();
+        moved
             .into_iter()
-            .map(|(modem_id, s)| self.record(&modem_id.to_string(), &s))
+            .map(|(modem_id, mut s)| {
+                s.sequence_written = s.sequence;
+                self.by_modem.insert(modem_id, s);
+                self.record(&modem_id.to_string(), &s)
+            })
             .collect()
     }
 
     /// The sequence numbers the held sessions were restored with, by modem.
     pub fn sequences(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
         self.by_modem
-            .iter()
-            .filter(|(_, s)| s.sequence > 0)
-            .map(|(m, s)| (*m, s.sequence))
+            .ids()
+            .filter_map(|id| Some((id, self.by_modem.get(id)?.sequence)))
+            .filter(|(_, sequence)| *sequence > 0)
     }
 
     /// Where `modem_id`'s downlink goes.
     pub fn address(&self, modem_id: &str) -> Option<SocketAddr> {
-        self.by_modem.get(&key(modem_id)?).map(|s| s.address)
+        self.by_modem.get(key(modem_id)?).map(|s| s.address)
     }
 
     pub fn len(&self) -> usize {
@@ -224,7 +248,7 @@ impl Sessions {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_modem.is_empty()
+        self.by_modem.len() == 0
     }
 
     fn record(&self, modem_id: &str, s: &Session) -> DeviceSession {

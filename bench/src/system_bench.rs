@@ -708,18 +708,26 @@ fn detector_with(devices: usize, per_device: usize) -> anyhow::Result<(f64, f64,
     Ok((t0.elapsed().as_secs_f64(), before, rss_mib(detector.pid())))
 }
 
+/// Datagrams per second in the memory bench's waves.
+const MEMORY_PACE: u64 = 5_000;
+
 /// The gateway's memory with `modems` new modems in two equal waves (one enveloped status
 /// packet each): RSS idle, after the first wave and after the second. The first figure per
 /// modem, (after − idle) / modems, also holds what the run leaves behind whatever the fleet
 /// (librdkafka's buffers at the producer's peak, memory the allocator keeps); the second,
 /// (after the second wave − after the first) / (modems / 2), is what one more modem costs.
+///
+/// Sent at [`MEMORY_PACE`], which the broker keeps up with, so the producer's queue stays
+/// short and RSS shows what the modems cost rather than the queue's peak (at 20,000/s the
+/// queue grew by tens of MB, and what the allocator kept of it moved the per-modem figure
+/// by hundreds of bytes from run to run).
 fn gateway_waves(stack: &Stack, modems: u64) -> anyhow::Result<[f64; 3]> {
     let (gateway, udp, metrics, idle) = quiet_gateway(stack)?;
     let half = modems / 2;
     let mut after = Vec::new();
     for wave in [0..half, half..modems] {
         let packets: Vec<Vec<u8>> = wave.map(|m| status_packet(1_000_000 + m, 1)).collect();
-        let (_, last) = send_paced(udp, &packets, 20_000)?;
+        let (_, last) = send_paced(udp, &packets, MEMORY_PACE)?;
         settle(|| gateway_counts(metrics).0, last)?;
         // Let the heartbeat-free gateway go quiet, so both readings see the same state.
         std::thread::sleep(Duration::from_secs(2));
@@ -750,7 +758,7 @@ pub fn memory(modems: u64) -> anyhow::Result<Report> {
         markdown: format!(
             "## Memory\n\n\
              | | idle RSS | RSS after | per modem/device |\n|---|---|---|---|\n\
-             | gateway, {modems} modems in the address book (one enveloped status packet each) | {before:.0} MiB | {after:.0} MiB | {gateway_per_modem:.0} bytes |\n\
+             | gateway, {modems} modems in the address book (one enveloped status packet each, {MEMORY_PACE}/s) | {before:.0} MiB | {after:.0} MiB | {gateway_per_modem:.0} bytes |\n\
              | gateway, the second {half} of them (RSS {first:.1} → {after:.1} MiB) | | | {gateway_marginal:.0} bytes |\n\
              | anomaly-detector, {modems} devices in its state (one reading each) | {dbefore:.0} MiB | {dafter:.0} MiB | {detector_per_device:.0} bytes |\n\n\
              The first gateway row divides everything the run added by the fleet, including what \

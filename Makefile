@@ -60,7 +60,7 @@ bench: deps
 	./target/release/switchyard-bench processor --records $(PROCESSOR_RECORDS)
 	./target/release/switchyard-bench latency
 	./target/release/switchyard-bench roundtrip
-	./target/release/switchyard-bench memory
+	./target/release/switchyard-bench memory --modems 1000000
 	./target/release/switchyard-bench scale
 	./target/release/switchyard-bench fetch-cost
 	./target/release/switchyard-bench idle

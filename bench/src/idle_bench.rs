@@ -12,8 +12,28 @@ use crate::Report;
 
 /// CPU seconds (user + system) `pid` has used so far.
 pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    cpu_seconds_of(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU seconds used so far by those of `pid`'s threads whose name starts with `prefix`
+/// (librdkafka names its broker threads `rdk:broker…`).
+pub(crate) fn threads_cpu_seconds(pid: u32, prefix: &str) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    let tasks = format!("/proc/{pid}/task");
+    for task in std::fs::read_dir(&tasks).with_context(|| format!("listing {tasks}"))? {
+        let dir = task?.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if name.starts_with(prefix) {
+            // A thread that ended between the listing and this read adds nothing.
+            total += cpu_seconds_of(&dir.join("stat").to_string_lossy()).unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
+/// CPU seconds (user + system) in a `/proc/…/stat` file (a process's or a thread's).
+fn cpu_seconds_of(path: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // Fields after the command name (which may hold spaces) start at the state, field 3;
     // utime and stime are fields 14 and 15.
     let rest = stat.rsplit(')').next().unwrap_or_default();

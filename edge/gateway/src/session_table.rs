@@ -44,7 +44,17 @@ pub(crate) struct SessionTable {
 
 impl SessionTable {
     pub fn get(&self, id: u64) -> Option<Session> {
-        let p = self.by_modem.get(&id)?;
+        self.unpack(id, self.by_modem.get(&id)?)
+    }
+
+    /// Every session held, unpacked.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Session)> + '_ {
+        self.by_modem
+            .iter()
+            .filter_map(|(id, p)| Some((*id, self.unpack(*id, p)?)))
+    }
+
+    fn unpack(&self, id: u64, p: &Packed) -> Option<Session> {
         let address = if p.flags & IPV6 != 0 {
             SocketAddr::V6(*self.v6.get(&id)?)
         } else {
@@ -70,7 +80,10 @@ impl SessionTable {
         let mut flags = if s.authenticated { AUTHENTICATED } else { 0 };
         let (ipv4, port) = match s.address {
             SocketAddr::V4(a) => {
-                self.v6.remove(&id);
+                // Every packet stores its session: skip the lookup while no modem is on IPv6.
+                if !self.v6.is_empty() {
+                    self.v6.remove(&id);
+                }
                 (u32::from(*a.ip()), a.port())
             }
             SocketAddr::V6(a) => {
@@ -101,10 +114,6 @@ impl SessionTable {
     pub fn remove(&mut self, id: u64) {
         self.by_modem.remove(&id);
         self.v6.remove(&id);
-    }
-
-    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.by_modem.keys().copied()
     }
 
     pub fn len(&self) -> usize {

@@ -216,8 +216,7 @@ impl Sessions {
     pub fn unwritten_sequences(&mut self) -> Vec<DeviceSession> {
         let moved: Vec<(u64, Session)> = self
             .by_modem
-            .ids()
-            .filter_map(|id| Some((id, self.by_modem.get(id)?)))
+            .iter()
             .filter(|(_, s)| s.sequence != s.sequence_written)
             .collect();
         moved
@@ -233,8 +232,8 @@ impl Sessions {
     /// The sequence numbers the held sessions were restored with, by modem.
     pub fn sequences(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
         self.by_modem
-            .ids()
-            .filter_map(|id| Some((id, self.by_modem.get(id)?.sequence)))
+            .iter()
+            .map(|(id, s)| (id, s.sequence))
             .filter(|(_, sequence)| *sequence > 0)
     }
 

@@ -481,20 +481,16 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
     ratios.sort_by(|a, b| a.total_cmp(b));
     let ratio = ratios[ratios.len() / 2];
     let verdict = if ratio >= 0.85 { "meets" } else { "misses" };
-    let cost_list = costs
-        .iter()
-        .map(|c| format!("{:.1}", c.micros_per_datagram))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let split_list = |part: &dyn Fn(&Cost) -> f64| {
+    let cost_list_of = |part: &dyn Fn(&Cost) -> f64| {
         costs
             .iter()
             .map(|c| format!("{:.1}", part(c)))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let broker_threads_list = split_list(&|c| c.broker_threads_micros_per_datagram);
-    let rest_list = split_list(&|c| c.micros_per_datagram - c.broker_threads_micros_per_datagram);
+    let cost_list = cost_list_of(&|c| c.micros_per_datagram);
+    let broker_threads_list = cost_list_of(&|c| c.broker_threads_micros_per_datagram);
+    let rest_list = cost_list_of(&|c| c.micros_per_datagram - c.broker_threads_micros_per_datagram);
     let cost_median = {
         let mut v: Vec<f64> = costs.iter().map(|c| c.micros_per_datagram).collect();
         v.sort_by(|a, b| a.total_cmp(b));

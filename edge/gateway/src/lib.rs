@@ -24,7 +24,7 @@
 //!
 //! Layout, one job per file: `config` (flags, socket), `service` (start-up, shared state,
 //! shutdown), `receive` (uplink), `send` (downlink and its commits), `publish` (records to
-//! Kafka and their accounting), with the pure rules beside them: `uplink` (packet to
+//! Kafka and their accounting), `producer` (the broker's answers), with the pure rules beside them: `uplink` (packet to
 //! record), `downlink` (when to send, retry, give up), `sessions`, `elsewhere`,
 //! `request_offsets`, `replay`; `restore` reads sessions back and follows them,
 //! `socket_drops` reads the kernel's counters.
@@ -33,6 +33,7 @@ mod config;
 pub mod downlink;
 pub mod elsewhere;
 pub mod metrics;
+mod producer;
 mod publish;
 mod receive;
 pub mod replay;

@@ -1,17 +1,18 @@
-//! Records to Kafka: encoded with their topic's registered schema, handed to the producer,
-//! their acknowledgement awaited in the background; every record that does not make it is
-//! counted. Also the two record kinds the gateway writes about itself: rejects and
+//! Records to Kafka: encoded with their topic's registered schema and handed to the
+//! producer, whose delivery reports (`producer`) say what the broker made of them; every
+//! record that does not make it is counted. Also the two record kinds the gateway writes about itself: rejects and
 //! downlink deliveries.
 
 use std::net::SocketAddr;
 use switchyard_schemas::records::now_us;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::BaseRecord;
 use serde::Serialize;
 use switchyard_schemas::records::{DeliveryEvent, DownlinkDelivery, GatewayReject};
 use tracing::warn;
 
+use crate::producer::InFlight;
 use crate::service::{rate_limited, Gateway};
 use crate::{DELIVERY_TOPIC, REJECT_TOPIC};
 
@@ -41,8 +42,8 @@ impl Gateway {
         self.publish(REJECT_TOPIC, &source.to_string(), &record, arrived);
     }
 
-    /// Hand a record to the producer; its delivery is awaited in the background, and the
-    /// time from `started` (the datagram's arrival) to the broker's ack is observed.
+    /// Hand a record to the producer; when the broker acknowledges it, the time from
+    /// `started` (the datagram's arrival) to the ack is observed.
     pub(crate) fn publish<T: Serialize>(
         &self,
         topic: &str,
@@ -63,7 +64,7 @@ impl Gateway {
         key: &str,
         value: &T,
         started: std::time::Instant,
-        acknowledged: impl FnOnce() + Send + 'static,
+        acknowledged: impl FnOnce() + Send + Sync + 'static,
     ) {
         let dropped = |reason: &str, detail: &dyn std::fmt::Display| {
             let c = self.metrics.dropped.with_label_values(&[topic, reason]);
@@ -79,29 +80,15 @@ impl Gateway {
             Ok(p) => p,
             Err(e) => return dropped("encode", &e),
         };
-        let record = FutureRecord::to(topic).key(key).payload(&payload);
-        match self.producer.send_result(record) {
-            Ok(delivery) => {
-                let metrics = self.metrics.clone();
-                let topic = topic.to_string();
-                tokio::spawn(async move {
-                    match delivery.await {
-                        Ok(Ok(_)) => {
-                            metrics
-                                .produce_seconds
-                                .observe(started.elapsed().as_secs_f64());
-                            acknowledged();
-                        }
-                        _ => {
-                            let c = metrics.produce_failures.with_label_values(&[&topic]);
-                            c.inc();
-                            if rate_limited(c.get()) {
-                                warn!(%topic, failures = c.get(), "record not delivered to the broker");
-                            }
-                        }
-                    }
-                });
-            }
+        let in_flight = Box::new(InFlight {
+            started,
+            acknowledged: Box::new(acknowledged),
+        });
+        let record = BaseRecord::with_opaque_to(topic, in_flight)
+            .key(key)
+            .payload(&payload);
+        match self.producer.send(record) {
+            Ok(()) => {}
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 self.metrics.backpressure.inc();
                 dropped("queue_full", &"producer buffer full (broker down?)");

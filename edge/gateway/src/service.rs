@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureProducer;
 use switchyard_kafka::{clients, TracingContext};
 use switchyard_registry_client::{RecordDecoder, RegistryClient};
 use switchyard_schemas::wire::SchemaCodec;
@@ -22,6 +21,7 @@ use crate::config::{bind_udp, GatewayConfig};
 use crate::downlink::Downlink;
 use crate::elsewhere::Elsewhere;
 use crate::metrics::GatewayMetrics;
+use crate::producer::{self, GatewayProducer};
 use crate::replay::ReplayWindow;
 use crate::request_offsets::RequestOffsets;
 use crate::restore;
@@ -34,7 +34,7 @@ pub(crate) struct Gateway {
     pub(crate) config: GatewayConfig,
     pub(crate) catalog: Catalog,
     pub(crate) socket: UdpSocket,
-    pub(crate) producer: FutureProducer,
+    pub(crate) producer: GatewayProducer,
     pub(crate) codecs: HashMap<String, (i32, Arc<SchemaCodec>)>,
     pub(crate) keys: HashMap<u64, Vec<u8>>,
     pub(crate) sessions: Mutex<Sessions>,
@@ -108,15 +108,16 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         );
     }
 
-    let producer: FutureProducer = clients::producer_config(&config.endpoints.bootstrap_servers)
+    let mut producer_settings = clients::producer_config(&config.endpoints.bootstrap_servers);
+    producer_settings
         .set("linger.ms", config.linger_ms.to_string())
         .set(
             "queue.buffering.max.messages",
             config.buffer_records.to_string(),
         )
-        .set("message.timeout.ms", "300000")
-        .create()
-        .context("creating the producer")?;
+        .set("message.timeout.ms", "300000");
+    let producer =
+        producer::create(&producer_settings, metrics.clone()).context("creating the producer")?;
     // A group of its own per instance: every gateway reads every request, and the one
     // holding the modem's session sends it (scale-out, `elsewhere`).
     let consumer: StreamConsumer<TracingContext> =
@@ -239,9 +240,8 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     retransmit.abort();
     follow.abort();
     drops.abort();
-    let producer = gateway.producer.clone();
     tokio::task::spawn_blocking(move || {
-        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10))
+        rdkafka::producer::Producer::flush(&gateway.producer, Duration::from_secs(10))
     })
     .await
     .ok();

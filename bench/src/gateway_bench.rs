@@ -300,9 +300,12 @@ struct RawLoop {
 impl RawLoop {
     fn start(runtime: &tokio::runtime::Handle, bootstrap: &str) -> anyhow::Result<RawLoop> {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        // The gateway's socket set-up, made non-blocking for the async loop.
         let socket = {
             let _guard = runtime.enter();
-            switchyard_gateway::bind_udp(addr, UDP_BUFFER)?
+            let socket = switchyard_gateway::bind_udp(addr, UDP_BUFFER)?;
+            socket.set_nonblocking(true)?;
+            tokio::net::UdpSocket::from_std(socket)?
         };
         let producer: FutureProducer = clients::producer_config(bootstrap)
             .set("linger.ms", "5")

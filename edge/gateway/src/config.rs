@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use std::net::UdpSocket;
 use switchyard_kafka::Endpoints;
-use tokio::net::UdpSocket;
 use tracing::{info, warn};
 
 #[derive(Debug, Clone, Args)]
@@ -69,7 +69,8 @@ pub struct GatewayConfig {
     pub session_heartbeat_secs: u64,
 }
 
-/// The gateway's one UDP socket, with a receive buffer sized for bursts.
+/// The gateway's one UDP socket, with a receive buffer sized for bursts. It blocks (the
+/// uplink thread sleeps in `recv_from`; downlink sends pass `MSG_DONTWAIT`).
 pub fn bind_udp(listen: SocketAddr, recv_buffer: usize) -> anyhow::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
@@ -81,7 +82,6 @@ pub fn bind_udp(listen: SocketAddr, recv_buffer: usize) -> anyhow::Result<UdpSoc
     if let Err(e) = socket.set_recv_buffer_size(recv_buffer) {
         warn!(error = %e, bytes = recv_buffer, "cannot size the UDP receive buffer; using the default");
     }
-    socket.set_nonblocking(true)?;
     socket
         .bind(&listen.into())
         .with_context(|| format!("binding UDP {listen}"))?;
@@ -92,5 +92,5 @@ pub fn bind_udp(listen: SocketAddr, recv_buffer: usize) -> anyhow::Result<UdpSoc
             granted, "UDP receive buffer smaller than asked (net.core.rmem_max)"
         );
     }
-    Ok(UdpSocket::from_std(socket.into())?)
+    Ok(socket.into())
 }

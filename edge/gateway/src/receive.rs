@@ -1,8 +1,15 @@
 //! Uplink: each datagram from a device is decoded, authenticated, attributed to a modem,
 //! its session observed, and published; an ACK ends its switch once its record is on the
 //! broker.
+//!
+//! It runs on a thread of its own that sleeps in a blocking `recv_from`: one system call per
+//! datagram, where the async runtime took a failed receive, an `epoll_wait` and a task wake
+//! for every pause in the traffic. Nothing on this path awaits: records go to the producer's
+//! queue, their acknowledgements come back on its thread.
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_schemas::records::now_us;
@@ -19,14 +26,17 @@ use crate::uplink::{to_record, wire_carrier, Uplink, ACK_TOPIC, STATUS_TOPIC};
 use crate::SESSIONS_TOPIC;
 
 impl Gateway {
-    pub(crate) async fn receive(self: Arc<Self>) {
+    /// Receive until `stop` is set (seen within the socket's read timeout).
+    pub(crate) fn receive(self: Arc<Self>, stop: &AtomicBool) {
         let mut buf = vec![0u8; 65_536];
-        loop {
-            match self.socket.recv_from(&mut buf).await {
+        while !stop.load(Ordering::Relaxed) {
+            match self.socket.recv_from(&mut buf) {
                 Ok((n, source)) => self.uplink(&buf[..n], source),
+                // The read timeout: nothing arrived, look at `stop` again.
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) => {
                     warn!(error = %e, "UDP receive failed; continuing");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    std::thread::sleep(Duration::from_millis(10));
                 }
             }
         }

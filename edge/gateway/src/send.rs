@@ -137,7 +137,7 @@ impl Gateway {
                                 continue;
                             }
                         };
-                        if let Err(e) = self.socket.send_to(&packet, address).await {
+                        if let Err(e) = self.send_datagram(&packet, address) {
                             warn!(%address, error = %e, "UDP send failed");
                         }
                         let event = if attempt == 1 {
@@ -262,5 +262,16 @@ impl Gateway {
             Some(key) => frame.encode_signed(key)?,
             None => frame.encode()?,
         })
+    }
+
+    /// Send one datagram from the gateway's socket without blocking: the socket blocks for
+    /// the uplink thread's sake, so this passes `MSG_DONTWAIT`. A full send buffer is an
+    /// error like any other; the retry schedule sends again.
+    fn send_datagram(&self, packet: &[u8], to: std::net::SocketAddr) -> std::io::Result<usize> {
+        socket2::SockRef::from(&self.socket).send_to_with_flags(
+            packet,
+            &to.into(),
+            libc::MSG_DONTWAIT,
+        )
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,8 +15,7 @@ use switchyard_registry_client::{RecordDecoder, RegistryClient};
 use switchyard_schemas::wire::SchemaCodec;
 use switchyard_schemas::{value_subject, Catalog, Role};
 use switchyard_telemetry::Health;
-use tokio::net::UdpSocket;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{bind_udp, GatewayConfig};
 use crate::downlink::Downlink;
@@ -33,7 +33,7 @@ use crate::{DELIVERY_TOPIC, REJECT_TOPIC, REQUEST_TOPIC, SESSIONS_TOPIC};
 pub(crate) struct Gateway {
     pub(crate) config: GatewayConfig,
     pub(crate) catalog: Catalog,
-    pub(crate) socket: UdpSocket,
+    pub(crate) socket: std::net::UdpSocket,
     pub(crate) producer: GatewayProducer,
     pub(crate) codecs: HashMap<String, (i32, Arc<SchemaCodec>)>,
     pub(crate) keys: HashMap<u64, Vec<u8>>,
@@ -50,6 +50,9 @@ pub(crate) struct Gateway {
     pub(crate) registry: RegistryClient,
     pub(crate) metrics: GatewayMetrics,
 }
+
+/// How often the uplink thread, waiting for a datagram, looks whether it should stop.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// Run the gateway until `shutdown` completes.
 pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -181,6 +184,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
 
     let sessions_for_windows: Vec<(u64, u32)> = sessions.sequences().collect();
     let socket = bind_udp(config.listen, config.udp_buffer_bytes)?;
+    socket.set_read_timeout(Some(STOP_CHECK))?;
     let listen = socket.local_addr()?;
     let gateway = Arc::new(Gateway {
         downlink: Mutex::new(Downlink::new(
@@ -205,7 +209,14 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     health.set_ready(true);
     info!(udp = %listen, metrics = %bound, authenticated = !gateway.keys.is_empty(), "gateway running");
 
-    let uplink = tokio::spawn(Arc::clone(&gateway).receive());
+    let stop_uplink = Arc::new(AtomicBool::new(false));
+    let uplink = {
+        let (gateway, stop) = (Arc::clone(&gateway), Arc::clone(&stop_uplink));
+        std::thread::Builder::new()
+            .name("uplink".into())
+            .spawn(move || gateway.receive(&stop))
+            .context("starting the uplink thread")?
+    };
     let consumer = Arc::new(consumer);
     let requests = tokio::spawn(Arc::clone(&gateway).take_requests(Arc::clone(&consumer)));
     let retransmit = tokio::spawn(Arc::clone(&gateway).retransmit(consumer));
@@ -219,7 +230,13 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     };
     shutdown.await;
     info!("shutting down");
-    uplink.abort();
+    stop_uplink.store(true, Ordering::Relaxed);
+    if tokio::task::spawn_blocking(move || uplink.join())
+        .await
+        .map_or(true, |joined| joined.is_err())
+    {
+        warn!("the uplink thread panicked");
+    }
     // The sequence numbers accepted since each session was last written: so that the
     // next instance refuses a packet captured before this one stopped.
     let last = gateway

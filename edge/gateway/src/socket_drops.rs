@@ -7,11 +7,10 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use prometheus::IntGauge;
-use tokio::net::UdpSocket;
 use tracing::warn;
 
 /// The inode of `socket`, which names it in `/proc/net/udp`.
-pub fn socket_inode(socket: &UdpSocket) -> Option<u64> {
+pub fn socket_inode(socket: &impl AsRawFd) -> Option<u64> {
     let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
     link.to_str()?
         .strip_prefix("socket:[")?
@@ -78,9 +77,9 @@ mod tests {
         assert_eq!(drops_in(TABLE, 1), None);
     }
 
-    #[tokio::test]
-    async fn finds_a_real_socket_and_its_drop_count() {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    #[test]
+    fn finds_a_real_socket_and_its_drop_count() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let inode = socket_inode(&socket).expect("inode");
         let table = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
         assert_eq!(drops_in(&table, inode), Some(0));

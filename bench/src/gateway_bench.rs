@@ -254,31 +254,54 @@ fn gateway_latency(stack: &Stack, packets: &[Vec<u8>], rate: u64) -> anyhow::Res
 
 /// The gateway's own cost at a steady rate: its process CPU time (user + system) from the
 /// first datagram sent until every record is acknowledged, divided by the datagrams it
-/// handled, and the part of it spent in librdkafka's broker threads (which talk to the
-/// broker, and poll without sleeping while a ready batch waits for an answer); and how many
-/// session records it wrote.
+/// handled; the parts of it spent in its uplink thread (receive, decode, authenticate,
+/// encode, enqueue), in the thread that takes the producer's delivery reports, and in
+/// librdkafka's broker threads (which talk to the broker, and poll without sleeping while a
+/// ready batch waits for an answer); and how many session records it wrote.
 struct Cost {
     micros_per_datagram: f64,
+    uplink_thread_micros_per_datagram: f64,
+    delivery_thread_micros_per_datagram: f64,
     broker_threads_micros_per_datagram: f64,
     handled: f64,
     session_writes: f64,
 }
 
+/// Name prefixes of the gateway's threads whose CPU the cost splits out: the uplink thread,
+/// rust-rdkafka's producer polling thread (delivery reports), librdkafka's broker threads.
+const COST_THREADS: [&str; 3] = [
+    switchyard_gateway::UPLINK_THREAD,
+    "producer poll",
+    "rdk:broker",
+];
+
 fn gateway_cost(stack: &Stack, packets: &[Vec<u8>], rate: u64) -> anyhow::Result<Cost> {
     let gateway = start_gateway(stack)?;
     let (udp, metrics) = (gateway.udp, gateway.metrics);
     let pid = gateway.service.pid();
-    let threads = |pid| crate::idle_bench::threads_cpu_seconds(pid, "rdk:broker");
+    let threads = || -> anyhow::Result<Vec<f64>> {
+        COST_THREADS
+            .iter()
+            .map(|prefix| crate::idle_bench::threads_cpu_seconds(pid, prefix))
+            .collect()
+    };
     let before = crate::idle_bench::cpu_seconds(pid)?;
-    let broker_threads_before = threads(pid)?;
+    let threads_before = threads()?;
     let (_, last) = send_paced(udp, packets, rate)?;
     let (c, _) = settle(|| gateway_counts(metrics).0, last)?;
     let cpu = crate::idle_bench::cpu_seconds(pid)? - before;
-    let broker_threads = threads(pid)? - broker_threads_before;
+    let per_datagram = |seconds: f64| seconds * 1e6 / c.received.max(1.0);
+    let spent: Vec<f64> = threads()?
+        .iter()
+        .zip(&threads_before)
+        .map(|(after, before)| per_datagram(after - before))
+        .collect();
     let text = http_get_text(metrics, "/metrics").unwrap_or_default();
     Ok(Cost {
-        micros_per_datagram: cpu * 1e6 / c.received.max(1.0),
-        broker_threads_micros_per_datagram: broker_threads * 1e6 / c.received.max(1.0),
+        micros_per_datagram: per_datagram(cpu),
+        uplink_thread_micros_per_datagram: spent[0],
+        delivery_thread_micros_per_datagram: spent[1],
+        broker_threads_micros_per_datagram: spent[2],
         handled: c.received,
         session_writes: switchyard_testkit::metric_sum(
             &text,
@@ -459,8 +482,8 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
     for round in 1..=bench.rounds {
         let c = gateway_cost(&stack, &cost_packets, bench.cost_rate)?;
         eprintln!(
-            "round {round}: gateway {:.1} µs of CPU per datagram ({:.1} in librdkafka's broker threads) at {}/s ({:.0} handled, {:.0} session records)",
-            c.micros_per_datagram, c.broker_threads_micros_per_datagram, bench.cost_rate, c.handled, c.session_writes
+            "round {round}: gateway {:.1} µs of CPU per datagram (uplink thread {:.1}, delivery reports {:.1}, librdkafka's broker threads {:.1}) at {}/s ({:.0} handled, {:.0} session records)",
+            c.micros_per_datagram, c.uplink_thread_micros_per_datagram, c.delivery_thread_micros_per_datagram, c.broker_threads_micros_per_datagram, bench.cost_rate, c.handled, c.session_writes
         );
         costs.push(c);
     }
@@ -492,8 +515,15 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
             .join(", ")
     };
     let cost_list = cost_list_of(&|c| c.micros_per_datagram);
+    let uplink_list = cost_list_of(&|c| c.uplink_thread_micros_per_datagram);
+    let delivery_list = cost_list_of(&|c| c.delivery_thread_micros_per_datagram);
     let broker_threads_list = cost_list_of(&|c| c.broker_threads_micros_per_datagram);
-    let rest_list = cost_list_of(&|c| c.micros_per_datagram - c.broker_threads_micros_per_datagram);
+    let rest_list = cost_list_of(&|c| {
+        c.micros_per_datagram
+            - c.uplink_thread_micros_per_datagram
+            - c.delivery_thread_micros_per_datagram
+            - c.broker_threads_micros_per_datagram
+    });
     let cost_median = {
         let mut v: Vec<f64> = costs.iter().map(|c| c.micros_per_datagram).collect();
         v.sort_by(|a, b| a.total_cmp(b));
@@ -532,7 +562,7 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
          | raw UDP→rdkafka | {raw_median:.0} | {} | {} |\n\
          | gateway | {gw_median:.0} | {} | {} |\n\
          | **gateway / raw** (median of the per-round ratios {}) | **{:.0}%** | target ≥ 85%: {verdict} | |\n\n\
-         The gateway's own cost: its process CPU time (user + system, /proc) from the first datagram until the last record is acknowledged, divided by the datagrams it handled, at a steady {cost_rate} datagrams/s for {csecs} s, a fresh gateway each round: **{cost_median:.1} µs per datagram** (median; rounds {cost_list}), goal ≤ 5 µs: {cost_verdict}. Of that, librdkafka's broker threads (they talk to the broker and, while a ready batch waits for the broker's answer, poll without sleeping) took {broker_threads_list} µs per datagram by round, everything else (the gateway's own threads: receive, decode, authenticate, encode, enqueue; librdkafka's other threads) {rest_list}. Session records written per round (one per modem on first sight, then at most one per heartbeat of 30 s): {writes}, for {MODEMS} modems.\n\n\
+         The gateway's own cost: its process CPU time (user + system, /proc) from the first datagram until the last record is acknowledged, divided by the datagrams it handled, at a steady {cost_rate} datagrams/s for {csecs} s, a fresh gateway each round: **{cost_median:.1} µs per datagram** (median; rounds {cost_list}), goal ≤ 5 µs: {cost_verdict}. By thread, µs per datagram by round: the uplink thread (receive, decode, authenticate, Avro-encode, enqueue, including its system calls) {uplink_list}; the thread that takes the producer's delivery reports {delivery_list}; librdkafka's broker threads (they talk to the broker and, while a ready batch waits for the broker's answer, poll without sleeping) {broker_threads_list}; everything else (the async runtime with downlink, metrics and session follow-up; librdkafka's other threads) {rest_list}. Session records written per round (one per modem on first sight, then at most one per heartbeat of 30 s): {writes}, for {MODEMS} modems.\n\n\
          Latency, datagram arrival → broker ack, at {lrate} datagrams/s for {lsecs} s (p50/p99 estimated from the gateway's `produce_seconds` histogram buckets, the raw loop's samples put in the same buckets):\n\n\
          | | p50 ms | p99 ms | records |\n|---|---|---|---|\n\
          | raw UDP→rdkafka | {:.2} | {:.2} | {:.0} |\n\
@@ -582,6 +612,8 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
             "cost_offered_per_second": bench.cost_rate,
             "cost_seconds": bench.cost_secs,
             "gateway_cpu_micros_per_datagram": costs.iter().map(|c| c.micros_per_datagram).collect::<Vec<_>>(),
+            "gateway_uplink_thread_cpu_micros_per_datagram": costs.iter().map(|c| c.uplink_thread_micros_per_datagram).collect::<Vec<_>>(),
+            "gateway_delivery_thread_cpu_micros_per_datagram": costs.iter().map(|c| c.delivery_thread_micros_per_datagram).collect::<Vec<_>>(),
             "gateway_broker_threads_cpu_micros_per_datagram": costs.iter().map(|c| c.broker_threads_micros_per_datagram).collect::<Vec<_>>(),
             "gateway_session_writes": costs.iter().map(|c| c.session_writes).collect::<Vec<_>>(),
             "latency_offered_per_second": bench.latency_rate,

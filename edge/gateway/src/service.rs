@@ -213,7 +213,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     let uplink = {
         let (gateway, stop) = (Arc::clone(&gateway), Arc::clone(&stop_uplink));
         std::thread::Builder::new()
-            .name("uplink".into())
+            .name(crate::UPLINK_THREAD.into())
             .spawn(move || gateway.receive(&stop))
             .context("starting the uplink thread")?
     };

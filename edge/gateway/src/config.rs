@@ -54,7 +54,8 @@ pub struct GatewayConfig {
         default_value_t = 4 * 1024 * 1024
     )]
     pub udp_buffer_bytes: usize,
-    /// How long the producer waits to fill a batch (librdkafka `linger.ms`). Each produce
+    /// How long the producer of readings, status and sessions waits to fill a batch
+    /// (librdkafka `linger.ms`; ACKs and downlink deliveries are sent at once). Each produce
     /// request costs the broker far more than each record in it, so a longer wait trades
     /// latency for broker CPU.
     #[arg(long, env = "SWITCHYARD_GATEWAY_LINGER_MS", default_value_t = 5)]

@@ -87,7 +87,7 @@ impl Gateway {
         let record = BaseRecord::with_opaque_to(topic, in_flight)
             .key(key)
             .payload(&payload);
-        match self.producer.send(record) {
+        match self.producers.for_topic(topic).send(record) {
             Ok(()) => {}
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 self.metrics.backpressure.inc();

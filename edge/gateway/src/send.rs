@@ -109,9 +109,7 @@ impl Gateway {
             }
             self.metrics
                 .buffered
-                .set(i64::from(rdkafka::producer::Producer::in_flight_count(
-                    &self.producer,
-                )));
+                .set(i64::from(self.producers.in_flight()));
             let actions = match (self.downlink.lock(), self.sessions.lock()) {
                 (Ok(mut downlink), Ok(sessions)) => {
                     downlink.due(now_us(), |m| sessions.address(m).is_some())

@@ -21,7 +21,7 @@ use crate::config::{bind_udp, GatewayConfig};
 use crate::downlink::Downlink;
 use crate::elsewhere::Elsewhere;
 use crate::metrics::GatewayMetrics;
-use crate::producer::{self, GatewayProducer};
+use crate::producer::Producers;
 use crate::replay::ReplayWindow;
 use crate::request_offsets::RequestOffsets;
 use crate::restore;
@@ -34,7 +34,7 @@ pub(crate) struct Gateway {
     pub(crate) config: GatewayConfig,
     pub(crate) catalog: Catalog,
     pub(crate) socket: std::net::UdpSocket,
-    pub(crate) producer: GatewayProducer,
+    pub(crate) producers: Producers,
     pub(crate) codecs: HashMap<String, (i32, Arc<SchemaCodec>)>,
     pub(crate) keys: HashMap<u64, Vec<u8>>,
     pub(crate) sessions: Mutex<Sessions>,
@@ -113,14 +113,13 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
 
     let mut producer_settings = clients::producer_config(&config.endpoints.bootstrap_servers);
     producer_settings
-        .set("linger.ms", config.linger_ms.to_string())
         .set(
             "queue.buffering.max.messages",
             config.buffer_records.to_string(),
         )
         .set("message.timeout.ms", "300000");
-    let producer =
-        producer::create(&producer_settings, metrics.clone()).context("creating the producer")?;
+    let producers = Producers::create(&producer_settings, config.linger_ms, &metrics)
+        .context("creating the producers")?;
     // A group of its own per instance: every gateway reads every request, and the one
     // holding the modem's session sends it (scale-out, `elsewhere`).
     let consumer: StreamConsumer<TracingContext> =
@@ -194,7 +193,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         config,
         catalog,
         socket,
-        producer,
+        producers,
         codecs,
         keys,
         sessions: Mutex::new(sessions),
@@ -257,11 +256,9 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     retransmit.abort();
     follow.abort();
     drops.abort();
-    tokio::task::spawn_blocking(move || {
-        rdkafka::producer::Producer::flush(&gateway.producer, Duration::from_secs(10))
-    })
-    .await
-    .ok();
+    tokio::task::spawn_blocking(move || gateway.producers.flush(Duration::from_secs(10)))
+        .await
+        .ok();
     Ok(())
 }
 

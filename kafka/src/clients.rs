@@ -29,6 +29,29 @@ pub fn producer_config(bootstrap: &str) -> ClientConfig {
     config
 }
 
+/// A producer for records that each stand alone, so that neither their order nor a rare
+/// duplicate matters (a sensor reading carries its own time): acknowledged by every in-sync
+/// replica, but not idempotent. A retry after an error may land a batch behind a later one,
+/// or twice. One request in flight per connection, so a slow broker gets fewer, fuller
+/// requests (each costs it far more than each record in it).
+///
+/// Why not always [`producer_config`]: librdkafka 2.12.1's idempotent producer counts
+/// in-flight *messages* against its cap of five requests per partition, so a partition has
+/// one request in flight, and while it waits at the broker the partition's next batch is
+/// ready but held, and the producer's broker thread polls without sleeping until the answer
+/// comes (`rd_kafka_toppar_producer_serve`; librdkafka pull request #4989). On a slow broker
+/// that spin is most of a producing process's CPU. Without idempotence a held batch leaves
+/// the thread asleep.
+pub fn unordered_producer_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "false")
+        .set("max.in.flight.requests.per.connection", "1");
+    config
+}
+
 /// An admin client or a metadata probe.
 pub fn admin_config(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -48,6 +71,9 @@ mod tests {
         let p = producer_config("b:9092");
         assert_eq!(p.get("acks"), Some("all"));
         assert_eq!(p.get("enable.idempotence"), Some("true"));
+        let u = unordered_producer_config("b:9092");
+        assert_eq!(u.get("acks"), Some("all"));
+        assert_eq!(u.get("enable.idempotence"), Some("false"));
         assert_eq!(
             admin_config("b:9092").get("bootstrap.servers"),
             Some("b:9092")

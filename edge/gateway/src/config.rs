@@ -43,7 +43,8 @@ pub struct GatewayConfig {
     /// Longest wait between retransmissions.
     #[arg(long, env = "SWITCHYARD_RETRY_MAX_MS", default_value_t = 8000)]
     pub retry_max_ms: u64,
-    /// Records the producer may hold while the broker is unreachable.
+    /// Records each of the producers (readings, sessions and status, switch path) may hold
+    /// while the broker is unreachable.
     #[arg(long, env = "SWITCHYARD_GATEWAY_BUFFER", default_value_t = 100_000)]
     pub buffer_records: u32,
     /// UDP receive buffer to ask the kernel for (bytes); bursts beyond it are dropped by

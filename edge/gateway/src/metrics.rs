@@ -1,6 +1,8 @@
 //! The gateway's Prometheus metrics.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct GatewayMetrics {
@@ -18,7 +20,7 @@ pub struct GatewayMetrics {
     pub known_modems: IntGauge,
     pub session_writes: IntCounter,
     pub sessions_restored: IntGauge,
-    pub buffered: IntGauge,
+    pub buffered: IntGaugeVec,
     pub modems_elsewhere: IntGauge,
     pub modems_moved_away: IntCounter,
     pub left_to_holder: IntCounter,
@@ -107,9 +109,12 @@ impl GatewayMetrics {
                 "sessions_restored",
                 "Sessions read back from device-sessions at start."
             )?),
-            buffered: reg!(IntGauge::new(
-                "buffered_records",
-                "Records handed to the producer and not yet acknowledged by the broker."
+            buffered: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "buffered_records",
+                    "Records handed to a producer and not yet answered by the broker, by producer (readings, sessions_status, switch_path)."
+                ),
+                &["producer"]
             )?),
             modems_elsewhere: reg!(IntGauge::new(
                 "modems_elsewhere",

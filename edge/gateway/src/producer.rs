@@ -1,11 +1,16 @@
 //! The gateway's producers, and what happens when the broker answers a record.
 //!
-//! Two producers: one for the bulk (readings, status, sessions, rejects) that waits
-//! `linger.ms` to fill batches, and one for the carrier-switch path (ACKs and downlink
-//! deliveries) that sends at once, because an operator waits on those and there is one per
-//! switch: batching them saves nothing.
+//! Three producers, by what their records need:
+//! * readings and rejects: each stands alone (a reading carries its sensor time), so neither
+//!   their order nor a rare duplicate after a retry matters; not idempotent, which spares
+//!   the producer librdkafka's busy wait on a slow broker (see
+//!   [`switchyard_kafka::clients::unordered_producer_config`]), and batched for `linger.ms`;
+//! * sessions and status: consumers keep the latest per modem, so writes to one modem stay
+//!   in order through retries (idempotent), batched for `linger.ms`;
+//! * the carrier-switch path (ACKs and downlink deliveries): in order, and sent at once,
+//!   because an operator waits on them and there is one per switch.
 //!
-//! The delivery report is handled where librdkafka raises it, on the producer's polling
+//! The delivery report is handled where librdkafka raises it, on each producer's polling
 //! thread: the record's latency is observed, a failure counted, and an ACK's follow-up run.
 //! (The futures-based producer would allocate a channel per record and make the gateway
 //! spawn a task to await it, waking a runtime worker for every record: most of the
@@ -18,63 +23,89 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use switchyard_kafka::TracingContext;
+use switchyard_kafka::{clients, TracingContext};
 use tracing::warn;
 
 use crate::metrics::GatewayMetrics;
 use crate::service::rate_limited;
-use crate::uplink::ACK_TOPIC;
-use crate::DELIVERY_TOPIC;
+use crate::uplink::{ACK_TOPIC, STATUS_TOPIC};
+use crate::{DELIVERY_TOPIC, SESSIONS_TOPIC};
 
 type GatewayProducer = ThreadedProducer<DeliveryContext>;
 
-/// The topics of the carrier-switch path, sent without lingering.
-const SWITCH_PATH_TOPICS: [&str; 2] = [ACK_TOPIC, DELIVERY_TOPIC];
+/// Settings every one of the gateway's producers shares.
+pub(crate) struct ProducerSettings<'a> {
+    pub bootstrap: &'a str,
+    /// librdkafka's `queue.buffering.max.messages`, for each producer.
+    pub buffer_records: u32,
+    /// `linger.ms` of the readings' and the sessions' producers.
+    pub linger_ms: u64,
+}
 
 pub(crate) struct Producers {
-    bulk: GatewayProducer,
+    readings: GatewayProducer,
+    latest_per_modem: GatewayProducer,
     switch_path: GatewayProducer,
 }
 
 impl Producers {
-    /// Both producers from `settings`; the bulk one lingers `linger_ms`, both report into
-    /// `metrics`.
+    /// The three producers, reporting into `metrics`.
     pub(crate) fn create(
-        settings: &ClientConfig,
-        linger_ms: u64,
+        settings: &ProducerSettings<'_>,
         metrics: &GatewayMetrics,
     ) -> Result<Self, KafkaError> {
-        let with_linger = |ms: u64| {
-            let mut settings = settings.clone();
-            settings.set("linger.ms", ms.to_string());
-            settings.create_with_context(DeliveryContext {
+        let create = |mut config: ClientConfig, linger_ms: u64| {
+            config
+                .set("linger.ms", linger_ms.to_string())
+                .set(
+                    "queue.buffering.max.messages",
+                    settings.buffer_records.to_string(),
+                )
+                .set("message.timeout.ms", "300000");
+            config.create_with_context(DeliveryContext {
                 metrics: metrics.clone(),
             })
         };
+        let ordered = || clients::producer_config(settings.bootstrap);
         Ok(Producers {
-            bulk: with_linger(linger_ms)?,
-            switch_path: with_linger(0)?,
+            readings: create(
+                clients::unordered_producer_config(settings.bootstrap),
+                settings.linger_ms,
+            )?,
+            latest_per_modem: create(ordered(), settings.linger_ms)?,
+            switch_path: create(ordered(), 0)?,
         })
     }
 
     /// The producer for records to `topic`.
     pub(crate) fn for_topic(&self, topic: &str) -> &GatewayProducer {
-        if SWITCH_PATH_TOPICS.contains(&topic) {
-            &self.switch_path
-        } else {
-            &self.bulk
+        match topic {
+            ACK_TOPIC | DELIVERY_TOPIC => &self.switch_path,
+            SESSIONS_TOPIC | STATUS_TOPIC => &self.latest_per_modem,
+            _ => &self.readings,
         }
     }
 
-    /// Records handed over and not yet answered by the broker.
-    pub(crate) fn in_flight(&self) -> i32 {
-        self.bulk.in_flight_count() + self.switch_path.in_flight_count()
+    /// Each producer, by the name the `buffered_records` metric gives it.
+    fn all(&self) -> [(&'static str, &GatewayProducer); 3] {
+        [
+            ("switch_path", &self.switch_path),
+            ("sessions_status", &self.latest_per_modem),
+            ("readings", &self.readings),
+        ]
+    }
+
+    /// Records (and undelivered reports) each producer holds, by name.
+    pub(crate) fn in_flight(&self) -> impl Iterator<Item = (&'static str, i32)> + '_ {
+        self.all()
+            .into_iter()
+            .map(|(name, producer)| (name, producer.in_flight_count()))
     }
 
     /// Wait up to `timeout` for everything handed over to be answered.
     pub(crate) fn flush(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        for producer in [&self.switch_path, &self.bulk] {
+        for (_, producer) in self.all() {
             if let Err(e) = producer.flush(deadline.saturating_duration_since(Instant::now())) {
                 warn!(error = %e, unanswered = producer.in_flight_count(), "records not flushed at shutdown");
             }
@@ -120,6 +151,34 @@ impl ProducerContext for DeliveryContext {
                     warn!(%topic, %error, failures = c.get(), "record not delivered to the broker");
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_topic_goes_to_the_producer_its_records_need() {
+        let metrics = GatewayMetrics::new().expect("metrics");
+        let settings = ProducerSettings {
+            bootstrap: "127.0.0.1:1",
+            buffer_records: 10,
+            linger_ms: 5,
+        };
+        let producers = Producers::create(&settings, &metrics).expect("producers");
+        let goes_to = |topic: &str, producer: &GatewayProducer| {
+            std::ptr::eq(producers.for_topic(topic), producer)
+        };
+        for topic in ["imu", "temp", crate::REJECT_TOPIC] {
+            assert!(goes_to(topic, &producers.readings), "{topic}");
+        }
+        for topic in [SESSIONS_TOPIC, STATUS_TOPIC] {
+            assert!(goes_to(topic, &producers.latest_per_modem), "{topic}");
+        }
+        for topic in [ACK_TOPIC, DELIVERY_TOPIC] {
+            assert!(goes_to(topic, &producers.switch_path), "{topic}");
         }
     }
 }

@@ -107,9 +107,12 @@ impl Gateway {
                 _ = tick.tick() => {}
                 _ = self.new_request.notified() => {}
             }
-            self.metrics
-                .buffered
-                .set(i64::from(self.producers.in_flight()));
+            for (producer, held) in self.producers.in_flight() {
+                self.metrics
+                    .buffered
+                    .with_label_values(&[producer])
+                    .set(i64::from(held));
+            }
             let actions = match (self.downlink.lock(), self.sessions.lock()) {
                 (Ok(mut downlink), Ok(sessions)) => {
                     downlink.due(now_us(), |m| sessions.address(m).is_some())

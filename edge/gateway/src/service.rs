@@ -21,7 +21,7 @@ use crate::config::{bind_udp, GatewayConfig};
 use crate::downlink::Downlink;
 use crate::elsewhere::Elsewhere;
 use crate::metrics::GatewayMetrics;
-use crate::producer::Producers;
+use crate::producer::{ProducerSettings, Producers};
 use crate::replay::ReplayWindow;
 use crate::request_offsets::RequestOffsets;
 use crate::restore;
@@ -111,15 +111,15 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         );
     }
 
-    let mut producer_settings = clients::producer_config(&config.endpoints.bootstrap_servers);
-    producer_settings
-        .set(
-            "queue.buffering.max.messages",
-            config.buffer_records.to_string(),
-        )
-        .set("message.timeout.ms", "300000");
-    let producers = Producers::create(&producer_settings, config.linger_ms, &metrics)
-        .context("creating the producers")?;
+    let producers = Producers::create(
+        &ProducerSettings {
+            bootstrap: &config.endpoints.bootstrap_servers,
+            buffer_records: config.buffer_records,
+            linger_ms: config.linger_ms,
+        },
+        &metrics,
+    )
+    .context("creating the producers")?;
     // A group of its own per instance: every gateway reads every request, and the one
     // holding the modem's session sends it (scale-out, `elsewhere`).
     let consumer: StreamConsumer<TracingContext> =

@@ -392,7 +392,7 @@ fn while_the_broker_is_down_packets_wait_in_the_bounded_buffer_and_overflow_is_c
     })
     .expect("the gateway kept receiving");
     let dropped = metric("switchyard_gateway_backpressure_total");
-    let buffered = metric("switchyard_gateway_buffered_records");
+    let buffered = metric("switchyard_gateway_buffered_records{producer=\"readings\"}");
     assert!(
         dropped >= f64::from(100 - BUFFER),
         "the buffer is bounded: {dropped} dropped"

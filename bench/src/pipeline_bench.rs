@@ -102,6 +102,15 @@ async fn wait_until_output(bootstrap: &str, topic: &str, target: i64) -> anyhow:
     }
 }
 
+/// How the raw loop's producer is set up: as the processor it is compared with produces.
+#[derive(Clone, Copy)]
+pub(crate) enum RawProducer {
+    /// `clients::producer_config` (idempotent): what a processor gets by default.
+    Ordered,
+    /// `clients::unordered_producer_config`: a processor whose outputs stand alone.
+    Unordered,
+}
+
 /// The baseline: consume `input`, produce the same bytes to `output`, await the batch's
 /// acks, commit; `first` gets the time the first record was consumed.
 pub(crate) async fn raw_loop(
@@ -110,6 +119,7 @@ pub(crate) async fn raw_loop(
     (input, output): (&str, &str),
     records: usize,
     first: Arc<Mutex<Option<Instant>>>,
+    producer_kind: RawProducer,
 ) -> anyhow::Result<()> {
     let consumer: StreamConsumer = clients::consumer_config(&bootstrap)
         .set("group.id", &group)
@@ -119,9 +129,12 @@ pub(crate) async fn raw_loop(
             switchyard_kafka::FETCH_WAIT_MS.to_string(),
         )
         .create()?;
-    let producer: FutureProducer = clients::producer_config(&bootstrap)
-        .set("linger.ms", "5")
-        .create()?;
+    let producer: FutureProducer = match producer_kind {
+        RawProducer::Ordered => clients::producer_config(&bootstrap),
+        RawProducer::Unordered => clients::unordered_producer_config(&bootstrap),
+    }
+    .set("linger.ms", "5")
+    .create()?;
     consumer.subscribe(&[input])?;
     let mut done = 0;
     let mut pending = Vec::with_capacity(BATCH);
@@ -216,6 +229,7 @@ pub async fn run(records: usize, rounds: usize) -> anyhow::Result<Report> {
             (INPUT, RAW_OUTPUT),
             records,
             Arc::clone(&first),
+            RawProducer::Ordered,
         ));
         let end = wait_until_output(&bootstrap, RAW_OUTPUT, base + records as i64).await?;
         task.await??;

@@ -99,6 +99,7 @@ pub struct Topology {
     pub(crate) timers: Vec<TimerSpec>,
     pub(crate) on_undecodable: ErrorPolicy,
     pub(crate) on_error: ErrorPolicy,
+    pub(crate) outputs_stand_alone: bool,
 }
 
 impl Topology {
@@ -111,6 +112,7 @@ impl Topology {
             timers: Vec::new(),
             on_undecodable: ErrorPolicy::DeadLetter,
             on_error: ErrorPolicy::DeadLetter,
+            outputs_stand_alone: false,
         }
     }
 
@@ -202,6 +204,21 @@ impl Topology {
     pub fn on_error(mut self, policy: ErrorPolicy) -> Self {
         self.on_error = policy;
         self
+    }
+
+    /// Each output record stands alone: neither the order of the outputs to one key nor a
+    /// rare duplicate after a producer retry matters (grafana-projector's readings carry
+    /// their own time). The runner then produces without librdkafka's idempotence, which on
+    /// a slow broker spares a busy wait (`switchyard_kafka::clients::unordered_producer_config`).
+    /// Not honoured with a store (its changelog must keep order) or under exactly-once.
+    pub fn outputs_stand_alone(mut self) -> Self {
+        self.outputs_stand_alone = true;
+        self
+    }
+
+    /// Whether outputs may be produced unordered: declared, and no changelog to keep in order.
+    pub(crate) fn unordered_outputs(&self) -> bool {
+        self.outputs_stand_alone && self.stores.is_empty()
     }
 
     pub fn name(&self) -> &str {
@@ -323,5 +340,22 @@ pub trait Processor: Send + 'static {
     /// A declared timer fired for the task (partition) `ctx` is bound to.
     fn punctuate(&mut self, _timer: &Timer, _ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_are_unordered_only_when_declared_and_no_changelog_needs_order() {
+        let plain = Topology::new("p");
+        assert!(!plain.unordered_outputs());
+        let stand_alone = Topology::new("p").outputs_stand_alone();
+        assert!(stand_alone.unordered_outputs());
+        let with_store = Topology::new("p")
+            .store::<i64>("counts")
+            .outputs_stand_alone();
+        assert!(!with_store.unordered_outputs());
     }
 }

@@ -81,13 +81,20 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-/// The producer for outputs, changelogs and dead letters.
+/// The producer for outputs, changelogs and dead letters; `unordered` when the topology's
+/// outputs stand alone and it has no changelog ([`crate::Topology::outputs_stand_alone`]).
 pub(crate) fn output_producer(
     config: &RunnerConfig,
     transactional_id: Option<String>,
+    unordered: bool,
     shared: Arc<Shared>,
 ) -> Result<Arc<OutputProducer>, KafkaError> {
-    let mut settings = clients::producer_config(&config.endpoints.bootstrap_servers);
+    let bootstrap = &config.endpoints.bootstrap_servers;
+    let mut settings = if unordered && transactional_id.is_none() {
+        clients::unordered_producer_config(bootstrap)
+    } else {
+        clients::producer_config(bootstrap)
+    };
     settings
         // No local timeout: librdkafka retries retriable errors for as long as it takes (in
         // order); consumption pauses at the in-flight bounds meanwhile.

@@ -69,13 +69,15 @@ fn output() -> Output {
     }
 }
 
-/// The runner's transactional producer for `config`, not yet initialised.
+/// The runner's transactional producer for `config`, not yet initialised. Asked for as a
+/// topology whose outputs stand alone would ask: transactions keep it idempotent (without,
+/// librdkafka refuses a transactional id, and these tests would fail).
 fn transactional_producer(
     config: &RunnerConfig,
     shared: &Arc<Shared>,
 ) -> Arc<delivery::OutputProducer> {
     let id = delivery::transactional_id(config, "eos-test");
-    delivery::output_producer(config, id, Arc::clone(shared)).expect("producer")
+    delivery::output_producer(config, id, true, Arc::clone(shared)).expect("producer")
 }
 
 /// Send one output on a ledger entry of task 0, as the runner does for a record.

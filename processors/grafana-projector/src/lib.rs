@@ -101,6 +101,9 @@ impl Processor for GrafanaProjector {
         Topology::new(NAME)
             .inputs::<SensorReading>(self.sensor_topics.clone())
             .outputs::<GrafanaReading>(self.sensor_topics.iter().map(|t| Catalog::grafana_topic(t)))
+            // A projected reading carries its time as its record time: order and a rare
+            // duplicate do not matter to Grafana.
+            .outputs_stand_alone()
     }
 
     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {

@@ -1,11 +1,10 @@
 //! The gateway's settings (flags with `SWITCHYARD_*` fallbacks) and its UDP socket.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use std::net::UdpSocket;
 use switchyard_kafka::Endpoints;
 use tracing::{info, warn};
 

@@ -1,7 +1,7 @@
 //! Records to Kafka: encoded with their topic's registered schema and handed to the
 //! producer, whose delivery reports (`producer`) say what the broker made of them; every
-//! record that does not make it is counted. Also the two record kinds the gateway writes about itself: rejects and
-//! downlink deliveries.
+//! record that does not make it is counted. Also the two record kinds the gateway writes
+//! about itself: rejects and downlink deliveries.
 
 use std::net::SocketAddr;
 use switchyard_schemas::records::now_us;

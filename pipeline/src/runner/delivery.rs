@@ -1,8 +1,9 @@
 //! Handing records to the producer as they are made, and hearing back from the broker.
 //!
-//! The producer is idempotent with no local message timeout, so librdkafka retries what can
-//! be retried itself (with backoff, in order, so writes to one key keep their order) and a
-//! delivery report that carries an error is final: the record is *refused*, and the runner
+//! The producer has no local message timeout, so librdkafka retries what can be retried
+//! itself (with backoff; in order, so writes to one key keep their order, because it is
+//! idempotent unless the topology's outputs stand alone and it has no store) and a delivery
+//! report that carries an error is final: the record is *refused*, and the runner
 //! dead-letters its input or stops. Acknowledgements go straight into the ledger.
 
 use std::sync::atomic::{AtomicU64, Ordering};

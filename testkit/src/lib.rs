@@ -817,6 +817,11 @@ pub fn ensure_pcscd(log_dir: &Path) -> Result<Option<Service>> {
     if TcpStream::connect_timeout(&vpcd, Duration::from_millis(200)).is_ok() {
         return Ok(None);
     }
+    // A socket still bound to the port (such as an earlier pcscd's connection in TIME_WAIT,
+    // up to a minute) makes the reader fail to listen: wait until the port is free.
+    wait_for("vpcd's port to be free", Duration::from_secs(70), || {
+        port_is_free(vpcd)
+    })?;
     let mut command = Command::new("pcscd");
     command.arg("--foreground");
     let mut service = Service::spawn("pcscd", command, log_dir)
@@ -834,6 +839,18 @@ pub fn ensure_pcscd(log_dir: &Path) -> Result<Option<Service>> {
         );
     }
     Ok(Some(service))
+}
+
+/// Whether a listener could bind `addr` now, as pcscd's vpcd does (without `SO_REUSEADDR`,
+/// which std's `TcpListener` would set).
+fn port_is_free(addr: SocketAddr) -> bool {
+    socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .and_then(|socket| socket.bind(&addr.into()))
+    .is_ok()
 }
 
 /// A reading of sensor 1 (imu) as the gateway writes it, received when it was sensed.

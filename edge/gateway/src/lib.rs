@@ -23,11 +23,12 @@
 //!   returns; a full queue drops the record and counts it (`switchyard_gateway_backpressure_total`).
 //!
 //! Layout, one job per file: `config` (flags, socket), `service` (start-up, shared state,
-//! shutdown), `receive` (uplink), `send` (downlink and its commits), `publish` (records to
-//! Kafka and their accounting), `producer` (the broker's answers), with the pure rules beside them: `uplink` (packet to
-//! record), `downlink` (when to send, retry, give up), `sessions`, `elsewhere`,
-//! `request_offsets`, `replay`; `restore` reads sessions back and follows them,
-//! `socket_drops` reads the kernel's counters.
+//! shutdown), `receive` (uplink, on a thread of its own), `send` (downlink and its commits),
+//! `publish` (records to Kafka and their accounting), `producer` (the three producers and
+//! the broker's answers), with the pure rules beside them: `uplink` (packet to record),
+//! `downlink` (when to send, retry, give up), `sessions`, `elsewhere`, `request_offsets`,
+//! `replay`; `restore` reads sessions back and follows them, `socket_drops` reads the
+//! kernel's counters.
 
 mod config;
 pub mod downlink;

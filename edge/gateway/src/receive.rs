@@ -2,16 +2,21 @@
 //! its session observed, and published; an ACK ends its switch once its record is on the
 //! broker.
 //!
-//! It runs on a thread of its own that sleeps in a blocking `recv_from`: one system call per
-//! datagram, where the async runtime took a failed receive, an `epoll_wait` and a task wake
-//! for every pause in the traffic. Nothing on this path awaits: records go to the producer's
-//! queue, their acknowledgements come back on its thread.
+//! It runs on a thread of its own that sleeps in a blocking `recv_from` while traffic is
+//! sparse, and takes everything queued behind each datagram without sleeping. While
+//! traffic is dense it lets datagrams gather in the socket for `--coalesce-us` between
+//! rounds: sleeping and waking once per datagram was half of the thread's CPU at 20,000
+//! datagrams/s. Nothing on this path awaits: records go to the producer's queue, their
+//! acknowledgements come back on its thread.
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
 use switchyard_schemas::records::now_us;
 
 use switchyard_protocol::json::parse_request_id;
@@ -29,14 +34,43 @@ impl Gateway {
     /// Receive until `stop` is set (seen within the socket's read timeout).
     pub(crate) fn receive(self: Arc<Self>, stop: &AtomicBool) {
         let mut buf = vec![0u8; 65_536];
+        let coalesce = Duration::from_micros(self.config.coalesce_us);
+        let mut last_round: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             match self.socket.recv_from(&mut buf) {
-                Ok((n, source)) => self.uplink(&buf[..n], source),
+                Ok((n, source)) => {
+                    self.uplink(&buf[..n], source);
+                    self.take_queued(&mut buf);
+                    let now = Instant::now();
+                    if dense(last_round, now, coalesce) {
+                        std::thread::sleep(coalesce);
+                    }
+                    last_round = Some(now);
+                }
                 // The read timeout: nothing arrived, look at `stop` again.
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) => {
                     warn!(error = %e, "UDP receive failed; continuing");
                     std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    /// Every datagram already queued in the socket, without blocking.
+    fn take_queued(self: &Arc<Self>, buf: &mut [u8]) {
+        loop {
+            match rustix::net::recvfrom(&self.socket, &mut *buf, RecvFlags::DONTWAIT) {
+                Ok((_, n, Some(from))) => match SocketAddr::try_from(from) {
+                    Ok(source) => self.uplink(&buf[..n.min(buf.len())], source),
+                    Err(_) => warn!("datagram from a non-IP address ignored"),
+                },
+                Ok((_, _, None)) => warn!("datagram without a source address ignored"),
+                Err(Errno::AGAIN) => return,
+                Err(Errno::INTR) => {}
+                Err(e) => {
+                    warn!(error = %e, "UDP receive failed; continuing");
+                    return;
                 }
             }
         }
@@ -211,5 +245,35 @@ impl Gateway {
             ));
         }
         Ok(())
+    }
+}
+
+/// Whether traffic is dense enough to let datagrams gather: the previous round of receiving
+/// ended less than two coalescing periods before this one.
+fn dense(last_round: Option<Instant>, now: Instant, coalesce: Duration) -> bool {
+    !coalesce.is_zero() && last_round.is_some_and(|last| now.duration_since(last) < 2 * coalesce)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_close_rounds_wait_to_gather_datagrams() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        assert!(
+            !dense(None, t0, ms(1)),
+            "the first datagram is taken at once"
+        );
+        assert!(dense(Some(t0), t0 + ms(1), ms(1)));
+        assert!(
+            !dense(Some(t0), t0 + ms(2), ms(1)),
+            "sparse traffic never waits"
+        );
+        assert!(
+            !dense(Some(t0), t0 + ms(1), Duration::ZERO),
+            "0 turns it off"
+        );
     }
 }

@@ -31,9 +31,9 @@ use crate::Report;
 
 /// The raw loop's topics: as many as the gateway writes here (imu, gyro, temp), with the
 /// same partition count, so both sides put the same records on the same number of partitions.
-const RAW_TOPICS: [&str; 3] = ["bench-udp-raw-1", "bench-udp-raw-2", "bench-udp-raw-3"];
+pub(crate) const RAW_TOPICS: [&str; 3] = ["bench-udp-raw-1", "bench-udp-raw-2", "bench-udp-raw-3"];
 const MODEMS: u64 = 500;
-const UDP_BUFFER: usize = 4 * 1024 * 1024;
+pub(crate) const UDP_BUFFER: usize = 4 * 1024 * 1024;
 
 /// The datagrams: readings from 500 modems (enveloped, as current firmware sends them),
 /// round-robin over the three sensors.
@@ -486,6 +486,7 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
     // The gateway's CPU per datagram at a steady rate, each round on a fresh gateway.
     let cost_packets = datagrams((bench.cost_rate * bench.cost_secs) as usize)?;
     let mut costs = Vec::new();
+    let mut floors = Vec::new();
     for round in 1..=bench.rounds {
         let c = gateway_cost(&stack, &cost_packets, bench.cost_rate)?;
         eprintln!(
@@ -493,6 +494,12 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
             c.micros_per_datagram, c.uplink_thread_micros_per_datagram, c.delivery_thread_micros_per_datagram, c.broker_threads_micros_per_datagram, bench.cost_rate, c.handled, c.session_writes
         );
         costs.push(c);
+        let f = crate::raw_floor::measure(&bootstrap, &cost_packets, bench.cost_rate)?;
+        eprintln!(
+            "round {round}: floor (receive, hand bytes to librdkafka, count reports) {:.1} µs per datagram (receive thread {:.1}, delivery reports {:.1}, broker threads {:.1})",
+            f.total(), f.receive, f.delivery, f.broker_threads
+        );
+        floors.push(f);
     }
     let latency_packets = datagrams((bench.latency_rate * bench.latency_secs) as usize + 500)?;
     let raw_lat = raw_latency(runtime, &bootstrap, &latency_packets, bench.latency_rate)?;
@@ -541,6 +548,17 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
     } else {
         "misses"
     };
+    let floor_list_of = |part: &dyn Fn(&crate::raw_floor::Floor) -> f64| {
+        floors
+            .iter()
+            .map(|f| format!("{:.1}", part(f)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let floor_list = floor_list_of(&|f| f.total());
+    let floor_receive_list = floor_list_of(&|f| f.receive);
+    let floor_delivery_list = floor_list_of(&|f| f.delivery);
+    let floor_broker_list = floor_list_of(&|f| f.broker_threads);
     let writes = costs
         .iter()
         .map(|c| format!("{:.0}", c.session_writes))
@@ -570,6 +588,7 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
          | gateway | {gw_median:.0} | {} | {} |\n\
          | **gateway / raw** (median of the per-round ratios {}) | **{:.0}%** | target ≥ 85%: {verdict} | |\n\n\
          The gateway's own cost: its process CPU time (user + system, /proc) from the first datagram until the last record is acknowledged, divided by the datagrams it handled, at a steady {cost_rate} datagrams/s for {csecs} s, a fresh gateway each round: **{cost_median:.1} µs per datagram** (median; rounds {cost_list}), goal ≤ 5 µs: {cost_verdict}. By thread, µs per datagram by round: the uplink thread (receive, decode, authenticate, Avro-encode, enqueue, including its system calls) {uplink_list}; the thread that takes the producer's delivery reports {delivery_list}; librdkafka's broker threads (they talk to the broker and, while a ready batch waits for the broker's answer, poll without sleeping) {broker_threads_list}; everything else (the async runtime with downlink, metrics and session follow-up; librdkafka's other threads) {rest_list}. Session records written per round (one per modem on first sight, then at most one per heartbeat of 30 s): {writes}, for {MODEMS} modems.\n\n\
+         The floor under it, measured after each gateway round on the same datagrams: a loop that only receives each datagram (one blocking `recv_from` each) and hands its bytes to librdkafka with the same producer settings, its delivery reports only counted (no decoding, registry, sessions or metrics): {floor_list} µs per datagram by round; receiving thread {floor_receive_list}, delivery reports {floor_delivery_list}, librdkafka's broker threads {floor_broker_list}.\n\n\
          Latency, datagram arrival → broker ack, at {lrate} datagrams/s for {lsecs} s (p50/p99 estimated from the gateway's `produce_seconds` histogram buckets, the raw loop's samples put in the same buckets):\n\n\
          | | p50 ms | p99 ms | records |\n|---|---|---|---|\n\
          | raw UDP→rdkafka | {:.2} | {:.2} | {:.0} |\n\
@@ -622,6 +641,10 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
             "gateway_uplink_thread_cpu_micros_per_datagram": costs.iter().map(|c| c.uplink_thread_micros_per_datagram).collect::<Vec<_>>(),
             "gateway_delivery_thread_cpu_micros_per_datagram": costs.iter().map(|c| c.delivery_thread_micros_per_datagram).collect::<Vec<_>>(),
             "gateway_broker_threads_cpu_micros_per_datagram": costs.iter().map(|c| c.broker_threads_micros_per_datagram).collect::<Vec<_>>(),
+            "floor_cpu_micros_per_datagram": floors.iter().map(|f| f.total()).collect::<Vec<_>>(),
+            "floor_receive_thread_cpu_micros_per_datagram": floors.iter().map(|f| f.receive).collect::<Vec<_>>(),
+            "floor_delivery_thread_cpu_micros_per_datagram": floors.iter().map(|f| f.delivery).collect::<Vec<_>>(),
+            "floor_broker_threads_cpu_micros_per_datagram": floors.iter().map(|f| f.broker_threads).collect::<Vec<_>>(),
             "gateway_session_writes": costs.iter().map(|c| c.session_writes).collect::<Vec<_>>(),
             "latency_offered_per_second": bench.latency_rate,
             "latency_seconds": bench.latency_secs,

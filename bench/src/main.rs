@@ -6,6 +6,7 @@ mod fetch_cost_bench;
 mod gateway_bench;
 mod idle_bench;
 mod pipeline_bench;
+mod raw_floor;
 mod registry_bench;
 mod system_bench;
 

@@ -60,10 +60,10 @@ pub struct GatewayConfig {
     /// latency for broker CPU.
     #[arg(long, env = "SWITCHYARD_GATEWAY_LINGER_MS", default_value_t = 5)]
     pub linger_ms: u64,
-    /// While datagrams arrive less than twice this apart (microseconds), the uplink thread
-    /// lets them queue in the socket for this long and then takes them all, instead of
-    /// sleeping and waking once per datagram; a reading may wait this much longer. 0: wake
-    /// for every datagram.
+    /// While datagrams come less than half this apart (microseconds), the uplink thread
+    /// lets them queue in the socket for this long between rounds and then takes them all,
+    /// instead of sleeping and waking once per datagram; a reading may wait this much
+    /// longer. 0: wake for every datagram.
     #[arg(long, env = "SWITCHYARD_GATEWAY_COALESCE_US", default_value_t = 1000)]
     pub coalesce_us: u64,
     /// This instance's name in `device-sessions`: the sessions it holds are those it reads

@@ -25,7 +25,7 @@ use switchyard_schemas::records::{AckStatus, DeliveryEvent, SessionProtocol};
 use tracing::warn;
 
 use crate::downlink::Answer;
-use crate::service::Gateway;
+use crate::service::{rate_limited, Gateway};
 use crate::sessions::Heard;
 use crate::uplink::{to_record, wire_carrier, Uplink, ACK_TOPIC, STATUS_TOPIC};
 use crate::SESSIONS_TOPIC;
@@ -35,17 +35,18 @@ impl Gateway {
     pub(crate) fn receive(self: Arc<Self>, stop: &AtomicBool) {
         let mut buf = vec![0u8; 65_536];
         let coalesce = Duration::from_micros(self.config.coalesce_us);
-        let mut last_round: Option<Instant> = None;
+        // When the thread last became ready for the next datagram.
+        let mut ready_since = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             match self.socket.recv_from(&mut buf) {
                 Ok((n, source)) => {
+                    let waited = ready_since.elapsed();
                     self.uplink(&buf[..n], source);
                     self.take_queued(&mut buf);
-                    let now = Instant::now();
-                    if dense(last_round, now, coalesce) {
+                    if gather(waited, coalesce) {
                         std::thread::sleep(coalesce);
                     }
-                    last_round = Some(now);
+                    ready_since = Instant::now();
                 }
                 // The read timeout: nothing arrived, look at `stop` again.
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
@@ -61,11 +62,17 @@ impl Gateway {
     fn take_queued(self: &Arc<Self>, buf: &mut [u8]) {
         loop {
             match rustix::net::recvfrom(&self.socket, &mut *buf, RecvFlags::DONTWAIT) {
-                Ok((_, n, Some(from))) => match SocketAddr::try_from(from) {
-                    Ok(source) => self.uplink(&buf[..n.min(buf.len())], source),
-                    Err(_) => warn!("datagram from a non-IP address ignored"),
+                Ok((_, n, from)) => match from.and_then(|a| SocketAddr::try_from(a).ok()) {
+                    Some(source) => self.uplink(&buf[..n.min(buf.len())], source),
+                    // Not seen on a UDP/IP socket; counted should it ever happen.
+                    None => {
+                        let counter = self.metrics.rejects.with_label_values(&["no_source"]);
+                        counter.inc();
+                        if rate_limited(counter.get()) {
+                            warn!("datagram without an IP source address rejected");
+                        }
+                    }
                 },
-                Ok((_, _, None)) => warn!("datagram without a source address ignored"),
                 Err(Errno::AGAIN) => return,
                 Err(Errno::INTR) => {}
                 Err(e) => {
@@ -248,10 +255,12 @@ impl Gateway {
     }
 }
 
-/// Whether traffic is dense enough to let datagrams gather: the previous round of receiving
-/// ended less than two coalescing periods before this one.
-fn dense(last_round: Option<Instant>, now: Instant, coalesce: Duration) -> bool {
-    !coalesce.is_zero() && last_round.is_some_and(|last| now.duration_since(last) < 2 * coalesce)
+/// Whether to let datagrams gather before the next round: the datagram that started this
+/// round came less than half a coalescing period after the thread was ready for it, so
+/// several will arrive while it sleeps (at one per period, each would pay a sleep and a
+/// wake). Sparse traffic, and a datagram after a pause, never waits.
+fn gather(waited: Duration, coalesce: Duration) -> bool {
+    waited < coalesce / 2
 }
 
 #[cfg(test)]
@@ -259,21 +268,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_close_rounds_wait_to_gather_datagrams() {
-        let ms = Duration::from_millis;
-        let t0 = Instant::now();
+    fn only_traffic_closer_than_the_period_waits_to_gather() {
+        let us = Duration::from_micros;
+        assert!(gather(us(0), us(1000)), "datagrams were already queued");
+        assert!(gather(us(400), us(1000)));
         assert!(
-            !dense(None, t0, ms(1)),
-            "the first datagram is taken at once"
+            !gather(us(900), us(1000)),
+            "about one datagram per period would pay a sleep and a wake each"
         );
-        assert!(dense(Some(t0), t0 + ms(1), ms(1)));
-        assert!(
-            !dense(Some(t0), t0 + ms(2), ms(1)),
-            "sparse traffic never waits"
-        );
-        assert!(
-            !dense(Some(t0), t0 + ms(1), Duration::ZERO),
-            "0 turns it off"
-        );
+        assert!(!gather(us(0), Duration::ZERO), "0 turns it off");
     }
 }

@@ -125,11 +125,29 @@ enum Bench {
     },
 }
 
+/// Ctrl-C or SIGTERM ends the bench without unwinding, so the `make up` stacks it started
+/// (detached by `stack.sh`) would keep running and load the machine under the next
+/// measurement: have them taken down, then exit at once.
+async fn take_down_on_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    switchyard_testkit::take_down_scripted_in_background();
+    eprintln!("interrupted: the bench's `make up` stacks are being taken down in the background");
+    std::process::exit(130);
+}
+
 fn main() -> anyhow::Result<()> {
     switchyard_telemetry::init_tracing("warn");
     let cli = Cli::parse();
     std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
     let runtime = tokio::runtime::Runtime::new()?;
+    runtime.spawn(take_down_on_signal());
     match cli.bench {
         Bench::FetchCost { seconds } => {
             let report = runtime.block_on(fetch_cost_bench::run(

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
 mod scripted;
-pub use scripted::ScriptedStack;
+pub use scripted::{take_down_scripted_in_background, ScriptedStack};
 
 /// A loopback TCP port free at the time of the call.
 pub fn free_port() -> Result<u16> {

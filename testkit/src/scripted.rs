@@ -2,7 +2,8 @@
 //! bench can run the whole `make up` layout next to a developer's own stack.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
 
 use anyhow::{bail, Context as _, Result};
 
@@ -10,6 +11,43 @@ use crate::free_port;
 
 fn stack_sh() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/stack.sh")
+}
+
+type StackEnv = Vec<(&'static str, String)>;
+
+/// The environment of every scripted stack not yet taken down, so that a bench stopped by a
+/// signal (which skips `Drop`) can still take them down: `stack.sh` detaches its services,
+/// and left running they load the machine under the next measurement.
+static LIVE: Mutex<Vec<StackEnv>> = Mutex::new(Vec::new());
+
+/// Start taking down every scripted stack this process started and has not dropped yet,
+/// and its scratch folder, in processes of their own that outlive this one: for a process
+/// about to exit without unwinding.
+pub fn take_down_scripted_in_background() {
+    let live = LIVE
+        .lock()
+        .map(|mut l| std::mem::take(&mut *l))
+        .unwrap_or_default();
+    for env in live {
+        let _ = Command::new("bash")
+            .arg("-c")
+            .arg(r#"bash "$0" down; rm -rf "$SWITCHYARD_RUN_DIR""#)
+            .arg(stack_sh())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+    }
+}
+
+fn run_stack_sh(env: &StackEnv, verb: &str) -> Result<Output> {
+    Command::new("bash")
+        .arg(stack_sh())
+        .arg(verb)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .with_context(|| format!("running stack.sh {verb}"))
 }
 
 /// Six consecutive free ports for the metrics endpoints.
@@ -30,7 +68,7 @@ fn free_metrics_base() -> Result<u16> {
 
 /// One scratch `make up` stack; `down` runs when it is dropped.
 pub struct ScriptedStack {
-    env: Vec<(&'static str, String)>,
+    env: StackEnv,
     run: tempfile::TempDir,
 }
 
@@ -48,17 +86,15 @@ impl ScriptedStack {
             ("SWITCHYARD_PROMETHEUS_PORT", free_port()?.to_string()),
             ("SWITCHYARD_METRICS_BASE", free_metrics_base()?.to_string()),
         ];
+        if let Ok(mut live) = LIVE.lock() {
+            live.push(env.clone());
+        }
         Ok(ScriptedStack { env, run })
     }
 
     /// Run `stack.sh VERB` (up, down, status) and return what it printed.
     pub fn sh(&self, verb: &str) -> Result<Output> {
-        Command::new("bash")
-            .arg(stack_sh())
-            .arg(verb)
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .with_context(|| format!("running stack.sh {verb}"))
+        run_stack_sh(&self.env, verb)
     }
 
     /// The port given to stack.sh as `name` (e.g. `SWITCHYARD_API_PORT`).
@@ -102,5 +138,8 @@ impl ScriptedStack {
 impl Drop for ScriptedStack {
     fn drop(&mut self) {
         let _ = self.sh("down");
+        if let Ok(mut live) = LIVE.lock() {
+            live.retain(|env| *env != self.env);
+        }
     }
 }

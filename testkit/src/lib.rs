@@ -812,33 +812,58 @@ pub const VPCD: &str = "127.0.0.1:35963";
 
 /// pcscd, started here unless one is already running (it is one per machine). Dropping the
 /// returned service stops the pcscd this started.
+///
+/// Now and then (twice in some eight clean-clone `make test` runs) a fresh pcscd's vpcd reader
+/// failed to listen ("Address already in use") although the port was free a moment before
+/// and is reserved from the ephemeral range; the cause is not known. So a start whose reader
+/// could not listen is retried, twice, and each failure is printed with the sockets on the
+/// port at that moment; the third fails the test with all of it.
 pub fn ensure_pcscd(log_dir: &Path) -> Result<Option<Service>> {
     let vpcd: SocketAddr = VPCD.parse()?;
     if TcpStream::connect_timeout(&vpcd, Duration::from_millis(200)).is_ok() {
         return Ok(None);
     }
-    // A socket still bound to the port (such as an earlier pcscd's connection in TIME_WAIT,
-    // up to a minute) makes the reader fail to listen: wait until the port is free.
-    wait_for("vpcd's port to be free", Duration::from_secs(70), || {
-        port_is_free(vpcd)
-    })?;
-    let mut command = Command::new("pcscd");
-    command.arg("--foreground");
-    let mut service = Service::spawn("pcscd", command, log_dir)
-        .context("starting pcscd (make test installs pcscd and vsmartcard-vpcd)")?;
-    service.wait_until(Duration::from_secs(20), || {
-        TcpStream::connect_timeout(&vpcd, Duration::from_millis(200)).is_ok()
-    })?;
-    // vpcd's port is in the ephemeral range; a client socket holding it makes the reader
-    // fail to listen (scripts/deps.sh reserves the port to prevent that). Say so plainly.
-    if service.log_text().contains("Address already in use") {
-        bail!(
-            "pcscd could not listen on vpcd's port {vpcd}: another socket holds it (reserve it: \
-             scripts/deps.sh --test writes it to /proc/sys/net/ipv4/ip_local_reserved_ports)\n{}",
-            service.log_text()
+    let mut failures = Vec::new();
+    for attempt in 1..=3 {
+        // A socket still bound to the port (such as an earlier pcscd's connection in
+        // TIME_WAIT, up to a minute) makes the reader fail to listen: wait until it is free.
+        wait_for("vpcd's port to be free", Duration::from_secs(70), || {
+            port_is_free(vpcd)
+        })?;
+        let mut command = Command::new("pcscd");
+        command.arg("--foreground");
+        let mut service = Service::spawn("pcscd", command, log_dir)
+            .context("starting pcscd (make test installs pcscd and vsmartcard-vpcd)")?;
+        service.wait_until(Duration::from_secs(20), || {
+            TcpStream::connect_timeout(&vpcd, Duration::from_millis(200)).is_ok()
+        })?;
+        if !service.log_text().contains("Address already in use") {
+            return Ok(Some(service));
+        }
+        let failure = format!(
+            "attempt {attempt}: pcscd's reader could not listen on {vpcd}; pcscd's log:\n{}\n\
+             sockets on the port then:\n{}",
+            service.log_text(),
+            sockets_on(vpcd.port())
         );
+        eprintln!("{failure}");
+        failures.push(failure);
+        service.kill();
     }
-    Ok(Some(service))
+    bail!(
+        "pcscd could not listen on vpcd's port {vpcd} in three starts (it should be reserved: \
+         scripts/deps.sh --test writes it to /proc/sys/net/ipv4/ip_local_reserved_ports)\n{}",
+        failures.join("\n")
+    )
+}
+
+/// What `ss` lists on TCP `port` (any state, with the owning processes), for a diagnosis.
+fn sockets_on(port: u16) -> String {
+    Command::new("ss")
+        .args(["-tanp", &format!("sport = :{port} or dport = :{port}")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("(ss failed: {e})"))
 }
 
 /// Whether a listener could bind `addr` now, as pcscd's vpcd does (without `SO_REUSEADDR`,

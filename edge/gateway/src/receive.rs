@@ -42,7 +42,7 @@ impl Gateway {
                 Ok((n, source)) => {
                     let waited = ready_since.elapsed();
                     self.uplink(&buf[..n], source);
-                    self.take_queued(&mut buf);
+                    self.take_queued(&mut buf, stop);
                     if gather(waited, coalesce) {
                         std::thread::sleep(coalesce);
                     }
@@ -58,9 +58,10 @@ impl Gateway {
         }
     }
 
-    /// Every datagram already queued in the socket, without blocking.
-    fn take_queued(self: &Arc<Self>, buf: &mut [u8]) {
-        loop {
+    /// Every datagram already queued in the socket, without blocking; under a flood that
+    /// never empties the queue, until `stop` is set.
+    fn take_queued(self: &Arc<Self>, buf: &mut [u8], stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
             match rustix::net::recvfrom(&self.socket, &mut *buf, RecvFlags::DONTWAIT) {
                 Ok((_, n, from)) => match from.and_then(|a| SocketAddr::try_from(a).ok()) {
                     Some(source) => self.uplink(&buf[..n.min(buf.len())], source),

@@ -31,7 +31,7 @@ use crate::Report;
 
 /// The raw loop's topics: as many as the gateway writes here (imu, gyro, temp), with the
 /// same partition count, so both sides put the same records on the same number of partitions.
-pub(crate) const RAW_TOPICS: [&str; 3] = ["bench-udp-raw-1", "bench-udp-raw-2", "bench-udp-raw-3"];
+const RAW_TOPICS: [&str; 3] = ["bench-udp-raw-1", "bench-udp-raw-2", "bench-udp-raw-3"];
 const MODEMS: u64 = 500;
 pub(crate) const UDP_BUFFER: usize = 4 * 1024 * 1024;
 
@@ -316,6 +316,23 @@ fn gateway_cost(stack: &Stack, packets: &[Vec<u8>], rate: u64) -> anyhow::Result
     })
 }
 
+/// The raw loops' producer: the gateway's settings for readings.
+pub(crate) fn raw_producer_config(bootstrap: &str) -> rdkafka::ClientConfig {
+    let mut config = clients::unordered_producer_config(bootstrap);
+    config
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "100000");
+    config
+}
+
+/// Where a raw loop puts the `nth` datagram it received: keyed by the envelope's modem-id
+/// bytes, spread over the three topics as the generator spreads sensors. No decoding, the
+/// same records per partition as the gateway's.
+pub(crate) fn raw_route(datagram: &[u8], nth: usize) -> (&'static str, &[u8]) {
+    let key = datagram.get(1..9.min(datagram.len())).unwrap_or_default();
+    (RAW_TOPICS[nth % RAW_TOPICS.len()], key)
+}
+
 /// The baseline: receive a datagram, produce its bytes, await the ack in the background.
 struct RawLoop {
     addr: SocketAddr,
@@ -336,10 +353,7 @@ impl RawLoop {
             socket.set_nonblocking(true)?;
             tokio::net::UdpSocket::from_std(socket)?
         };
-        let producer: FutureProducer = clients::unordered_producer_config(bootstrap)
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "100000")
-            .create()?;
+        let producer: FutureProducer = raw_producer_config(bootstrap).create()?;
         let received = Arc::new(AtomicU64::new(0));
         let acked = Arc::new(AtomicU64::new(0));
         let lost = Arc::new(AtomicU64::new(0));
@@ -356,10 +370,7 @@ impl RawLoop {
             while let Ok((n, _source)) = socket.recv_from(&mut buf).await {
                 let arrived = Instant::now();
                 r.fetch_add(1, Ordering::Relaxed);
-                // Keyed by the envelope's modem-id bytes, spread over the three topics as the
-                // generator spreads sensors: no decoding, the same records per partition.
-                let key = buf.get(1..9.min(n)).unwrap_or_default();
-                let topic = RAW_TOPICS[n_received % RAW_TOPICS.len()];
+                let (topic, key) = raw_route(&buf[..n], n_received);
                 n_received += 1;
                 let record = FutureRecord::to(topic).key(key).payload(&buf[..n]);
                 match producer.send_result(record) {

@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
-use switchyard_kafka::clients;
 use switchyard_testkit::free_port;
 
-use crate::gateway_bench::{send_paced, settle, Counts, RAW_TOPICS, UDP_BUFFER};
+use crate::gateway_bench::{
+    raw_producer_config, raw_route, send_paced, settle, Counts, UDP_BUFFER,
+};
 use crate::idle_bench::threads_cpu_seconds;
 
 const RECEIVE_THREAD: &str = "raw-floor";
@@ -63,9 +64,7 @@ pub(crate) fn measure(bootstrap: &str, packets: &[Vec<u8>], rate: u64) -> anyhow
     let socket = switchyard_gateway::bind_udp(addr, UDP_BUFFER)?;
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
     let counting = Arc::new(Counting::default());
-    let producer: ThreadedProducer<CountingContext> = clients::unordered_producer_config(bootstrap)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "100000")
+    let producer: ThreadedProducer<CountingContext> = raw_producer_config(bootstrap)
         .create_with_context(CountingContext(Arc::clone(&counting)))?;
     let producer = Arc::new(producer);
     let tally = Arc::clone(&counting);
@@ -81,10 +80,8 @@ pub(crate) fn measure(bootstrap: &str, packets: &[Vec<u8>], rate: u64) -> anyhow
                     let Ok((n, _)) = socket.recv_from(&mut buf) else {
                         continue;
                     };
-                    let count = received.fetch_add(1, Ordering::Relaxed) as usize;
-                    // Keyed and spread like the raw loop: the gateway's records per partition.
-                    let key = buf.get(1..9.min(n)).unwrap_or_default();
-                    let topic = RAW_TOPICS[count % RAW_TOPICS.len()];
+                    let nth = received.fetch_add(1, Ordering::Relaxed) as usize;
+                    let (topic, key) = raw_route(&buf[..n], nth);
                     let record = BaseRecord::to(topic).key(key).payload(&buf[..n]);
                     if producer.send(record).is_err() {
                         counting.failed.fetch_add(1, Ordering::Relaxed);

@@ -43,8 +43,8 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Integration tests start their own tansu brokers and registries on free ports (and stop
-# them), so `make test` works with or without `make up` running.
+# Integration tests start their own Apache Kafka brokers and registries on free ports (and
+# stop them), so `make test` works with or without `make up` running.
 test: deps-test lint build
 	$(CARGO) test --workspace
 
@@ -62,7 +62,6 @@ bench: deps
 	./target/release/switchyard-bench roundtrip
 	./target/release/switchyard-bench memory --modems 1000000
 	./target/release/switchyard-bench scale
-	./target/release/switchyard-bench fetch-cost
 	./target/release/switchyard-bench idle
 	./target/release/switchyard-bench burst
 	./target/release/switchyard-bench registry

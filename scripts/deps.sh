@@ -4,8 +4,10 @@
 #   scripts/deps.sh --test     and what `make test` needs on top (headless Chromium, selenium)
 set -euo pipefail
 
-TANSU_VERSION=0.6.0
 APT_PACKAGES=(curl iproute2 procps util-linux python3-pip pcscd libpcsclite-dev vsmartcard-vpcd)
+# The broker is Apache Kafka's jars from Maven Central, run on Java 17 (scripts/kafka.sh).
+command -v java >/dev/null || APT_PACKAGES+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || APT_PACKAGES+=(maven)
 FOR_TESTS=false
 [ "${1:-}" = "--test" ] && FOR_TESTS=true
 if $FOR_TESTS; then APT_PACKAGES+=(chromium chromium-driver); fi
@@ -39,12 +41,9 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   fi
 fi
 
-# The broker: tansu from crates.io, into the default cargo root so every clone shares it
-# (the first build takes ~12-15 minutes on 2 cores; `cargo install` skips it afterwards).
-if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-  say "cargo: installing tansu $TANSU_VERSION (broker; one-time, ~15 minutes)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
-fi
+# The broker: Apache Kafka's jars (broker/pom.xml) into Maven's local repository, shared by
+# every clone; Maven checks each download's checksum. A no-op once resolved.
+"$ROOT/scripts/kafka.sh" classpath >/dev/null
 
 # Confluent's Python client, the independent check in the integration tests.
 if ! python3 -c "import confluent_kafka, fastavro" 2>/dev/null; then

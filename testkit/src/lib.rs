@@ -1,8 +1,9 @@
 //! Real processes for integration tests.
 //!
-//! [`Broker::start`] runs a tansu broker (SQLite storage in a temporary folder) on a free
-//! loopback port; [`Service::spawn`] runs any binary and waits until it is ready. Both stop
-//! their process when dropped, so a failing test leaves nothing running.
+//! [`Broker::start`] runs an Apache Kafka node (KRaft, data in a temporary folder) on free
+//! loopback ports, [`Cluster::start`] three of them; [`Service::spawn`] runs any binary and
+//! waits until it is ready. Both stop their process when dropped, so a failing test leaves
+//! nothing running.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -11,38 +12,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use tempfile::TempDir;
 
+mod broker;
 mod scripted;
+pub use broker::{kafka_script, kafka_version, Broker, Cluster};
 pub use scripted::{take_down_scripted_in_background, ScriptedStack};
 
 /// A loopback TCP port free at the time of the call.
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a probe socket")?;
     Ok(listener.local_addr()?.port())
-}
-
-/// The tansu binary: `$SWITCHYARD_TANSU`, else `tansu` on PATH, else `~/.cargo/bin/tansu`.
-pub fn tansu_binary() -> Result<PathBuf> {
-    if let Ok(path) = std::env::var("SWITCHYARD_TANSU") {
-        return Ok(PathBuf::from(path));
-    }
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths) {
-            let candidate = dir.join("tansu");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let fallback = home.join(".cargo/bin/tansu");
-    if fallback.is_file() {
-        return Ok(fallback);
-    }
-    bail!("tansu is not installed: run `make deps` (cargo install tansu --version 0.6.0 --features dynostore,libsql)")
 }
 
 /// Wait until something accepts TCP connections on `addr`.
@@ -144,86 +123,6 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// A tansu broker with SQLite storage in its own temporary folder.
-pub struct Broker {
-    pub addr: SocketAddr,
-    service: Service,
-    dir: TempDir,
-}
-
-impl Broker {
-    pub fn start() -> Result<Broker> {
-        let dir = tempfile::tempdir().context("creating the broker's data folder")?;
-        let port = free_port()?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let service = Self::spawn_in(dir.path(), addr)?;
-        let mut broker = Broker { addr, service, dir };
-        broker.wait_ready()?;
-        Ok(broker)
-    }
-
-    fn spawn_in(dir: &Path, addr: SocketAddr) -> Result<Service> {
-        let url = format!("tcp://{addr}");
-        let mut command = Command::new(tansu_binary()?);
-        command
-            .current_dir(dir)
-            .env("RUST_LOG", "warn")
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"]);
-        Service::spawn("tansu", command, dir)
-    }
-
-    fn wait_ready(&mut self) -> Result<()> {
-        let addr = self.addr;
-        self.service.wait_until(Duration::from_secs(30), || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        })
-    }
-
-    /// The broker process's id (to read its CPU time from /proc).
-    pub fn pid(&self) -> u32 {
-        self.service.pid()
-    }
-
-    /// `host:port` for `bootstrap.servers`.
-    pub fn bootstrap(&self) -> String {
-        self.addr.to_string()
-    }
-
-    /// The folder holding the broker's data (and its log, `tansu.log`).
-    pub fn data_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Kill the broker (SIGKILL) and start it again on the same port and data.
-    pub fn restart(&mut self) -> Result<()> {
-        self.service.kill();
-        self.service = Self::spawn_in(self.dir.path(), self.addr)?;
-        self.wait_ready()
-    }
-
-    /// Kill the broker (SIGKILL) and leave it down until [`Broker::start_again`].
-    pub fn stop(&mut self) {
-        self.service.kill();
-    }
-
-    /// Start a stopped broker again on the same port and data.
-    pub fn start_again(&mut self) -> Result<()> {
-        self.service = Self::spawn_in(self.dir.path(), self.addr)?;
-        self.wait_ready()
-    }
-
-    pub fn log_text(&self) -> String {
-        self.service.log_text()
     }
 }
 
@@ -453,11 +352,33 @@ pub mod kafka {
         Ok(reader(bootstrap, topic)?.1.len())
     }
 
-    /// Every record of `topic` from its start to its end as of this call (each partition read
-    /// to its high watermark), so a test counting them sees extra records as well as missing
-    /// ones.
+    /// Every record of `topic` from its start to its end as of this call, so a test counting
+    /// them sees extra records as well as missing ones. Read `read_committed`: each partition
+    /// up to its last stable offset (the start of its oldest open transaction, else its high
+    /// watermark); records of aborted transactions are never returned.
     pub fn read_to_end(bootstrap: &str, topic: &str) -> Result<Vec<RawRecord>> {
-        let (consumer, partitions) = reader(bootstrap, topic)?;
+        read_to_end_as(bootstrap, topic, "read_committed")
+    }
+
+    /// Every record of `topic` up to each partition's high watermark, as a
+    /// `read_uncommitted` consumer sees them: open and aborted transactions' records too.
+    pub fn read_uncommitted_to_end(bootstrap: &str, topic: &str) -> Result<Vec<RawRecord>> {
+        read_to_end_as(bootstrap, topic, "read_uncommitted")
+    }
+
+    fn read_to_end_as(bootstrap: &str, topic: &str, isolation: &str) -> Result<Vec<RawRecord>> {
+        let consumer: BaseConsumer = switchyard_kafka::clients::consumer_config(bootstrap)
+            .set("group.id", "switchyard-test-reader")
+            // Also what the end offsets below are: the last stable offset when committed.
+            .set("isolation.level", isolation)
+            // A partition whose last offsets are transaction markers (never returned as
+            // records) ends with an end-of-partition event instead of a last record.
+            .set("enable.partition.eof", "true")
+            .create()?;
+        let partitions = switchyard_kafka::partitions(&consumer, topic, Duration::from_secs(10))?;
+        if partitions.is_empty() {
+            bail!("topic {topic} does not exist");
+        }
         let mut ends = HashMap::new();
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
@@ -467,7 +388,6 @@ pub mod kafka {
                 tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
             }
         }
-        let expected: i64 = ends.values().sum();
         let mut out = Vec::new();
         if ends.is_empty() {
             return Ok(out);
@@ -476,22 +396,34 @@ pub mod kafka {
         let deadline = Instant::now() + Duration::from_secs(120);
         while !ends.is_empty() {
             if Instant::now() > deadline {
-                bail!("{topic}: {} of about {expected} records read before the deadline; partitions left: {ends:?}", out.len());
+                bail!(
+                    "{topic}: {} records read before the deadline; partitions not read to their end: {ends:?}",
+                    out.len()
+                );
             }
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                if ends
-                    .get(&m.partition())
-                    .is_some_and(|end| m.offset() >= *end)
-                {
-                    continue;
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let end = ends.get(&m.partition()).copied();
+                    if end.is_some_and(|end| m.offset() < end) {
+                        out.push(raw_record(&m));
+                    }
+                    if end.is_some_and(|end| m.offset() + 1 >= end) {
+                        ends.remove(&m.partition());
+                    }
                 }
-                out.push(raw_record(&m));
-                if ends
-                    .get(&m.partition())
-                    .is_some_and(|end| m.offset() + 1 >= *end)
-                {
-                    ends.remove(&m.partition());
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    let position = consumer.position()?;
+                    let at = position
+                        .find_partition(topic, p)
+                        .and_then(|e| e.offset().to_raw());
+                    if ends
+                        .get(&p)
+                        .is_some_and(|end| at.is_some_and(|at| at >= *end))
+                    {
+                        ends.remove(&p);
+                    }
                 }
+                _ => {}
             }
         }
         Ok(out)

@@ -58,12 +58,12 @@ fn free_metrics_base() -> Result<u16> {
             continue;
         }
         let all_free =
-            (base..base + 6).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+            (base..base + 7).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
         if all_free {
             return Ok(base);
         }
     }
-    bail!("no six consecutive free ports")
+    bail!("no seven consecutive free ports")
 }
 
 /// One scratch `make up` stack; `down` runs when it is dropped.
@@ -80,6 +80,7 @@ impl ScriptedStack {
             ("SWITCHYARD_RUN_DIR", run.path().display().to_string()),
             ("SWITCHYARD_BIN", bin.display().to_string()),
             ("SWITCHYARD_BROKER_PORT", free_port()?.to_string()),
+            ("SWITCHYARD_CONTROLLER_PORT", free_port()?.to_string()),
             ("SWITCHYARD_REGISTRY_PORT", free_port()?.to_string()),
             ("SWITCHYARD_GATEWAY_PORT", free_port()?.to_string()),
             ("SWITCHYARD_API_PORT", free_port()?.to_string()),

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Run the Switchyard stack on this machine, no Docker: `stack.sh up|down|status|logs`.
 # Everything lives under .run/ in the repository (SWITCHYARD_RUN_DIR elsewhere): data/,
-# logs/, pids/. Ports can be moved with SWITCHYARD_*_PORT and SWITCHYARD_METRICS_BASE (the
-# six metrics ports from there); the system test runs a second stack that way.
+# logs/, pids/ (each service's current pid), supervisors/, exits/. Ports can be moved with
+# SWITCHYARD_*_PORT and SWITCHYARD_METRICS_BASE (the metrics ports from there); the system
+# test runs a second stack that way.
+#
+# Each service runs under a supervisor (`stack.sh supervise`, as compose's `restart:` would):
+# when it dies it is started again after a backoff (1 s, doubling to 60 s, back to 1 s after
+# a minute of running), and how it died (exit code or signal, and when) goes to exits/NAME,
+# which `make status` shows.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,12 +21,13 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 BROKER_HOST=127.0.0.1
 BROKER_PORT=${SWITCHYARD_BROKER_PORT:-9092}
+CONTROLLER_PORT=${SWITCHYARD_CONTROLLER_PORT:-9093}
 REGISTRY_PORT=${SWITCHYARD_REGISTRY_PORT:-8081}
 export SWITCHYARD_BOOTSTRAP_SERVERS="$BROKER_HOST:$BROKER_PORT"
 export SWITCHYARD_REGISTRY_URL="http://$BROKER_HOST:$REGISTRY_PORT"
 
 # Services in start order. Processors: name=metrics port (serving /metrics and /health).
-SERVICES=(tansu registry gateway)
+SERVICES=(kafka registry gateway)
 FLEET=${SWITCHYARD_FLEET:-3}
 GATEWAY_UDP=${SWITCHYARD_GATEWAY_PORT:-6001}
 GATEWAY_BUFFER=${SWITCHYARD_GATEWAY_BUFFER:-400000}
@@ -41,22 +48,6 @@ discover_processors() {
   done
 }
 discover_processors
-# tansu holds every fetch for the whole wait and runs its SQLite queries for every fetch, so
-# each idle consumer costs the broker CPU: measured, one consumer of one 3-partition topic at
-# a 20 ms wait costs about 20% of a core, at 100 ms a few % (`make bench`, idle section).
-# Only carrier-state, whose hop is on the carrier-switch round trip an operator waits on,
-# keeps the 20 ms default (as do the gateway's and the API's consumers); grafana-projector
-# waits 100 ms (SWITCHYARD_PROJECTOR_FETCH_WAIT_MS: Grafana shows readings at most ~0.2 s
-# later), the background processors 500 ms (SWITCHYARD_BACKGROUND_FETCH_WAIT_MS).
-PROJECTOR_FETCH_WAIT_MS=${SWITCHYARD_PROJECTOR_FETCH_WAIT_MS:-100}
-BACKGROUND_FETCH_WAIT_MS=${SWITCHYARD_BACKGROUND_FETCH_WAIT_MS:-500}
-fetch_wait_of() {
-  case "$1" in
-    reading-counter|anomaly-detector) echo "$BACKGROUND_FETCH_WAIT_MS" ;;
-    grafana-projector) echo "$PROJECTOR_FETCH_WAIT_MS" ;;
-    *) echo "${SWITCHYARD_FETCH_WAIT_MS:-20}" ;;
-  esac
-}
 # carrier-state sends its outputs at once (linger 0): an operator waits on them and there
 # are a few per switch. The others let the producer fill batches for 5 ms.
 linger_of() {
@@ -65,13 +56,11 @@ linger_of() {
     *) echo 5 ;;
   esac
 }
-# One partition per topic (the catalog says 3): this stack runs one instance of each service,
-# so more partitions add no parallelism, and each one adds to tansu's work per fetch of
-# every consumer. Topics created by an earlier `make up` keep their partitions.
-TOPIC_PARTITIONS=${SWITCHYARD_TOPIC_PARTITIONS:-1}
 for p in "${PROCESSORS[@]}"; do SERVICES+=("${p%%=*}"); done
 API_PORT=${SWITCHYARD_API_PORT:-8000}
 API_METRICS=$((METRICS_BASE + 5))
+BROKER_METRICS=$((METRICS_BASE + 6))   # the broker's JMX exporter
+REGISTRY_METRICS=$REGISTRY_PORT        # the registry serves /metrics on its own port
 TOKEN_FILE="$RUN/api-token"
 PROMETHEUS_PORT=${SWITCHYARD_PROMETHEUS_PORT:-9090}
 # Authentication on: one random key per simulated modem, in a file only its owner reads
@@ -87,15 +76,26 @@ SERVICES+=(api prometheus modems)
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+SUPERVISORS="$RUN/supervisors"
+EXITS="$RUN/exits"
+
 pid_of() { cat "$PIDS/$1.pid" 2>/dev/null || true; }
-running() { local pid; pid=$(pid_of "$1"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+supervisor_of() { cat "$SUPERVISORS/$1.pid" 2>/dev/null || true; }
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+running() { alive "$(pid_of "$1")"; }
+supervised() { alive "$(supervisor_of "$1")"; }
+exits_of() { wc -l <"$EXITS/$1" 2>/dev/null || echo 0; }
 port_busy() { ss -Hltn "sport = :$1" | grep -q .; }
+
+declare -A EXITS_AT_START=()
 
 wait_for() { # name, seconds, command...
   local name=$1 seconds=$2; shift 2
   local deadline=$((SECONDS + seconds))
   until "$@" >/dev/null 2>&1; do
-    running "$name" || die "$name exited; see $LOGS/$name.log:"$'\n'"$(tail -n 20 "$LOGS/$name.log" 2>/dev/null)"
+    if ! supervised "$name" || [ "$(exits_of "$name")" -gt "${EXITS_AT_START[$name]:-0}" ]; then
+      die "$name exited ($(tail -n 1 "$EXITS/$name" 2>/dev/null)); see $LOGS/$name.log:"$'\n'"$(tail -n 20 "$LOGS/$name.log" 2>/dev/null)"
+    fi
     [ $SECONDS -lt $deadline ] || die "$name not healthy after ${seconds}s; see $LOGS/$name.log"
     sleep 0.3
   done
@@ -103,11 +103,10 @@ wait_for() { # name, seconds, command...
 
 port_of() { local p; for p in "${PROCESSORS[@]}"; do if [ "${p%%=*}" = "$1" ]; then echo "${p##*=}"; fi; done; }
 
-tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 start() { # name, port, workdir, command...
   local name=$1 port=$2 dir=$3; shift 3
-  if running "$name"; then
+  if supervised "$name"; then
     echo "    $name already running (pid $(pid_of "$name"))"
     return
   fi
@@ -115,25 +114,60 @@ start() { # name, port, workdir, command...
     die "port $port is taken by another process; cannot start $name (see: ss -ltnp 'sport = :$port')"
   fi
   mkdir -p "$dir"
-  ( cd "$dir" && exec setsid "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null ) &
-  echo $! >"$PIDS/$name.pid"
-  echo "    started $name (pid $!)"
+  EXITS_AT_START[$name]=$(exits_of "$name")
+  ( cd "$dir" && exec setsid "$ROOT/scripts/stack.sh" supervise "$name" "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null ) &
+  echo $! >"$SUPERVISORS/$name.pid"
+  local deadline=$((SECONDS + 5))
+  until running "$name" || [ $SECONDS -ge $deadline ]; do sleep 0.05; done
+  echo "    started $name (pid $(pid_of "$name"))"
+}
+
+# `stack.sh supervise NAME COMMAND...`: run COMMAND, and again whenever it dies, until this
+# supervisor gets SIGTERM (which it passes on). Its pid file holds the current child's pid.
+supervise() {
+  local name=$1; shift
+  local child="" stopping=false backoff=1 started status how
+  trap 'stopping=true; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM INT
+  mkdir -p "$EXITS" "$PIDS"
+  while :; do
+    started=$SECONDS
+    "$@" &
+    child=$!
+    echo "$child" >"$PIDS/$name.pid"
+    status=0
+    wait "$child" || status=$?
+    # A trapped signal ends `wait` early: wait for the child itself.
+    while alive "$child"; do status=0; wait "$child" || status=$?; done
+    $stopping && exit 0
+    if [ "$status" -gt 128 ]; then
+      how="killed by SIG$(kill -l $((status - 128)) 2>/dev/null || echo $((status - 128)))"
+    else
+      how="exited with code $status"
+    fi
+    echo "$(date '+%Y-%m-%d %H:%M:%S') $how" >>"$EXITS/$name"
+    [ $((SECONDS - started)) -ge 60 ] && backoff=1
+    printf '==> supervisor: %s %s; starting it again in %s s\n' "$name" "$how" "$backoff"
+    sleep "$backoff" &
+    wait $! || true
+    $stopping && exit 0
+    backoff=$((backoff * 2 > 60 ? 60 : backoff * 2))
+  done
 }
 
 up() {
-  mkdir -p "$LOGS" "$PIDS" "$DATA"
+  mkdir -p "$LOGS" "$PIDS" "$DATA" "$SUPERVISORS" "$EXITS"
   for bin in switchyard switchyard-registry switchyard-gateway switchyard-modem switchyard-api "${PROCESSORS[@]%%=*}"; do
     [ -x "$BIN/$bin" ] || die "$BIN/$bin is not built (run: make build)"
   done
-  command -v tansu >/dev/null || die "tansu is not installed (run: make deps)"
+  command -v java >/dev/null || die "java is not installed (run: make deps)"
   command -v prometheus >/dev/null || die "prometheus is not installed (run: make deps)"
 
-  say "broker (tansu, SQLite storage in .run/data/tansu)"
-  start tansu "$BROKER_PORT" "$DATA/tansu" env RUST_LOG="${RUST_LOG:-warn}" tansu broker \
-    --listener-url "tcp://$BROKER_HOST:$BROKER_PORT" \
-    --advertised-listener-url "tcp://$BROKER_HOST:$BROKER_PORT" \
-    --storage-engine sqlite://tansu.db
-  wait_for tansu 60 tcp_open "$BROKER_HOST" "$BROKER_PORT"
+  say "broker (Apache Kafka $(kafka_version), KRaft, data in ${DATA#"$ROOT/"}/kafka)"
+  "$ROOT/scripts/kafka.sh" classpath >/dev/null || die "cannot resolve the broker's jars"
+  start kafka "$BROKER_PORT" "$DATA" env KAFKA_PORT="$BROKER_PORT" KAFKA_CONTROLLER_PORT="$CONTROLLER_PORT" \
+    KAFKA_METRICS_PORT="$BROKER_METRICS" "$ROOT/scripts/kafka.sh" run "$DATA/kafka"
+  # Ready: the broker answers a metadata request (a JVM start takes 10-20 s here).
+  wait_for kafka 180 "$BIN/switchyard" brokers --timeout-secs 2
 
   say "schema registry"
   start registry "$REGISTRY_PORT" "$RUN" env SWITCHYARD_REGISTRY_LISTEN="$BROKER_HOST:$REGISTRY_PORT" \
@@ -141,7 +175,7 @@ up() {
   wait_for registry 60 curl -fsS "$SWITCHYARD_REGISTRY_URL/health"
 
   say "topics and schemas"
-  SWITCHYARD_TOPIC_PARTITIONS="$TOPIC_PARTITIONS" "$BIN/switchyard" topics apply >"$LOGS/topics-apply.log" 2>&1 \
+  "$BIN/switchyard" topics apply >"$LOGS/topics-apply.log" 2>&1 \
     || die "switchyard topics apply failed; see $LOGS/topics-apply.log:"$'\n'"$(tail -n 20 "$LOGS/topics-apply.log")"
   echo "    $(grep -c '^topic ' "$LOGS/topics-apply.log") topics, $(grep -c '^subject ' "$LOGS/topics-apply.log") schemas registered"
 
@@ -150,8 +184,8 @@ up() {
     die "UDP port $GATEWAY_UDP is taken by another process; cannot start the gateway"
   fi
   write_modem_keys
-  # A 10 s burst at 20,000 readings/s outruns this machine's broker (one SQLite partition
-  # per topic); the producer holds up to GATEWAY_BUFFER records meanwhile (make bench: burst).
+  # The producer holds up to GATEWAY_BUFFER records while the broker is slow or away
+  # (make bench: burst).
   start gateway "$GATEWAY_METRICS" "$RUN" env SWITCHYARD_GATEWAY_LISTEN="$BROKER_HOST:$GATEWAY_UDP" \
     SWITCHYARD_METRICS_LISTEN="$BROKER_HOST:$GATEWAY_METRICS" SWITCHYARD_GATEWAY_BUFFER="$GATEWAY_BUFFER" \
     SWITCHYARD_MODEM_KEYS="$KEYS_FILE" SWITCHYARD_LEGACY_MODEM_ID="$LEGACY_MODEM_ID" \
@@ -163,7 +197,7 @@ up() {
     name=${p%%=*} port=${p##*=}
     say "processor $name"
     start "$name" "$port" "$RUN" env SWITCHYARD_METRICS_LISTEN="$BROKER_HOST:$port" \
-      SWITCHYARD_FETCH_WAIT_MS="$(fetch_wait_of "$name")" SWITCHYARD_LINGER_MS="$(linger_of "$name")" \
+      SWITCHYARD_LINGER_MS="$(linger_of "$name")" \
       RUST_LOG="${RUST_LOG:-info,librdkafka=warn,rdkafka=warn}" "$BIN/$name"
   done
   for p in "${PROCESSORS[@]}"; do
@@ -238,15 +272,19 @@ scrape_configs:
     static_configs: [{targets: [${targets%, }]}]
   - job_name: switchyard-api
     static_configs: [{targets: ["$BROKER_HOST:$API_METRICS"]}]
+  - job_name: switchyard-registry
+    static_configs: [{targets: ["$BROKER_HOST:$REGISTRY_METRICS"]}]
+  - job_name: switchyard-kafka
+    static_configs: [{targets: ["$BROKER_HOST:$BROKER_METRICS"]}]
 EOC
 }
 
 status() {
-  printf '\n%-18s %-8s %-36s %s\n' service pid address log
-  local name pid addr
+  printf '\n%-18s %-9s %-40s %-44s %s\n' service pid address "last exit (restarts)" log
+  local name pid addr last
   for name in "${SERVICES[@]}"; do
     case $name in
-      tansu) addr="kafka://$BROKER_HOST:$BROKER_PORT" ;;
+      kafka) addr="kafka://$BROKER_HOST:$BROKER_PORT (metrics :$BROKER_METRICS)" ;;
       registry) addr="$SWITCHYARD_REGISTRY_URL" ;;
       gateway) addr="udp://$BROKER_HOST:$GATEWAY_UDP" ;;
       modems) addr="$FLEET modems -> udp://$BROKER_HOST:$GATEWAY_UDP" ;;
@@ -255,23 +293,34 @@ status() {
       *) addr="http://$BROKER_HOST:$(port_of "$name")/metrics" ;;
     esac
     pid=$(pid_of "$name")
-    running "$name" || pid="down"
-    printf '%-18s %-8s %-36s %s\n' "$name" "$pid" "$addr" "${LOGS#"$ROOT/"}/$name.log"
+    if ! supervised "$name"; then
+      pid="down"
+    elif ! running "$name"; then
+      pid="restarting"
+    fi
+    last=$(tail -n 1 "$EXITS/$name" 2>/dev/null || true)
+    [ -n "$last" ] && last="$last ($(exits_of "$name"))"
+    printf '%-18s %-9s %-40s %-44s %s\n' "$name" "$pid" "$addr" "${last:--}" "${LOGS#"$ROOT/"}/$name.log"
   done
 }
 
 stop_one() {
   local name=$1 pid
-  pid=$(pid_of "$name")
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+  pid=$(supervisor_of "$name")
+  if alive "$pid"; then
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then
+    for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.2; done
+    if alive "$pid"; then
       kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     fi
-    echo "    stopped $name (pid $pid)"
+    echo "    stopped $name (pid $(pid_of "$name"))"
   fi
-  rm -f "$PIDS/$name.pid"
+  # A service whose supervisor was killed on its own may still run: stop it too.
+  pid=$(pid_of "$name")
+  if alive "$pid"; then
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$PIDS/$name.pid" "$SUPERVISORS/$name.pid"
 }
 
 down() {
@@ -280,9 +329,14 @@ down() {
   for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
     stop_one "${SERVICES[$i]}"
   done
-  for port in "$REGISTRY_PORT" "$BROKER_PORT" "$GATEWAY_METRICS" "$API_PORT" "$PROMETHEUS_PORT"; do
+  for port in "$REGISTRY_PORT" "$BROKER_PORT" "$CONTROLLER_PORT" "$GATEWAY_METRICS" "$API_PORT" "$PROMETHEUS_PORT"; do
     if port_busy "$port"; then echo "    warning: port $port is still in use by another process"; fi
   done
+}
+
+# The Kafka version broker/pom.xml pins.
+kafka_version() {
+  sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/broker/pom.xml"
 }
 
 logs() {
@@ -295,5 +349,6 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   logs) logs ;;
+  supervise) shift; supervise "$@" ;;
   *) die "usage: $0 up|down|status|logs" ;;
 esac

@@ -1,6 +1,7 @@
 //! `switchyard`: the operator CLI.
 
 mod avro_json;
+mod brokers;
 mod dlq;
 mod grafana;
 mod keys;
@@ -35,6 +36,14 @@ enum Command {
     Packet {
         #[command(subcommand)]
         command: packet::PacketCommand,
+    },
+    /// The Kafka cluster: its brokers, and any partition without a leader or short of
+    /// in-sync replicas.
+    Brokers {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        #[command(flatten)]
+        args: brokers::BrokersArgs,
     },
     /// The topic catalog: list it, or create its topics and register its schemas.
     Topics {
@@ -120,6 +129,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Packet { command } => packet::run(command),
+        Command::Brokers { endpoints, args } => brokers::run(&endpoints, args),
         Command::Topics { endpoints, command } => topics::run(&endpoints, command).await,
         Command::Produce { endpoints, args } => produce::run(&endpoints, args).await,
         Command::Tail { endpoints, args } => tail::run(&endpoints, args).await,

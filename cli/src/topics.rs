@@ -24,18 +24,13 @@ pub enum TopicsCommand {
     Grafana,
     /// Create every catalog topic and register every value schema; safe to run again.
     Apply {
-        /// Replication factor for new topics (1 on a single broker).
-        #[arg(long, env = "SWITCHYARD_REPLICATION_FACTOR", default_value_t = 1)]
+        /// Replication factor for new topics; -1 (the default) takes the broker's
+        /// `default.replication.factor` (1 on `make up`'s single broker, 3 on a cluster).
+        #[arg(long, env = "SWITCHYARD_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
         replication_factor: i32,
         /// How long to keep retrying while the broker or registry is not reachable, in seconds.
         #[arg(long, default_value_t = 60)]
         wait_secs: u64,
-        /// Create every topic with this many partitions instead of the catalog's. Partitions
-        /// are the unit of parallelism across instances, so a one-machine stack running one
-        /// instance of each service gains nothing from more, while tansu reads SQLite for
-        /// every partition of every fetch. Topics that exist keep theirs.
-        #[arg(long, env = "SWITCHYARD_TOPIC_PARTITIONS", value_parser = clap::value_parser!(i32).range(1..))]
-        partitions: Option<i32>,
     },
 }
 
@@ -72,11 +67,10 @@ pub async fn run(endpoints: &Endpoints, command: TopicsCommand) -> Result<(), Fa
         TopicsCommand::Apply {
             replication_factor,
             wait_secs,
-            partitions,
         } => {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(wait_secs);
             retry_until(deadline, "creating topics", || {
-                create_topics(endpoints, &catalog, replication_factor, partitions)
+                create_topics(endpoints, &catalog, replication_factor)
             })
             .await?;
             retry_until(deadline, "registering schemas", || {
@@ -120,7 +114,6 @@ async fn create_topics(
     endpoints: &Endpoints,
     catalog: &Catalog,
     replication: i32,
-    partitions: Option<i32>,
 ) -> Result<(), StepError> {
     let admin: AdminClient<DefaultClientContext> =
         clients::admin_config(&endpoints.bootstrap_servers)
@@ -134,11 +127,7 @@ async fn create_topics(
         .zip(&configs)
         .map(|(t, config)| {
             config.iter().fold(
-                NewTopic::new(
-                    &t.name,
-                    partitions.unwrap_or(t.partitions),
-                    TopicReplication::Fixed(replication),
-                ),
+                NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(replication)),
                 |nt, (k, v)| nt.set(k, v),
             )
         })

@@ -46,7 +46,7 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
     let pids = stack.pids();
     let names: Vec<&str> = pids.iter().map(|(n, _)| n.as_str()).collect();
     for service in [
-        "tansu",
+        "kafka",
         "registry",
         "gateway",
         "reading-counter",
@@ -64,8 +64,7 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
     }
     assert!(pids.iter().all(|(_, p)| alive(*p)), "{pids:?}");
 
-    // One partition per topic on this one-machine stack (see stack.sh: each partition costs
-    // tansu work on every fetch, and one instance of each service gains nothing from more).
+    // Every topic with the catalog's partitions.
     let bootstrap = format!(
         "127.0.0.1:{}",
         stack.port("SWITCHYARD_BROKER_PORT").expect("port")
@@ -73,7 +72,7 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
     for topic in Catalog::embedded().expect("catalog").topics {
         assert_eq!(
             kafka::partition_count(&bootstrap, &topic.name).expect("topic exists"),
-            1,
+            topic.partitions as usize,
             "{}",
             topic.name
         );
@@ -159,7 +158,8 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
     })
     .expect("a v1 device is accepted as the legacy modem");
 
-    // Prometheus scrapes every service (gateway, four processors, API) and loaded the rules.
+    // Prometheus scrapes every service (gateway, four processors, API, registry, broker) and
+    // loaded the rules.
     let prometheus: SocketAddr = (
         [127, 0, 0, 1],
         stack.port("SWITCHYARD_PROMETHEUS_PORT").expect("port"),
@@ -177,12 +177,12 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
     };
     let mut up = Value::Null;
     wait_for(
-        "Prometheus to scrape six targets, all up",
+        "Prometheus to scrape eight targets, all up",
         Duration::from_secs(60),
         || {
             up = query("/api/v1/query?query=up").unwrap_or(Value::Null);
             let results = up["data"]["result"].as_array().cloned().unwrap_or_default();
-            results.len() == 6 && results.iter().all(|r| r["value"][1] == "1")
+            results.len() == 8 && results.iter().all(|r| r["value"][1] == "1")
         },
     )
     .unwrap_or_else(|e| panic!("{e}: {up}"));
@@ -192,6 +192,41 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
         .map(Vec::len)
         .unwrap_or(0);
     assert_eq!(loaded, 9, "the alert rules are loaded: {rules}");
+
+    // A service that dies is started again, and `status` says how it died.
+    let gateway_pid = |stack: &ScriptedStack| {
+        stack
+            .pids()
+            .into_iter()
+            .find(|(n, _)| n == "gateway")
+            .map(|(_, p)| p)
+    };
+    let killed = gateway_pid(&stack).expect("gateway pid");
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &killed.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    wait_for(
+        "the gateway to be started again",
+        Duration::from_secs(30),
+        || {
+            gateway_pid(&stack).is_some_and(|p| p != killed && alive(p))
+                && http_get_text(gateway_metrics, "/health").is_ok()
+        },
+    )
+    .expect("the supervisor restarted the gateway");
+    let status = stack.sh("status").expect("stack.sh status");
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    let gateway_line = status
+        .lines()
+        .find(|l| l.starts_with("gateway "))
+        .unwrap_or_default();
+    assert!(
+        gateway_line.contains("killed by SIGKILL") && gateway_line.contains("(1)"),
+        "status says how the gateway last died:\n{status}"
+    );
+    let pids = stack.pids();
 
     // Down: nothing left.
     let down = stack.sh("down").expect("stack.sh runs");
@@ -210,12 +245,13 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
     let base: u16 = stack.port("SWITCHYARD_METRICS_BASE").expect("port");
     let tcp_ports = [
         stack.port("SWITCHYARD_BROKER_PORT").expect("port"),
+        stack.port("SWITCHYARD_CONTROLLER_PORT").expect("port"),
         stack.port("SWITCHYARD_REGISTRY_PORT").expect("port"),
         stack.port("SWITCHYARD_API_PORT").expect("port"),
         stack.port("SWITCHYARD_PROMETHEUS_PORT").expect("port"),
     ]
     .into_iter()
-    .chain(base..base + 6);
+    .chain(base..base + 7);
     for port in tcp_ports {
         assert!(!listening(port), "port {port} still listening after down");
     }

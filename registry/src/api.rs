@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::compat::{self, Level};
 use crate::error::ApiError;
+use crate::metrics::{track, ApiMetrics};
 use crate::state::{self, normalize};
 use crate::store::{live_schemas, SchemaStore};
 use crate::CONTENT_TYPE;
@@ -23,8 +24,9 @@ type Store = State<Arc<SchemaStore>>;
 type Params = Query<HashMap<String, String>>;
 type ApiResult = Result<Response, ApiError>;
 
-/// The registry's HTTP routes.
-pub fn router(store: Arc<SchemaStore>) -> Router {
+/// The registry's HTTP routes, and `/metrics` counting and timing each of them.
+pub fn router(store: Arc<SchemaStore>, metrics: ApiMetrics) -> Router {
+    let exposition = metrics.clone();
     Router::new()
         .route("/", get(|| async { reply(json!({})) }))
         .route("/health", get(health))
@@ -74,6 +76,14 @@ pub fn router(store: Arc<SchemaStore>) -> Router {
         .fallback(|| async { ApiError::not_found_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(store)
+        .route_layer(axum::middleware::from_fn_with_state(metrics, track))
+        .route(
+            "/metrics",
+            get(move || {
+                let exposition = exposition.clone();
+                async move { exposition.render() }
+            }),
+        )
 }
 
 fn reply(value: Value) -> Response {

@@ -13,6 +13,7 @@ pub mod aliases;
 pub mod api;
 pub mod compat;
 pub mod error;
+pub mod metrics;
 pub mod state;
 pub mod store;
 

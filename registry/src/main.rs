@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use switchyard_registry::metrics::ApiMetrics;
 use switchyard_registry::{router, Level, SchemaStore, StoreConfig};
 use switchyard_telemetry::shutdown_signal;
 use tracing::{error, info};
@@ -38,10 +39,9 @@ struct Args {
     /// Limit for one broker round trip, in milliseconds.
     #[arg(long, env = "SWITCHYARD_REGISTRY_TIMEOUT_MS", default_value_t = 10_000)]
     timeout_ms: u64,
-    /// How long the broker may hold a fetch of the schemas topic, in milliseconds. A
-    /// registration answers once its record is read back, so this is most of its latency;
-    /// shorter costs the broker more while idle.
-    #[arg(long, env = "SWITCHYARD_REGISTRY_FETCH_WAIT_MS", default_value_t = 50)]
+    /// How long the broker may hold a fetch of the schemas topic while it is idle, in
+    /// milliseconds (a new record ends the wait at once).
+    #[arg(long, env = "SWITCHYARD_REGISTRY_FETCH_WAIT_MS", default_value_t = switchyard_kafka::FETCH_WAIT_MS)]
     fetch_wait_ms: u64,
 }
 
@@ -82,7 +82,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     info!(listen = %args.listen, bootstrap = %args.bootstrap_servers, topic = %args.topic, "schema registry serving");
-    axum::serve(listener, router(store))
+    let metrics = ApiMetrics::new().context("registering the registry's metrics")?;
+    axum::serve(listener, router(store, metrics))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving the registry API")?;

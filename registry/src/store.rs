@@ -37,9 +37,9 @@ pub struct StoreConfig {
     pub default_level: Level,
     /// Limit for one broker round trip (produce, watermark query, catch-up).
     pub timeout: Duration,
-    /// The follower's `fetch.wait.max.ms`. A write answers once its record is read back,
-    /// and tansu holds every fetch for the whole wait, so this bounds a registration's
-    /// latency from below (librdkafka's default, 500 ms, made each take 0.5-1 s).
+    /// The follower's `fetch.wait.max.ms`. A write answers once its record is read back;
+    /// Kafka answers a fetch as soon as the record is there, so this bounds only how often
+    /// an idle follower fetches.
     pub fetch_wait: Duration,
 }
 

@@ -241,6 +241,24 @@ async fn confluent_api_contract() {
     );
     let (status, body) = http.get("/subjects/imu-value/versions").await;
     assert_eq!((status, error_code(&body)), (404, 40401));
+
+    // Prometheus sees each answer under its route pattern and status.
+    let metrics = reqwest::get(format!("{}/metrics", registry.url))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let registrations = r#"switchyard_registry_requests_total{method="POST",route="/subjects/{subject}/versions",status="200"}"#;
+    assert!(
+        metrics.lines().any(|l| l.starts_with(registrations)),
+        "no {registrations} in:\n{metrics}"
+    );
+    let not_found = r#"switchyard_registry_requests_total{method="GET",route="/subjects/{subject}/versions",status="404"}"#;
+    assert!(
+        metrics.lines().any(|l| l.starts_with(not_found)),
+        "no {not_found} in:\n{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

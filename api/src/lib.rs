@@ -301,7 +301,7 @@ async fn follow(state: Arc<AppState>, bootstrap: String, mut decoder: RecordDeco
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));
     };
-    // Operators watch switches live: the factory's short fetch wait.
+    // Operators watch switches live: Kafka answers the fetch as soon as a record lands.
     let consumer: StreamConsumer<TracingContext> = match clients::consumer_config(&bootstrap)
         .set("group.id", "switchyard-api-view")
         .create_with_context(TracingContext)

@@ -65,11 +65,10 @@ pub fn is_partition_eof(error: &KafkaError) -> bool {
     )
 }
 
-/// librdkafka's `fetch.wait.max.ms` for consumers whose latency matters (the processors,
-/// the gateway's downlink requests, the API's table). A broker may hold a fetch this long
-/// when it has no data yet; tansu holds it the whole time, so librdkafka's default of 500 ms
-/// added half a second to every hop.
-pub const FETCH_WAIT_MS: u64 = 20;
+/// librdkafka's `fetch.wait.max.ms`, which the project keeps: Apache Kafka answers a fetch
+/// as soon as it has a record for it (`fetch.min.bytes` 1), so the wait bounds only how
+/// long an idle consumer's fetch is held, not how late a record arrives.
+pub const FETCH_WAIT_MS: u64 = 500;
 
 /// The partition ids of `topic`, from the broker's metadata; empty when it has no such topic.
 pub fn partitions<C: ConsumerContext>(

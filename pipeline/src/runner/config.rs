@@ -14,8 +14,8 @@ pub enum Guarantee {
     /// Offsets are committed once every record derived from them is acknowledged; after a
     /// crash, at most the uncommitted records (`--max-uncommitted`) are processed again.
     AtLeastOnce,
-    /// Outputs and offsets in Kafka transactions. Needs a broker with transactions; NOT
-    /// verified on a real broker by this project's tests (tansu has none).
+    /// Outputs and offsets in Kafka transactions (tested on Apache Kafka: a crash inside an
+    /// open transaction, fencing of a zombie instance).
     ExactlyOnce,
 }
 
@@ -57,8 +57,8 @@ pub struct RunnerConfig {
     #[arg(long, env = "SWITCHYARD_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// Longest time a fetch waits at the broker for data (librdkafka's fetch.wait.max.ms).
-    /// Low keeps end-to-end latency low on brokers that hold fetches (tansu does), at the
-    /// cost of more fetches while idle.
+    /// Kafka answers as soon as a record is there, so this sets only how often an idle
+    /// consumer fetches.
     #[arg(long, env = "SWITCHYARD_FETCH_WAIT_MS", default_value_t = switchyard_kafka::FETCH_WAIT_MS)]
     pub fetch_wait_ms: u64,
     /// How long the producer waits to fill a batch (librdkafka's linger.ms): every output

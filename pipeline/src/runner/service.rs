@@ -438,9 +438,9 @@ impl<P: Processor> Runner<P> {
         self.shared.metrics.ready.set(i64::from(ready));
     }
 
-    /// Leave and rejoin the group. tansu 0.6.0 can leave a member that joined while a crashed
-    /// member was still in the group with an empty assignment indefinitely; joining again,
-    /// after the crashed member's session timeout, recovers. An instance that is idle because
+    /// Leave and rejoin the group. tansu 0.6.0, the broker before Apache Kafka, could leave a
+    /// member that joined while a crashed member was still in the group with an empty
+    /// assignment indefinitely; joining again recovered. An instance that is idle because
     /// there are more instances than partitions also rejoins, ever more rarely (the delay
     /// doubles up to ten minutes), which costs one rebalance each time.
     fn rejoin(&mut self, after: Duration) -> Result<(), RunnerError> {

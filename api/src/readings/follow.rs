@@ -4,8 +4,8 @@
 //! datasource ignores it), and a point's time is the record timestamp. `anomalies` is read
 //! too, for the markers. The topics are followed only while someone looks at a chart (a
 //! readings request in the last `--readings-idle-stop-secs`, or an open event stream);
-//! each start reads a bounded number of records before each partition's end again, and
-//! points older than the window are not kept.
+//! each start reads the window again from the first record whose time is in it (the broker's
+//! time index: `offsets_for_times`), and points older than the window are not kept.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,26 +55,38 @@ impl LatestSchemas {
     }
 }
 
-/// Where to start in each partition of `topics`: `lookback` records before its end.
+/// Where to start in each partition of `topics`: at its first record stamped `since_ms` or
+/// later (a projected record's time is its sensor time), or at its end when it has none.
 fn start_offsets(
     bootstrap: &str,
     topics: &[String],
-    lookback: i64,
+    since_ms: i64,
 ) -> anyhow::Result<TopicPartitionList> {
     let probe: BaseConsumer = clients::admin_config(bootstrap).create()?;
-    let mut assignment = TopicPartitionList::new();
+    let mut times = TopicPartitionList::new();
     for topic in topics {
         let partitions = switchyard_kafka::partitions(&probe, topic, Duration::from_secs(10))?;
         if partitions.is_empty() {
             bail!("topic {topic} does not exist (run `switchyard topics apply`)");
         }
         for p in partitions {
-            let (low, high) = probe.fetch_watermarks(topic, p, Duration::from_secs(10))?;
-            let from = high.saturating_sub(lookback).max(low);
-            assignment.add_partition_offset(topic, p, Offset::Offset(from))?;
+            times.add_partition_offset(topic, p, Offset::Offset(since_ms))?;
         }
     }
-    Ok(assignment)
+    // Each offset comes back as the first one at or after the time, or End where none is.
+    let found = probe
+        .offsets_for_times(times, Duration::from_secs(10))
+        .context("looking up the window's first offsets")?;
+    for element in found.elements() {
+        if let Some(e) = element.error().err() {
+            bail!(
+                "{}[{}]: no offset for the window's start: {e}",
+                element.topic(),
+                element.partition()
+            );
+        }
+    }
+    Ok(found)
 }
 
 /// Follow the projected topics and `anomalies` into `hub` until the task is dropped. A
@@ -107,10 +119,10 @@ pub async fn follow(
         registry,
         codecs: HashMap::new(),
     };
-    let window_us = i64::try_from(config.window_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+    let window_us = window_us(&config);
     let idle_stop = Duration::from_secs(config.idle_stop_secs);
-    // Followed only while someone looks: an idle consumer costs the broker a read of every
-    // partition per fetch wait (make bench: idle). Starting reads back the window again.
+    // Followed only while someone looks (no consumer, no fetches, when nobody watches).
+    // Starting reads back the window again.
     loop {
         hub.until_wanted(idle_stop).await;
         let Some(consumer) = open(&bootstrap, &all, &config).await else {
@@ -159,7 +171,12 @@ pub async fn follow(
     }
 }
 
-/// A consumer assigned to `topics`, starting the configured lookback before each end;
+/// The page's window, in microseconds.
+fn window_us(config: &ReadingsConfig) -> i64 {
+    i64::try_from(config.window_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX)
+}
+
+/// A consumer assigned to `topics`, starting at the window's first record in each partition;
 /// retried while the broker or the topics are not there. `None` if it cannot be made.
 async fn open(
     bootstrap: &str,
@@ -168,12 +185,9 @@ async fn open(
 ) -> Option<StreamConsumer<TracingContext>> {
     let mut delay = Duration::from_millis(250);
     let assignment = loop {
-        let (b, t, lookback) = (
-            bootstrap.to_string(),
-            topics.to_vec(),
-            config.lookback_records,
-        );
-        match tokio::task::spawn_blocking(move || start_offsets(&b, &t, lookback)).await {
+        let since_ms = (now_us() - window_us(config)) / 1000;
+        let (b, t) = (bootstrap.to_string(), topics.to_vec());
+        match tokio::task::spawn_blocking(move || start_offsets(&b, &t, since_ms)).await {
             Ok(Ok(a)) => break a,
             Ok(Err(e)) => {
                 warn!(error = %e, retry_in = ?delay, "cannot read the projected topics yet")

@@ -34,13 +34,6 @@ pub struct ReadingsConfig {
         default_value_t = 1200
     )]
     pub max_points: usize,
-    /// Records read back from each projected partition's end at start.
-    #[arg(
-        long = "readings-lookback-records",
-        env = "SWITCHYARD_READINGS_LOOKBACK_RECORDS",
-        default_value_t = 20_000
-    )]
-    pub lookback_records: i64,
     /// fetch.wait.max.ms of the readings consumer.
     #[arg(
         long = "readings-fetch-wait-ms",
@@ -154,7 +147,6 @@ mod tests {
         let config = ReadingsConfig {
             window_secs: 600,
             max_points: 10,
-            lookback_records: 10,
             fetch_wait_ms: 500,
             idle_stop_secs: 60,
         };

@@ -1,6 +1,5 @@
-//! What `make up` costs the broker with nothing but its simulated modems running, and which
-//! client the cost comes from. tansu holds each fetch for the consumer's whole fetch wait and
-//! reads SQLite for every partition of every fetch, so each consumer costs it CPU even idle.
+//! What `make up` costs with nothing but its simulated modems running: the broker's CPU and
+//! the whole stack's, each process's share, and each process's resident memory.
 
 use std::time::Duration;
 
@@ -48,23 +47,6 @@ fn cpu_seconds_of(path: &str) -> anyhow::Result<f64> {
     Ok(ticks / 100.0)
 }
 
-/// `pid`'s CPU over `window`, in % of one core.
-fn cpu_percent(pid: u32, window: Duration) -> anyhow::Result<f64> {
-    let before = cpu_seconds(pid)?;
-    std::thread::sleep(window);
-    Ok((cpu_seconds(pid)? - before) * 100.0 / window.as_secs_f64())
-}
-
-fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
-    let status = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()?;
-    if !status.success() {
-        bail!("kill {sig} {pid} failed");
-    }
-    Ok(())
-}
-
 /// `scripts/stack.sh up` (what `make up` runs) in a scratch folder, on this build's binaries.
 pub(crate) fn make_up() -> anyhow::Result<ScriptedStack> {
     let bin = workspace_binary("switchyard")?
@@ -83,68 +65,89 @@ pub(crate) fn make_up() -> anyhow::Result<ScriptedStack> {
     Ok(stack)
 }
 
+/// Resident memory of `pid`, in MiB.
+pub(crate) fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")?;
+    Ok(kib / 1024.0)
+}
+
 pub fn run(rounds: usize, window: Duration) -> anyhow::Result<Report> {
     let stack = make_up()?;
-    let pids = stack.pids();
-    let pid_of = |name: &str| pids.iter().find(|(n, _)| n == name).map(|(_, p)| *p);
-    let tansu = pid_of("tansu").context("no tansu pid")?;
+    let mut pids = stack.pids();
+    pids.sort();
+    if !pids.iter().any(|(n, _)| n == "kafka") {
+        bail!("no kafka pid in the stack's pids/");
+    }
     std::thread::sleep(Duration::from_secs(10)); // start-up, first commits, group joins
 
-    let mut whole = Vec::new();
+    // Each round: every process's CPU over the window, in % of one core.
+    let mut by_round: Vec<Vec<f64>> = Vec::new();
     for _ in 0..rounds {
-        whole.push(cpu_percent(tansu, window)?);
+        let before = pids
+            .iter()
+            .map(|(_, pid)| cpu_seconds(*pid))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        std::thread::sleep(window);
+        let mut round = Vec::new();
+        for ((_, pid), before) in pids.iter().zip(before) {
+            round.push((cpu_seconds(*pid)? - before) * 100.0 / window.as_secs_f64());
+        }
+        by_round.push(round);
     }
-    // One client frozen at a time (SIGSTOP: its connections stay open, it sends nothing),
-    // for less than a session timeout so that its group does not rebalance meanwhile.
-    let frozen_window = Duration::from_secs(6);
-    let mut without = Vec::new();
-    for name in [
-        "gateway",
-        "grafana-projector",
-        "carrier-state",
-        "api",
-        "reading-counter",
-        "anomaly-detector",
-        "modems",
-    ] {
-        let Some(pid) = pid_of(name) else { continue };
-        signal(pid, "-STOP")?;
-        let measured = cpu_percent(tansu, frozen_window);
-        signal(pid, "-CONT")?;
-        without.push((name, measured?));
-        std::thread::sleep(Duration::from_secs(4)); // let it catch up
-    }
-    let mut sorted = whole.clone();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let median = sorted[sorted.len() / 2];
-    let verdict = if median <= 25.0 { "meets" } else { "misses" };
-    let by_round = whole
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(|a, b| a.total_cmp(b));
+        values[values.len() / 2]
+    };
+    let broker_index = pids.iter().position(|(n, _)| n == "kafka").unwrap_or(0);
+    let broker: Vec<f64> = by_round.iter().map(|r| r[broker_index]).collect();
+    let whole: Vec<f64> = by_round.iter().map(|r| r.iter().sum()).collect();
+    let broker_rounds = broker
         .iter()
-        .map(|c| format!("{c:.0}%"))
+        .map(|c| format!("{c:.1}%"))
         .collect::<Vec<_>>()
         .join(", ");
-    let attribution = without
+    let whole_rounds = whole
         .iter()
-        .map(|(name, cpu)| format!("| {name} | {cpu:.0}% | {:.0} |\n", median - cpu))
-        .collect::<String>();
-    eprintln!("idle: tansu {by_round}");
+        .map(|c| format!("{c:.1}%"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let broker_median = median(&mut broker.clone());
+    let whole_median = median(&mut whole.clone());
+    let verdict = |value: f64, target: f64| if value <= target { "meets" } else { "misses" };
+    let mut rows = String::new();
+    let mut json_rows = Vec::new();
+    for (i, (name, pid)) in pids.iter().enumerate() {
+        let mut cpu: Vec<f64> = by_round.iter().map(|r| r[i]).collect();
+        let cpu = median(&mut cpu);
+        let rss = rss_mib(*pid)?;
+        rows.push_str(&format!("| {name} | {cpu:.1}% | {rss:.0} |\n"));
+        json_rows.push(json!({"process": name, "cpu_percent_median": cpu, "rss_mib": rss}));
+    }
+    eprintln!("idle: broker {broker_rounds}; whole stack {whole_rounds}");
     Ok(Report {
         name: "idle",
         markdown: format!(
-            "## Idle cost: the broker under `make up` with only its simulated modems\n\n\
-             `scripts/stack.sh up` (what `make up` runs: gateway, four processors, API, three simulated modems at 1 reading/s per sensor) in a scratch folder; tansu's CPU (user + system from /proc) over {rounds} windows of {window_s} s.\n\n\
-             | | tansu, % of one core |\n|---|---|\n\
-             | by round | {by_round} |\n\
-             | **median** | **{median:.0}%** (target ≤ 25%: {verdict}) |\n\n\
-             Where it comes from: each client frozen alone (SIGSTOP) for {frozen} s; its share is the median minus what tansu uses without it (one short window each, so ±10 points).\n\n\
-             | client frozen | tansu without it | share (points) |\n|---|---|---|\n{attribution}",
+            "## Idle cost: `make up` with only its simulated modems\n\n\
+             `scripts/stack.sh up` (what `make up` runs: Apache Kafka, registry, gateway, four processors, API, Prometheus, three simulated modems at 1 reading/s per sensor) in a scratch folder; each process's CPU (user + system from /proc) over {rounds} windows of {window_s} s, after 10 s of start-up.\n\n\
+             | | by round | median | target |\n|---|---|---|---|\n\
+             | broker, % of one core | {broker_rounds} | **{broker_median:.1}%** | ≤ 5%: {} |\n\
+             | whole stack, % of one core | {whole_rounds} | **{whole_median:.1}%** | ≤ 15%: {} |\n\n\
+             | process | CPU (median) | RSS MiB (at the end) |\n|---|---|---|\n{rows}",
+            verdict(broker_median, 5.0),
+            verdict(whole_median, 15.0),
             window_s = window.as_secs(),
-            frozen = frozen_window.as_secs(),
         ),
         json: json!({
-            "tansu_cpu_percent_by_round": whole,
-            "tansu_cpu_percent_median": median,
-            "without": without.iter().map(|(n, c)| json!({"client": n, "tansu_cpu_percent": c})).collect::<Vec<_>>(),
+            "broker_cpu_percent_by_round": broker,
+            "broker_cpu_percent_median": broker_median,
+            "stack_cpu_percent_median": whole_median,
+            "processes": json_rows,
         }),
     })
 }

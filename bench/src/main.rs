@@ -2,7 +2,6 @@
 //! run on the same broker, written to `results/bench.md` and `results/bench.json`.
 
 mod burst_bench;
-mod fetch_cost_bench;
 mod gateway_bench;
 mod idle_bench;
 mod pipeline_bench;
@@ -109,12 +108,6 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         versions: usize,
     },
-    /// What one idle consumer costs the broker and what a hop through it takes, by fetch wait.
-    FetchCost {
-        /// Seconds tansu's CPU is read per set-up.
-        #[arg(long, default_value_t = 8)]
-        seconds: u64,
-    },
     /// What `make up` with only its simulated modems costs the broker, and from which client.
     Idle {
         #[arg(long, default_value_t = 5)]
@@ -149,13 +142,6 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.spawn(take_down_on_signal());
     match cli.bench {
-        Bench::FetchCost { seconds } => {
-            let report = runtime.block_on(fetch_cost_bench::run(
-                std::time::Duration::from_secs(seconds),
-            ))?;
-            report.write(&cli.out)?;
-            println!("{}", report.markdown);
-        }
         Bench::Pipeline { records, rounds } => {
             let report = runtime.block_on(pipeline_bench::run(records, rounds))?;
             report.write(&cli.out)?;
@@ -321,7 +307,7 @@ fn machine_line() -> String {
         })
         .map(|kib| kib / 1024.0 / 1024.0)
         .unwrap_or(0.0);
-    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB, tansu 0.6.0 with SQLite storage on loopback")
+    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB, Apache Kafka {} (one KRaft node, scripts/kafka.sh's settings) on loopback", switchyard_testkit::kafka_version())
 }
 
 fn machine() -> serde_json::Value {

@@ -1,4 +1,4 @@
-//! The switch API on the real pipeline: tansu, the registry, carrier-state, the gateway and a
+//! The switch API on the real pipeline: Apache Kafka, the registry, carrier-state, the gateway and a
 //! simulated modem with its SIM; switches made through the API, the CLI and bad requests.
 
 use std::net::{SocketAddr, UdpSocket};

@@ -1,4 +1,4 @@
-//! The runner on a real broker (tansu) and registry, run in this process so the test can see
+//! The runner on a real broker (Apache Kafka) and registry, run in this process so the test can see
 //! which instance handled what and when: rebalances, refused records, a stalled broker.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -445,6 +445,15 @@ async fn inputs_with_different_partition_counts_are_refused_by_name() {
         .await
         .expect("create");
     assert!(created.iter().all(Result::is_ok), "{created:?}");
+    // Kafka's controller answers before every broker's metadata has the topic.
+    let bootstrap = stack.broker.bootstrap();
+    blocking(move || {
+        wait_for("the new topic in the metadata", Duration::from_secs(30), || {
+            switchyard_testkit::kafka::partition_count(&bootstrap, extra).ok() == Some(2)
+        })
+    })
+    .await
+    .expect("topic visible");
     let catalog = Catalog::parse(&format!(
         "{}\n[[topic]]\nname = \"{extra}\"\nrole = \"table\"\nkey = \"modem_id\"\nvalue_schema = \"sensor-reading.avsc\"\npartitions = 2\ncleanup_policy = \"delete\"\nretention_ms = 604800000\nproducers = []\nconsumers = []\ndescription = \"A sensor topic with another partition count.\"\n",
         switchyard_schemas::CATALOG_TOML

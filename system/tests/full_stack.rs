@@ -1,4 +1,4 @@
-//! The whole local stack on real processes: tansu, the registry, the gateway (with modem
+//! The whole local stack on real processes: Apache Kafka, the registry, the gateway (with modem
 //! keys), grafana-projector, carrier-state, anomaly-detector, the switch API, pcscd with the
 //! software SIM in vpcd's reader, and the modem simulator reaching it over PC/SC.
 //!

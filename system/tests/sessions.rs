@@ -1,4 +1,4 @@
-//! Device sessions on real processes (tansu, registry, gateway, carrier-state, switch API).
+//! Device sessions on real processes (Apache Kafka, registry, gateway, carrier-state, switch API).
 //! First the test is an original v1 device on a UDP socket: it sends only IoT Data (as the
 //! original devices do), yet it is listed by the API, and after a gateway restart a switch
 //! reaches it without it speaking again, because the new gateway read its session back.

@@ -1,6 +1,6 @@
 //! The whole edge on real parts: pcscd with vsmartcard's vpcd reader, the software SIM as
 //! its card, the modem simulator reaching the SIM through the `pcsc` crate, the gateway (with
-//! authentication on), a tansu broker and the registry. A switch requested on Kafka reaches
+//! authentication on), an Apache Kafka broker and the registry. A switch requested on Kafka reaches
 //! the SIM over PC/SC; the SIM's ACK comes back with the new carrier and its IMSI changes.
 
 use std::process::Command;

@@ -166,8 +166,7 @@ fn every_input_has_its_output_across_a_sigkill() {
         at_kill.0, at_kill.1
     );
     // ...let more arrive while it is down, and start a new instance right away, as an
-    // orchestrator would. (On tansu the dead member still holds the group; the runner's join
-    // watchdog rejoins once its session has expired.)
+    // orchestrator would.
     sent.extend(produce_readings(&stack, 1500, 3000, 30));
     let (second, metrics) = start_counter(&stack, "counter-2");
     let got = outputs_of(&stack, sent.len(), &[&first, &second]);

@@ -120,3 +120,67 @@ fn readings_reach_their_grafana_topics_at_sensor_time() {
     )
     .expect("counted");
 }
+
+/// Under exactly-once, offsets are committed inside transactions. A run of readings that
+/// produce nothing (no number to plot) must still be committed, or the group never moves past
+/// them: after a restart they would all be read again, and the lag would never fall.
+#[test]
+fn under_exactly_once_readings_that_project_nothing_are_committed() {
+    let t0 = t0_us();
+    let stack = Stack::start().expect("stack");
+    let (_projector, metrics) = stack
+        .start_processor(
+            "grafana-projector",
+            "grafana-projector",
+            &[
+                ("SWITCHYARD_PROCESSING_GUARANTEE", "exactly-once".into()),
+                ("SWITCHYARD_INSTANCE_ID", "skips".into()),
+            ],
+        )
+        .expect("healthy");
+    const SKIPPED: usize = 50;
+    let records: Vec<(String, SensorReading, i64)> = (0..SKIPPED)
+        .map(|n| {
+            let t = t0 + n as i64 * 1_000_000;
+            let modem = format!("m{}", n % 7);
+            (modem.clone(), reading(&modem, "imu", 1, None, t), t / 1000)
+        })
+        .collect();
+    stack.produce("imu", &records).expect("produce");
+    wait_for(
+        "every skipped reading to be processed",
+        Duration::from_secs(60),
+        || {
+            metric_sum(
+                &http_get_text(metrics, "/metrics").unwrap_or_default(),
+                "switchyard_processor_events_total{",
+            ) == SKIPPED as f64
+        },
+    )
+    .expect("processed");
+    let bootstrap = stack.broker.bootstrap();
+    let mut committed = 0;
+    let outcome = wait_for(
+        "the group's offsets to cover the skipped readings",
+        Duration::from_secs(30),
+        || {
+            committed = switchyard_testkit::kafka::committed_total(
+                &bootstrap,
+                "grafana-projector",
+                &["imu"],
+            )
+            .unwrap_or(0);
+            committed == SKIPPED as i64
+        },
+    );
+    assert!(
+        outcome.is_ok(),
+        "{committed} of {SKIPPED} processed readings committed"
+    );
+    assert!(
+        switchyard_testkit::kafka::read_to_end(&bootstrap, "imu-grafana")
+            .expect("read")
+            .is_empty(),
+        "nothing was projected"
+    );
+}

@@ -160,7 +160,8 @@ pub(crate) fn begin_transaction(
     Ok(())
 }
 
-/// Commit the open transaction with the offsets of everything processed. On failure the
+/// Commit the open transaction with the offsets of everything processed (opening one when
+/// inputs were processed without output since the last commit). On failure the
 /// transaction is aborted and the error returned: the processor must stop, since its
 /// in-memory state includes records whose outputs were just aborted.
 pub(crate) fn commit_transaction<C: ConsumerContext>(
@@ -169,11 +170,18 @@ pub(crate) fn commit_transaction<C: ConsumerContext>(
     producer: &OutputProducer,
 ) -> Result<(), RunnerError> {
     let mut open = shared.transaction();
+    let offsets = shared.ledger().positions(|_| true);
     if !*open {
-        return Ok(());
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        // Inputs that produced nothing (a skipped reading) opened no transaction, but their
+        // offsets must be committed all the same: in a transaction of their own.
+        producer
+            .begin_transaction()
+            .map_err(RunnerError::Transaction)?;
     }
     *open = false;
-    let offsets = shared.ledger().positions(|_| true);
     let result = (|| {
         if !offsets.is_empty() {
             let group = consumer

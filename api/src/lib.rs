@@ -280,7 +280,7 @@ fn end_offsets(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> 
         .map(|p| {
             Ok((
                 p,
-                probe.fetch_watermarks(topic, p, Duration::from_secs(10))?.1,
+                switchyard_kafka::watermarks(&probe, topic, p, Duration::from_secs(10))?.1,
             ))
         })
         .collect()

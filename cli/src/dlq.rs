@@ -185,9 +185,9 @@ fn read(
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(&topic, p, Duration::from_secs(10))
-            .context("reading the dead-letter topic's offsets")?;
+        let (low, high) =
+            switchyard_kafka::watermarks(&consumer, &topic, p, Duration::from_secs(10))
+                .context("reading the dead-letter topic's offsets")?;
         let start = args.from_offset.unwrap_or(low).max(low);
         ends.insert(p, high);
         if high > start {

@@ -26,7 +26,7 @@ pub enum TopicsCommand {
     Apply {
         /// Replication factor for new topics; -1 (the default) takes the broker's
         /// `default.replication.factor` (1 on `make up`'s single broker, 3 on a cluster).
-        #[arg(long, env = "SWITCHYARD_REPLICATION_FACTOR", default_value_t = -1, allow_negative_numbers = true)]
+        #[arg(long, env = "SWITCHYARD_REPLICATION_FACTOR", default_value_t = switchyard_kafka::BROKER_DEFAULT_REPLICATION, allow_negative_numbers = true)]
         replication_factor: i32,
         /// How long to keep retrying while the broker or registry is not reachable, in seconds.
         #[arg(long, default_value_t = 60)]

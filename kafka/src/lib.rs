@@ -2,6 +2,7 @@
 
 pub mod clients;
 pub mod dead_letter;
+pub mod security;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::ConsumerContext;
@@ -10,7 +11,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use tracing::error;
 
 /// Where the broker and the schema registry are: the two flags every Switchyard binary that
-/// talks to Kafka takes (`#[command(flatten)]`), each with its `SWITCHYARD_*` variable.
+/// talks to Kafka takes (`#[command(flatten)]`), each with its `SWITCHYARD_*` variable. A
+/// cluster's TLS and SASL settings come from the environment ([`security`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Endpoints {
     /// Kafka bootstrap servers.
@@ -70,6 +72,64 @@ pub fn is_partition_eof(error: &KafkaError) -> bool {
 /// long an idle consumer's fetch is held, not how late a record arrives.
 pub const FETCH_WAIT_MS: u64 = 500;
 
+/// A partition's low and high watermarks, retried as [`retry_passing`] says.
+pub fn watermarks<C: ConsumerContext>(
+    consumer: &impl rdkafka::consumer::Consumer<C>,
+    topic: &str,
+    partition: i32,
+    timeout: std::time::Duration,
+) -> rdkafka::error::KafkaResult<(i64, i64)> {
+    retry_passing(timeout, |left| {
+        consumer.fetch_watermarks(topic, partition, left)
+    })
+}
+
+/// Call `request` (given the time left) until it succeeds, fails for good, or `timeout`
+/// passes. Errors that pass by themselves are retried: no leader yet (right after a topic
+/// is created, or while a failed leader is replaced), a request that went to a broker whose
+/// connection just died, a topic not yet in a broker's metadata, a coordinator moving, a
+/// request timing out; the last is returned at the end.
+pub fn retry_passing<T>(
+    timeout: std::time::Duration,
+    mut request: impl FnMut(std::time::Duration) -> rdkafka::error::KafkaResult<T>,
+) -> rdkafka::error::KafkaResult<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match request(left) {
+            Err(e) if passes(&e) && std::time::Instant::now() + RETRY_PAUSE < deadline => {
+                std::thread::sleep(RETRY_PAUSE);
+            }
+            result => return result,
+        }
+    }
+}
+
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether a metadata or offsets error is one that passes by itself.
+fn passes(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            NotLeaderForPartition
+                | LeaderNotAvailable
+                | DestroyBroker
+                | BrokerTransportFailure
+                | UnknownTopicOrPartition
+                | NotCoordinator
+                | OperationTimedOut
+                | RequestTimedOut
+        )
+    )
+}
+
+/// The replication factor to create a topic with: -1, the cluster's own
+/// `default.replication.factor` (1 on one node, 3 on `make test`'s cluster), so that a store's
+/// changelog or the schemas topic is as durable on a real cluster as its other topics.
+pub const BROKER_DEFAULT_REPLICATION: i32 = -1;
+
 /// The partition ids of `topic`, from the broker's metadata; empty when it has no such topic.
 pub fn partitions<C: ConsumerContext>(
     consumer: &impl rdkafka::consumer::Consumer<C>,
@@ -88,6 +148,32 @@ pub fn partitions<C: ConsumerContext>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_that_pass_are_retried_until_the_answer_and_others_are_not() {
+        let mut calls = 0;
+        let answer = retry_passing(std::time::Duration::from_secs(5), |_| {
+            calls += 1;
+            if calls < 3 {
+                Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::NotLeaderForPartition,
+                ))
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(answer.ok(), Some(3));
+        let mut calls = 0;
+        let refused: rdkafka::error::KafkaResult<()> =
+            retry_passing(std::time::Duration::from_secs(5), |_| {
+                calls += 1;
+                Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::TopicAuthorizationFailed,
+                ))
+            });
+        assert!(refused.is_err());
+        assert_eq!(calls, 1, "a lasting error is not retried");
+    }
 
     #[test]
     fn end_of_partition_is_not_an_error() {

@@ -448,9 +448,11 @@ async fn inputs_with_different_partition_counts_are_refused_by_name() {
     // Kafka's controller answers before every broker's metadata has the topic.
     let bootstrap = stack.broker.bootstrap();
     blocking(move || {
-        wait_for("the new topic in the metadata", Duration::from_secs(30), || {
-            switchyard_testkit::kafka::partition_count(&bootstrap, extra).ok() == Some(2)
-        })
+        wait_for(
+            "the new topic in the metadata",
+            Duration::from_secs(30),
+            || switchyard_testkit::kafka::partition_count(&bootstrap, extra).ok() == Some(2),
+        )
     })
     .await
     .expect("topic visible");

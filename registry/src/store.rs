@@ -135,7 +135,9 @@ impl SchemaStore {
         let topic = self.config.topic.clone();
         let timeout = self.config.timeout;
         let (low, high) = tokio::task::spawn_blocking(move || {
-            producer.client().fetch_watermarks(&topic, 0, timeout)
+            switchyard_kafka::retry_passing(timeout, |left| {
+                producer.client().fetch_watermarks(&topic, 0, left)
+            })
         })
         .await
         .map_err(ApiError::store)?
@@ -386,8 +388,12 @@ async fn ensure_topic(config: &StoreConfig) -> Result<(), StoreError> {
     let admin: AdminClient<DefaultClientContext> = clients::admin_config(&config.bootstrap_servers)
         .create()
         .map_err(topic_error)?;
-    let topic = NewTopic::new(&config.topic, 1, TopicReplication::Fixed(1))
-        .set("cleanup.policy", "compact");
+    let topic = NewTopic::new(
+        &config.topic,
+        1,
+        TopicReplication::Fixed(switchyard_kafka::BROKER_DEFAULT_REPLICATION),
+    )
+    .set("cleanup.policy", "compact");
     let options = AdminOptions::new().request_timeout(Some(config.timeout));
     let results = admin
         .create_topics([&topic], &options)

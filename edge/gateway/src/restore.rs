@@ -55,7 +55,7 @@ pub async fn restore_sessions(
     let mut behind = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(SESSIONS_TOPIC, p, timeout)?;
+        let (low, high) = switchyard_kafka::watermarks(&consumer, SESSIONS_TOPIC, p, timeout)?;
         restored.ends.insert(p, high);
         if high > low {
             behind.insert(p, high);

@@ -40,7 +40,8 @@ pub(crate) fn read_partition(
     partition: i32,
 ) -> Result<Vec<ChangelogEntry>, RunnerError> {
     let consumer: BaseConsumer = settings.create()?;
-    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
+    let (low, high) =
+        switchyard_kafka::watermarks(&consumer, topic, partition, Duration::from_secs(30))?;
     let mut out = Vec::new();
     if high <= low {
         return Ok(out);

@@ -89,8 +89,12 @@ pub(crate) async fn create_changelogs<P: Processor>(
     let new_topics: Vec<NewTopic> = names
         .iter()
         .map(|n| {
-            NewTopic::new(n, partitions, TopicReplication::Fixed(1))
-                .set("cleanup.policy", "compact")
+            NewTopic::new(
+                n,
+                partitions,
+                TopicReplication::Fixed(switchyard_kafka::BROKER_DEFAULT_REPLICATION),
+            )
+            .set("cleanup.policy", "compact")
         })
         .collect();
     let results = admin

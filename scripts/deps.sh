@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install what Switchyard needs and is missing. Safe to run again: each step checks first.
+# (libssl-dev: librdkafka is built with OpenSSL, for TLS and SASL/SCRAM to real clusters.)
 #   scripts/deps.sh            everything `make up` needs
 #   scripts/deps.sh --test     and what `make test` needs on top (headless Chromium, selenium)
 set -euo pipefail
 
-APT_PACKAGES=(curl iproute2 procps util-linux python3-pip pcscd libpcsclite-dev vsmartcard-vpcd)
+APT_PACKAGES=(curl iproute2 procps util-linux python3-pip pkg-config libssl-dev pcscd libpcsclite-dev vsmartcard-vpcd)
 # The broker is Apache Kafka's jars from Maven Central, run on Java 17 (scripts/kafka.sh).
 command -v java >/dev/null || APT_PACKAGES+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || APT_PACKAGES+=(maven)

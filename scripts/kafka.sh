@@ -21,6 +21,10 @@
 #   KAFKA_HEAP (1g)                -Xms and -Xmx (docs/deploy.md says why 1g)
 #   KAFKA_METRICS_PORT             serve Prometheus metrics (JMX exporter) on this port
 #   KAFKA_LOG_LEVEL (INFO)         log4j2 root level
+#   KAFKA_SASL_PORT                also listen there with SASL (PLAIN and SCRAM-SHA-256, no
+#                                  TLS), for clients whose settings are tested against it
+#   KAFKA_SASL_USERS               name:password,... the SASL listener accepts (SCRAM
+#                                  credentials are written when the node is first formatted)
 #   KAFKA_EXTRA_PROPERTIES         a file whose lines are appended to server.properties
 set -euo pipefail
 
@@ -75,14 +79,22 @@ write_properties() { # dir
   local node=${KAFKA_NODE_ID:-1} rf=${KAFKA_REPLICATION:-1} min_isr=1
   local voters=${KAFKA_VOTERS:-$node@127.0.0.1:$cport}
   [ "$rf" -ge 3 ] && min_isr=2
+  local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+  local advertised="PLAINTEXT://127.0.0.1:$port"
+  local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [ -n "${KAFKA_SASL_PORT:-}" ]; then
+    listeners+=",SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT"
+    advertised+=",SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT"
+    protocols+=",SASL_PLAINTEXT:SASL_PLAINTEXT"
+  fi
   cat >"$dir/server.properties" <<EOF
 # Written by scripts/kafka.sh at each start; edit the script (or KAFKA_EXTRA_PROPERTIES).
 process.roles=broker,controller
 node.id=$node
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=$listeners
+advertised.listeners=$advertised
+listener.security.protocol.map=$protocols
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$dir/data
@@ -102,6 +114,17 @@ share.coordinator.state.topic.min.isr=$min_isr
 # A first join would otherwise wait 3 s for more members.
 group.initial.rebalance.delay.ms=0
 EOF
+  if [ -n "${KAFKA_SASL_PORT:-}" ]; then
+    local plain_users="" pair
+    for pair in $(echo "${KAFKA_SASL_USERS:-}" | tr ',' ' '); do
+      plain_users+=" user_${pair%%:*}=\"${pair#*:}\""
+    done
+    cat >>"$dir/server.properties" <<EOF
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$plain_users;
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+EOF
+  fi
   if [ -n "${KAFKA_EXTRA_PROPERTIES:-}" ]; then
     [ -f "$KAFKA_EXTRA_PROPERTIES" ] || die "KAFKA_EXTRA_PROPERTIES: no file $KAFKA_EXTRA_PROPERTIES"
     { echo "# From $KAFKA_EXTRA_PROPERTIES"; cat "$KAFKA_EXTRA_PROPERTIES"; } >>"$dir/server.properties"
@@ -117,9 +140,12 @@ run() { # dir
   write_properties "$dir"
   local logging="-Dlog4j2.configurationFile=$ROOT/broker/log4j2.properties"
   if [ ! -f "$dir/data/meta.properties" ]; then
-    local id=${KAFKA_CLUSTER_ID:-$(random_cluster_id)}
+    local id=${KAFKA_CLUSTER_ID:-$(random_cluster_id)} scram=() pair
+    for pair in $(echo "${KAFKA_SASL_USERS:-}" | tr ',' ' '); do
+      scram+=(--add-scram "SCRAM-SHA-256=[name=${pair%%:*},password=${pair#*:}]")
+    done
     KAFKA_LOG_LEVEL=WARN java "$logging" "@$args" kafka.tools.StorageTool format \
-      -t "$id" -c "$dir/server.properties" --ignore-formatted >/dev/null \
+      -t "$id" -c "$dir/server.properties" --ignore-formatted "${scram[@]}" >/dev/null \
       || die "formatting $dir/data failed"
   fi
   local agent=()

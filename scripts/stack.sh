@@ -23,11 +23,15 @@ BROKER_HOST=127.0.0.1
 BROKER_PORT=${SWITCHYARD_BROKER_PORT:-9092}
 CONTROLLER_PORT=${SWITCHYARD_CONTROLLER_PORT:-9093}
 REGISTRY_PORT=${SWITCHYARD_REGISTRY_PORT:-8081}
-export SWITCHYARD_BOOTSTRAP_SERVERS="$BROKER_HOST:$BROKER_PORT"
+# SWITCHYARD_EXTERNAL_KAFKA=host:port,...: use that cluster (with the SWITCHYARD_KAFKA_*
+# security settings of docs/deploy.md) and start no broker here.
+EXTERNAL_KAFKA=${SWITCHYARD_EXTERNAL_KAFKA:-}
+export SWITCHYARD_BOOTSTRAP_SERVERS="${EXTERNAL_KAFKA:-$BROKER_HOST:$BROKER_PORT}"
 export SWITCHYARD_REGISTRY_URL="http://$BROKER_HOST:$REGISTRY_PORT"
 
 # Services in start order. Processors: name=metrics port (serving /metrics and /health).
-SERVICES=(kafka registry gateway)
+SERVICES=(registry gateway)
+[ -n "$EXTERNAL_KAFKA" ] || SERVICES=(kafka "${SERVICES[@]}")
 FLEET=${SWITCHYARD_FLEET:-3}
 GATEWAY_UDP=${SWITCHYARD_GATEWAY_PORT:-6001}
 GATEWAY_BUFFER=${SWITCHYARD_GATEWAY_BUFFER:-400000}
@@ -162,12 +166,17 @@ up() {
   command -v java >/dev/null || die "java is not installed (run: make deps)"
   command -v prometheus >/dev/null || die "prometheus is not installed (run: make deps)"
 
-  say "broker (Apache Kafka $(kafka_version), KRaft, data in ${DATA#"$ROOT/"}/kafka)"
-  "$ROOT/scripts/kafka.sh" classpath >/dev/null || die "cannot resolve the broker's jars"
-  start kafka "$BROKER_PORT" "$DATA" env KAFKA_PORT="$BROKER_PORT" KAFKA_CONTROLLER_PORT="$CONTROLLER_PORT" \
-    KAFKA_METRICS_PORT="$BROKER_METRICS" "$ROOT/scripts/kafka.sh" run "$DATA/kafka"
-  # Ready: the broker answers a metadata request (a JVM start takes 10-20 s here).
-  wait_for kafka 180 "$BIN/switchyard" brokers --timeout-secs 2
+  if [ -n "$EXTERNAL_KAFKA" ]; then
+    say "broker: the existing cluster at $EXTERNAL_KAFKA"
+    "$BIN/switchyard" brokers --timeout-secs 30 || die "the cluster at $EXTERNAL_KAFKA does not answer"
+  else
+    say "broker (Apache Kafka $(kafka_version), KRaft, data in ${DATA#"$ROOT/"}/kafka)"
+    "$ROOT/scripts/kafka.sh" classpath >/dev/null || die "cannot resolve the broker's jars"
+    start kafka "$BROKER_PORT" "$DATA" env KAFKA_PORT="$BROKER_PORT" KAFKA_CONTROLLER_PORT="$CONTROLLER_PORT" \
+      KAFKA_METRICS_PORT="$BROKER_METRICS" "$ROOT/scripts/kafka.sh" run "$DATA/kafka"
+    # Ready: the broker answers a metadata request (a JVM start takes 10-20 s here).
+    wait_for kafka 180 "$BIN/switchyard" brokers --timeout-secs 2
+  fi
 
   say "schema registry"
   start registry "$REGISTRY_PORT" "$RUN" env SWITCHYARD_REGISTRY_LISTEN="$BROKER_HOST:$REGISTRY_PORT" \
@@ -274,9 +283,13 @@ scrape_configs:
     static_configs: [{targets: ["$BROKER_HOST:$API_METRICS"]}]
   - job_name: switchyard-registry
     static_configs: [{targets: ["$BROKER_HOST:$REGISTRY_METRICS"]}]
+EOC
+  if [ -z "$EXTERNAL_KAFKA" ]; then
+    cat >>"$RUN/prometheus.yml" <<EOC
   - job_name: switchyard-kafka
     static_configs: [{targets: ["$BROKER_HOST:$BROKER_METRICS"]}]
 EOC
+  fi
 }
 
 status() {

@@ -1,15 +1,23 @@
 //! The client factory: every Kafka client a service builds starts from one of these
-//! settings, so the project's choices (acknowledgements, idempotence, manual commits) live
-//! in one place. Callers add what is theirs (a group id, a timeout) on top.
+//! settings, so the project's choices (acknowledgements, idempotence, manual commits) and
+//! the cluster's security settings ([`crate::security`]) live in one place. Callers add what
+//! is theirs (a group id, a timeout) on top.
 
 use rdkafka::config::ClientConfig;
+
+/// The address of the cluster and how to prove ourselves to it.
+fn base(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    crate::security::apply(&mut config);
+    config
+}
 
 /// A consumer: offsets committed by the caller, never automatically; no end-of-partition
 /// events; librdkafka's default fetch wait ([`crate::FETCH_WAIT_MS`]).
 pub fn consumer_config(bootstrap: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = base(bootstrap);
     config
-        .set("bootstrap.servers", bootstrap)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false");
     config
@@ -18,11 +26,8 @@ pub fn consumer_config(bootstrap: &str) -> ClientConfig {
 /// A producer whose records are on every in-sync replica when acknowledged, written once
 /// and in order per partition through retries (idempotent).
 pub fn producer_config(bootstrap: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true");
+    let mut config = base(bootstrap);
+    config.set("acks", "all").set("enable.idempotence", "true");
     config
 }
 
@@ -40,9 +45,8 @@ pub fn producer_config(bootstrap: &str) -> ClientConfig {
 /// that spin is most of a producing process's CPU. Without idempotence a held batch leaves
 /// the thread asleep.
 pub fn unordered_producer_config(bootstrap: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = base(bootstrap);
     config
-        .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .set("enable.idempotence", "false")
         .set("max.in.flight.requests.per.connection", "1");
@@ -51,9 +55,7 @@ pub fn unordered_producer_config(bootstrap: &str) -> ClientConfig {
 
 /// An admin client or a metadata probe.
 pub fn admin_config(bootstrap: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap);
-    config
+    base(bootstrap)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Apache Kafka brokers for tests: one KRaft node ([`Broker`]) or a three-node cluster
-//! ([`Cluster`]), each node a JVM started by `scripts/kafka.sh` (the one place that
+//! ([`Broker::start_cluster`]), each node a JVM started by `scripts/kafka.sh` (the one place that
 //! configures a broker, as `make up` does) on free loopback ports, its data in a temporary
 //! folder. Ready means the node answered a metadata request naming itself.
 
@@ -64,6 +64,8 @@ struct Node {
     addr: SocketAddr,
     controller: SocketAddr,
     dir: PathBuf,
+    /// A SASL listener (PLAIN and SCRAM-SHA-256) and its `name:password` users.
+    sasl: Option<(SocketAddr, String)>,
 }
 
 impl Node {
@@ -81,6 +83,11 @@ impl Node {
             .env("KAFKA_CLUSTER_ID", cluster_id)
             .env("KAFKA_REPLICATION", replication.to_string())
             .env("KAFKA_LOG_LEVEL", "WARN");
+        if let Some((addr, users)) = &self.sasl {
+            command
+                .env("KAFKA_SASL_PORT", addr.port().to_string())
+                .env("KAFKA_SASL_USERS", users);
+        }
         Service::spawn(&format!("kafka-{}", self.id), command, &self.dir)
     }
 }
@@ -120,90 +127,13 @@ fn cluster_id() -> Result<String> {
         .collect())
 }
 
-/// A single-node Apache Kafka (KRaft, broker and controller in one JVM).
+/// Apache Kafka for a test: one KRaft node ([`Broker::start`]) or three
+/// ([`Broker::start_cluster`]), each broker and controller in one JVM.
 pub struct Broker {
+    /// The first node's client address.
     pub addr: SocketAddr,
-    node: Node,
-    cluster_id: String,
-    service: Service,
-    dir: TempDir,
-}
-
-impl Broker {
-    pub fn start() -> Result<Broker> {
-        let dir = tempfile::tempdir().context("creating the broker's folder")?;
-        let node = Node {
-            id: 1,
-            addr: ([127, 0, 0, 1], free_port()?).into(),
-            controller: ([127, 0, 0, 1], free_port()?).into(),
-            dir: dir.path().to_path_buf(),
-        };
-        let cluster_id = cluster_id()?;
-        let service = node.spawn(&node.voter(), &cluster_id, 1)?;
-        let mut broker = Broker {
-            addr: node.addr,
-            node,
-            cluster_id,
-            service,
-            dir,
-        };
-        broker.wait_ready()?;
-        Ok(broker)
-    }
-
-    fn wait_ready(&mut self) -> Result<()> {
-        let (addr, id) = (self.addr, self.node.id);
-        self.service
-            .wait_until(Duration::from_secs(90), || answers(addr, id))
-    }
-
-    /// The broker's process id (the JVM: the script execs it).
-    pub fn pid(&self) -> u32 {
-        self.service.pid()
-    }
-
-    /// `host:port` for `bootstrap.servers`.
-    pub fn bootstrap(&self) -> String {
-        self.addr.to_string()
-    }
-
-    /// The test's scratch folder: the broker's data and log (`kafka-1.log`), and where the
-    /// tests keep the logs of the services they start.
-    pub fn data_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Kill the broker (SIGKILL) and start it again on the same ports and data.
-    pub fn restart(&mut self) -> Result<()> {
-        self.stop();
-        self.start_again()
-    }
-
-    /// Kill the broker (SIGKILL) and leave it down until [`Broker::start_again`].
-    pub fn stop(&mut self) {
-        self.service.kill();
-    }
-
-    /// Start a stopped broker again on the same ports and data.
-    pub fn start_again(&mut self) -> Result<()> {
-        self.service = self.node.spawn(&self.node.voter(), &self.cluster_id, 1)?;
-        self.wait_ready()
-    }
-
-    pub fn log_text(&self) -> String {
-        self.service.log_text()
-    }
-}
-
-impl Node {
-    fn voter(&self) -> String {
-        format!("{}@{}", self.id, self.controller)
-    }
-}
-
-/// Three Apache Kafka nodes on this machine, each broker and controller (a three-voter
-/// quorum): internal topics and new topics replicated three times, `min.insync.replicas=2`.
-pub struct Cluster {
+    /// The SASL listener, for a broker started with [`Broker::start_with_sasl`].
+    pub sasl_addr: Option<SocketAddr>,
     nodes: Vec<Node>,
     services: Vec<Option<Service>>,
     voters: String,
@@ -211,46 +141,81 @@ pub struct Cluster {
     dir: TempDir,
 }
 
-impl Cluster {
-    pub const SIZE: u32 = 3;
+impl Broker {
+    /// Nodes in a cluster started by [`Broker::start_cluster`].
+    pub const CLUSTER_SIZE: u32 = 3;
 
-    pub fn start() -> Result<Cluster> {
-        let dir = tempfile::tempdir().context("creating the cluster's folder")?;
+    pub fn start() -> Result<Broker> {
+        Self::start_nodes(1, None)
+    }
+
+    /// A broker that also listens with SASL (PLAIN and SCRAM-SHA-256, no TLS) for `users`
+    /// (name, password), on [`Broker::sasl_addr`]; its plaintext listener stays open.
+    pub fn start_with_sasl(users: &[(&str, &str)]) -> Result<Broker> {
+        let users = users
+            .iter()
+            .map(|(name, password)| format!("{name}:{password}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        Self::start_nodes(1, Some((([127, 0, 0, 1], free_port()?).into(), users)))
+    }
+
+    /// Three nodes, each broker and controller (a three-voter quorum): internal and new
+    /// topics replicated three times, `min.insync.replicas=2`.
+    pub fn start_cluster() -> Result<Broker> {
+        Self::start_nodes(Self::CLUSTER_SIZE, None)
+    }
+
+    fn start_nodes(count: u32, sasl: Option<(SocketAddr, String)>) -> Result<Broker> {
+        let dir = tempfile::tempdir().context("creating the broker's folder")?;
         let mut nodes = Vec::new();
-        for id in 1..=Self::SIZE {
-            let node_dir = dir.path().join(format!("node-{id}"));
+        for id in 1..=count {
+            let node_dir = if count == 1 {
+                dir.path().to_path_buf()
+            } else {
+                dir.path().join(format!("node-{id}"))
+            };
             std::fs::create_dir_all(&node_dir)?;
             nodes.push(Node {
                 id,
                 addr: ([127, 0, 0, 1], free_port()?).into(),
                 controller: ([127, 0, 0, 1], free_port()?).into(),
                 dir: node_dir,
+                sasl: sasl.clone(),
             });
         }
         let voters = nodes.iter().map(Node::voter).collect::<Vec<_>>().join(",");
-        let cluster_id = cluster_id()?;
-        let mut services = Vec::new();
-        for node in &nodes {
-            services.push(Some(node.spawn(&voters, &cluster_id, Self::SIZE)?));
-        }
-        let mut cluster = Cluster {
+        let mut broker = Broker {
+            addr: nodes[0].addr,
+            sasl_addr: sasl.map(|(addr, _)| addr),
+            services: nodes.iter().map(|_| None).collect(),
             nodes,
-            services,
             voters,
-            cluster_id,
+            cluster_id: cluster_id()?,
             dir,
         };
-        for id in 1..=Self::SIZE {
-            cluster.wait_ready(id)?;
+        for id in 1..=count {
+            broker.spawn(id)?;
         }
-        Ok(cluster)
+        for id in 1..=count {
+            broker.wait_ready(id)?;
+        }
+        Ok(broker)
     }
 
     fn index(&self, id: u32) -> Result<usize> {
         self.nodes
             .iter()
             .position(|n| n.id == id)
-            .with_context(|| format!("no node {id} in the cluster"))
+            .with_context(|| format!("no node {id}"))
+    }
+
+    fn spawn(&mut self, id: u32) -> Result<()> {
+        let i = self.index(id)?;
+        let replication = self.nodes.len() as u32;
+        self.services[i] =
+            Some(self.nodes[i].spawn(&self.voters, &self.cluster_id, replication)?);
+        Ok(())
     }
 
     fn wait_ready(&mut self, id: u32) -> Result<()> {
@@ -260,6 +225,15 @@ impl Cluster {
             bail!("node {id} is not running");
         };
         service.wait_until(Duration::from_secs(120), || answers(addr, id))
+    }
+
+    /// The first node's process id (the JVM: the script execs it).
+    pub fn pid(&self) -> u32 {
+        self.services
+            .iter()
+            .flatten()
+            .next()
+            .map_or(0, Service::pid)
     }
 
     /// Every node's `host:port`, comma-separated, for `bootstrap.servers`.
@@ -272,12 +246,43 @@ impl Cluster {
     }
 
     /// The client address of node `id`.
-    pub fn addr(&self, id: u32) -> Result<SocketAddr> {
+    pub fn node_addr(&self, id: u32) -> Result<SocketAddr> {
         Ok(self.nodes[self.index(id)?].addr)
     }
 
-    /// Kill node `id` (SIGKILL).
-    pub fn kill(&mut self, id: u32) -> Result<()> {
+    /// The test's scratch folder: the broker's data and log (`kafka-1.log`; a cluster's
+    /// under `node-N/`), and where the tests keep the logs of the services they start.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kill every node (SIGKILL) and start them again on the same ports and data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.start_again()
+    }
+
+    /// Kill every node (SIGKILL) and leave them down until [`Broker::start_again`].
+    pub fn stop(&mut self) {
+        for service in self.services.iter_mut().flatten() {
+            service.kill();
+        }
+    }
+
+    /// Start the stopped nodes again on the same ports and data.
+    pub fn start_again(&mut self) -> Result<()> {
+        let ids: Vec<u32> = self.nodes.iter().map(|n| n.id).collect();
+        for id in &ids {
+            self.spawn(*id)?;
+        }
+        for id in ids {
+            self.wait_ready(id)?;
+        }
+        Ok(())
+    }
+
+    /// Kill node `id` alone (SIGKILL).
+    pub fn kill_node(&mut self, id: u32) -> Result<()> {
         let i = self.index(id)?;
         if let Some(mut service) = self.services[i].take() {
             service.kill();
@@ -286,14 +291,24 @@ impl Cluster {
     }
 
     /// Start a killed node again on its ports and data.
-    pub fn start_again(&mut self, id: u32) -> Result<()> {
-        let i = self.index(id)?;
-        self.services[i] = Some(self.nodes[i].spawn(&self.voters, &self.cluster_id, Self::SIZE)?);
+    pub fn start_node_again(&mut self, id: u32) -> Result<()> {
+        self.spawn(id)?;
         self.wait_ready(id)
     }
 
-    /// The cluster's scratch folder (each node's data and log under `node-N/`).
-    pub fn data_dir(&self) -> &Path {
-        self.dir.path()
+    /// The first node's log.
+    pub fn log_text(&self) -> String {
+        self.services
+            .iter()
+            .flatten()
+            .next()
+            .map(Service::log_text)
+            .unwrap_or_default()
+    }
+}
+
+impl Node {
+    fn voter(&self) -> String {
+        format!("{}@{}", self.id, self.controller)
     }
 }

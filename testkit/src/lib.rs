@@ -1,7 +1,7 @@
 //! Real processes for integration tests.
 //!
 //! [`Broker::start`] runs an Apache Kafka node (KRaft, data in a temporary folder) on free
-//! loopback ports, [`Cluster::start`] three of them; [`Service::spawn`] runs any binary and
+//! loopback ports, [`Broker::start_cluster`] three of them; [`Service::spawn`] runs any binary and
 //! waits until it is ready. Both stop their process when dropped, so a failing test leaves
 //! nothing running.
 
@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 
 mod broker;
 mod scripted;
-pub use broker::{kafka_script, kafka_version, Broker, Cluster};
+pub use broker::{kafka_script, kafka_version, Broker};
 pub use scripted::{take_down_scripted_in_background, ScriptedStack};
 
 /// A loopback TCP port free at the time of the call.
@@ -243,8 +243,18 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// On one Kafka node.
     pub fn start() -> Result<Stack> {
-        let broker = Broker::start()?;
+        Self::on(Broker::start()?)
+    }
+
+    /// On a three-node Kafka cluster: the catalog's topics replicated three times, with
+    /// `min.insync.replicas=2` (the cluster's defaults, which `topics apply` takes).
+    pub fn start_cluster() -> Result<Stack> {
+        Self::on(Broker::start_cluster()?)
+    }
+
+    fn on(broker: Broker) -> Result<Stack> {
         let registry = Registry::start(&broker, "registry")?;
         let out = Command::new(workspace_binary("switchyard")?)
             .args(["topics", "apply"])
@@ -347,6 +357,17 @@ pub mod kafka {
         Ok((consumer, partitions))
     }
 
+    /// `topic`'s partitions and the id of each one's leader (-1 while it has none).
+    pub fn leaders(bootstrap: &str, topic: &str) -> Result<HashMap<i32, i32>> {
+        let consumer: BaseConsumer = switchyard_kafka::clients::admin_config(bootstrap).create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| (p.id(), p.leader())))
+            .collect())
+    }
+
     /// How many partitions `topic` has on the broker (an error when it does not exist).
     pub fn partition_count(bootstrap: &str, topic: &str) -> Result<usize> {
         Ok(reader(bootstrap, topic)?.1.len())
@@ -382,7 +403,8 @@ pub mod kafka {
         let mut ends = HashMap::new();
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
-            let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+            let (low, high) =
+                switchyard_kafka::watermarks(&consumer, topic, *p, Duration::from_secs(10))?;
             if high > low {
                 ends.insert(*p, high);
                 tpl.add_partition_offset(topic, *p, Offset::Beginning)?;

@@ -53,11 +53,15 @@ BENCH_RECORDS ?= 100000
 # grafana-projector's rounds: long enough (~8 s each) that one slow broker moment does not
 # decide a round.
 PROCESSOR_RECORDS ?= 300000
+# Switchyard beside Kafka Streams (bench/streams, built here with Maven): input read whole by
+# each of 40 runs (2 kinds of work x 2 guarantees x 2 contestants x 5 rounds).
+STREAMS_RECORDS ?= 200000
 bench: deps
 	$(CARGO) build --release --workspace --bins
 	./target/release/switchyard-bench pipeline --records $(BENCH_RECORDS)
 	./target/release/switchyard-bench gateway --packets $(BENCH_RECORDS)
 	./target/release/switchyard-bench processor --records $(PROCESSOR_RECORDS)
+	./target/release/switchyard-bench streams --records $(STREAMS_RECORDS)
 	./target/release/switchyard-bench latency
 	./target/release/switchyard-bench roundtrip
 	./target/release/switchyard-bench memory --modems 1000000

@@ -7,6 +7,7 @@ mod idle_bench;
 mod pipeline_bench;
 mod raw_floor;
 mod registry_bench;
+mod streams_bench;
 mod system_bench;
 
 use std::path::PathBuf;
@@ -108,6 +109,25 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         versions: usize,
     },
+    /// Switchyard beside Kafka Streams: pass-through and grafana-projector's work, under
+    /// at-least-once and exactly-once, on one broker.
+    Streams {
+        /// Input records (read whole by every run).
+        #[arg(long, default_value_t = 200_000)]
+        records: usize,
+        /// Rounds of each contestant (alternating).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// The pass-through processor alone, as a process the streams bench measures.
+    #[command(hide = true)]
+    ServePassThrough {
+        #[command(flatten)]
+        runner: switchyard_pipeline::RunnerConfig,
+        /// Its consumer group (topology name).
+        #[arg(long, default_value = "bench-pass-through")]
+        group: String,
+    },
     /// What `make up` with only its simulated modems costs the broker, and from which client.
     Idle {
         #[arg(long, default_value_t = 5)]
@@ -140,8 +160,18 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
     let runtime = tokio::runtime::Runtime::new()?;
+    // A measured processor, not a bench: SIGTERM is its own to handle.
+    if let Bench::ServePassThrough { runner, group } = cli.bench {
+        return runtime.block_on(pipeline_bench::serve_pass_through(runner, &group));
+    }
     runtime.spawn(take_down_on_signal());
     match cli.bench {
+        Bench::ServePassThrough { .. } => {}
+        Bench::Streams { records, rounds } => {
+            let report = streams_bench::run(records, rounds)?;
+            report.write(&cli.out)?;
+            println!("{}", report.markdown);
+        }
         Bench::Pipeline { records, rounds } => {
             let report = runtime.block_on(pipeline_bench::run(records, rounds))?;
             report.write(&cli.out)?;

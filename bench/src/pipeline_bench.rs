@@ -27,6 +27,9 @@ use crate::Report;
 
 const INPUT: &str = "bench-in";
 const OUTPUT: &str = "bench-out";
+/// The pass-through processor's topics, for the Kafka Streams comparison too.
+pub(crate) const PASS_INPUT: &str = INPUT;
+pub(crate) const PASS_OUTPUT: &str = OUTPUT;
 const RAW_OUTPUT: &str = "bench-out-raw";
 const BATCH: usize = 5000;
 
@@ -77,6 +80,45 @@ impl Processor for PassThrough {
         let reading: GrafanaReading = record.value()?;
         ctx.send(OUTPUT, &reading.modem_id, &reading, record.timestamp_ms)
     }
+}
+
+/// The pass-through processor in a process of its own (`switchyard-bench serve-pass-through`),
+/// on [`PASS_INPUT`] → [`PASS_OUTPUT`], as `group` (its topology's name), until SIGTERM.
+pub(crate) async fn serve_pass_through(config: RunnerConfig, group: &str) -> anyhow::Result<()> {
+    let processor = PassThrough {
+        name: group.to_string(),
+        first: Arc::default(),
+    };
+    switchyard_pipeline::run_until(
+        processor,
+        catalog()?,
+        config,
+        switchyard_telemetry::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Write `records` to [`PASS_INPUT`] with its schema registered in `stack`'s registry.
+pub(crate) fn produce_pass_input(
+    stack: &switchyard_testkit::Stack,
+    records: &[(String, GrafanaReading, i64)],
+) -> anyhow::Result<()> {
+    let catalog = catalog()?;
+    let text = catalog.value_schema(INPUT).context("bench schema")?;
+    let id = tokio::runtime::Runtime::new()?.block_on(
+        RegistryClient::new(&stack.registry.url()).register(&value_subject(INPUT), text),
+    )?;
+    let schema = apache_avro::Schema::parse_str(text)?;
+    let encoded = records
+        .iter()
+        .map(|(key, value, t)| {
+            let payload = switchyard_pipeline::codec::encode(id, &schema, value)
+                .map_err(anyhow::Error::msg)?;
+            Ok((key.clone(), payload, *t))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    kafka::produce(&stack.broker.bootstrap(), INPUT, &encoded)
 }
 
 /// Records on every partition of `topic` (the sum of the high watermarks).

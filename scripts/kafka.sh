@@ -69,9 +69,15 @@ jars_present() {
 }
 
 # A Kafka cluster id: 16 random bytes, base64url without padding (what `kafka-storage.sh
-# random-uuid` prints), made here to spare a JVM start.
+# random-uuid` prints), made here to spare a JVM start. Never one starting with '-', which
+# the storage tool would take for an option (Kafka's own Uuid.randomUuid skips those too).
 random_cluster_id() {
-  head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+  local id
+  while :; do
+    id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    [ "${id:0:1}" != "-" ] && break
+  done
+  echo "$id"
 }
 
 write_properties() { # dir
@@ -145,7 +151,7 @@ run() { # dir
       scram+=(--add-scram "SCRAM-SHA-256=[name=${pair%%:*},password=${pair#*:}]")
     done
     KAFKA_LOG_LEVEL=WARN java "$logging" "@$args" kafka.tools.StorageTool format \
-      -t "$id" -c "$dir/server.properties" --ignore-formatted "${scram[@]}" >/dev/null \
+      --cluster-id="$id" -c "$dir/server.properties" --ignore-formatted "${scram[@]}" >/dev/null \
       || die "formatting $dir/data failed"
   fi
   local agent=()

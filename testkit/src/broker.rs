@@ -107,24 +107,30 @@ fn answers(addr: SocketAddr, id: u32) -> bool {
 }
 
 /// A fresh random cluster id, as `kafka-storage random-uuid` makes: 16 random bytes,
-/// base64url without padding.
+/// base64url without padding, never starting with '-' (the storage tool would take it for
+/// an option: one broker start in 64 failed that way).
 fn cluster_id() -> Result<String> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bytes = [0u8; 16];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    let bits = u128::from_be_bytes(bytes);
-    // 22 base64 digits of 6 bits hold 132 bits: the 128 bits, then 4 zero bits.
-    Ok((0..22)
-        .map(|i| {
-            let shift = 122 - 6 * i;
-            let digit = if shift >= 0 {
-                (bits >> shift) & 63
-            } else {
-                (bits << -shift) & 63
-            };
-            ALPHABET[digit as usize] as char
-        })
-        .collect())
+    loop {
+        let mut bytes = [0u8; 16];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+        let bits = u128::from_be_bytes(bytes);
+        // 22 base64 digits of 6 bits hold 132 bits: the 128 bits, then 4 zero bits.
+        let id: String = (0..22)
+            .map(|i| {
+                let shift = 122 - 6 * i;
+                let digit = if shift >= 0 {
+                    (bits >> shift) & 63
+                } else {
+                    (bits << -shift) & 63
+                };
+                ALPHABET[digit as usize] as char
+            })
+            .collect();
+        if !id.starts_with('-') {
+            return Ok(id);
+        }
+    }
 }
 
 /// Apache Kafka for a test: one KRaft node ([`Broker::start`]) or three
@@ -310,5 +316,26 @@ impl Broker {
 impl Node {
     fn voter(&self) -> String {
         format!("{}@{}", self.id, self.controller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One id in 64 started with '-' before, which the storage tool took for an option: in a
+    /// thousand, one would all but surely have.
+    #[test]
+    fn cluster_ids_are_base64url_uuids_that_never_start_with_a_dash() {
+        for _ in 0..1000 {
+            let id = cluster_id().expect("random bytes");
+            assert_eq!(id.len(), 22, "{id}");
+            assert!(!id.starts_with('-'), "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{id}"
+            );
+        }
     }
 }

@@ -10,7 +10,7 @@ use switchyard_schemas::records::{
     now_us, Carrier, CarrierState, CarrierSwitchRequest, GrafanaReading, RequestState,
     SensorReading,
 };
-use switchyard_testkit::{http_get_text, metric_sum, wait_for, workspace_binary, Service, Stack};
+use switchyard_testkit::{http_get_text, metric_sum, wait_for, Stack};
 
 const WAIT: Duration = Duration::from_secs(180);
 const FIRST_MODEM: u64 = 7000;
@@ -37,21 +37,9 @@ fn killing_the_leader_of_the_readings_loses_nothing_the_gateway_acknowledged() {
     let (_carrier_state, _) = stack
         .start_processor("carrier-state", "carrier-state", &[])
         .expect("carrier-state");
-    let mut modems =
-        std::process::Command::new(workspace_binary("switchyard-modem").expect("built"));
-    modems.args([
-        "--gateway",
-        &udp.to_string(),
-        "--fleet",
-        &FLEET.to_string(),
-        "--modem-id",
-        &FIRST_MODEM.to_string(),
-        "--rates",
-        "20,0,0",
-        "--status-secs",
-        "2",
-    ]);
-    let mut modems = Service::spawn("modems", modems, stack.broker.data_dir()).expect("modems");
+    let mut modems = stack
+        .start_fleet(udp, FIRST_MODEM, FLEET, "20,0,0", 2)
+        .expect("modems");
     wait_for("readings to flow through the projector", WAIT, || {
         switchyard_testkit::kafka::read_to_end(&bootstrap, "imu-grafana")
             .is_ok_and(|r| r.len() >= 300)

@@ -394,22 +394,9 @@ fn a_broker_restart_under_load_needs_no_manual_step_and_loses_nothing_uncounted(
     let (mut projector, _) = stack
         .start_processor("grafana-projector", "grafana-projector", &[])
         .expect("projector");
-    let mut modems = std::process::Command::new(
-        switchyard_testkit::workspace_binary("switchyard-modem").expect("built"),
-    );
-    modems.args([
-        "--gateway",
-        &udp.to_string(),
-        "--fleet",
-        "5",
-        "--modem-id",
-        "7000",
-        "--rates",
-        "20,0,0",
-        "--status-secs",
-        "5",
-    ]);
-    let mut modems = Service::spawn("modems", modems, stack.broker.data_dir()).expect("modems");
+    let mut modems = stack
+        .start_fleet(udp, 7000, 5, "20,0,0", 5)
+        .expect("modems");
     wait_for("the stream to flow", WAIT, || {
         stack
             .consume::<GrafanaReading>("imu-grafana", 200, Duration::from_secs(2))

@@ -722,6 +722,33 @@ impl Stack {
         })
     }
 
+    /// `switchyard-modem`: `fleet` simulated modems from `first_modem` (in-process SIMs, no
+    /// keys) sending to `gateway` at `rates` readings/s per sensor (imu,gyro,temp) and a
+    /// status report every `status_secs`.
+    pub fn start_fleet(
+        &self,
+        gateway: SocketAddr,
+        first_modem: u64,
+        fleet: u64,
+        rates: &str,
+        status_secs: u64,
+    ) -> Result<Service> {
+        let mut modems = Command::new(workspace_binary("switchyard-modem")?);
+        modems.args([
+            "--gateway",
+            &gateway.to_string(),
+            "--fleet",
+            &fleet.to_string(),
+            "--modem-id",
+            &first_modem.to_string(),
+            "--rates",
+            rates,
+            "--status-secs",
+            &status_secs.to_string(),
+        ]);
+        Service::spawn("modems", modems, self.broker.data_dir())
+    }
+
     /// `switchyard-api` on a free port with `token`, ready (its own /health answers 200).
     pub fn start_api(&self, token: &str, env: &[(&str, String)]) -> Result<(Service, SocketAddr)> {
         let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use reading_counter::{NAME, OUTPUT};
-use switchyard_schemas::records::{ReadingCount, SensorReading};
+use switchyard_schemas::records::ReadingCount;
 use switchyard_testkit::kafka::{committed_total, read_to_end, read_uncommitted_to_end};
 use switchyard_testkit::{wait_for, Service, Stack};
 
@@ -21,16 +21,7 @@ fn produce_readings(stack: &Stack, from: usize, to: usize) -> Vec<(String, i64)>
     for i in from..to {
         let modem = format!("m{}", i % MODEMS);
         let t = BASE_US + i as i64 * 1_000;
-        let reading = SensorReading {
-            modem_id: modem.clone(),
-            device_id: 1,
-            sensor: "imu".into(),
-            timestamp: t,
-            value: Some(i as i32),
-            data: (i as i32).to_be_bytes().to_vec(),
-            received_at: t,
-            sequence: None,
-        };
+        let reading = switchyard_testkit::imu_reading(&modem, i as i32, t);
         records.push((modem.clone(), reading, t / 1000));
         sent.push((modem, t));
     }

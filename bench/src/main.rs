@@ -269,16 +269,18 @@ impl Report {
                 }
             }
         }
+        // Each section names its own machine and broker: sections measured in earlier runs
+        // (on tansu, before Apache Kafka) stay until their bench runs again.
         let measured = format!(
-            "\n\nMeasured at commit `{commit}`, {}.",
-            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+            "\n\nMeasured at commit `{commit}`, {}, on {}.",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+            machine_line()
         );
         sections.insert(
             self.name.to_string(),
             self.markdown.trim_end().to_string() + &measured,
         );
-        let mut md = String::from("# Benchmark results\n\nWritten by `make bench`; each figure is measured against its baseline in the same run, on the same broker.\n\n");
-        md.push_str(&format!("Machine: {}\n", machine_line()));
+        let mut md = String::from("# Benchmark results\n\nWritten by `make bench`; each figure is measured against its baseline in the same run, on the same broker. Each section ends with the commit, the date, the machine and the broker it was measured on: sections without a broker named were measured on tansu 0.6.0, the broker before Apache Kafka.\n");
         for (name, body) in sections {
             md.push_str(&format!("\n<!-- bench: {name} -->\n{body}\n"));
         }

@@ -46,12 +46,7 @@ fn killing_the_leader_of_the_readings_loses_nothing_the_gateway_acknowledged() {
     })
     .expect("flowing");
     wait_for("every modem known to carrier-state", WAIT, || {
-        let seen: HashSet<String> = stack
-            .read_to_end::<CarrierState>("carrier-state")
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| r.value.modem_id)
-            .collect();
+        let seen = stack.modems_in_carrier_state();
         (FIRST_MODEM..FIRST_MODEM + FLEET).all(|m| seen.contains(&m.to_string()))
     })
     .expect("modems heard");

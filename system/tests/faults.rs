@@ -320,12 +320,7 @@ fn with_30_percent_packet_loss_every_switch_ends_acked() {
     let _modems = Service::spawn("modems", modems, stack.broker.data_dir()).expect("modem fleet");
     // Every modem has been heard (its status got through at least once).
     wait_for("every modem heard", WAIT, || {
-        let seen: std::collections::HashSet<String> = stack
-            .consume::<CarrierState>("carrier-state", usize::MAX, Duration::from_secs(2))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| r.value.modem_id)
-            .collect();
+        let seen = stack.modems_in_carrier_state();
         (first_modem..first_modem + fleet).all(|m| seen.contains(&m.to_string()))
     })
     .expect("heard");

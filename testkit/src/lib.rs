@@ -722,6 +722,15 @@ impl Stack {
         })
     }
 
+    /// Every modem the `carrier-state` table has a row for, read to the end of the topic.
+    pub fn modems_in_carrier_state(&self) -> std::collections::HashSet<String> {
+        self.read_to_end::<switchyard_schemas::records::CarrierState>("carrier-state")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.value.modem_id)
+            .collect()
+    }
+
     /// `switchyard-modem`: `fleet` simulated modems from `first_modem` (in-process SIMs, no
     /// keys) sending to `gateway` at `rates` readings/s per sensor (imu,gyro,temp) and a
     /// status report every `status_secs`.

@@ -155,8 +155,14 @@ impl Sessions {
     /// Take a session read back from the topic, if this instance held it and it is newer
     /// than what is known. Returns whether it was taken.
     /// A record another instance wrote while this one runs: if it heard the modem no
-    /// earlier than this one last did, the modem has moved there and its session here ends.
+    /// earlier than this one took it, the modem has moved there and its session here ends.
     /// Returns whether it did.
+    ///
+    /// "Took" (first heard), not "last heard": each gateway stamps a packet when it gets
+    /// to it, so the modem's last packet here can carry a later stamp than its first one
+    /// there though it was sent before. A record older than the take is one written before
+    /// the modem came here, read late; the two stamps are apart by the move itself, far
+    /// more than the gateways' clocks are.
     pub fn yield_to(&mut self, record: &DeviceSession) -> bool {
         if record.gateway == self.instance {
             return false;
@@ -165,7 +171,7 @@ impl Sessions {
             return false;
         };
         match self.by_modem.get(id) {
-            Some(mine) if mine.last_seen <= record.last_seen => {
+            Some(mine) if mine.first_seen <= record.last_seen => {
                 self.by_modem.remove(id);
                 true
             }
@@ -505,6 +511,22 @@ mod tests {
         assert!(!a.yield_to(&older), "gw-b heard it before gw-a last did");
         assert_eq!(a.address("1"), Some(addr(5001)));
         assert!(a.yield_to(&later), "the modem moved to gw-b");
+        assert_eq!(a.address("1"), None);
+    }
+
+    /// The race two_gateways_share_one_kafka... lost under load: the modem's last packet
+    /// to gw-a (an ACK) was stamped a moment after its first packet to gw-b, because each
+    /// gateway stamps a packet when it gets to it. gw-b heard the modem after gw-a took it,
+    /// so the modem moved, whatever gw-a's last packet says.
+    #[test]
+    fn a_modem_heard_elsewhere_after_this_instance_took_it_has_moved_even_if_heard_here_since() {
+        let at = |port, t| heard(addr(port), SessionProtocol::Envelope, true, t, None, None);
+        let mut a = Sessions::new("gw-a", 30 * S);
+        a.observe("1", at(5000, 10 * S));
+        let mut b = Sessions::new("gw-b", 30 * S);
+        let first_at_b = b.observe("1", at(6000, 20 * S)).expect("first sight");
+        a.observe("1", at(5000, 20 * S + 3_000));
+        assert!(a.yield_to(&first_at_b), "the modem moved to gw-b");
         assert_eq!(a.address("1"), None);
     }
 

@@ -231,9 +231,12 @@ up() {
     --storage.tsdb.retention.time=7d --web.listen-address="$BROKER_HOST:$PROMETHEUS_PORT"
   wait_for prometheus 60 curl -fsS "http://$BROKER_HOST:$PROMETHEUS_PORT/-/ready"
 
+  # The SIMs' counters live beside the keys (kept by make down, like the keys): a restarted
+  # simulator resumes above every sequence number the gateway has seen.
   say "simulated modems ($FLEET, software SIMs in process)"
   start modems 0 "$RUN" env RUST_LOG="${RUST_LOG:-info}" "$BIN/switchyard-modem" --sim in-process \
-    --fleet "$FLEET" --modem-id "$FIRST_MODEM" --keys "$KEYS_FILE" --gateway "$BROKER_HOST:$GATEWAY_UDP" --rates 1,1,0.2 --status-secs 10
+    --fleet "$FLEET" --modem-id "$FIRST_MODEM" --keys "$KEYS_FILE" --sim-memory "$DATA/sims" \
+    --gateway "$BROKER_HOST:$GATEWAY_UDP" --rates 1,1,0.2 --status-secs 10
   sleep 1
   running modems || die "the modem simulator exited; see $LOGS/modems.log"
 

@@ -211,6 +211,89 @@ fn an_original_device_is_listed_switched_and_acked_through_its_sims_original_dia
 }
 
 /// Now, in the whole microseconds the wire format carries.
+/// Issue 25 (1): a keyed modem restarted with the same command line, key and SIM memory is
+/// heard again at once, by the gateway that saw its last run and by one SIGKILLed and
+/// started again. Its SIM used to start at sequence 1 on every power-on: the gateway's
+/// replay window then refused every packet of the second run as `replayed_sequence`.
+#[test]
+fn a_keyed_modem_that_reboots_is_heard_again_by_a_running_and_a_restarted_gateway() {
+    const MODEM: u64 = 7001;
+    let stack = Stack::start().expect("stack");
+    let dir = tempfile::tempdir().expect("scratch");
+    let keys = dir.path().join("modem-keys");
+    std::fs::write(&keys, format!("{MODEM} 000102030405060708090a0b0c0d0e0f\n")).expect("keys");
+    let gateway_env = |listen: Option<SocketAddr>| {
+        let mut env = vec![("SWITCHYARD_MODEM_KEYS", keys.display().to_string())];
+        env.extend(listen.map(|l| ("SWITCHYARD_GATEWAY_LISTEN", l.to_string())));
+        env
+    };
+    let accepted = |g: SocketAddr| gateway_metric(g, "switchyard_gateway_packets_total");
+    let refused = |g: SocketAddr| gateway_metric(g, "switchyard_gateway_rejects_total");
+    // One power cycle of the modem: 2 s of status reports and temperature readings.
+    let power_cycle = |udp: SocketAddr| {
+        let status = std::process::Command::new(
+            switchyard_testkit::workspace_binary("switchyard-modem").expect("binary"),
+        )
+        .args([
+            "--gateway",
+            &udp.to_string(),
+            "--modem-id",
+            &MODEM.to_string(),
+        ])
+        .args(["--keys", &keys.display().to_string()])
+        .args([
+            "--sim-memory",
+            &dir.path().join("sims").display().to_string(),
+        ])
+        .args([
+            "--rates",
+            "0,0,10",
+            "--status-secs",
+            "1",
+            "--duration-secs",
+            "2",
+        ])
+        .output()
+        .expect("modem runs");
+        let log = String::from_utf8_lossy(&status.stderr).into_owned()
+            + &String::from_utf8_lossy(&status.stdout);
+        assert!(
+            status.status.success() && !log.contains("ERROR"),
+            "the modem simulator ended with {}: {log}",
+            status.status
+        );
+        log
+    };
+    let heard_again = |g: &switchyard_testkit::Gateway, run: &str| {
+        let before = accepted(g.metrics);
+        let modem_log = power_cycle(g.udp);
+        wait_for(
+            &format!("the {run} run's packets to be accepted"),
+            WAIT,
+            || accepted(g.metrics) >= before + 10.0,
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: accepted {} (before {before}), refused {}\n--- modem:\n{modem_log}\n--- gateway:\n{}",
+                accepted(g.metrics),
+                refused(g.metrics),
+                g.service.log_text()
+            )
+        });
+        assert_eq!(refused(g.metrics), 0.0, "nothing refused in the {run} run");
+    };
+
+    let gateway = stack.start_gateway(&gateway_env(None)).expect("gateway");
+    heard_again(&gateway, "first");
+    heard_again(&gateway, "second");
+    let udp = gateway.udp;
+    drop(gateway); // SIGKILL
+    let gateway = stack
+        .start_gateway(&gateway_env(Some(udp)))
+        .expect("gateway again");
+    heard_again(&gateway, "third");
+}
+
 fn sensor_now() -> chrono::DateTime<Utc> {
     Utc::now()
         .duration_trunc(TimeDelta::microseconds(1))

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use switchyard_modem::{Dialogue, Faults, InProcess, Modem, PcscCard, Sensor, ValueRange};
 use switchyard_protocol::Carrier;
+use switchyard_sim::memory::{self, CounterFile};
 use switchyard_sim::{Applet, SimConfig};
 use tracing::{error, info};
 
@@ -57,6 +58,12 @@ struct Args {
     /// SIM signs with its own modem's key; a modem without a line in it is an error.
     #[arg(long, env = "SWITCHYARD_MODEM_KEYS")]
     keys: Option<std::path::PathBuf>,
+    /// The in-process SIMs' non-volatile memory: each keeps its counters in
+    /// DIR/MODEM_ID.counters, so that after a restart it never repeats a sequence number
+    /// the gateway has seen. Default: $XDG_STATE_HOME/switchyard/sims
+    /// (~/.local/state/switchyard/sims).
+    #[arg(long, env = "SWITCHYARD_SIM_MEMORY")]
+    sim_memory: Option<std::path::PathBuf>,
     /// In-process SIMs speak v1, like the original devices.
     #[arg(long, env = "SWITCHYARD_SIM_V1")]
     v1: bool,
@@ -209,20 +216,27 @@ fn main() -> anyhow::Result<()> {
             let modem_keys = (0..args.fleet.max(1))
                 .map(|i| key_of(args.modem_id + i))
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let memory_dir = args.sim_memory.clone().unwrap_or_else(memory::default_dir);
+            info!(memory = %memory_dir.display(), "SIM counters kept here");
             let threads: Vec<_> = (0..args.fleet.max(1))
                 .zip(modem_keys)
                 .map(|(i, key)| {
                     let (gateway, rates, ranges, v1) =
                         (gateway, args.rates.clone(), args.ranges.clone(), args.v1);
                     let modem_id = args.modem_id + i;
+                    let memory_dir = memory_dir.clone();
                     std::thread::spawn(move || -> anyhow::Result<()> {
-                        let applet = Applet::new(SimConfig {
-                            iccid: format!("89012600{:011}", modem_id % 100_000_000_000),
-                            modem_id,
-                            key,
-                            v1,
-                            carrier: Carrier::AtAndT,
-                        });
+                        let memory = CounterFile::in_dir(&memory_dir, modem_id)?;
+                        let applet = Applet::with_memory(
+                            SimConfig {
+                                iccid: format!("89012600{:011}", modem_id % 100_000_000_000),
+                                modem_id,
+                                key,
+                                v1,
+                                carrier: Carrier::AtAndT,
+                            },
+                            Box::new(memory),
+                        )?;
                         let mut modem = Modem::new(InProcess(applet), gateway, faults, modem_id)?
                             .with_dialogue(dialogue);
                         modem.run(&mut sensors(&rates, &ranges), status_every, until)

@@ -24,11 +24,14 @@
 //! command still works too). A pending command is announced by the status word `91 xx`
 //! (xx = its length).
 
+pub mod memory;
 pub mod original;
 mod tlv;
 pub mod vpcd;
 
 use std::collections::VecDeque;
+
+use memory::{CounterMemory, Counters, MemoryError, Volatile, UPLINK_BLOCK};
 
 use switchyard_protocol::{
     peek_envelope, verify, AckStatus, Carrier, DecodeError, Envelope, Frame, Packet,
@@ -58,6 +61,7 @@ pub mod sw {
     pub const NOT_ALLOWED: [u8; 2] = [0x69, 0x85];
     pub const NO_EF: [u8; 2] = [0x69, 0x86];
     pub const BAD_DATA: [u8; 2] = [0x6A, 0x80];
+    pub const MEMORY_FAILURE: [u8; 2] = [0x65, 0x81];
     pub const FILE_NOT_FOUND: [u8; 2] = [0x6A, 0x82];
     pub const BAD_P1P2: [u8; 2] = [0x6B, 0x00];
     pub const BAD_INS: [u8; 2] = [0x6D, 0x00];
@@ -126,6 +130,9 @@ pub struct Applet {
     awaiting_response: bool,
     command_number: u8,
     uplink_sequence: u32,
+    /// Uplink numbers up to this one are reserved in `memory`.
+    uplink_reserved: u32,
+    memory: Box<dyn CounterMemory>,
     channel_open: bool,
     /// The terminal speaks the original modem client's dialogue (it sent `00 F3`): answers
     /// carry `90 00`, never `91 xx`, until the next reset.
@@ -133,26 +140,70 @@ pub struct Applet {
 }
 
 impl Applet {
+    /// A SIM whose counters live in RAM only (see [`memory::Volatile`]): for unit tests and
+    /// SIMs that do not sign.
     pub fn new(config: SimConfig) -> Self {
-        let mut applet = Applet {
+        let mut applet = Applet::unpowered(config, Box::<Volatile>::default(), 0);
+        applet.reset();
+        applet
+    }
+
+    /// A SIM that keeps its counters in `memory`, powered on: it sends above every number
+    /// it may have sent before, in this process or an earlier one.
+    pub fn with_memory(
+        config: SimConfig,
+        mut memory: Box<dyn CounterMemory>,
+    ) -> Result<Self, MemoryError> {
+        let Counters { uplink_reserved } = memory.read()?;
+        let mut applet = Applet::unpowered(config, memory, uplink_reserved);
+        applet.reset();
+        Ok(applet)
+    }
+
+    fn unpowered(config: SimConfig, memory: Box<dyn CounterMemory>, reserved: u32) -> Self {
+        Applet {
             carrier: config.carrier,
             config,
             selected: None,
             pending: VecDeque::new(),
             awaiting_response: false,
             command_number: 0,
-            uplink_sequence: 0,
+            uplink_sequence: reserved,
+            uplink_reserved: reserved,
+            memory,
             channel_open: false,
             original_terminal: false,
-        };
-        applet.reset();
-        applet
+        }
+    }
+
+    /// The last uplink sequence number used.
+    pub fn uplink_sequence(&self) -> u32 {
+        self.uplink_sequence
+    }
+
+    /// The next uplink sequence number, reserved in memory first when it is past the block.
+    fn next_uplink_sequence(&mut self) -> Result<u32, MemoryError> {
+        let next = self
+            .uplink_sequence
+            .checked_add(1)
+            .ok_or(MemoryError::Exhausted)?;
+        if next > self.uplink_reserved {
+            let reserved = next.saturating_add(UPLINK_BLOCK - 1);
+            self.memory.write(&Counters {
+                uplink_reserved: reserved,
+            })?;
+            self.uplink_reserved = reserved;
+        }
+        self.uplink_sequence = next;
+        Ok(next)
     }
 
     /// Power-on or reset: forget the selection and pending commands, ask for a channel, and
     /// report the carrier: a SEND DATA with an ACK naming the current carrier and no request,
     /// which v1 receivers accept, so the network knows the carrier from the first packets.
     pub fn reset(&mut self) -> &'static [u8] {
+        // What RAM held is gone: numbers resume above the reserved block.
+        self.uplink_sequence = self.uplink_reserved;
         self.selected = None;
         self.pending.clear();
         self.awaiting_response = false;
@@ -312,11 +363,17 @@ impl Applet {
         let bytes = if self.config.v1 {
             packet.encode()
         } else {
-            self.uplink_sequence = self.uplink_sequence.wrapping_add(1);
+            let sequence = match self.next_uplink_sequence() {
+                Ok(sequence) => sequence,
+                Err(e) => {
+                    tracing::error!(modem = self.config.modem_id, error = %e, "the SIM cannot keep its counter; nothing is sent");
+                    return sw::MEMORY_FAILURE;
+                }
+            };
             let frame = Frame {
                 envelope: Some(Envelope {
                     modem_id: self.config.modem_id,
-                    sequence: self.uplink_sequence,
+                    sequence,
                     request_id,
                     auth_tag: None,
                 }),

@@ -2,10 +2,12 @@
 //! that `pcscd` (and the modem simulator, through the `pcsc` crate) sees a real card.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
 use switchyard_protocol::Carrier;
+use switchyard_sim::memory::{self, CounterFile};
 use switchyard_sim::{Applet, SimConfig};
 
 #[derive(Parser)]
@@ -40,6 +42,11 @@ struct Args {
     /// Carrier at power-on: at&t, t-mobile, verizon, disconnect.
     #[arg(long, env = "SWITCHYARD_SIM_CARRIER", default_value = "at&t")]
     carrier: String,
+    /// The SIM's non-volatile memory: its counters are kept in DIR/MODEM_ID.counters, so
+    /// that after a restart it never repeats a sequence number the gateway has seen.
+    /// Default: $XDG_STATE_HOME/switchyard/sims (~/.local/state/switchyard/sims).
+    #[arg(long, env = "SWITCHYARD_SIM_MEMORY")]
+    sim_memory: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,12 +62,18 @@ fn main() -> anyhow::Result<()> {
         .map(hex::decode)
         .transpose()
         .context("--key must be hex")?;
-    let applet = Applet::new(SimConfig {
-        iccid: args.iccid,
-        modem_id: args.modem_id,
-        key,
-        v1: args.v1,
-        carrier,
-    });
+    let dir = args.sim_memory.unwrap_or_else(memory::default_dir);
+    let memory = CounterFile::in_dir(&dir, args.modem_id)?;
+    tracing::info!(memory = %memory.path().display(), "SIM counters kept here");
+    let applet = Applet::with_memory(
+        SimConfig {
+            iccid: args.iccid,
+            modem_id: args.modem_id,
+            key,
+            v1: args.v1,
+            carrier,
+        },
+        Box::new(memory),
+    )?;
     switchyard_sim::vpcd::run(args.vpcd, applet)
 }

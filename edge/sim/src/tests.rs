@@ -190,6 +190,97 @@ fn uplink_packets_go_out_enveloped_and_signed_with_increasing_sequence() {
     assert_eq!(sequences, vec![Some(2), Some(3), Some(4)]);
 }
 
+/// Every signed packet of a SIM powered on `times` times over one memory, in order.
+fn sequences_over_power_cycles(memory_dir: &std::path::Path, times: usize) -> Vec<u32> {
+    let reading = Packet::IotStatus(switchyard_protocol::IotStatus::Nominal);
+    let mut sequences = Vec::new();
+    for _ in 0..times {
+        let memory = memory::CounterFile::in_dir(memory_dir, 42).expect("memory");
+        let mut applet = Applet::with_memory(
+            SimConfig {
+                iccid: "8901260000000000042".into(),
+                modem_id: 42,
+                key: Some(KEY.to_vec()),
+                v1: false,
+                carrier: Carrier::AtAndT,
+            },
+            Box::new(memory),
+        )
+        .expect("powered on");
+        open_channel(&mut applet);
+        sequences.push(applet.uplink_sequence());
+        for _ in 0..2 {
+            push(&mut applet, &reading.encode().expect("encode"));
+            let payload = send_data_payload(&fetch_and_respond(&mut applet)).expect("SEND DATA");
+            let frame = verify(&payload, KEY).expect("signed");
+            sequences.extend(frame.envelope.map(|e| e.sequence));
+        }
+    }
+    sequences
+}
+
+/// Issue 25 (1): the SIM started at 1 on every power-on, so the gateway's restored replay
+/// window refused a rebooted device until its counter passed the last run's.
+#[test]
+fn a_sim_powered_on_again_sends_above_every_number_it_sent_before() {
+    let dir = std::env::temp_dir().join(format!("sim-reboot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let sequences = sequences_over_power_cycles(&dir, 3);
+    assert!(
+        sequences.windows(2).all(|w| w[0] < w[1]),
+        "never repeated, never back: {sequences:?}"
+    );
+    // One write per block: each power-on skips the rest of the block it reserved.
+    let block = memory::UPLINK_BLOCK;
+    assert_eq!(
+        sequences,
+        vec![
+            1,
+            2,
+            3,
+            block + 1,
+            block + 2,
+            block + 3,
+            2 * block + 1,
+            2 * block + 2,
+            2 * block + 3
+        ]
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A memory that cannot be written: the SIM sends nothing rather than a number it cannot
+/// promise not to repeat.
+#[test]
+fn a_sim_whose_memory_fails_refuses_to_sign() {
+    #[derive(Debug)]
+    struct Broken;
+    impl memory::CounterMemory for Broken {
+        fn read(&mut self) -> Result<memory::Counters, memory::MemoryError> {
+            Ok(memory::Counters::default())
+        }
+        fn write(&mut self, _: &memory::Counters) -> Result<(), memory::MemoryError> {
+            Err(memory::MemoryError::Exhausted)
+        }
+    }
+    let config = SimConfig {
+        iccid: "8901260000000000042".into(),
+        modem_id: 42,
+        key: Some(KEY.to_vec()),
+        v1: false,
+        carrier: Carrier::AtAndT,
+    };
+    let mut applet = Applet::with_memory(config, Box::new(Broken)).expect("powered on");
+    fetch_and_respond(&mut applet); // OPEN CHANNEL; no carrier report could be queued
+    let r = applet.transmit(&[0x80, 0x12, 0x00, 0x00, 0x00]);
+    assert_eq!(sw(&r), sw::NOT_ALLOWED, "nothing to send: {r:02x?}");
+    let status = Packet::IotStatus(switchyard_protocol::IotStatus::Nominal);
+    assert_eq!(
+        sw(&push(&mut applet, &status.encode().expect("encode"))),
+        sw::MEMORY_FAILURE
+    );
+}
+
 #[test]
 fn fetch_and_terminal_response_follow_the_protocol() {
     let mut applet = sim(None, true);

@@ -3,9 +3,9 @@
 
 FROM rust:1-bookworm AS build
 # libpcsclite-dev: the modem simulator speaks PC/SC. librdkafka is built from the bundled
-# sources (rdkafka's default), which needs only the C toolchain the rust image has.
+# sources (rdkafka's default) with TLS (the workspace's `ssl` feature): libssl-dev.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libpcsclite-dev pkg-config \
+ && apt-get install -y --no-install-recommends libpcsclite-dev libssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -17,10 +17,13 @@ RUN cargo build --release --locked --workspace --bins \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl libpcsclite1 \
+ && apt-get install -y --no-install-recommends ca-certificates curl libpcsclite1 libssl3 \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 switchyard
+ && useradd --system --uid 10001 switchyard \
+ && mkdir /sims && chown switchyard /sims
 COPY --from=build /out/ /usr/local/bin/
+# /sims: the simulated SIMs' counters (compose mounts a volume here, which takes this
+# directory's owner).
 USER switchyard
 # Each service's command is set in compose.yml; alone, the image prints the CLI's help.
 CMD ["switchyard", "--help"]

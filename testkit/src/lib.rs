@@ -709,13 +709,17 @@ pub struct Gateway {
 
 impl Stack {
     /// `switchyard-gateway` on a free UDP port, healthy; `env` adds to or overrides its
-    /// configuration.
+    /// configuration. Without `SWITCHYARD_MODEM_KEYS` in `env` it runs `--insecure`
+    /// (envelopes trusted as they come), which the binary refuses unless told.
     pub fn start_gateway(&self, env: &[(&str, String)]) -> Result<Gateway> {
         let udp: SocketAddr = match env.iter().rfind(|(k, _)| *k == "SWITCHYARD_GATEWAY_LISTEN") {
             Some((_, listen)) => listen.parse()?,
             None => ([127, 0, 0, 1], free_port()?).into(),
         };
         let mut all = vec![("SWITCHYARD_GATEWAY_LISTEN", udp.to_string())];
+        if !env.iter().any(|(k, _)| *k == "SWITCHYARD_MODEM_KEYS") {
+            all.push(("SWITCHYARD_INSECURE", "true".to_string()));
+        }
         all.extend(env.iter().map(|(k, v)| (*k, v.clone())));
         let (service, metrics) = self.start_processor("switchyard-gateway", "gateway", &all)?;
         Ok(Gateway {

@@ -32,10 +32,21 @@ pub struct GatewayConfig {
     /// Refuse v1 packets (once every device speaks the envelope).
     #[arg(long, env = "SWITCHYARD_REJECT_V1")]
     pub reject_v1: bool,
-    /// Modem keys, one `MODEM_ID HEX_KEY` per line. With keys, envelopes must carry a
-    /// valid tag and a fresh sequence number.
+    /// Modem keys, one `MODEM_ID HEX_KEY` per line: envelopes must carry a valid tag and
+    /// a fresh sequence number. Required, unless --insecure.
     #[arg(long, env = "SWITCHYARD_MODEM_KEYS")]
     pub modem_keys: Option<PathBuf>,
+    /// Run without modem keys: every envelope is trusted as it comes, so anyone who can
+    /// reach the socket can speak for any modem and move its downlink. For a closed lab
+    /// only; logged at start and shown as `switchyard_gateway_insecure 1`.
+    #[arg(
+        long,
+        env = "SWITCHYARD_INSECURE",
+        conflicts_with = "modem_keys",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::SetTrue
+    )]
+    pub insecure: bool,
     /// First retransmission after this many milliseconds (then doubling).
     #[arg(long, env = "SWITCHYARD_RETRY_INITIAL_MS", default_value_t = 1000)]
     pub retry_initial_ms: u64,

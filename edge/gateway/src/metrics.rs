@@ -23,6 +23,7 @@ pub struct GatewayMetrics {
     pub buffered: IntGaugeVec,
     pub modems_elsewhere: IntGauge,
     pub modems_moved_away: IntCounter,
+    pub insecure: IntGauge,
     pub left_to_holder: IntCounter,
     pub expired_requests: IntCounter,
 }
@@ -123,6 +124,10 @@ impl GatewayMetrics {
             modems_moved_away: reg!(IntCounter::new(
                 "modems_moved_away_total",
                 "Sessions ended here because the modem was heard by another instance later."
+            )?),
+            insecure: reg!(IntGauge::new(
+                "insecure",
+                "1 when the gateway runs without modem keys (--insecure): envelopes are not authenticated."
             )?),
             left_to_holder: reg!(IntCounter::new(
                 "requests_left_to_holder_total",

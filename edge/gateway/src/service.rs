@@ -57,6 +57,11 @@ const STOP_CHECK: Duration = Duration::from_millis(100);
 /// Run the gateway until `shutdown` completes.
 pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let catalog = Catalog::embedded().context("the built-in catalog is invalid")?;
+    anyhow::ensure!(
+        config.modem_keys.is_some() || config.insecure,
+        "no modem keys: give --modem-keys FILE (SWITCHYARD_MODEM_KEYS; `switchyard keys generate` makes one), \
+         or --insecure (SWITCHYARD_INSECURE=true) to trust every envelope as it comes"
+    );
     let keys = match &config.modem_keys {
         Some(path) => switchyard_protocol::keys::parse_keys(
             &std::fs::read_to_string(path)
@@ -66,6 +71,15 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         None => HashMap::new(),
     };
     let metrics = GatewayMetrics::new()?;
+    if keys.is_empty() {
+        // --insecure, or a keys file with no keys in it.
+        anyhow::ensure!(
+            config.insecure,
+            "the modem keys file has no keys; give the modems' keys, or --insecure to trust every envelope"
+        );
+        metrics.insecure.set(1);
+        warn!("running without modem keys (--insecure): any device that reaches the socket can speak for any modem and move its downlink");
+    }
     let health = Health::default();
     let bound = switchyard_telemetry::serve(
         config.metrics_listen,

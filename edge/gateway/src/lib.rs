@@ -33,6 +33,7 @@
 mod config;
 pub mod downlink;
 pub mod elsewhere;
+mod ended;
 pub mod metrics;
 mod producer;
 mod publish;

@@ -24,6 +24,7 @@ pub struct GatewayMetrics {
     pub modems_elsewhere: IntGauge,
     pub modems_moved_away: IntCounter,
     pub insecure: IntGauge,
+    pub requests_ended_before: IntCounter,
     pub left_to_holder: IntCounter,
     pub expired_requests: IntCounter,
 }
@@ -124,6 +125,10 @@ impl GatewayMetrics {
             modems_moved_away: reg!(IntCounter::new(
                 "modems_moved_away_total",
                 "Sessions ended here because the modem was heard by another instance later."
+            )?),
+            requests_ended_before: reg!(IntCounter::new(
+                "requests_ended_before_total",
+                "Switch requests read again after a restart that had already ended (acked or undeliverable): passed over, not sent again."
             )?),
             insecure: reg!(IntGauge::new(
                 "insecure",

@@ -1,8 +1,7 @@
 //! Which `downstream-request` offsets the gateway may commit: per partition, up to (not
 //! including) the oldest request still pending, so a restarted gateway reads every switch it
 //! had not finished again and sends it, instead of losing it with the process. Requests that
-//! ended after a pending one are read again too; they end again at once or by their deadline
-//! (a finished switch re-sent is answered again by the SIM and changes nothing).
+//! ended after a pending one are read again too, and passed over ([`crate::ended`]).
 
 use std::collections::HashMap;
 

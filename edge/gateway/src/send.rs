@@ -22,9 +22,12 @@ use crate::uplink::wire_carrier;
 use crate::REQUEST_TOPIC;
 
 impl Gateway {
+    /// Take switch requests in as they are read; `ended`: those read again after a restart
+    /// that already ended ([`crate::ended`]), passed over once each.
     pub(crate) async fn take_requests(
         self: Arc<Self>,
         consumer: Arc<StreamConsumer<TracingContext>>,
+        mut ended: std::collections::HashSet<u64>,
     ) {
         let Some((id, codec)) = self.codecs.get(REQUEST_TOPIC).cloned() else {
             warn!("no schema for downstream-request; downlink is off");
@@ -54,6 +57,13 @@ impl Gateway {
                 // for the first time): carrier-state has timed it out; nothing to send.
                 Ok((request, _)) if request.deadline <= now_us() => {
                     self.metrics.expired_requests.inc();
+                    if let Ok(mut offsets) = self.request_offsets.lock() {
+                        offsets.read(message.partition(), message.offset());
+                    }
+                }
+                Ok((request, request_id)) if ended.remove(&request_id) => {
+                    self.metrics.requests_ended_before.inc();
+                    info!(request = %request.request_id, modem = %request.modem_id, "switch request read again after a restart had already ended; not sent again");
                     if let Ok(mut offsets) = self.request_offsets.lock() {
                         offsets.read(message.partition(), message.offset());
                     }

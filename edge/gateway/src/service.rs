@@ -136,12 +136,10 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     .context("creating the producers")?;
     // A group of its own per instance: every gateway reads every request, and the one
     // holding the modem's session sends it (scale-out, `elsewhere`).
+    let request_group = format!("switchyard-gateway-{}", config.instance_id);
     let consumer: StreamConsumer<TracingContext> =
         clients::consumer_config(&config.endpoints.bootstrap_servers)
-            .set(
-                "group.id",
-                format!("switchyard-gateway-{}", config.instance_id),
-            )
+            .set("group.id", &request_group)
             // Static membership: a restarted instance takes its own place in the group at once
             // instead of waiting for the broker to expire the process it replaces.
             .set("group.instance.id", &config.instance_id)
@@ -195,6 +193,27 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     }
     info!(instance = %config.instance_id, restored = taken, skipped, "sessions read back");
 
+    let (delivery_id, delivery_codec) = codecs
+        .get(DELIVERY_TOPIC)
+        .cloned()
+        .context("no schema for downlink-delivery")?;
+    let mut delivery_decoder = RecordDecoder::new(registry.clone(), delivery_id, delivery_codec);
+    let ended = tokio::select! {
+        ended = crate::ended::ended_requests(
+            &config.endpoints.bootstrap_servers,
+            &request_group,
+            &mut delivery_decoder,
+            Duration::from_secs(60),
+        ) => ended.context("reading which requests ended before the restart")?,
+        _ = &mut shutdown => return Ok(()),
+    };
+    if !ended.is_empty() {
+        info!(
+            ended = ended.len(),
+            "switch requests that ended before the restart will be passed over"
+        );
+    }
+
     let sessions_for_windows: Vec<(u64, u32)> = sessions.sequences().collect();
     let socket = bind_udp(config.listen, config.udp_buffer_bytes)?;
     socket.set_read_timeout(Some(STOP_CHECK))?;
@@ -231,7 +250,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
             .context("starting the uplink thread")?
     };
     let consumer = Arc::new(consumer);
-    let requests = tokio::spawn(Arc::clone(&gateway).take_requests(Arc::clone(&consumer)));
+    let requests = tokio::spawn(Arc::clone(&gateway).take_requests(Arc::clone(&consumer), ended));
     let retransmit = tokio::spawn(Arc::clone(&gateway).retransmit(consumer));
     let follow = tokio::spawn(Arc::clone(&gateway).follow_sessions(session_decoder, ends));
     let drops = match socket_drops::socket_inode(&gateway.socket) {

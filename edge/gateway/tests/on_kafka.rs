@@ -658,6 +658,130 @@ fn a_switch_pending_when_the_gateway_dies_is_sent_again_after_its_restart() {
     .unwrap_or_else(|e| panic!("{e}: {kinds:?}"));
 }
 
+/// Issue 25 (7): the gateway commits `downstream-request` only up to its oldest pending
+/// request, so a restart reads again the requests after it. One of them had already been
+/// acked; the old gateway sent it again, and a SIM that had switched was switched again.
+#[test]
+fn a_switch_acked_before_a_sigkill_is_not_performed_again_after_the_restart() {
+    let stack = Stack::start().expect("stack");
+    let env = |udp: Option<SocketAddr>| {
+        let mut env = vec![("SWITCHYARD_RETRY_INITIAL_MS", "300".to_string())];
+        env.extend(udp.map(|u| ("SWITCHYARD_GATEWAY_LISTEN", u.to_string())));
+        env
+    };
+    let gateway = stack.start_gateway(&env(None)).expect("gateway");
+    let udp = gateway.udp;
+    // Two modems whose requests share a partition (librdkafka's default partitioner:
+    // CRC-32 of the key modulo the partition count), the silent one's request first.
+    let partitions =
+        switchyard_testkit::kafka::partition_count(&stack.broker.bootstrap(), "downstream-request")
+            .expect("partitions") as u32;
+    let partition = |m: u64| crc32fast::hash(m.to_string().as_bytes()) % partitions;
+    let silent_modem = 356_938_035_643_901u64;
+    let answering_modem = (silent_modem + 1..)
+        .find(|m| partition(*m) == partition(silent_modem))
+        .expect("a modem in the same partition");
+    let (silent, answering) = (client(), client());
+    say_hello(&stack, &silent, udp, silent_modem);
+    say_hello(&stack, &answering, udp, answering_modem);
+    request_switch(
+        &stack,
+        silent_modem,
+        "00000000000000d1",
+        records::Carrier::Verizon,
+    );
+    request_switch(
+        &stack,
+        answering_modem,
+        "00000000000000d2",
+        records::Carrier::TMobile,
+    );
+    let requests =
+        switchyard_testkit::kafka::read_to_end(&stack.broker.bootstrap(), "downstream-request")
+            .expect("requests");
+    assert!(
+        requests.len() == 2 && requests[0].partition == requests[1].partition,
+        "both requests in one partition: {:?}",
+        requests
+            .iter()
+            .map(|r| (r.partition, r.offset))
+            .collect::<Vec<_>>()
+    );
+
+    let mut buf = [0u8; 512];
+    let (n, from) = answering.recv_from(&mut buf).expect("request d2's Perform");
+    let frame = Frame::decode(&buf[..n]).expect("decodes");
+    assert_eq!(frame.envelope.and_then(|e| e.request_id), Some(0xd2));
+    let ack = Packet::CarrierSwitchAck {
+        status: AckStatus::Ack,
+        carrier: Carrier::TMobile,
+    };
+    answering
+        .send_to(
+            &envelope(answering_modem, 2, Some(0xd2), ack)
+                .encode()
+                .expect("encode"),
+            from,
+        )
+        .expect("ack");
+    switchyard_testkit::wait_for("request d2 to end acked", WAIT, || {
+        stack
+            .read_to_end::<DownlinkDelivery>("downlink-delivery")
+            .is_ok_and(|events| {
+                events.iter().any(|e| {
+                    e.value.request_id == "00000000000000d2"
+                        && e.value.event == DeliveryEvent::Acked
+                })
+            })
+    })
+    .expect("acked");
+
+    drop(gateway); // SIGKILL
+    for device in [&silent, &answering] {
+        device.set_nonblocking(true).expect("nonblocking");
+        while device.recv_from(&mut buf).is_ok() {}
+    }
+    let restarted = stack.start_gateway(&env(Some(udp))).expect("gateway again");
+    // The fault landed behind the ack: the pending request before it is read and sent again.
+    silent
+        .set_nonblocking(false)
+        .and_then(|()| silent.set_read_timeout(Some(WAIT)))
+        .expect("blocking");
+    let (n, _) = silent.recv_from(&mut buf).expect("request d1 sent again");
+    let frame = Frame::decode(&buf[..n]).expect("decodes");
+    assert_eq!(frame.envelope.and_then(|e| e.request_id), Some(0xd1));
+    // d2, read again after d1, is passed over: counted, never sent.
+    let passed_over = || {
+        switchyard_testkit::http_get_text(restarted.metrics, "/metrics")
+            .map(|m| {
+                switchyard_testkit::metric_sum(&m, "switchyard_gateway_requests_ended_before_total")
+            })
+            .unwrap_or(-1.0)
+    };
+    switchyard_testkit::wait_for("request d2 to be passed over", WAIT, || {
+        if let Ok((n, _)) = answering.recv_from(&mut buf) {
+            panic!(
+                "the acked switch was performed again: {:?}",
+                Frame::decode(&buf[..n])
+            );
+        }
+        passed_over() == 1.0
+    })
+    .expect("passed over");
+    // Past a few of the retransmission periods (300 ms), still nothing.
+    switchyard_testkit::wait_for("the silent modem's retries", WAIT, || {
+        silent.recv_from(&mut buf).is_ok_and(|(n, _)| {
+            Frame::decode(&buf[..n])
+                .is_ok_and(|f| f.envelope.and_then(|e| e.request_id) == Some(0xd1))
+        })
+    })
+    .expect("d1 re-sent");
+    assert!(
+        answering.recv_from(&mut buf).is_err(),
+        "the acked switch was performed again"
+    );
+}
+
 /// Scale-out: two gateways on one Kafka, a modem on each. Each switch leaves from the
 /// gateway holding its modem; when a modem moves to the other gateway (a new NAT mapping
 /// at the balancer), its next switch leaves from there, and the gateway it left neither

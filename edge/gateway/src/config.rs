@@ -87,6 +87,28 @@ pub struct GatewayConfig {
     pub session_heartbeat_secs: u64,
 }
 
+impl GatewayConfig {
+    /// v1 packets carry no identity and no tag: the legacy id they are given must be a
+    /// modem id sessions can hold (a u64, as envelopes carry), and not one with a key, or
+    /// unsigned packets would speak for a modem that signs.
+    pub fn check_legacy_modem_id(
+        &self,
+        keys: &std::collections::HashMap<u64, Vec<u8>>,
+    ) -> anyhow::Result<()> {
+        let id = &self.legacy_modem_id;
+        let Ok(modem) = id.parse::<u64>() else {
+            anyhow::bail!(
+                "--legacy-modem-id {id:?} is not a modem id (an unsigned 64-bit number, as envelopes carry)"
+            );
+        };
+        anyhow::ensure!(
+            !keys.contains_key(&modem),
+            "--legacy-modem-id {modem} has a key in the modem keys file: v1 packets, which carry no tag, would speak for a modem that signs; give v1 devices an id of their own"
+        );
+        Ok(())
+    }
+}
+
 /// The gateway's one UDP socket, with a receive buffer sized for bursts. It blocks (the
 /// uplink thread sleeps in `recv_from`; downlink sends pass `MSG_DONTWAIT`).
 pub fn bind_udp(listen: SocketAddr, recv_buffer: usize) -> anyhow::Result<UdpSocket> {

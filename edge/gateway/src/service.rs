@@ -70,6 +70,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         .with_context(|| format!("parsing {}", path.display()))?,
         None => HashMap::new(),
     };
+    config.check_legacy_modem_id(&keys)?;
     let metrics = GatewayMetrics::new()?;
     if keys.is_empty() {
         // --insecure, or a keys file with no keys in it.

@@ -16,6 +16,7 @@ use crate::sessions::Session;
 
 const AUTHENTICATED: u8 = 1;
 const IPV6: u8 = 2;
+const ADDRESS_UNWRITTEN: u8 = 4;
 /// `clock_offset_us` when there has been no reading.
 const NO_OFFSET: i64 = i64::MIN;
 
@@ -71,6 +72,7 @@ impl SessionTable {
             clock_offset_us: (p.clock_offset_us != NO_OFFSET).then_some(p.clock_offset_us),
             sequence: p.sequence,
             sequence_written: p.sequence_written,
+            address_unwritten: p.flags & ADDRESS_UNWRITTEN != 0,
         })
     }
 
@@ -78,6 +80,9 @@ impl SessionTable {
     /// heartbeat is never due early; a whole second stays as it is, so nothing creeps).
     pub fn insert(&mut self, id: u64, s: Session) {
         let mut flags = if s.authenticated { AUTHENTICATED } else { 0 };
+        if s.address_unwritten {
+            flags |= ADDRESS_UNWRITTEN;
+        }
         let (ipv4, port) = match s.address {
             SocketAddr::V4(a) => {
                 // Every packet stores its session: skip the lookup while no modem is on IPv6.
@@ -137,6 +142,7 @@ mod tests {
             clock_offset_us: Some(-2_500),
             sequence: 41,
             sequence_written: 40,
+            address_unwritten: true,
         }
     }
 

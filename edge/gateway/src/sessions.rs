@@ -29,6 +29,9 @@ pub(crate) struct Session {
     /// last record written carried.
     pub sequence: u32,
     pub sequence_written: u32,
+    /// The address moved since the last record (an unauthenticated move waits for
+    /// [`UNAUTHENTICATED_MOVE_INTERVAL_US`]).
+    pub address_unwritten: bool,
 }
 
 /// One accepted packet, as far as its modem's session is concerned.
@@ -50,6 +53,11 @@ pub struct Heard {
 /// Weight of a new sample in the smoothed clock offset (1/8: a few readings move it, one
 /// delayed datagram barely does).
 const CLOCK_SMOOTHING: i64 = 8;
+
+/// An unauthenticated move is written at most this often (µs): a v1 device whose address
+/// flaps, or anyone spoofing its packets, cannot make a record of every packet. The session
+/// here follows each move at once; only the record waits.
+const UNAUTHENTICATED_MOVE_INTERVAL_US: i64 = 1_000_000;
 
 /// Every session this gateway instance holds.
 #[derive(Debug)]
@@ -103,6 +111,7 @@ impl Sessions {
                 clock_offset_us: sample,
                 sequence,
                 sequence_written: sequence,
+                address_unwritten: false,
             };
             self.by_modem.insert(id, session);
             return Some(self.record(modem_id, &session));
@@ -134,13 +143,17 @@ impl Sessions {
             });
         }
         let moved = session.address != address;
-        let changed =
-            moved || session.protocol != protocol || session.authenticated != authenticated;
         session.last_seen = session.last_seen.max(now_us);
         if moved {
             session.address = address;
             session.address_changes += 1;
+            session.address_unwritten = true;
         }
+        let move_due = session.address_unwritten
+            && (authenticated
+                || session.last_seen - session.written >= UNAUTHENTICATED_MOVE_INTERVAL_US);
+        let changed =
+            move_due || session.protocol != protocol || session.authenticated != authenticated;
         session.protocol = protocol;
         session.authenticated = authenticated;
         session.sequence = session.sequence.max(sequence);
@@ -149,6 +162,7 @@ impl Sessions {
         }
         session.written = session.last_seen;
         session.sequence_written = session.sequence;
+        session.address_unwritten = false;
         true
     }
 
@@ -211,6 +225,7 @@ impl Sessions {
                 clock_offset_us: record.clock_offset_ms.map(|ms| ms.saturating_mul(1000)),
                 sequence: record_sequence(record),
                 sequence_written: record_sequence(record),
+                address_unwritten: false,
             },
         );
         true
@@ -353,6 +368,39 @@ mod tests {
         assert_eq!((moved.address_changes, moved.first_seen), (1, 100 * S));
         assert_eq!(s.address("7"), Some(addr(4001)));
         assert_eq!(s.len(), 1);
+    }
+
+    /// Issue 25 (9): a v1 device whose address flaps (two NAT paths, or anyone spoofing
+    /// its unauthenticated packets) wrote a session record on every packet. Now an
+    /// unauthenticated move is written at most once per second, the last address included;
+    /// an authenticated move, which cannot be spoofed, is still written at once.
+    #[test]
+    fn a_flapping_unauthenticated_address_writes_at_most_one_record_a_second() {
+        let mut s = Sessions::new("gw-a", 30 * S);
+        let v1 = |port, t| heard(addr(port), SessionProtocol::V1, false, t, None, None);
+        s.observe("7", v1(4000, 100 * S)).expect("first sight");
+        // Every 10 ms for 10 s, alternately from two ports.
+        let written: Vec<DeviceSession> = (1..=1000)
+            .filter_map(|i| s.observe("7", v1(4000 + (i % 2) as u16, 100 * S + i * S / 100)))
+            .collect();
+        assert!(
+            (1..=10).contains(&written.len()),
+            "{} records for 10 s of flapping",
+            written.len()
+        );
+        // It settles on one port: that address is written within two seconds (the last write
+        // is kept in whole seconds).
+        let settled: Vec<DeviceSession> = (1..=300)
+            .filter_map(|i| s.observe("7", v1(4001, 110 * S + i * S / 100)))
+            .collect();
+        assert_eq!(settled.len(), 1, "{settled:?}");
+        assert_eq!(settled[0].address, "198.51.100.7:4001");
+
+        let mut a = Sessions::new("gw-a", 30 * S);
+        let signed = |port, t| heard(addr(port), SessionProtocol::Envelope, true, t, None, None);
+        a.observe("8", signed(5000, 100 * S)).expect("first sight");
+        assert!(a.observe("8", signed(5001, 100 * S + 10_000)).is_some());
+        assert!(a.observe("8", signed(5000, 100 * S + 20_000)).is_some());
     }
 
     #[test]

@@ -8,17 +8,19 @@ pub const DOWNSTREAM_REQUEST: &str = "downstream-request";
 pub const DOWNLINK_DELIVERY: &str = "downlink-delivery";
 pub const DEVICE_SESSIONS: &str = "device-sessions";
 pub const GATEWAY_REJECTS: &str = "gateway-rejects";
+pub const GATEWAY_DLQ: &str = "gateway-dlq";
 pub const CARRIER_STATE: &str = "carrier-state";
 pub const ANOMALIES: &str = "anomalies";
 
 /// Every name above.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     IOT_STATUS,
     CARRIER_SWITCH_ACK,
     DOWNSTREAM_REQUEST,
     DOWNLINK_DELIVERY,
     DEVICE_SESSIONS,
     GATEWAY_REJECTS,
+    GATEWAY_DLQ,
     CARRIER_STATE,
     ANOMALIES,
 ];

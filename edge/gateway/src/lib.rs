@@ -55,5 +55,6 @@ pub const REQUEST_TOPIC: &str = switchyard_schemas::topics::DOWNSTREAM_REQUEST;
 pub const DELIVERY_TOPIC: &str = switchyard_schemas::topics::DOWNLINK_DELIVERY;
 pub const REJECT_TOPIC: &str = switchyard_schemas::topics::GATEWAY_REJECTS;
 pub const SESSIONS_TOPIC: &str = switchyard_schemas::topics::DEVICE_SESSIONS;
+pub const DEAD_LETTER_TOPIC: &str = switchyard_schemas::topics::GATEWAY_DLQ;
 /// The name of the thread that receives and handles uplink datagrams.
 pub const UPLINK_THREAD: &str = "uplink";

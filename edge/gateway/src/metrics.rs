@@ -11,6 +11,8 @@ pub struct GatewayMetrics {
     pub rejects: IntCounterVec,
     pub produce_seconds: Histogram,
     pub produce_failures: IntCounterVec,
+    pub dead_lettered: IntCounterVec,
+    pub receive_errors: IntCounter,
     pub backpressure: IntCounter,
     pub dropped: IntCounterVec,
     pub kernel_drops: IntGauge,
@@ -65,9 +67,20 @@ impl GatewayMetrics {
             produce_failures: reg!(IntCounterVec::new(
                 Opts::new(
                     "produce_failures_total",
-                    "Records the broker never acknowledged, by topic."
+                    "Records the broker did not take (refused, or unanswered within message.timeout.ms), by topic and librdkafka error code; each goes to gateway-dlq."
+                ),
+                &["topic", "reason"]
+            )?),
+            dead_lettered: reg!(IntCounterVec::new(
+                Opts::new(
+                    "dead_lettered_total",
+                    "Refused records written to gateway-dlq, by their topic."
                 ),
                 &["topic"]
+            )?),
+            receive_errors: reg!(IntCounter::new(
+                "receive_errors_total",
+                "Errors reading the UDP socket (other than its timeout); the gateway keeps reading."
             )?),
             dropped: reg!(IntCounterVec::new(
                 Opts::new(

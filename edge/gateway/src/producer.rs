@@ -29,7 +29,7 @@ use tracing::warn;
 use crate::metrics::GatewayMetrics;
 use crate::service::rate_limited;
 use crate::uplink::{ACK_TOPIC, STATUS_TOPIC};
-use crate::{DELIVERY_TOPIC, SESSIONS_TOPIC};
+use crate::{DEAD_LETTER_TOPIC, DELIVERY_TOPIC, SESSIONS_TOPIC};
 
 type GatewayProducer = ThreadedProducer<DeliveryContext>;
 
@@ -49,10 +49,12 @@ pub(crate) struct Producers {
 }
 
 impl Producers {
-    /// The three producers, reporting into `metrics`.
+    /// The three producers, reporting into `metrics`; what the broker does not take goes
+    /// to `refused`.
     pub(crate) fn create(
         settings: &ProducerSettings<'_>,
         metrics: &GatewayMetrics,
+        refused: &tokio::sync::mpsc::Sender<Refused>,
     ) -> Result<Self, KafkaError> {
         let create = |mut config: ClientConfig, linger_ms: u64| {
             config
@@ -64,6 +66,7 @@ impl Producers {
                 .set("message.timeout.ms", "300000");
             config.create_with_context(DeliveryContext {
                 metrics: metrics.clone(),
+                refused: refused.clone(),
             })
         };
         let ordered = || clients::producer_config(settings.bootstrap);
@@ -113,6 +116,21 @@ impl Producers {
     }
 }
 
+/// A record the broker did not take (refused, or not answered within
+/// `message.timeout.ms`), on its way to `gateway-dlq`.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// The broker's error code, as counted in `produce_failures_total{reason}`.
+    pub reason: String,
+    pub error: String,
+}
+
+/// Refused records waiting for the dead-letter task; beyond this they are counted only.
+pub(crate) const REFUSED_QUEUE: usize = 10_000;
+
 /// What travels with a record until the broker answers it.
 pub(crate) struct InFlight {
     /// The datagram's arrival: its record's latency runs from here to the broker's ack.
@@ -124,6 +142,7 @@ pub(crate) struct InFlight {
 
 pub(crate) struct DeliveryContext {
     metrics: GatewayMetrics,
+    refused: tokio::sync::mpsc::Sender<Refused>,
 }
 
 impl ClientContext for DeliveryContext {
@@ -145,10 +164,34 @@ impl ProducerContext for DeliveryContext {
             }
             Err((error, message)) => {
                 let topic = message.topic();
-                let c = self.metrics.produce_failures.with_label_values(&[topic]);
+                let reason = match error {
+                    KafkaError::MessageProduction(code) => format!("{code:?}"),
+                    _ => "Other".to_string(),
+                };
+                let c = self
+                    .metrics
+                    .produce_failures
+                    .with_label_values(&[topic, &reason]);
                 c.inc();
                 if rate_limited(c.get()) {
-                    warn!(%topic, %error, failures = c.get(), "record not delivered to the broker");
+                    warn!(%topic, %error, failures = c.get(), "record not delivered to the broker; dead-lettered to {DEAD_LETTER_TOPIC}");
+                }
+                // A dead letter the broker refuses is counted, not dead-lettered again.
+                if topic == DEAD_LETTER_TOPIC {
+                    return;
+                }
+                let refused = Refused {
+                    topic: topic.to_string(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                    reason,
+                    error: error.to_string(),
+                };
+                if self.refused.try_send(refused).is_err() {
+                    self.metrics
+                        .dropped
+                        .with_label_values(&[topic, "dead_letter_queue_full"])
+                        .inc();
                 }
             }
         }
@@ -167,7 +210,8 @@ mod tests {
             buffer_records: 10,
             linger_ms: 5,
         };
-        let producers = Producers::create(&settings, &metrics).expect("producers");
+        let (refused, _) = tokio::sync::mpsc::channel(1);
+        let producers = Producers::create(&settings, &metrics, &refused).expect("producers");
         let goes_to = |topic: &str, producer: &GatewayProducer| {
             std::ptr::eq(producers.for_topic(topic), producer)
         };

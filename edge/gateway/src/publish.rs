@@ -7,14 +7,15 @@ use std::net::SocketAddr;
 use switchyard_schemas::records::now_us;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use serde::Serialize;
 use switchyard_schemas::records::{DeliveryEvent, DownlinkDelivery, GatewayReject};
 use tracing::warn;
 
-use crate::producer::InFlight;
+use crate::producer::{InFlight, Refused};
 use crate::service::{rate_limited, Gateway};
-use crate::{DELIVERY_TOPIC, REJECT_TOPIC};
+use crate::{DEAD_LETTER_TOPIC, DELIVERY_TOPIC, REJECT_TOPIC};
 
 impl Gateway {
     pub(crate) fn reject(
@@ -94,6 +95,70 @@ impl Gateway {
                 dropped("queue_full", &"producer buffer full (broker down?)");
             }
             Err((e, _)) => dropped("produce_error", &e),
+        }
+    }
+
+    /// Write each record the broker did not take to `gateway-dlq`, whole (its key and its
+    /// encoded value), with headers naming its topic and the broker's error (the names
+    /// processors' dead letters use, [`switchyard_kafka::dead_letter`]).
+    pub(crate) async fn dead_letters(
+        self: std::sync::Arc<Self>,
+        mut refused: tokio::sync::mpsc::Receiver<Refused>,
+    ) {
+        use switchyard_kafka::dead_letter as header;
+        while let Some(r) = refused.recv().await {
+            let exception = format!("switchyard.refused_by_broker.{}", r.reason);
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: header::TOPIC,
+                    value: Some(r.topic.as_str()),
+                })
+                .insert(Header {
+                    key: header::EXCEPTION,
+                    value: Some(exception.as_str()),
+                })
+                .insert(Header {
+                    key: header::ERROR,
+                    value: Some(r.error.as_str()),
+                })
+                .insert(Header {
+                    key: header::REASON,
+                    value: Some("refused"),
+                })
+                .insert(Header {
+                    key: header::PROCESSOR,
+                    value: Some("gateway"),
+                });
+            let gateway = std::sync::Arc::clone(&self);
+            let topic = r.topic.clone();
+            let in_flight = Box::new(InFlight {
+                started: std::time::Instant::now(),
+                acknowledged: Box::new(move || {
+                    gateway
+                        .metrics
+                        .dead_lettered
+                        .with_label_values(&[&topic])
+                        .inc();
+                }),
+            });
+            let mut record =
+                BaseRecord::with_opaque_to(DEAD_LETTER_TOPIC, in_flight).headers(headers);
+            if let Some(key) = &r.key {
+                record = record.key(key);
+            }
+            if let Some(payload) = &r.payload {
+                record = record.payload(payload);
+            }
+            if let Err((e, _)) = self.producers.for_topic(DEAD_LETTER_TOPIC).send(record) {
+                let c = self
+                    .metrics
+                    .dropped
+                    .with_label_values(&[&r.topic, "dead_letter_failed"]);
+                c.inc();
+                if rate_limited(c.get()) {
+                    warn!(topic = %r.topic, error = %e, "a refused record could not be dead-lettered");
+                }
+            }
         }
     }
 

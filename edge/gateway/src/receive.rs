@@ -51,7 +51,10 @@ impl Gateway {
                 // The read timeout: nothing arrived, look at `stop` again.
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) => {
-                    warn!(error = %e, "UDP receive failed; continuing");
+                    self.metrics.receive_errors.inc();
+                    if rate_limited(self.metrics.receive_errors.get()) {
+                        warn!(error = %e, errors = self.metrics.receive_errors.get(), "UDP receive failed; continuing");
+                    }
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
@@ -77,7 +80,10 @@ impl Gateway {
                 Err(Errno::AGAIN) => return,
                 Err(Errno::INTR) => {}
                 Err(e) => {
-                    warn!(error = %e, "UDP receive failed; continuing");
+                    self.metrics.receive_errors.inc();
+                    if rate_limited(self.metrics.receive_errors.get()) {
+                        warn!(error = %e, errors = self.metrics.receive_errors.get(), "UDP receive failed; continuing");
+                    }
                     return;
                 }
             }

@@ -126,6 +126,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         );
     }
 
+    let (refused, refused_records) = tokio::sync::mpsc::channel(crate::producer::REFUSED_QUEUE);
     let producers = Producers::create(
         &ProducerSettings {
             bootstrap: &config.endpoints.bootstrap_servers,
@@ -133,6 +134,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
             linger_ms: config.linger_ms,
         },
         &metrics,
+        &refused,
     )
     .context("creating the producers")?;
     // A group of its own per instance: every gateway reads every request, and the one
@@ -254,6 +256,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     let requests = tokio::spawn(Arc::clone(&gateway).take_requests(Arc::clone(&consumer), ended));
     let retransmit = tokio::spawn(Arc::clone(&gateway).retransmit(consumer));
     let follow = tokio::spawn(Arc::clone(&gateway).follow_sessions(session_decoder, ends));
+    let dead_letters = tokio::spawn(Arc::clone(&gateway).dead_letters(refused_records));
     let drops = match socket_drops::socket_inode(&gateway.socket) {
         Some(inode) => tokio::spawn(socket_drops::watch(
             inode,
@@ -289,6 +292,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     requests.abort();
     retransmit.abort();
     follow.abort();
+    dead_letters.abort();
     drops.abort();
     tokio::task::spawn_blocking(move || gateway.producers.flush(Duration::from_secs(10)))
         .await

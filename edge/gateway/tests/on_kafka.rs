@@ -4,7 +4,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 use switchyard_schemas::records::now_us;
 
-use switchyard_protocol::{verify, AckStatus, Carrier, Envelope, Frame, IotStatus, Packet};
+use switchyard_protocol::{
+    verify, AckStatus, Carrier, Envelope, Frame, IotData, IotStatus, Packet,
+};
 use switchyard_schemas::records::{
     self, CarrierSwitchAck, CarrierSwitchRequest, DeliveryEvent, DownlinkDelivery, GatewayReject,
     IotStatusReport, SensorReading,
@@ -779,6 +781,88 @@ fn a_switch_acked_before_a_sigkill_is_not_performed_again_after_the_restart() {
     assert!(
         answering.recv_from(&mut buf).is_err(),
         "the acked switch was performed again"
+    );
+}
+
+/// Issue 25 (8): a record the broker refuses (here: larger than the topic allows) was
+/// counted by topic only and lost. It goes to `gateway-dlq` whole, with the broker's
+/// error, counted by reason, and the gateway goes on.
+#[test]
+fn a_record_the_broker_refuses_is_dead_lettered_with_the_brokers_error() {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let stack = Stack::start().expect("stack");
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", stack.broker.bootstrap())
+        .create()
+        .expect("admin");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let altered = runtime
+        .block_on(admin.alter_configs(
+            &[AlterConfig::new(ResourceSpecifier::Topic("imu")).set("max.message.bytes", "250")],
+            &AdminOptions::new(),
+        ))
+        .expect("alter");
+    assert!(altered.iter().all(Result::is_ok), "{altered:?}");
+    let gateway = stack.start_gateway(&[]).expect("gateway");
+    let device = client();
+    let reading = |bytes: usize| IotData {
+        device_id: 1,
+        timestamp: chrono::DateTime::from_timestamp_micros(now_us()).expect("now"),
+        data: vec![7; bytes],
+    };
+    let too_large = Packet::IotData(reading(250)).encode().expect("encode");
+    device.send_to(&too_large, gateway.udp).expect("send");
+
+    let bootstrap = stack.broker.bootstrap();
+    let mut letters = Vec::new();
+    switchyard_testkit::wait_for("the refused reading in gateway-dlq", WAIT, || {
+        letters =
+            switchyard_testkit::kafka::read_to_end(&bootstrap, "gateway-dlq").unwrap_or_default();
+        !letters.is_empty()
+    })
+    .expect("dead-lettered");
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    let header = |name: &str| letter.headers.get(name).cloned().unwrap_or_default();
+    assert_eq!(header(switchyard_kafka::dead_letter::TOPIC), "imu");
+    assert_eq!(header(switchyard_kafka::dead_letter::REASON), "refused");
+    assert!(
+        header(switchyard_kafka::dead_letter::ERROR).contains("too large"),
+        "the broker's error: {:?}",
+        letter.headers
+    );
+    assert_eq!(letter.key.as_deref(), Some(&b"0"[..]), "the original key");
+    assert!(
+        letter.payload.as_ref().is_some_and(|p| p.len() > 250),
+        "the original record, whole"
+    );
+    let metrics = switchyard_testkit::http_get_text(gateway.metrics, "/metrics").expect("metrics");
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("switchyard_gateway_produce_failures_total{")
+                && l.contains("topic=\"imu\"")
+                && l.contains("reason=\"MessageSizeTooLarge\"")
+                && l.ends_with(" 1")
+        ),
+        "counted by topic and reason: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("produce_failures"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The gateway goes on: a reading that fits is published.
+    let fits = Packet::IotData(reading(4)).encode().expect("encode");
+    device.send_to(&fits, gateway.udp).expect("send");
+    assert_eq!(
+        stack
+            .consume::<SensorReading>("imu", 1, WAIT)
+            .expect("imu")
+            .len(),
+        1
     );
 }
 

@@ -25,6 +25,7 @@ pub struct GatewayMetrics {
     pub buffered: IntGaugeVec,
     pub modems_elsewhere: IntGauge,
     pub modems_moved_away: IntCounter,
+    pub stale_claims_refuted: IntCounter,
     pub insecure: IntGauge,
     pub requests_ended_before: IntCounter,
     pub left_to_holder: IntCounter,
@@ -137,11 +138,15 @@ impl GatewayMetrics {
             )?),
             modems_moved_away: reg!(IntCounter::new(
                 "modems_moved_away_total",
-                "Sessions ended here because the modem was heard by another instance later."
+                "Sessions ended here because the modem moved to another instance (a newer sequence number there, or heard there after it was taken here)."
             )?),
             requests_ended_before: reg!(IntCounter::new(
                 "requests_ended_before_total",
                 "Switch requests read again after a restart that had already ended (acked or undeliverable): passed over, not sent again."
+            )?),
+            stale_claims_refuted: reg!(IntCounter::new(
+                "stale_claims_refuted_total",
+                "Another instance's session record for a modem held here, with a sequence number not newer than this one accepted (a packet replayed there): the modem stays, and this session is written as the answer."
             )?),
             insecure: reg!(IntGauge::new(
                 "insecure",

@@ -17,8 +17,9 @@ use switchyard_schemas::records::DeviceSession;
 use tracing::{info, warn};
 
 use crate::elsewhere::Elsewhere;
+use crate::service::rate_limited;
 use crate::service::Gateway;
-use crate::sessions::Sessions;
+use crate::sessions::{Claim, Sessions};
 use crate::SESSIONS_TOPIC;
 
 /// What reading `device-sessions` back found.
@@ -159,15 +160,15 @@ impl Gateway {
                     continue;
                 }
             };
-            let moved = self
+            let claim = self
                 .sessions
                 .lock()
                 .map(|mut s| {
-                    let moved = s.yield_to(&session);
+                    let claim = s.yield_to(&session);
                     self.metrics.known_modems.set(s.len() as i64);
-                    moved
+                    claim
                 })
-                .unwrap_or(false);
+                .unwrap_or(Claim::NotHeld);
             if let Ok(mut e) = self.elsewhere.lock() {
                 e.apply(&session);
                 self.metrics.modems_elsewhere.set(e.len() as i64);
@@ -181,9 +182,21 @@ impl Gateway {
             ) {
                 windows.entry(modem).or_default().raise_to(sequence);
             }
-            if moved {
-                self.metrics.modems_moved_away.inc();
-                info!(modem = %session.modem_id, to = %session.gateway, "modem moved to another gateway; its downlink goes from there");
+            match claim {
+                Claim::Yielded => {
+                    self.metrics.modems_moved_away.inc();
+                    info!(modem = %session.modem_id, to = %session.gateway, "modem moved to another gateway; its downlink goes from there");
+                }
+                Claim::Refuted(answer) => {
+                    let c = &self.metrics.stale_claims_refuted;
+                    c.inc();
+                    if rate_limited(c.get()) {
+                        warn!(modem = %session.modem_id, by = %session.gateway, claimed = ?session.sequence, held = ?answer.sequence, refuted = c.get(), "another gateway claimed a modem with a number not newer than this one accepted (a replayed packet?); answered with this session");
+                    }
+                    self.metrics.session_writes.inc();
+                    self.publish(SESSIONS_TOPIC, &answer.modem_id, &answer, Instant::now());
+                }
+                Claim::NotHeld | Claim::Kept => {}
             }
         }
     }

@@ -59,6 +59,20 @@ const CLOCK_SMOOTHING: i64 = 8;
 /// here follows each move at once; only the record waits.
 const UNAUTHENTICATED_MOVE_INTERVAL_US: i64 = 1_000_000;
 
+/// What another instance's record about a modem did to this instance's session of it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// This instance does not hold the modem (or the record is its own).
+    NotHeld,
+    /// The modem moved to the other instance: its session here ended.
+    Yielded,
+    /// The record is older than the session here (unauthenticated): nothing changes.
+    Kept,
+    /// The other instance's claim is not newer than what this one accepted (a replay there):
+    /// the session stays, and this record of it is to be written as the answer.
+    Refuted(DeviceSession),
+}
+
 /// Every session this gateway instance holds.
 #[derive(Debug)]
 pub struct Sessions {
@@ -168,29 +182,52 @@ impl Sessions {
 
     /// Take a session read back from the topic, if this instance held it and it is newer
     /// than what is known. Returns whether it was taken.
-    /// A record another instance wrote while this one runs: if it heard the modem no
-    /// earlier than this one took it, the modem has moved there and its session here ends.
-    /// Returns whether it did.
+    /// A record another instance wrote while this one runs, about a modem this one may hold.
     ///
-    /// "Took" (first heard), not "last heard": each gateway stamps a packet when it gets
-    /// to it, so the modem's last packet here can carry a later stamp than its first one
-    /// there though it was sent before. A record older than the take is one written before
-    /// the modem came here, read late; the two stamps are apart by the move itself, far
-    /// more than the gateways' clocks are.
-    pub fn yield_to(&mut self, record: &DeviceSession) -> bool {
+    /// Authenticated on both sides, sequence numbers decide, since only the device can make
+    /// a newer one: a record carrying a number above the highest accepted here means the
+    /// modem moved there, and its session here ends ([`Claim::Yielded`]). One that is not
+    /// newer is a replay of a packet this instance had (or a late record): the session stays,
+    /// and the record to write is returned ([`Claim::Refuted`]), so the other instance learns
+    /// the higher number, raises its window and steps aside. On a tie the instance that took
+    /// the modem first keeps it.
+    ///
+    /// Otherwise (v1, `--insecure`) time decides: the other instance heard the modem no
+    /// earlier than this one took it. "Took" (first heard), not "last heard": each gateway
+    /// stamps a packet when it gets to it, so the modem's last packet here can carry a later
+    /// stamp than its first one there though it was sent before. A record older than the
+    /// take is one written before the modem came here, read late.
+    pub fn yield_to(&mut self, record: &DeviceSession) -> Claim {
         if record.gateway == self.instance {
-            return false;
+            return Claim::NotHeld;
         }
         let Some(id) = key(&record.modem_id) else {
-            return false;
+            return Claim::NotHeld;
         };
-        match self.by_modem.get(id) {
-            Some(mine) if mine.first_seen <= record.last_seen => {
-                self.by_modem.remove(id);
-                true
-            }
-            _ => false,
+        let Some(mut mine) = self.by_modem.get(id) else {
+            return Claim::NotHeld;
+        };
+        let theirs = record_sequence(record);
+        let numbered =
+            record.authenticated && mine.authenticated && theirs > 0 && mine.sequence > 0;
+        let moved = if numbered {
+            theirs > mine.sequence
+                || (theirs == mine.sequence && record.first_seen < mine.first_seen)
+        } else {
+            mine.first_seen <= record.last_seen
+        };
+        if moved {
+            self.by_modem.remove(id);
+            return Claim::Yielded;
         }
+        if !numbered {
+            return Claim::Kept;
+        }
+        mine.written = mine.last_seen;
+        mine.sequence_written = mine.sequence;
+        mine.address_unwritten = false;
+        self.by_modem.insert(id, mine);
+        Claim::Refuted(self.record(&record.modem_id, &mine))
     }
 
     pub fn restore(&mut self, record: &DeviceSession) -> bool {
@@ -555,10 +592,22 @@ mod tests {
                 ),
             )
             .expect("a move here is written");
-        assert!(!a.yield_to(&own), "its own records change nothing");
-        assert!(!a.yield_to(&older), "gw-b heard it before gw-a last did");
+        assert_eq!(
+            a.yield_to(&own),
+            Claim::NotHeld,
+            "its own records change nothing"
+        );
+        assert_eq!(
+            a.yield_to(&older),
+            Claim::Kept,
+            "gw-b heard it before gw-a took it"
+        );
         assert_eq!(a.address("1"), Some(addr(5001)));
-        assert!(a.yield_to(&later), "the modem moved to gw-b");
+        assert_eq!(
+            a.yield_to(&later),
+            Claim::Yielded,
+            "the modem moved to gw-b"
+        );
         assert_eq!(a.address("1"), None);
     }
 
@@ -574,8 +623,59 @@ mod tests {
         let mut b = Sessions::new("gw-b", 30 * S);
         let first_at_b = b.observe("1", at(6000, 20 * S)).expect("first sight");
         a.observe("1", at(5000, 20 * S + 3_000));
-        assert!(a.yield_to(&first_at_b), "the modem moved to gw-b");
+        assert_eq!(
+            a.yield_to(&first_at_b),
+            Claim::Yielded,
+            "the modem moved to gw-b"
+        );
         assert_eq!(a.address("1"), None);
+    }
+
+    /// Issue 25 (2): a replay to another instance must not take the modem from its holder.
+    #[test]
+    fn a_claim_not_newer_than_the_holders_number_is_refuted_and_the_claimant_steps_aside() {
+        let at = |port, t, seq| {
+            heard(
+                addr(port),
+                SessionProtocol::Envelope,
+                true,
+                t,
+                None,
+                Some(seq),
+            )
+        };
+        let mut a = Sessions::new("gw-a", 30 * S);
+        a.observe("1", at(5000, 10 * S, 1)).expect("first sight");
+        for seq in 2..=4 {
+            assert!(a
+                .observe("1", at(5000, 10 * S + i64::from(seq), seq))
+                .is_none());
+        }
+        // Packet 3, replayed to gw-b: gw-b takes it (its window knew only number 1).
+        let mut b = Sessions::new("gw-b", 30 * S);
+        let claim = b
+            .observe("1", at(6666, 20 * S, 3))
+            .expect("first sight at gw-b");
+        let Claim::Refuted(answer) = a.yield_to(&claim) else {
+            panic!("gw-a must refute a claim of number 3 after accepting 4");
+        };
+        assert_eq!(
+            (answer.gateway.as_str(), answer.sequence),
+            ("gw-a", Some(4))
+        );
+        assert_eq!(a.address("1"), Some(addr(5000)), "gw-a keeps the modem");
+        assert_eq!(b.yield_to(&answer), Claim::Yielded, "gw-b steps aside");
+        assert!(b.is_empty());
+        // A tie (number 4 replayed): the instance that took the modem first keeps it.
+        let tie = Sessions::new("gw-b", 30 * S)
+            .observe("1", at(6666, 21 * S, 4))
+            .expect("first sight");
+        assert!(matches!(a.yield_to(&tie), Claim::Refuted(_)));
+        // The device itself moves: number 5 at gw-b, and gw-a yields.
+        let moved = Sessions::new("gw-b", 30 * S)
+            .observe("1", at(6000, 22 * S, 5))
+            .expect("first sight");
+        assert_eq!(a.yield_to(&moved), Claim::Yielded);
     }
 
     #[test]

@@ -866,6 +866,98 @@ fn a_record_the_broker_refuses_is_dead_lettered_with_the_brokers_error() {
     );
 }
 
+/// Issue 25 (2): a signed packet captured on its way to the gateway holding the modem and
+/// replayed to another instance was accepted there (that instance's window knew only the
+/// holder's last record), its session record made the holder step aside, and the modem's
+/// downlink went to the replayer. The holder now refutes a claim that is not newer than
+/// what it accepted: it keeps the modem, answers with its own record, and the other
+/// instance steps aside; the switch reaches the device, not the replayer.
+#[test]
+fn a_packet_replayed_to_another_authenticated_gateway_does_not_move_the_modems_downlink() {
+    let stack = Stack::start().expect("stack");
+    let key = hex::decode("000102030405060708090a0b0c0d0e0f").expect("hex");
+    let keys = stack.broker.data_dir().join("modem-keys");
+    std::fs::write(&keys, "42 000102030405060708090a0b0c0d0e0f\n").expect("keys file");
+    let start = |id: &str| {
+        stack
+            .start_gateway(&[
+                ("SWITCHYARD_MODEM_KEYS", keys.display().to_string()),
+                ("SWITCHYARD_RETRY_INITIAL_MS", "300".to_string()),
+                ("SWITCHYARD_GATEWAY_ID", id.to_string()),
+            ])
+            .expect("gateway healthy")
+    };
+    let (holder, other) = (start("gw-a"), start("gw-b"));
+    let metric = |g: &switchyard_testkit::Gateway, name: &str| {
+        switchyard_testkit::http_get_text(g.metrics, "/metrics")
+            .map(|m| switchyard_testkit::metric_sum(&m, name))
+            .unwrap_or(-1.0)
+    };
+    let signed = |sequence: u32| {
+        envelope(42, sequence, None, Packet::IotStatus(IotStatus::Nominal))
+            .encode_signed(&key)
+            .expect("sign")
+    };
+    let (device, replayer) = (client(), client());
+    // The device talks to gw-a: its first packet is written (sequence 1), the next ones
+    // only move the number until the heartbeat.
+    for sequence in 1..=4 {
+        device.send_to(&signed(sequence), holder.udp).expect("send");
+    }
+    switchyard_testkit::wait_for("gw-a to hold the modem and gw-b to know it", WAIT, || {
+        metric(&holder, "switchyard_gateway_packets_total") == 4.0
+            && metric(&other, "switchyard_gateway_modems_elsewhere") == 1.0
+    })
+    .expect("held by gw-a");
+
+    // Packet 3, captured, replayed to gw-b.
+    replayer.send_to(&signed(3), other.udp).expect("replay");
+    switchyard_testkit::wait_for(
+        "gw-a to refute gw-b's claim and gw-b to step aside",
+        WAIT,
+        || {
+            assert_eq!(
+                metric(&holder, "switchyard_gateway_modems_moved_away_total"),
+                0.0,
+                "the replay moved the modem away from gw-a"
+            );
+            metric(&holder, "switchyard_gateway_stale_claims_refuted_total") == 1.0
+                && metric(&other, "switchyard_gateway_known_modems") == 0.0
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: gw-b accepted {} packets, refused {}",
+            metric(&other, "switchyard_gateway_packets_total"),
+            metric(&other, "switchyard_gateway_rejects_total")
+        )
+    });
+    assert_eq!(metric(&holder, "switchyard_gateway_known_modems"), 1.0);
+    // gw-b learnt gw-a's number: the same replay is refused there now.
+    replayer.send_to(&signed(4), other.udp).expect("replay");
+    switchyard_testkit::wait_for("gw-b to refuse a second replay", WAIT, || {
+        metric(&other, "switchyard_gateway_rejects_total") == 1.0
+    })
+    .expect("refused");
+
+    // A switch reaches the device, from gw-a; the replayer gets nothing.
+    request_switch(&stack, 42, "00000000000000e1", records::Carrier::Verizon);
+    let mut buf = [0u8; 512];
+    let (n, from) = device
+        .recv_from(&mut buf)
+        .expect("the Perform reaches the device");
+    assert_eq!(from, holder.udp, "sent by gw-a");
+    let frame = Frame::decode(&buf[..n]).expect("decodes");
+    assert_eq!(frame.envelope.and_then(|e| e.request_id), Some(0xe1));
+    replayer
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    assert!(
+        replayer.recv_from(&mut buf).is_err(),
+        "the replayer got a Perform"
+    );
+}
+
 /// Scale-out: two gateways on one Kafka, a modem on each. Each switch leaves from the
 /// gateway holding its modem; when a modem moves to the other gateway (a new NAT mapping
 /// at the balancer), its next switch leaves from there, and the gateway it left neither

@@ -294,6 +294,96 @@ fn a_keyed_modem_that_reboots_is_heard_again_by_a_running_and_a_restarted_gatewa
     heard_again(&gateway, "third");
 }
 
+/// Issue 25 (4): the SIM now refuses a Perform whose number is not above the last one it
+/// executed, so the gateway's downlink numbers must keep rising across its restarts. They
+/// restarted at 1 in every process: after a SIGKILL and a restart, the next switch was
+/// refused by the SIM as a replay (NACK).
+#[test]
+fn a_keyed_sim_accepts_switches_from_a_gateway_restarted_after_a_sigkill() {
+    use switchyard_schemas::records::{self, now_us, CarrierSwitchAck, CarrierSwitchRequest};
+    const MODEM: u64 = 7002;
+    let stack = Stack::start().expect("stack");
+    let dir = tempfile::tempdir().expect("scratch");
+    let keys = dir.path().join("modem-keys");
+    std::fs::write(&keys, format!("{MODEM} 000102030405060708090a0b0c0d0e0f\n")).expect("keys");
+    let gateway_env = |listen: Option<SocketAddr>| {
+        let mut env = vec![
+            ("SWITCHYARD_MODEM_KEYS", keys.display().to_string()),
+            ("SWITCHYARD_RETRY_INITIAL_MS", "300".to_string()),
+        ];
+        env.extend(listen.map(|l| ("SWITCHYARD_GATEWAY_LISTEN", l.to_string())));
+        env
+    };
+    let gateway = stack.start_gateway(&gateway_env(None)).expect("gateway");
+    let udp = gateway.udp;
+    let mut modem = std::process::Command::new(
+        switchyard_testkit::workspace_binary("switchyard-modem").expect("binary"),
+    );
+    modem
+        .args([
+            "--gateway",
+            &udp.to_string(),
+            "--modem-id",
+            &MODEM.to_string(),
+        ])
+        .args(["--keys", &keys.display().to_string()])
+        .args([
+            "--sim-memory",
+            &dir.path().join("sims").display().to_string(),
+        ])
+        .args(["--rates", "0,0,1", "--status-secs", "1"]);
+    let _modem = switchyard_testkit::Service::spawn("modem", modem, dir.path()).expect("modem");
+    wait_for("the gateway to hold the modem", WAIT, || {
+        gateway_metric(gateway.metrics, "switchyard_gateway_known_modems") == 1.0
+    })
+    .expect("held");
+    let switch = |request_id: &str, carrier: records::Carrier| {
+        let t = now_us();
+        let request = CarrierSwitchRequest {
+            request_id: request_id.to_string(),
+            modem_id: MODEM.to_string(),
+            carrier,
+            requested_at: t,
+            deadline: t + 60_000_000,
+            requested_by: Some("test".into()),
+        };
+        stack
+            .produce(
+                "downstream-request",
+                &[(MODEM.to_string(), request, t / 1000)],
+            )
+            .expect("request");
+        let mut answer = None;
+        wait_for(&format!("the SIM's answer to {request_id}"), WAIT, || {
+            answer = stack
+                .read_to_end::<CarrierSwitchAck>("carrier-switch-ack")
+                .ok()
+                .and_then(|acks| {
+                    acks.into_iter()
+                        .map(|a| a.value)
+                        .find(|a| a.request_id.as_deref() == Some(request_id))
+                });
+            answer.is_some()
+        })
+        .expect("answered");
+        answer.map(|a| (a.status, a.carrier))
+    };
+    assert_eq!(
+        switch("00000000000000a1", records::Carrier::Verizon),
+        Some((records::AckStatus::Ack, records::Carrier::Verizon))
+    );
+    drop(gateway); // SIGKILL
+    let gateway = stack
+        .start_gateway(&gateway_env(Some(udp)))
+        .expect("gateway again");
+    assert_eq!(
+        switch("00000000000000a2", records::Carrier::TMobile),
+        Some((records::AckStatus::Ack, records::Carrier::TMobile)),
+        "the restarted gateway's Perform was refused by the SIM; gateway log:\n{}",
+        gateway.service.log_text()
+    );
+}
+
 fn sensor_now() -> chrono::DateTime<Utc> {
     Utc::now()
         .duration_trunc(TimeDelta::microseconds(1))

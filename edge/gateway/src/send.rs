@@ -256,7 +256,7 @@ impl Gateway {
             .lock()
             .map(|mut s| {
                 let n = s.entry(modem).or_insert(0);
-                *n = n.wrapping_add(1);
+                *n = next_downlink_sequence(*n, now_us());
                 *n
             })
             .unwrap_or(0);
@@ -284,5 +284,44 @@ impl Gateway {
             &to.into(),
             libc::MSG_DONTWAIT,
         )
+    }
+}
+
+/// 2025-01-01T00:00:00Z, in µs: downlink numbers count from here.
+const DOWNLINK_EPOCH_US: i64 = 1_735_689_600_000_000;
+/// Downlink numbers per second of the clock.
+const DOWNLINK_PER_SECOND: i64 = 4;
+
+/// The sequence number of the next Perform to a modem, after `previous` (0: none in this
+/// process). A keyed SIM refuses a Perform not above the last one it executed, so the
+/// numbers must rise across gateway restarts and from one instance to the next, with
+/// nothing shared but the clock: a number is at least the time since 2025 in quarter
+/// seconds (u32: until 2059), and above the previous one in this process. Any instance
+/// numbers above what any other sent more than a quarter second (plus their clocks'
+/// difference) earlier; a modem sent more than four Performs a second for long would run
+/// ahead of the clock, and a restart then could repeat numbers (the SIM refuses them,
+/// and says so with a NACK).
+pub(crate) fn next_downlink_sequence(previous: u32, now_us: i64) -> u32 {
+    let by_clock = (now_us.saturating_sub(DOWNLINK_EPOCH_US) / (1_000_000 / DOWNLINK_PER_SECOND))
+        .clamp(0, i64::from(u32::MAX));
+    previous
+        .saturating_add(1)
+        .max(u32::try_from(by_clock).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downlink_numbers_rise_within_a_process_and_across_restarts() {
+        let t = 1_800_000_000_000_000; // 2027
+        let first = next_downlink_sequence(0, t);
+        let second = next_downlink_sequence(first, t);
+        assert!(second > first, "the same instant: one above");
+        // A restarted process (nothing remembered) a second later numbers above both.
+        assert!(next_downlink_sequence(0, t + 1_000_000) > second);
+        // Another instance whose clock is 100 ms behind, a second later: above too.
+        assert!(next_downlink_sequence(0, t + 900_000) > second);
     }
 }

@@ -132,6 +132,8 @@ pub struct Applet {
     uplink_sequence: u32,
     /// Uplink numbers up to this one are reserved in `memory`.
     uplink_reserved: u32,
+    /// The last Perform executed (its downlink sequence number), as in `memory`.
+    downlink_executed: u32,
     memory: Box<dyn CounterMemory>,
     channel_open: bool,
     /// The terminal speaks the original modem client's dialogue (it sent `00 F3`): answers
@@ -154,8 +156,9 @@ impl Applet {
         config: SimConfig,
         mut memory: Box<dyn CounterMemory>,
     ) -> Result<Self, MemoryError> {
-        let Counters { uplink_reserved } = memory.read()?;
-        let mut applet = Applet::unpowered(config, memory, uplink_reserved);
+        let stored = memory.read()?;
+        let mut applet = Applet::unpowered(config, memory, stored.uplink_reserved);
+        applet.downlink_executed = stored.downlink_executed;
         applet.reset();
         Ok(applet)
     }
@@ -170,10 +173,33 @@ impl Applet {
             command_number: 0,
             uplink_sequence: reserved,
             uplink_reserved: reserved,
+            downlink_executed: 0,
             memory,
             channel_open: false,
             original_terminal: false,
         }
+    }
+
+    /// What the memory holds now.
+    fn stored(&self) -> Counters {
+        Counters {
+            uplink_reserved: self.uplink_reserved,
+            downlink_executed: self.downlink_executed,
+        }
+    }
+
+    /// Switch to `target`; a signed Perform's number (`downlink`) is kept in memory first,
+    /// so that Perform cannot be replayed after the next power-off either.
+    fn switch_to(&mut self, target: Carrier, downlink: Option<u32>) -> Result<(), MemoryError> {
+        if let Some(executed) = downlink {
+            self.memory.write(&Counters {
+                downlink_executed: executed,
+                ..self.stored()
+            })?;
+            self.downlink_executed = executed;
+        }
+        self.carrier = target;
+        Ok(())
     }
 
     /// The last uplink sequence number used.
@@ -191,6 +217,7 @@ impl Applet {
             let reserved = next.saturating_add(UPLINK_BLOCK - 1);
             self.memory.write(&Counters {
                 uplink_reserved: reserved,
+                ..self.stored()
             })?;
             self.uplink_reserved = reserved;
         }
@@ -310,6 +337,8 @@ impl Applet {
         match Frame::decode(packet) {
             Ok(frame) => match frame.packet {
                 Packet::CarrierSwitchPerform(target) => {
+                    // A signed Perform's number must be above the last one executed.
+                    let mut downlink = None;
                     if let Some(env) = &frame.envelope {
                         if env.modem_id != self.config.modem_id {
                             return sw::SECURITY;
@@ -318,10 +347,23 @@ impl Applet {
                             if verify(packet, key).is_err() {
                                 return sw::SECURITY;
                             }
+                            if env.sequence <= self.downlink_executed {
+                                tracing::warn!(
+                                    modem = self.config.modem_id,
+                                    sequence = env.sequence,
+                                    executed = self.downlink_executed,
+                                    "a Perform not newer than the last one executed (a replay?): refused"
+                                );
+                                return self.nack(env.request_id);
+                            }
+                            downlink = Some(env.sequence);
                         }
                     }
                     let request_id = frame.envelope.as_ref().and_then(|e| e.request_id);
-                    self.carrier = target;
+                    if let Err(e) = self.switch_to(target, downlink) {
+                        tracing::error!(modem = self.config.modem_id, error = %e, "the SIM cannot keep the Perform's number; not switched");
+                        return sw::MEMORY_FAILURE;
+                    }
                     self.queue_send(
                         Packet::CarrierSwitchAck {
                             status: AckStatus::Ack,

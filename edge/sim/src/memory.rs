@@ -20,6 +20,9 @@ pub const UPLINK_BLOCK: u32 = 1024;
 pub struct Counters {
     /// Uplink sequence numbers up to this one may have been used (0: none).
     pub uplink_reserved: u32,
+    /// The downlink sequence number of the last Perform executed (0: none): a Perform not
+    /// above it is refused, so a captured one cannot be replayed.
+    pub downlink_executed: u32,
 }
 
 /// The SIM's counters could not be read or written: the SIM then refuses to sign, as a
@@ -61,7 +64,8 @@ impl CounterMemory for Volatile {
     }
 }
 
-/// A file: `uplink_reserved N`, replaced atomically (written beside it, synced, renamed),
+/// A file of `name value` lines (`uplink_reserved N`, `downlink_executed N`),
+/// replaced atomically (written beside it, synced, renamed),
 /// so a crash mid-write leaves the old value or the new one, never neither.
 #[derive(Debug)]
 pub struct CounterFile {
@@ -111,6 +115,9 @@ impl CounterMemory for CounterFile {
                 ["uplink_reserved", n] => {
                     counters.uplink_reserved = n.parse().map_err(|_| corrupt(line))?;
                 }
+                ["downlink_executed", n] => {
+                    counters.downlink_executed = n.parse().map_err(|_| corrupt(line))?;
+                }
                 _ => return Err(corrupt(line)),
             }
         }
@@ -123,7 +130,11 @@ impl CounterMemory for CounterFile {
         next.push(".next");
         let next = PathBuf::from(next);
         let mut file = std::fs::File::create(&next).map_err(|e| self.io(e))?;
-        writeln!(file, "uplink_reserved {}", counters.uplink_reserved)
+        let text = format!(
+            "uplink_reserved {}\ndownlink_executed {}\n",
+            counters.uplink_reserved, counters.downlink_executed
+        );
+        file.write_all(text.as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(|e| self.io(e))?;
         std::fs::rename(&next, &self.path).map_err(|e| self.io(e))
@@ -152,6 +163,7 @@ mod tests {
         assert_eq!(file.read().expect("fresh"), Counters::default());
         let written = Counters {
             uplink_reserved: 4096,
+            downlink_executed: 17,
         };
         file.write(&written).expect("write");
         assert_eq!(

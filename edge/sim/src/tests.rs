@@ -281,6 +281,89 @@ fn a_sim_whose_memory_fails_refuses_to_sign() {
     );
 }
 
+/// Issue 25 (4): the SIM checked only the modem id and the tag of a Perform, so a captured
+/// one could be replayed to switch the SIM back. A Perform not newer than the last one the
+/// SIM executed is now refused and answered with a NACK, across power cycles too.
+#[test]
+fn a_perform_not_newer_than_the_last_one_executed_is_nacked_and_changes_nothing() {
+    let dir = std::env::temp_dir().join(format!("sim-downlink-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let power_on = || {
+        let mut applet = Applet::with_memory(
+            SimConfig {
+                iccid: "8901260000000000042".into(),
+                modem_id: 42,
+                key: Some(KEY.to_vec()),
+                v1: false,
+                carrier: Carrier::AtAndT,
+            },
+            Box::new(memory::CounterFile::in_dir(&dir, 42).expect("memory")),
+        )
+        .expect("powered on");
+        open_channel(&mut applet);
+        applet
+    };
+    let perform = |sequence: u32, request_id: u64, carrier: Carrier| {
+        Frame {
+            envelope: Some(Envelope {
+                modem_id: 42,
+                sequence,
+                request_id: Some(request_id),
+                auth_tag: None,
+            }),
+            packet: Packet::CarrierSwitchPerform(carrier),
+        }
+        .encode_signed(KEY)
+        .expect("sign")
+    };
+    let answer = |applet: &mut Applet| {
+        let payload = send_data_payload(&fetch_and_respond(applet)).expect("SEND DATA");
+        let frame = verify(&payload, KEY).expect("signed");
+        (frame.packet, frame.envelope.and_then(|e| e.request_id))
+    };
+    let mut applet = power_on();
+    let to_tmobile = perform(100, 1, Carrier::TMobile);
+    push(&mut applet, &to_tmobile);
+    answer(&mut applet);
+    push(&mut applet, &perform(101, 2, Carrier::Verizon));
+    answer(&mut applet);
+    assert_eq!(applet.carrier(), Carrier::Verizon);
+    // The captured T-Mobile Perform, replayed: refused, answered, the carrier stays.
+    push(&mut applet, &to_tmobile);
+    assert_eq!(
+        answer(&mut applet),
+        (
+            Packet::CarrierSwitchAck {
+                status: AckStatus::Nack,
+                carrier: Carrier::Verizon
+            },
+            Some(1)
+        )
+    );
+    assert_eq!(applet.carrier(), Carrier::Verizon);
+    // After a power cycle too (the simulated SIM powers on with its configured profile);
+    // a newer Perform still works.
+    drop(applet);
+    let mut applet = power_on();
+    push(&mut applet, &perform(101, 2, Carrier::TMobile));
+    assert_eq!(
+        answer(&mut applet).0,
+        Packet::CarrierSwitchAck {
+            status: AckStatus::Nack,
+            carrier: Carrier::AtAndT
+        }
+    );
+    push(&mut applet, &perform(102, 3, Carrier::TMobile));
+    assert_eq!(
+        answer(&mut applet).0,
+        Packet::CarrierSwitchAck {
+            status: AckStatus::Ack,
+            carrier: Carrier::TMobile
+        }
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn fetch_and_terminal_response_follow_the_protocol() {
     let mut applet = sim(None, true);

@@ -41,16 +41,49 @@ fn json_logs(format: Option<&str>) -> bool {
     format.is_some_and(|f| f.trim().eq_ignore_ascii_case("json"))
 }
 
-/// Whether a service is ready to do its work; `/health` answers 200 when it is, 503 before.
+/// Whether a service is ready to do its work; `/health` answers 200 when it is, and 503
+/// with the reason (`starting` unless told) when it is not.
 #[derive(Debug, Clone, Default)]
-pub struct Health(Arc<AtomicBool>);
+pub struct Health(Arc<HealthState>);
+
+#[derive(Debug, Default)]
+struct HealthState {
+    ready: AtomicBool,
+    reason: std::sync::Mutex<Option<String>>,
+}
 
 impl Health {
     pub fn set_ready(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+        if ready {
+            self.set_reason(None);
+        }
+        self.0.ready.store(ready, Ordering::Relaxed);
     }
+
+    /// Not ready, for `reason` (what `/health` says, e.g. "restoring device-sessions: 40%").
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        self.0.ready.store(false, Ordering::Relaxed);
+        self.set_reason(Some(reason.into()));
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.ready.load(Ordering::Relaxed)
+    }
+
+    /// Why it is not ready ("starting" when no reason was given).
+    pub fn reason(&self) -> String {
+        self.0
+            .reason
+            .lock()
+            .ok()
+            .and_then(|r| r.clone())
+            .unwrap_or_else(|| "starting".to_string())
+    }
+
+    fn set_reason(&self, reason: Option<String>) {
+        if let Ok(mut r) = self.0.reason.lock() {
+            *r = reason;
+        }
     }
 }
 
@@ -77,12 +110,12 @@ pub fn router(registry: Registry, health: Health) -> Router {
         .route(
             "/health",
             get(move || {
-                let ready = health.is_ready();
+                let (ready, reason) = (health.is_ready(), health.reason());
                 async move {
                     if ready {
-                        (StatusCode::OK, "ok\n").into_response()
+                        (StatusCode::OK, "ok\n".to_string()).into_response()
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
+                        (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response()
                     }
                 }
             }),

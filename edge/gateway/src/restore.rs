@@ -33,13 +33,19 @@ pub struct Restored {
     pub ends: HashMap<i32, i64>,
 }
 
+/// How often a restore in progress says how far it got (log and `/health`).
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 /// Read `device-sessions` from its start to its end as of now into `sessions` (this
-/// instance's) and `elsewhere` (the others').
+/// instance's) and `elsewhere` (the others'). However long it takes (no timer aborts it;
+/// `timeout` bounds each metadata request), saying how far it got in the log and in
+/// `health`'s reason; it yields at every record, so a shutdown raced against it ends it.
 pub async fn restore_sessions(
     bootstrap: &str,
     decoder: &mut RecordDecoder,
     sessions: &mut Sessions,
     elsewhere: &mut Elsewhere,
+    health: &switchyard_telemetry::Health,
     timeout: Duration,
 ) -> anyhow::Result<Restored> {
     let consumer: BaseConsumer = clients::consumer_config(bootstrap)
@@ -55,11 +61,13 @@ pub async fn restore_sessions(
     let mut restored = Restored::default();
     let mut behind = HashMap::new();
     let mut tpl = TopicPartitionList::new();
+    let mut offsets_to_read = 0;
     for p in partitions {
         let (low, high) = switchyard_kafka::watermarks(&consumer, SESSIONS_TOPIC, p, timeout)?;
         restored.ends.insert(p, high);
         if high > low {
             behind.insert(p, high);
+            offsets_to_read += high - low;
             tpl.add_partition_offset(SESSIONS_TOPIC, p, Offset::Beginning)?;
         }
     }
@@ -67,16 +75,27 @@ pub async fn restore_sessions(
         return Ok(restored);
     }
     consumer.assign(&tpl)?;
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let mut next_report = started + PROGRESS_EVERY;
+    let mut read: i64 = 0;
+    let progress = |read: i64| {
+        format!(
+            "restoring device-sessions: {read} records read of at most {offsets_to_read} ({} s)",
+            started.elapsed().as_secs()
+        )
+    };
+    health.set_not_ready(progress(0));
     while !behind.is_empty() {
-        if Instant::now() > deadline {
-            bail!(
-                "device-sessions not read to its end within {timeout:?}; partitions left: {behind:?}"
-            );
+        tokio::task::yield_now().await;
+        if Instant::now() >= next_report {
+            next_report += PROGRESS_EVERY;
+            info!(read, of = offsets_to_read, "{}", progress(read));
+            health.set_not_ready(progress(read));
         }
         let Some(message) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
+        read += 1;
         let message = message.context("reading device-sessions")?;
         let (partition, offset) = (message.partition(), message.offset());
         match decoder.decode::<DeviceSession>(message.payload()).await {

@@ -176,6 +176,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
             &mut session_decoder,
             &mut sessions,
             &mut elsewhere,
+            &health,
             Duration::from_secs(60),
         ) => restored?,
         _ = &mut shutdown => return Ok(()),
@@ -201,6 +202,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         .cloned()
         .context("no schema for downlink-delivery")?;
     let mut delivery_decoder = RecordDecoder::new(registry.clone(), delivery_id, delivery_codec);
+    health.set_not_ready("reading which switch requests ended before the restart");
     let ended = tokio::select! {
         ended = crate::ended::ended_requests(
             &config.endpoints.bootstrap_servers,

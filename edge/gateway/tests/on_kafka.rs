@@ -958,6 +958,64 @@ fn a_packet_replayed_to_another_authenticated_gateway_does_not_move_the_modems_d
     );
 }
 
+/// Issue 25 (6): start-up aborted when `device-sessions` was not read within 60 s, and
+/// said only "starting" meanwhile. A long restore now says how far it got in `/health`
+/// (503, "restoring device-sessions: …"), no timer aborts it, and SIGTERM ends it.
+#[test]
+fn a_long_restore_says_so_in_health_and_sigterm_ends_it() {
+    let stack = Stack::start().expect("stack");
+    // Sessions another instance wrote: 150,000 modems.
+    let t = now_us();
+    let sessions: Vec<(String, records::DeviceSession, i64)> = (0..150_000u64)
+        .map(|m| {
+            let session = records::DeviceSession {
+                modem_id: m.to_string(),
+                gateway: "gw-elsewhere".into(),
+                address: "198.51.100.7:4000".into(),
+                protocol: records::SessionProtocol::Envelope,
+                authenticated: true,
+                first_seen: t,
+                last_seen: t,
+                address_changes: 0,
+                clock_offset_ms: None,
+                sequence: Some(1),
+            };
+            (m.to_string(), session, t / 1000)
+        })
+        .collect();
+    stack
+        .produce("device-sessions", &sessions)
+        .expect("sessions");
+
+    let metrics: SocketAddr = (
+        [127, 0, 0, 1],
+        switchyard_testkit::free_port().expect("port"),
+    )
+        .into();
+    let mut gateway = stack
+        .spawn(
+            "switchyard-gateway",
+            "gateway",
+            &[
+                ("SWITCHYARD_INSECURE", "true".to_string()),
+                ("SWITCHYARD_GATEWAY_LISTEN", "127.0.0.1:0".to_string()),
+                ("SWITCHYARD_METRICS_LISTEN", metrics.to_string()),
+            ],
+        )
+        .expect("gateway");
+    let mut said = String::new();
+    gateway
+        .wait_until(WAIT, || {
+            said = switchyard_testkit::http_get_text(metrics, "/health").unwrap_or_default();
+            said.starts_with("restoring device-sessions")
+        })
+        .unwrap_or_else(|e| panic!("{e}: /health said {said:?}"));
+    let status = gateway
+        .terminate(Duration::from_secs(10))
+        .expect("SIGTERM ends the restore");
+    assert!(status.success(), "{status}");
+}
+
 /// Scale-out: two gateways on one Kafka, a modem on each. Each switch leaves from the
 /// gateway holding its modem; when a modem moves to the other gateway (a new NAT mapping
 /// at the balancer), its next switch leaves from there, and the gateway it left neither

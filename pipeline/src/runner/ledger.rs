@@ -98,6 +98,9 @@ pub(crate) struct Ledger {
     records_in_flight: usize,
     bytes_in_flight: usize,
     refused: Vec<Refused>,
+    /// The next sequence number of each task forgotten: a task that comes back continues
+    /// from there, so a late acknowledgement for an entry of its past finds no entry.
+    next_after_forget: HashMap<i32, u64>,
 }
 
 impl Ledger {
@@ -110,6 +113,7 @@ impl Ledger {
             records_in_flight: 0,
             bytes_in_flight: 0,
             refused: Vec::new(),
+            next_after_forget: HashMap::new(),
         }
     }
 
@@ -135,7 +139,11 @@ impl Ledger {
             });
             offsets.position = offset + 1;
         }
-        let queue = self.tasks.entry(partition).or_default();
+        let next_after_forget = &mut self.next_after_forget;
+        let queue = self.tasks.entry(partition).or_insert_with(|| TaskQueue {
+            first_seq: next_after_forget.remove(&partition).unwrap_or(0),
+            entries: VecDeque::new(),
+        });
         let seq = queue.first_seq + queue.entries.len() as u64;
         queue.entries.push_back(Entry {
             input,
@@ -323,7 +331,10 @@ impl Ledger {
 
     /// Forget a task: its partitions belong to another instance now.
     pub fn forget(&mut self, partition: i32) {
-        self.tasks.remove(&partition);
+        if let Some(queue) = self.tasks.remove(&partition) {
+            self.next_after_forget
+                .insert(partition, queue.first_seq + queue.entries.len() as u64);
+        }
         self.inputs.retain(|(_, p), _| *p != partition);
         self.refused.retain(|r| r.token.partition != partition);
     }
@@ -483,6 +494,32 @@ mod tests {
         // A late acknowledgement for the forgotten task is harmless.
         l.acknowledged(t, 1);
         assert_eq!(l.take_committable(|_| true), vec![]);
+    }
+
+    /// Issue 26 (3): sequence numbers restarted at 0 after `forget`, so when a partition
+    /// came back while the old owner's acknowledgements were still arriving, a late one
+    /// completed the new entry with the same token, and its offset became committable
+    /// before its own output was acknowledged.
+    #[test]
+    fn a_late_acknowledgement_from_before_a_forget_does_not_complete_a_new_entry() {
+        let mut l = ledger();
+        let old = l.open(2, Some((0, 1)), None);
+        l.sending(old, 1);
+        l.close(old);
+        l.forget(2);
+        // The partition comes back; its next input is processed, its output in flight.
+        let new = l.open(2, Some((0, 1)), None);
+        l.sending(new, 1);
+        l.close(new);
+        assert_ne!(new, old, "a token is never reused");
+        l.acknowledged(old, 1);
+        assert_eq!(
+            l.take_committable(|_| true),
+            vec![],
+            "nothing committable before the new output is acknowledged"
+        );
+        l.acknowledged(new, 1);
+        assert_eq!(l.take_committable(|_| true), vec![("a".into(), 2, 2)]);
     }
 
     #[test]

@@ -52,12 +52,26 @@ pub struct RegistryClient {
 
 /// Longest wait between two tries while the registry is unreachable.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+/// How long a request may take to connect, and in all.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl RegistryClient {
+    /// A client of the registry at `base_url`. Each request gives up after
+    /// [`REQUEST_TIMEOUT`] (connecting after [`CONNECT_TIMEOUT`]): a registry that accepts
+    /// connections and never answers is unreachable too, not a hang.
     pub fn new(base_url: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "HTTP client with timeouts unavailable; using the default");
+                reqwest::Client::new()
+            });
         RegistryClient {
             base: base_url.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            http,
             by_id: Arc::new(Mutex::new(HashMap::new())),
         }
     }

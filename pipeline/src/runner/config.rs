@@ -116,6 +116,10 @@ pub enum RunnerError {
     Metrics(String),
     #[error(transparent)]
     Stopped(#[from] Stopped),
+    /// Shutdown was asked for while the runner waited (for the registry, or a restore):
+    /// the loop ends as it does on shutdown, not as a failure.
+    #[error("shutdown requested")]
+    ShutdownRequested,
     #[error("transaction failed: {0}")]
     Transaction(KafkaError),
     #[error("{topic} refused a record for good ({error}); the processor cannot go on without it")]

@@ -1,5 +1,6 @@
 //! Filling a new task's stores from their changelog partitions.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -33,11 +34,13 @@ pub(crate) fn restore_settings(bootstrap: &str, topic: &str, read_committed: boo
     settings
 }
 
-/// Read one changelog partition from its start to its current end.
+/// Read one changelog partition from its start to its current end; `stop` set ends it
+/// early (the runner is shutting down and no longer wants the records).
 pub(crate) fn read_partition(
     settings: &ClientConfig,
     topic: &str,
     partition: i32,
+    stop: &AtomicBool,
 ) -> Result<Vec<ChangelogEntry>, RunnerError> {
     let consumer: BaseConsumer = settings.create()?;
     let (low, high) =
@@ -51,6 +54,9 @@ pub(crate) fn read_partition(
     consumer.assign(&tpl)?;
     let deadline = Instant::now() + Duration::from_secs(300);
     while Instant::now() < deadline {
+        if stop.load(Ordering::Relaxed) {
+            return Err(RunnerError::ShutdownRequested);
+        }
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
                 let key = m

@@ -1,11 +1,15 @@
 //! The registry's part: register the catalog schemas at start-up, fetch writer schemas by id.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
 
 use switchyard_registry_client::RegistryClient;
 use switchyard_schemas::wire::SchemaCodec;
 use switchyard_schemas::{value_subject, Catalog};
-use tracing::warn;
+use switchyard_telemetry::Health;
+use tracing::{info, warn};
 
 use super::config::RunnerError;
 use crate::engine::Engine;
@@ -64,21 +68,60 @@ impl WriterSchemas {
     }
 
     /// Make sure the engine knows the writer schema `id` (or that the registry does not).
-    pub async fn ensure<P: Processor>(&mut self, engine: &mut Engine<P>, id: i32) {
+    /// While the registry is unreachable it retries (doubling from 250 ms up to 10 s), says so
+    /// in `health`, and gives up only when `shutdown` completes.
+    pub async fn ensure<P: Processor>(
+        &mut self,
+        engine: &mut Engine<P>,
+        id: i32,
+        health: &Health,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), RunnerError> {
         if engine.knows_writer(id) || self.unknown.contains(&id) {
-            return;
+            return Ok(());
         }
-        match self.registry.schema_by_id_retrying(id).await {
-            Ok(text) => match SchemaCodec::parse(&text) {
-                Ok(codec) => engine.add_writer(id, codec),
-                Err(e) => {
-                    warn!(id, error = %e, "registry returned a schema that does not parse");
-                    self.unknown.insert(id);
+        let mut delay = Duration::from_millis(250);
+        let mut failures: u64 = 0;
+        loop {
+            let answer = tokio::select! {
+                answer = self.registry.schema_by_id(id) => answer,
+                _ = shutdown.as_mut() => return Err(RunnerError::ShutdownRequested),
+            };
+            match answer {
+                Ok(text) => {
+                    match SchemaCodec::parse(&text) {
+                        Ok(codec) => engine.add_writer(id, codec),
+                        Err(e) => {
+                            warn!(id, error = %e, "registry returned a schema that does not parse");
+                            self.unknown.insert(id);
+                        }
+                    }
+                    if failures > 0 {
+                        info!(id, "schema registry reachable again");
+                    }
+                    return Ok(());
                 }
-            },
-            Err(e) => {
-                warn!(id, error = %e, "schema id unknown to the registry");
-                self.unknown.insert(id);
+                Err(e) if e.error_code().is_some() => {
+                    warn!(id, error = %e, "schema id unknown to the registry");
+                    self.unknown.insert(id);
+                    return Ok(());
+                }
+                Err(e) => {
+                    failures += 1;
+                    let reason = format!(
+                        "schema registry unreachable at {} ({e}): waiting for writer schema {id}",
+                        self.registry.url()
+                    );
+                    if failures.is_power_of_two() {
+                        warn!(id, error = %e, failures, retry_in = ?delay, "schema registry unreachable; not ready until it answers");
+                    }
+                    health.set_not_ready(reason);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.as_mut() => return Err(RunnerError::ShutdownRequested),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
             }
         }
     }

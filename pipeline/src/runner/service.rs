@@ -57,7 +57,21 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 impl<P: Processor> Runner<P> {
+    /// The loop, until `shutdown` completes (then `Ok`) or something fails for good.
     pub async fn run(
+        &mut self,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), RunnerError> {
+        match self.run_loop(shutdown).await {
+            Err(RunnerError::ShutdownRequested) => {
+                info!("shutdown requested while waiting");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn run_loop(
         &mut self,
         shutdown: &mut Pin<&mut impl Future<Output = ()>>,
     ) -> Result<(), RunnerError> {
@@ -70,7 +84,7 @@ impl<P: Processor> Runner<P> {
         let mut unassigned_since = Instant::now();
         let mut watchdog = JOIN_WATCHDOG;
         loop {
-            self.attend().await?;
+            self.attend(shutdown).await?;
             tokio::select! {
                 biased;
                 _ = shutdown.as_mut() => {
@@ -98,9 +112,9 @@ impl<P: Processor> Runner<P> {
                 }
                 message = consumer.recv(), if !self.paused => {
                     // The poll may have run a rebalance callback: apply it first.
-                    self.attend().await?;
+                    self.attend(shutdown).await?;
                     match message {
-                        Ok(m) => self.handle(&m).await?,
+                        Ok(m) => self.handle(&m, shutdown).await?,
                         Err(e) if is_partition_eof(&e) => {}
                         Err(e) => {
                             warn!(error = %e, "consumer error; continuing");
@@ -114,7 +128,10 @@ impl<P: Processor> Runner<P> {
     }
 
     /// Apply group changes, deal with refused records and errors raised in callbacks.
-    async fn attend(&mut self) -> Result<(), RunnerError> {
+    async fn attend(
+        &mut self,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), RunnerError> {
         if let Some(error) = self.shared.take_fatal() {
             return Err(error);
         }
@@ -128,7 +145,7 @@ impl<P: Processor> Runner<P> {
                         .into_iter()
                         .filter(|p| !self.engine.owns(*p))
                         .collect();
-                    self.restore_tasks(&new).await?;
+                    self.restore_tasks(&new, shutdown).await?;
                 }
             }
         }
@@ -158,7 +175,11 @@ impl<P: Processor> Runner<P> {
     }
 
     /// Create tasks and fill their stores from the changelogs; not ready meanwhile.
-    async fn restore_tasks(&mut self, partitions: &[i32]) -> Result<(), RunnerError> {
+    async fn restore_tasks(
+        &mut self,
+        partitions: &[i32],
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), RunnerError> {
         if partitions.is_empty() {
             return Ok(());
         }
@@ -175,17 +196,29 @@ impl<P: Processor> Runner<P> {
                     &topic,
                     read_committed,
                 );
-                let records = tokio::task::spawn_blocking(move || {
-                    restore::read_partition(&settings, &topic, partition)
-                })
-                .await
-                .map_err(|e| RunnerError::Catalog(e.to_string()))??;
+                self.health.set_not_ready(format!(
+                    "restoring store {store} of partition {partition} from {topic}"
+                ));
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let reading = tokio::task::spawn_blocking({
+                    let stop = Arc::clone(&stop);
+                    move || restore::read_partition(&settings, &topic, partition, &stop)
+                });
+                let records = tokio::select! {
+                    records = reading => records.map_err(|e| RunnerError::Catalog(e.to_string()))??,
+                    _ = shutdown.as_mut() => {
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(RunnerError::ShutdownRequested);
+                    }
+                };
                 let count = records.len();
                 let older = self
                     .engine
                     .unknown_store_writers(records.iter().filter_map(|(_, v)| v.as_deref()));
                 for id in older {
-                    self.writers.ensure(&mut self.engine, id).await;
+                    self.writers
+                        .ensure(&mut self.engine, id, &self.health, shutdown)
+                        .await?;
                 }
                 let (mut converted, mut unreadable) = (0u64, 0u64);
                 for (key, value) in records {
@@ -286,9 +319,15 @@ impl<P: Processor> Runner<P> {
         Ok(())
     }
 
-    async fn handle(&mut self, m: &BorrowedMessage<'_>) -> Result<(), RunnerError> {
+    async fn handle(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), RunnerError> {
         if let Some(Ok((id, _))) = m.payload().map(codec::split_frame) {
-            self.writers.ensure(&mut self.engine, id).await;
+            self.writers
+                .ensure(&mut self.engine, id, &self.health, shutdown)
+                .await?;
         }
         let headers: Vec<(String, Option<Vec<u8>>)> = m
             .headers()
@@ -308,7 +347,7 @@ impl<P: Processor> Runner<P> {
             payload: m.payload(),
         };
         if !self.engine.owns(m.partition()) {
-            self.restore_tasks(&[m.partition()]).await?;
+            self.restore_tasks(&[m.partition()], shutdown).await?;
         }
         let started = Instant::now();
         let handled = self.engine.handle(&incoming, now_ms(), &mut self.effects);

@@ -163,9 +163,11 @@ async fn a_restore_reads_a_committed_transaction_back() {
         .commit_transaction(Duration::from_secs(10))
         .expect("commit");
     let settings = restore::restore_settings(&bootstrap, OUT, true);
-    let records = tokio::task::spawn_blocking(move || restore::read_partition(&settings, OUT, 0))
-        .await
-        .expect("join")
-        .expect("read");
+    let records = tokio::task::spawn_blocking(move || {
+        restore::read_partition(&settings, OUT, 0, &Default::default())
+    })
+    .await
+    .expect("join")
+    .expect("read");
     assert_eq!(records, vec![("k".to_string(), Some(b"v".to_vec()))]);
 }

@@ -376,3 +376,39 @@ fn a_poison_record_is_dead_lettered_and_processing_continues() {
     )
     .expect("replayed and processed again");
 }
+
+/// Issue 26 (4): the writer schema of an input record is looked up in the registry on the
+/// processing loop, and the look-up retried without end: with the registry down, SIGTERM did
+/// nothing and `/health` stayed 200. Now the wait says why in `/health` (503) and races the
+/// shutdown.
+#[test]
+fn with_the_registry_down_an_unknown_schema_makes_the_runner_not_ready_and_sigterm_still_stops_it()
+{
+    let mut stack = Stack::start().expect("stack");
+    let (mut counter, metrics) = start_counter(&stack, "reading-counter");
+    stack.registry.service.kill();
+    // A reading framed with a schema id the runner has never met: it must ask the registry.
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&999i32.to_be_bytes());
+    framed.extend_from_slice(b"not read before the schema is known");
+    produce(
+        &stack.broker.bootstrap(),
+        "imu",
+        &[("m1".to_string(), framed, BASE_US / 1000)],
+    )
+    .expect("produce");
+    let mut said = String::new();
+    wait_for(
+        "the runner to say it waits for the registry",
+        Duration::from_secs(60),
+        || {
+            said = http_get_text(metrics, "/health").unwrap_or_default();
+            said.contains("schema registry")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: /health said {said:?}"));
+    let status = counter
+        .terminate(Duration::from_secs(20))
+        .expect("SIGTERM stops the runner while it waits for the registry");
+    assert!(status.success(), "{status}");
+}

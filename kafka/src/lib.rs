@@ -87,8 +87,8 @@ pub fn watermarks<C: ConsumerContext>(
 /// Call `request` (given the time left) until it succeeds, fails for good, or `timeout`
 /// passes. Errors that pass by themselves are retried: no leader yet (right after a topic
 /// is created, or while a failed leader is replaced), a request that went to a broker whose
-/// connection just died, a topic not yet in a broker's metadata, a coordinator moving, a
-/// request timing out; the last is returned at the end.
+/// connection just died, a topic (or a partition) not yet in a broker's or the client's
+/// metadata, a coordinator moving, a request timing out; the last is returned at the end.
 pub fn retry_passing<T>(
     timeout: std::time::Duration,
     mut request: impl FnMut(std::time::Duration) -> rdkafka::error::KafkaResult<T>,
@@ -118,6 +118,8 @@ fn passes(error: &KafkaError) -> bool {
                 | DestroyBroker
                 | BrokerTransportFailure
                 | UnknownTopicOrPartition
+                | UnknownTopic
+                | UnknownPartition
                 | NotCoordinator
                 | OperationTimedOut
                 | RequestTimedOut
@@ -173,6 +175,28 @@ mod tests {
             });
         assert!(refused.is_err());
         assert_eq!(calls, 1, "a lasting error is not retried");
+    }
+
+    /// CI at ca5af6e: reading-counter died at start with "Meta data fetch error:
+    /// UnknownPartition (Local: Unknown partition)" reading the watermarks of a changelog
+    /// it had just created: librdkafka's metadata knew the topic, not yet its partitions.
+    #[test]
+    fn a_topic_or_partition_not_yet_in_the_clients_metadata_passes() {
+        for code in [
+            RDKafkaErrorCode::UnknownPartition,
+            RDKafkaErrorCode::UnknownTopic,
+        ] {
+            let mut calls = 0;
+            let answer = retry_passing(std::time::Duration::from_secs(5), |_| {
+                calls += 1;
+                if calls < 2 {
+                    Err(KafkaError::MetadataFetch(code))
+                } else {
+                    Ok(())
+                }
+            });
+            assert!(answer.is_ok(), "{code:?} is retried");
+        }
     }
 
     #[test]

@@ -348,7 +348,7 @@ fn with_30_percent_packet_loss_every_switch_ends_acked() {
     wait_for("every request to end", WAIT, || {
         let mut latest: std::collections::HashMap<String, CarrierState> = Default::default();
         for r in stack
-            .consume::<CarrierState>("carrier-state", usize::MAX, Duration::from_secs(2))
+            .read_to_end::<CarrierState>("carrier-state")
             .unwrap_or_default()
         {
             latest.insert(r.value.modem_id.clone(), r.value);
@@ -428,7 +428,7 @@ fn a_broker_restart_under_load_needs_no_manual_step_and_loses_nothing_uncounted(
     let mut on_imu: HashSet<(String, i64)> = HashSet::new();
     wait_for("every accepted reading on imu", WAIT, || {
         on_imu = stack
-            .consume::<SensorReading>("imu", usize::MAX, Duration::from_secs(3))
+            .read_to_end::<SensorReading>("imu")
             .unwrap_or_default()
             .into_iter()
             .map(|r| (r.value.modem_id, r.value.timestamp / 1000))
@@ -441,7 +441,7 @@ fn a_broker_restart_under_load_needs_no_manual_step_and_loses_nothing_uncounted(
     let mut projected: HashSet<(String, i64)> = HashSet::new();
     wait_for("every reading projected", WAIT, || {
         projected = stack
-            .consume::<GrafanaReading>("imu-grafana", usize::MAX, Duration::from_secs(3))
+            .read_to_end::<GrafanaReading>("imu-grafana")
             .unwrap_or_default()
             .into_iter()
             .filter_map(|r| Some((r.value.modem_id, r.raw.timestamp_ms?)))
@@ -510,7 +510,7 @@ fn anomaly_detector_killed_mid_stream_keeps_its_statistics() {
     let mut spiked: BTreeSet<String> = BTreeSet::new();
     wait_for("every device's spike", WAIT, || {
         spiked = stack
-            .consume::<Anomaly>("anomalies", usize::MAX, Duration::from_secs(3))
+            .read_to_end::<Anomaly>("anomalies")
             .unwrap_or_default()
             .into_iter()
             .filter(|a| {

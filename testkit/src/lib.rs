@@ -499,27 +499,23 @@ pub mod kafka {
         }
     }
 
-    /// Read a topic from the beginning until `expected` records arrived (or `timeout`).
+    /// Wait until `topic` holds at least `at_least` records (or `timeout` passes), then
+    /// return all of it, read to its end ([`read_to_end`]): records beyond `at_least` are
+    /// included, so a test that expects exactly `at_least` fails on extras as on missing ones.
     pub fn consume(
         bootstrap: &str,
         topic: &str,
-        expected: usize,
+        at_least: usize,
         timeout: Duration,
     ) -> Result<Vec<RawRecord>> {
-        let (consumer, partitions) = reader(bootstrap, topic)?;
-        let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
-        }
-        consumer.assign(&tpl)?;
-        let mut out = Vec::new();
         let deadline = Instant::now() + timeout;
-        while out.len() < expected && Instant::now() < deadline {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                out.push(raw_record(&m));
+        loop {
+            let all = read_to_end(bootstrap, topic)?;
+            if all.len() >= at_least || Instant::now() >= deadline {
+                return Ok(all);
             }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        Ok(out)
     }
 }
 
@@ -639,8 +635,8 @@ impl Stack {
         kafka::produce(&self.broker.bootstrap(), topic, &encoded)
     }
 
-    /// Read a catalog topic from the beginning until `at_least` records arrived (or `timeout`),
-    /// decoded with the catalog schema.
+    /// Wait until a catalog topic holds at least `at_least` records (or `timeout`), then all
+    /// of it to its end, decoded with the catalog schema (see [`kafka::consume`]).
     pub fn consume<T: serde::de::DeserializeOwned>(
         &self,
         topic: &str,

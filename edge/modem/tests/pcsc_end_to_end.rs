@@ -63,7 +63,7 @@ fn a_switch_requested_on_kafka_reaches_the_sim_over_pcsc_and_its_ack_comes_back(
 
     let heard = |topic: &str| -> bool {
         stack
-            .consume::<IotStatusReport>(topic, usize::MAX, Duration::from_secs(1))
+            .read_to_end::<IotStatusReport>(topic)
             .map(|rs| rs.iter().any(|r| r.value.modem_id == MODEM.to_string()))
             .unwrap_or(false)
     };

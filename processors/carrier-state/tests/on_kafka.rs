@@ -11,7 +11,7 @@ use switchyard_testkit::{wait_for, Stack};
 
 fn latest_state(stack: &Stack, modem: &str) -> Option<CarrierState> {
     stack
-        .consume::<CarrierState>("carrier-state", usize::MAX, Duration::from_secs(2))
+        .read_to_end::<CarrierState>("carrier-state")
         .ok()?
         .into_iter()
         .rfind(|r| r.raw.key.as_deref() == Some(modem.as_bytes()))

@@ -211,6 +211,29 @@ fn an_original_device_is_listed_switched_and_acked_through_its_sims_original_dia
 }
 
 /// Now, in the whole microseconds the wire format carries.
+/// `switchyard-modem` for one keyed modem sending to `udp`, its SIM's memory in
+/// `scratch/sims`; the caller adds rates and duration.
+fn keyed_modem(
+    udp: SocketAddr,
+    modem: u64,
+    keys: &std::path::Path,
+    scratch: &std::path::Path,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(
+        switchyard_testkit::workspace_binary("switchyard-modem").expect("binary"),
+    );
+    command
+        .args([
+            "--gateway",
+            &udp.to_string(),
+            "--modem-id",
+            &modem.to_string(),
+        ])
+        .args(["--keys", &keys.display().to_string()])
+        .args(["--sim-memory", &scratch.join("sims").display().to_string()]);
+    command
+}
+
 /// Issue 25 (1): a keyed modem restarted with the same command line, key and SIM memory is
 /// heard again at once, by the gateway that saw its last run and by one SIGKILLed and
 /// started again. Its SIM used to start at sequence 1 on every power-on: the gateway's
@@ -231,30 +254,17 @@ fn a_keyed_modem_that_reboots_is_heard_again_by_a_running_and_a_restarted_gatewa
     let refused = |g: SocketAddr| gateway_metric(g, "switchyard_gateway_rejects_total");
     // One power cycle of the modem: 2 s of status reports and temperature readings.
     let power_cycle = |udp: SocketAddr| {
-        let status = std::process::Command::new(
-            switchyard_testkit::workspace_binary("switchyard-modem").expect("binary"),
-        )
-        .args([
-            "--gateway",
-            &udp.to_string(),
-            "--modem-id",
-            &MODEM.to_string(),
-        ])
-        .args(["--keys", &keys.display().to_string()])
-        .args([
-            "--sim-memory",
-            &dir.path().join("sims").display().to_string(),
-        ])
-        .args([
-            "--rates",
-            "0,0,10",
-            "--status-secs",
-            "1",
-            "--duration-secs",
-            "2",
-        ])
-        .output()
-        .expect("modem runs");
+        let status = keyed_modem(udp, MODEM, &keys, dir.path())
+            .args([
+                "--rates",
+                "0,0,10",
+                "--status-secs",
+                "1",
+                "--duration-secs",
+                "2",
+            ])
+            .output()
+            .expect("modem runs");
         let log = String::from_utf8_lossy(&status.stderr).into_owned()
             + &String::from_utf8_lossy(&status.stdout);
         assert!(
@@ -316,22 +326,8 @@ fn a_keyed_sim_accepts_switches_from_a_gateway_restarted_after_a_sigkill() {
     };
     let gateway = stack.start_gateway(&gateway_env(None)).expect("gateway");
     let udp = gateway.udp;
-    let mut modem = std::process::Command::new(
-        switchyard_testkit::workspace_binary("switchyard-modem").expect("binary"),
-    );
-    modem
-        .args([
-            "--gateway",
-            &udp.to_string(),
-            "--modem-id",
-            &MODEM.to_string(),
-        ])
-        .args(["--keys", &keys.display().to_string()])
-        .args([
-            "--sim-memory",
-            &dir.path().join("sims").display().to_string(),
-        ])
-        .args(["--rates", "0,0,1", "--status-secs", "1"]);
+    let mut modem = keyed_modem(udp, MODEM, &keys, dir.path());
+    modem.args(["--rates", "0,0,1", "--status-secs", "1"]);
     let _modem = switchyard_testkit::Service::spawn("modem", modem, dir.path()).expect("modem");
     wait_for("the gateway to hold the modem", WAIT, || {
         gateway_metric(gateway.metrics, "switchyard_gateway_known_modems") == 1.0

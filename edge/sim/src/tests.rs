@@ -190,24 +190,29 @@ fn uplink_packets_go_out_enveloped_and_signed_with_increasing_sequence() {
     assert_eq!(sequences, vec![Some(2), Some(3), Some(4)]);
 }
 
+/// Modem 42's keyed SIM, its counters in `memory_dir`, powered on and its channel open.
+fn keyed_sim_powered_on(memory_dir: &std::path::Path) -> Applet {
+    let mut applet = Applet::with_memory(
+        SimConfig {
+            iccid: "8901260000000000042".into(),
+            modem_id: 42,
+            key: Some(KEY.to_vec()),
+            v1: false,
+            carrier: Carrier::AtAndT,
+        },
+        Box::new(memory::CounterFile::in_dir(memory_dir, 42).expect("memory")),
+    )
+    .expect("powered on");
+    open_channel(&mut applet);
+    applet
+}
+
 /// Every signed packet of a SIM powered on `times` times over one memory, in order.
 fn sequences_over_power_cycles(memory_dir: &std::path::Path, times: usize) -> Vec<u32> {
     let reading = Packet::IotStatus(switchyard_protocol::IotStatus::Nominal);
     let mut sequences = Vec::new();
     for _ in 0..times {
-        let memory = memory::CounterFile::in_dir(memory_dir, 42).expect("memory");
-        let mut applet = Applet::with_memory(
-            SimConfig {
-                iccid: "8901260000000000042".into(),
-                modem_id: 42,
-                key: Some(KEY.to_vec()),
-                v1: false,
-                carrier: Carrier::AtAndT,
-            },
-            Box::new(memory),
-        )
-        .expect("powered on");
-        open_channel(&mut applet);
+        let mut applet = keyed_sim_powered_on(memory_dir);
         sequences.push(applet.uplink_sequence());
         for _ in 0..2 {
             push(&mut applet, &reading.encode().expect("encode"));
@@ -288,21 +293,7 @@ fn a_sim_whose_memory_fails_refuses_to_sign() {
 fn a_perform_not_newer_than_the_last_one_executed_is_nacked_and_changes_nothing() {
     let dir = std::env::temp_dir().join(format!("sim-downlink-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let power_on = || {
-        let mut applet = Applet::with_memory(
-            SimConfig {
-                iccid: "8901260000000000042".into(),
-                modem_id: 42,
-                key: Some(KEY.to_vec()),
-                v1: false,
-                carrier: Carrier::AtAndT,
-            },
-            Box::new(memory::CounterFile::in_dir(&dir, 42).expect("memory")),
-        )
-        .expect("powered on");
-        open_channel(&mut applet);
-        applet
-    };
+    let power_on = || keyed_sim_powered_on(&dir);
     let perform = |sequence: u32, request_id: u64, carrier: Carrier| {
         Frame {
             envelope: Some(Envelope {

@@ -3,8 +3,10 @@
 //! A revocation is handled inside librdkafka's rebalance callback, before the partitions
 //! go: wait (bounded) until every record the revoked tasks produced is acknowledged, commit
 //! their offsets synchronously, then queue the event so the runner drops the tasks before it
-//! does anything else. The callback runs inside the runner's own poll, so no record and no
-//! punctuation of a revoked task can be produced after it.
+//! does anything else. The callback runs inside the runner's own poll, and every branch of
+//! the loop applies the event before it acts, so no record and no punctuation of a revoked
+//! task is produced after it (`tests/ownership.rs`). Not yet covered: an instance paused at
+//! its in-flight bounds does not poll, so it sees a revocation only when it resumes.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -92,13 +92,19 @@ impl<P: Processor> Runner<P> {
                     return Ok(());
                 }
                 _ = shared.refusal.notified() => {}
+                // Every branch applies group changes before it acts: a revocation may have
+                // run inside the last poll of `recv`, which then returned nothing, and a
+                // task revoked there must not commit or punctuate again.
                 _ = shared.acknowledged.notified(), if self.paused => {
+                    self.attend(shutdown).await?;
                     self.committer.commit(&consumer, &shared)?;
                 }
                 _ = commit_tick.tick() => {
+                    self.attend(shutdown).await?;
                     self.committer.commit(&consumer, &shared)?;
                 }
                 _ = wall_tick.tick() => {
+                    self.attend(shutdown).await?;
                     if self.engine.task_count() > 0 {
                         unassigned_since = Instant::now();
                         watchdog = JOIN_WATCHDOG;

@@ -1,0 +1,294 @@
+//! Issue 26 (1): nothing is produced for a partition after its revocation completes. The
+//! revocation callback runs inside the consumer's poll; the loop applied it only at its top,
+//! so when the poll returned nothing the next branch ready (a wall-clock tick) punctuated the
+//! tasks just revoked. The test sees each instance's assignments through the runner's own
+//! "partitions assigned" / "partitions revoked" events (each instance runs inside a span
+//! naming it) and checks every handling against them.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use switchyard_pipeline::{
+    run_until, Context, ProcessError, Processor, Record, RunnerConfig, Timer, TimerKind, Topology,
+};
+use switchyard_schemas::records::{ReadingCount, SensorReading};
+use switchyard_schemas::Catalog;
+use switchyard_testkit::{imu_reading, wait_for, Stack};
+use tracing::field::{Field, Visit};
+use tracing::Instrument;
+use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+const NAME: &str = "reading-counter";
+const INPUT: &str = "imu";
+const OUTPUT: &str = "reading-counts";
+
+/// (instance, partition, when): a record processed or a timer fired.
+type Handled = Arc<Mutex<Vec<(String, i32, Instant)>>>;
+/// (instance, assigned (true) or revoked, partitions, when).
+type Changes = Arc<Mutex<Vec<(String, bool, BTreeSet<i32>, Instant)>>>;
+
+/// Sends a record per reading and one per task on a 50 ms wall-clock timer.
+struct Ticker {
+    instance: String,
+    handled: Handled,
+}
+
+impl Ticker {
+    fn note(&self, partition: i32) {
+        if let Ok(mut h) = self.handled.lock() {
+            h.push((self.instance.clone(), partition, Instant::now()));
+        }
+    }
+}
+
+impl Processor for Ticker {
+    fn topology(&self) -> Topology {
+        Topology::new(NAME)
+            .input::<SensorReading>(INPUT)
+            .output::<ReadingCount>(OUTPUT)
+            .timer("tick", TimerKind::WallClock, Duration::from_millis(50))
+    }
+
+    fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        let reading: SensorReading = record.value()?;
+        self.note(ctx.partition());
+        let out = ReadingCount {
+            modem_id: reading.modem_id.clone(),
+            sensor: self.instance.clone(),
+            count: 1,
+            last_sensor_time: reading.timestamp,
+        };
+        ctx.send(OUTPUT, &reading.modem_id, &out, None)
+    }
+
+    fn punctuate(&mut self, timer: &Timer, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        self.note(ctx.partition());
+        let out = ReadingCount {
+            modem_id: format!("tick-{}", ctx.partition()),
+            sensor: self.instance.clone(),
+            count: 0,
+            last_sensor_time: timer.time_ms,
+        };
+        ctx.send(OUTPUT, &out.modem_id.clone(), &out, None)
+    }
+}
+
+/// The `instance` field of the span an event happened in.
+struct InstanceName(String);
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    partitions: String,
+    instance: Option<String>,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "instance" {
+            self.instance = Some(value.to_string());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "assigned" | "revoked" => self.partitions = format!("{value:?}"),
+            "instance" => self.instance = Some(format!("{value:?}").trim_matches('"').to_string()),
+            _ => {}
+        }
+    }
+}
+
+/// Records the runner's assignment changes, by the instance span they happened in.
+struct Assignments(Changes);
+
+impl<S> Layer<S> for Assignments
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: LayerContext<'_, S>,
+    ) {
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        if let (Some(name), Some(span)) = (fields.instance, ctx.span(id)) {
+            span.extensions_mut().insert(InstanceName(name));
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: LayerContext<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let assigned = match fields.message.as_str() {
+            "partitions assigned" => true,
+            "partitions revoked" => false,
+            _ => return,
+        };
+        let Some(instance) = ctx.event_scope(event).and_then(|scope| {
+            scope
+                .from_root()
+                .find_map(|span| span.extensions().get::<InstanceName>().map(|n| n.0.clone()))
+        }) else {
+            return;
+        };
+        // `[("imu", 0), ("imu", 2)]`: the numbers before each ')'.
+        let partitions: BTreeSet<i32> = fields
+            .partitions
+            .split(')')
+            .filter_map(|part| part.rsplit(", ").next()?.trim().parse().ok())
+            .collect();
+        if let Ok(mut changes) = self.0.lock() {
+            changes.push((instance, assigned, partitions, Instant::now()));
+        }
+    }
+}
+
+fn start(
+    stack: &Stack,
+    instance: &str,
+    handled: &Handled,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut config = RunnerConfig::new(&stack.broker.bootstrap(), &stack.registry.url());
+    // Commits rarely, so that after a revocation inside the poll the next branch to wake is
+    // the wall-clock tick (every 100 ms), not a commit.
+    config.commit_interval_ms = 5_000;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let processor = Ticker {
+        instance: instance.to_string(),
+        handled: Arc::clone(handled),
+    };
+    let run = run_until(
+        processor,
+        Catalog::embedded().expect("catalog"),
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    )
+    .instrument(tracing::info_span!("runner", instance = instance));
+    let done = tokio::spawn(async move {
+        run.await.expect("the runner ended cleanly");
+    });
+    (stop, done)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_instance_handles_no_task_after_its_revocation() {
+    let changes: Changes = Arc::default();
+    let subscriber = tracing_subscriber::registry().with(Assignments(Arc::clone(&changes)));
+    tracing::subscriber::set_global_default(subscriber).expect("the test's subscriber");
+    let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
+    let readings: Vec<_> = (0..60)
+        .map(|i| {
+            let modem = format!("m{}", i % 6);
+            let t = 1_700_000_000_000_000 + i64::from(i) * 1000;
+            (modem.clone(), imu_reading(&modem, i, t), t / 1000)
+        })
+        .collect();
+    let s = Arc::clone(&stack);
+    blocking(move || s.produce(INPUT, &readings))
+        .await
+        .expect("produce");
+    let handled: Handled = Arc::default();
+    let by = |handled: &Handled, instance: &str| {
+        handled
+            .lock()
+            .map(|h| h.iter().filter(|e| e.0 == instance).count())
+            .unwrap_or(0)
+    };
+    let (stop_a, a) = start(&stack, "a", &handled);
+    let h = Arc::clone(&handled);
+    blocking(move || wait_for("a ticking", Duration::from_secs(90), || by(&h, "a") > 100))
+        .await
+        .expect("a runs");
+    // The input is idle from here: each rebalance's revocation happens inside a poll that
+    // then returns nothing. Three of them: b joins, leaves, c joins.
+    for (instance, stays) in [("b", false), ("c", true)] {
+        let before = by(&handled, instance);
+        let (stop, done) = start(&stack, instance, &handled);
+        let h = Arc::clone(&handled);
+        let name = instance.to_string();
+        blocking(move || {
+            wait_for("the new instance ticking", Duration::from_secs(90), || {
+                by(&h, &name) > before + 40
+            })
+        })
+        .await
+        .expect("joined");
+        if !stays {
+            let _ = stop.send(());
+            done.await.expect("stopped");
+            let (h, since) = (Arc::clone(&handled), Instant::now());
+            blocking(move || {
+                wait_for(
+                    "a ticking again on every task",
+                    Duration::from_secs(90),
+                    || {
+                        h.lock().is_ok_and(|h| {
+                            h.iter()
+                                .filter(|e| e.0 == "a" && e.2 > since)
+                                .map(|e| e.1)
+                                .collect::<BTreeSet<_>>()
+                                .len()
+                                == 3
+                        })
+                    },
+                )
+            })
+            .await
+            .expect("a took the tasks back");
+        } else {
+            let _ = stop.send(());
+            done.await.expect("stopped");
+        }
+    }
+    let _ = stop_a.send(());
+    a.await.expect("a stopped");
+
+    let changes = changes.lock().expect("changes").clone();
+    let handled = handled.lock().expect("handled").clone();
+    let revocations = changes.iter().filter(|c| c.0 == "a" && !c.1).count();
+    assert!(
+        revocations >= 2,
+        "a was revoked at least twice: {changes:?}"
+    );
+    // Each instance's tasks at each moment, from its own assignment changes.
+    let owned_at = |instance: &str, at: Instant| -> BTreeSet<i32> {
+        let mut owned = BTreeSet::new();
+        for (who, assigned, partitions, when) in &changes {
+            if who != instance || *when > at {
+                continue;
+            }
+            if *assigned {
+                owned.extend(partitions);
+            } else {
+                owned.retain(|p| !partitions.contains(p));
+            }
+        }
+        owned
+    };
+    let strays: Vec<_> = handled
+        .iter()
+        .filter(|(instance, partition, at)| !owned_at(instance, *at).contains(partition))
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "{} handlings of tasks their instance did not own at the time, e.g. {:?}",
+        strays.len(),
+        strays.first()
+    );
+}

@@ -50,16 +50,38 @@ fn produce_readings(
 /// Every output, read to the end of the topic once at least `at_least` arrived, so extra
 /// records show as well as missing ones. On a shortfall, the processors' and the broker's
 /// logs are shown.
-fn outputs_of(stack: &Stack, at_least: usize, services: &[&Service]) -> Vec<ReadingCount> {
-    let arrived = wait_for("the outputs", Duration::from_secs(180), || {
-        stack
-            .read_to_end::<ReadingCount>(OUTPUT)
-            .is_ok_and(|r| r.len() >= at_least)
-    });
+/// Every output, read to the end once each of `sent` has one (duplicates of earlier inputs
+/// come before later inputs' outputs in each partition, so they are all there too).
+fn outputs_of(
+    stack: &Stack,
+    sent: &[(String, String, i64)],
+    services: &[&Service],
+) -> Vec<ReadingCount> {
+    let inputs: BTreeSet<&(String, String, i64)> = sent.iter().collect();
+    let arrived = wait_for(
+        "an output for every input",
+        Duration::from_secs(180),
+        || {
+            stack.read_to_end::<ReadingCount>(OUTPUT).is_ok_and(|r| {
+                let covered: BTreeSet<(String, String, i64)> = r
+                    .iter()
+                    .map(|o| {
+                        (
+                            o.value.modem_id.clone(),
+                            o.value.sensor.clone(),
+                            o.value.last_sensor_time,
+                        )
+                    })
+                    .collect();
+                inputs.iter().all(|i| covered.contains(*i))
+            })
+        },
+    );
     if arrived.is_err() {
         let logs: Vec<String> = services.iter().map(|s| s.log_text()).collect();
         panic!(
-            "fewer than {at_least} outputs arrived\n--- processors:\n{}\n--- broker:\n{}",
+            "not every input of {} has an output\n--- processors:\n{}\n--- broker:\n{}",
+            sent.len(),
             logs.join("\n---\n"),
             stack.broker.log_text()
         );
@@ -70,14 +92,13 @@ fn outputs_of(stack: &Stack, at_least: usize, services: &[&Service]) -> Vec<Read
     all.into_iter().map(|r| r.value).collect()
 }
 
-fn outputs(stack: &Stack, at_least: usize) -> Vec<ReadingCount> {
-    outputs_of(stack, at_least, &[])
+fn outputs(stack: &Stack, sent: &[(String, String, i64)]) -> Vec<ReadingCount> {
+    outputs_of(stack, sent, &[])
 }
 
 fn start_counter(stack: &Stack, name: &str) -> (Service, SocketAddr) {
     start_counter_committing_every(stack, name, 50)
 }
-
 fn start_counter_committing_every(
     stack: &Stack,
     name: &str,
@@ -161,16 +182,30 @@ fn every_input_has_its_output_across_a_sigkill() {
     )
     .expect("a kill inside the uncommitted window");
     first.kill();
+    // What survived the kill: the outputs the broker has, and the group's offsets. The
+    // inputs between the two are processed again, so they are the least duplicates there
+    // can be; showing it above zero proves the kill landed behind the commits.
+    let survived = kafka::read_to_end(&bootstrap, OUTPUT).map_or(0, |r| r.len());
+    let committed = kafka::committed_total(&bootstrap, NAME, &SENSORS).expect("committed") as usize;
     eprintln!(
-        "killed with {} outputs and {} committed",
+        "killed with {} outputs and {} committed seen before; {survived} outputs and {committed} committed after",
         at_kill.0, at_kill.1
     );
+    let behind = survived
+        .checked_sub(committed)
+        .filter(|b| *b > 0)
+        .expect("the kill left processed inputs behind the committed offsets");
     // ...let more arrive while it is down, and start a new instance right away, as an
     // orchestrator would.
     sent.extend(produce_readings(&stack, 1500, 3000, 30));
     let (second, metrics) = start_counter(&stack, "counter-2");
-    let got = outputs_of(&stack, sent.len(), &[&first, &second]);
+    let got = outputs_of(&stack, &sent, &[&first, &second]);
     check(&sent, &got);
+    let duplicates = got.len() - sent.len();
+    assert!(
+        duplicates >= behind,
+        "{duplicates} duplicates, but {behind} processed inputs were behind the committed offsets at the kill"
+    );
     let text = http_get_text(metrics, "/metrics").expect("metrics");
     assert!(
         metric_sum(&text, "switchyard_restored_records_total") > 0.0,
@@ -183,7 +218,7 @@ fn sigterm_commits_so_a_restart_reprocesses_nothing() {
     let stack = Stack::start().expect("stack");
     let mut sent = produce_readings(&stack, 0, 600, 10);
     let (mut first, _) = start_counter(&stack, "counter-1");
-    let _ = outputs(&stack, sent.len());
+    let _ = outputs(&stack, &sent);
     let status = first.terminate(Duration::from_secs(30)).expect("exits");
     assert!(status.success(), "graceful shutdown exits 0: {status}");
     assert!(
@@ -218,7 +253,7 @@ fn sigterm_commits_so_a_restart_reprocesses_nothing() {
 
     let (_second, _) = start_counter(&stack, "counter-2");
     sent.extend(produce_readings(&stack, 600, 900, 10));
-    let got = outputs(&stack, sent.len());
+    let got = outputs(&stack, &sent);
     assert_eq!(got.len(), sent.len(), "no record was processed twice");
     check(&sent, &got);
 }
@@ -245,7 +280,7 @@ fn two_instances_share_the_partitions() {
     )
     .expect("partitions shared");
     let sent = produce_readings(&stack, 0, 1500, 30);
-    let got = outputs(&stack, sent.len());
+    let got = outputs(&stack, &sent);
     check(&sent, &got);
     let handled = |addr| {
         metric_sum(
@@ -276,7 +311,7 @@ fn a_poison_record_is_dead_lettered_and_processing_continues() {
     )
     .expect("poison");
     sent.extend(produce_readings(&stack, 3, 6, 1));
-    let got = outputs(&stack, sent.len());
+    let got = outputs(&stack, &sent);
     check(&sent, &got);
 
     let dead = consume(

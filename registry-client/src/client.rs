@@ -76,9 +76,15 @@ impl RegistryClient {
         }
     }
 
-    /// Run `call` until the registry answers: while it is unreachable, wait (doubling from
-    /// 250 ms up to 10 s) and log; an answer from the registry, even an error, is returned.
-    async fn retrying<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, ClientError>
+    /// Run `call` until the registry answers: while it is unreachable, tell
+    /// `on_unreachable`, wait (doubling from 250 ms up to 10 s) and log; an answer from the
+    /// registry, even an error, is returned. Dropping the future stops the retries.
+    async fn retrying<T, F, Fut>(
+        &self,
+        what: &str,
+        mut on_unreachable: impl FnMut(&ClientError),
+        mut call: F,
+    ) -> Result<T, ClientError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
@@ -88,6 +94,7 @@ impl RegistryClient {
             match call().await {
                 Err(e) if e.error_code().is_none() => {
                     tracing::warn!(error = %e, what, retry_in = ?delay, "schema registry unreachable; retrying");
+                    on_unreachable(&e);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(MAX_RETRY_DELAY);
                 }
@@ -150,7 +157,7 @@ impl RegistryClient {
 
     /// [`RegistryClient::register`], waiting while the registry is unreachable.
     pub async fn register_retrying(&self, subject: &str, schema: &str) -> Result<i32, ClientError> {
-        self.retrying(subject, || self.register(subject, schema))
+        self.retrying(subject, |_| {}, || self.register(subject, schema))
             .await
     }
 
@@ -177,9 +184,14 @@ impl RegistryClient {
         Ok(text)
     }
 
-    /// [`RegistryClient::schema_by_id`], waiting while the registry is unreachable.
-    pub async fn schema_by_id_retrying(&self, id: i32) -> Result<Arc<str>, ClientError> {
-        self.retrying("schema by id", || self.schema_by_id(id))
+    /// [`RegistryClient::schema_by_id`], waiting while the registry is unreachable and
+    /// telling `on_unreachable` each time it is found so.
+    pub async fn schema_by_id_retrying(
+        &self,
+        id: i32,
+        on_unreachable: impl FnMut(&ClientError),
+    ) -> Result<Arc<str>, ClientError> {
+        self.retrying("schema by id", on_unreachable, || self.schema_by_id(id))
             .await
     }
 

@@ -3,7 +3,6 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use switchyard_registry_client::RegistryClient;
 use switchyard_schemas::wire::SchemaCodec;
@@ -68,8 +67,8 @@ impl WriterSchemas {
     }
 
     /// Make sure the engine knows the writer schema `id` (or that the registry does not).
-    /// While the registry is unreachable it retries (doubling from 250 ms up to 10 s), says so
-    /// in `health`, and gives up only when `shutdown` completes.
+    /// While the registry is unreachable the client retries with backoff; each time, this
+    /// says so in `health`, and it gives up only when `shutdown` completes.
     pub async fn ensure<P: Processor>(
         &mut self,
         engine: &mut Engine<P>,
@@ -80,49 +79,33 @@ impl WriterSchemas {
         if engine.knows_writer(id) || self.unknown.contains(&id) {
             return Ok(());
         }
-        let mut delay = Duration::from_millis(250);
-        let mut failures: u64 = 0;
-        loop {
-            let answer = tokio::select! {
-                answer = self.registry.schema_by_id(id) => answer,
-                _ = shutdown.as_mut() => return Err(RunnerError::ShutdownRequested),
-            };
-            match answer {
-                Ok(text) => {
-                    match SchemaCodec::parse(&text) {
-                        Ok(codec) => engine.add_writer(id, codec),
-                        Err(e) => {
-                            warn!(id, error = %e, "registry returned a schema that does not parse");
-                            self.unknown.insert(id);
-                        }
-                    }
-                    if failures > 0 {
-                        info!(id, "schema registry reachable again");
-                    }
-                    return Ok(());
-                }
-                Err(e) if e.error_code().is_some() => {
-                    warn!(id, error = %e, "schema id unknown to the registry");
-                    self.unknown.insert(id);
-                    return Ok(());
-                }
+        let mut unreachable = false;
+        let url = self.registry.url().to_string();
+        let answer = tokio::select! {
+            answer = self.registry.schema_by_id_retrying(id, |e| {
+                unreachable = true;
+                health.set_not_ready(format!(
+                    "schema registry unreachable at {url} ({e}): waiting for writer schema {id}"
+                ));
+            }) => answer,
+            _ = shutdown.as_mut() => return Err(RunnerError::ShutdownRequested),
+        };
+        if unreachable {
+            info!(id, "schema registry reachable again");
+        }
+        match answer {
+            Ok(text) => match SchemaCodec::parse(&text) {
+                Ok(codec) => engine.add_writer(id, codec),
                 Err(e) => {
-                    failures += 1;
-                    let reason = format!(
-                        "schema registry unreachable at {} ({e}): waiting for writer schema {id}",
-                        self.registry.url()
-                    );
-                    if failures.is_power_of_two() {
-                        warn!(id, error = %e, failures, retry_in = ?delay, "schema registry unreachable; not ready until it answers");
-                    }
-                    health.set_not_ready(reason);
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.as_mut() => return Err(RunnerError::ShutdownRequested),
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(10));
+                    warn!(id, error = %e, "registry returned a schema that does not parse");
+                    self.unknown.insert(id);
                 }
+            },
+            Err(e) => {
+                warn!(id, error = %e, "schema id unknown to the registry");
+                self.unknown.insert(id);
             }
         }
+        Ok(())
     }
 }

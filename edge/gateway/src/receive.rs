@@ -51,10 +51,7 @@ impl Gateway {
                 // The read timeout: nothing arrived, look at `stop` again.
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) => {
-                    self.metrics.receive_errors.inc();
-                    if rate_limited(self.metrics.receive_errors.get()) {
-                        warn!(error = %e, errors = self.metrics.receive_errors.get(), "UDP receive failed; continuing");
-                    }
+                    self.receive_failed(&e);
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
@@ -80,13 +77,19 @@ impl Gateway {
                 Err(Errno::AGAIN) => return,
                 Err(Errno::INTR) => {}
                 Err(e) => {
-                    self.metrics.receive_errors.inc();
-                    if rate_limited(self.metrics.receive_errors.get()) {
-                        warn!(error = %e, errors = self.metrics.receive_errors.get(), "UDP receive failed; continuing");
-                    }
+                    self.receive_failed(&e);
                     return;
                 }
             }
+        }
+    }
+
+    /// A socket error: counted, logged at the 1st, 2nd, 4th… occurrence; reading goes on.
+    fn receive_failed(&self, error: &dyn std::fmt::Display) {
+        let errors = &self.metrics.receive_errors;
+        errors.inc();
+        if rate_limited(errors.get()) {
+            warn!(%error, errors = errors.get(), "UDP receive failed; continuing");
         }
     }
 

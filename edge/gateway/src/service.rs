@@ -57,11 +57,6 @@ const STOP_CHECK: Duration = Duration::from_millis(100);
 /// Run the gateway until `shutdown` completes.
 pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let catalog = Catalog::embedded().context("the built-in catalog is invalid")?;
-    anyhow::ensure!(
-        config.modem_keys.is_some() || config.insecure,
-        "no modem keys: give --modem-keys FILE (SWITCHYARD_MODEM_KEYS; `switchyard keys generate` makes one), \
-         or --insecure (SWITCHYARD_INSECURE=true) to trust every envelope as it comes"
-    );
     let keys = match &config.modem_keys {
         Some(path) => switchyard_protocol::keys::parse_keys(
             &std::fs::read_to_string(path)
@@ -70,14 +65,17 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         .with_context(|| format!("parsing {}", path.display()))?,
         None => HashMap::new(),
     };
+    // Without keys only when told (--insecure and --modem-keys exclude each other).
+    if keys.is_empty() && !config.insecure {
+        anyhow::bail!(match &config.modem_keys {
+            None => "no modem keys: give --modem-keys FILE (SWITCHYARD_MODEM_KEYS; `switchyard keys generate` makes one), \
+                     or --insecure (SWITCHYARD_INSECURE=true) to trust every envelope as it comes",
+            Some(_) => "the modem keys file has no keys; give the modems' keys, or --insecure to trust every envelope",
+        });
+    }
     config.check_legacy_modem_id(&keys)?;
     let metrics = GatewayMetrics::new()?;
     if keys.is_empty() {
-        // --insecure, or a keys file with no keys in it.
-        anyhow::ensure!(
-            config.insecure,
-            "the modem keys file has no keys; give the modems' keys, or --insecure to trust every envelope"
-        );
         metrics.insecure.set(1);
         warn!("running without modem keys (--insecure): any device that reaches the socket can speak for any modem and move its downlink");
     }

@@ -34,6 +34,16 @@ pub(crate) struct Session {
     pub address_unwritten: bool,
 }
 
+impl Session {
+    /// A record of it is being written now: the heartbeat runs from here, and nothing is
+    /// left unwritten.
+    fn mark_written(&mut self) {
+        self.written = self.last_seen;
+        self.sequence_written = self.sequence;
+        self.address_unwritten = false;
+    }
+}
+
 /// One accepted packet, as far as its modem's session is concerned.
 #[derive(Debug, Clone, Copy)]
 pub struct Heard {
@@ -174,9 +184,7 @@ impl Sessions {
         if !changed && session.last_seen - session.written < heartbeat_us {
             return false;
         }
-        session.written = session.last_seen;
-        session.sequence_written = session.sequence;
-        session.address_unwritten = false;
+        session.mark_written();
         true
     }
 
@@ -223,9 +231,7 @@ impl Sessions {
         if !numbered {
             return Claim::Kept;
         }
-        mine.written = mine.last_seen;
-        mine.sequence_written = mine.sequence;
-        mine.address_unwritten = false;
+        mine.mark_written();
         self.by_modem.insert(id, mine);
         Claim::Refuted(self.record(&record.modem_id, &mine))
     }

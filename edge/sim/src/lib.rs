@@ -145,7 +145,7 @@ impl Applet {
     /// A SIM whose counters live in RAM only (see [`memory::Volatile`]): for unit tests and
     /// SIMs that do not sign.
     pub fn new(config: SimConfig) -> Self {
-        let mut applet = Applet::unpowered(config, Box::<Volatile>::default(), 0);
+        let mut applet = Applet::unpowered(config, Box::<Volatile>::default(), Counters::default());
         applet.reset();
         applet
     }
@@ -157,13 +157,12 @@ impl Applet {
         mut memory: Box<dyn CounterMemory>,
     ) -> Result<Self, MemoryError> {
         let stored = memory.read()?;
-        let mut applet = Applet::unpowered(config, memory, stored.uplink_reserved);
-        applet.downlink_executed = stored.downlink_executed;
+        let mut applet = Applet::unpowered(config, memory, stored);
         applet.reset();
         Ok(applet)
     }
 
-    fn unpowered(config: SimConfig, memory: Box<dyn CounterMemory>, reserved: u32) -> Self {
+    fn unpowered(config: SimConfig, memory: Box<dyn CounterMemory>, stored: Counters) -> Self {
         Applet {
             carrier: config.carrier,
             config,
@@ -171,9 +170,9 @@ impl Applet {
             pending: VecDeque::new(),
             awaiting_response: false,
             command_number: 0,
-            uplink_sequence: reserved,
-            uplink_reserved: reserved,
-            downlink_executed: 0,
+            uplink_sequence: stored.uplink_reserved,
+            uplink_reserved: stored.uplink_reserved,
+            downlink_executed: stored.downlink_executed,
             memory,
             channel_open: false,
             original_terminal: false,

@@ -7,8 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use switchyard_schemas::records::{
-    now_us, Carrier, CarrierState, CarrierSwitchRequest, GrafanaReading, RequestState,
-    SensorReading,
+    now_us, Carrier, CarrierState, CarrierSwitchRequest, RequestState, SensorReading,
 };
 use switchyard_testkit::{http_get_text, metric_sum, wait_for, Stack};
 
@@ -168,17 +167,9 @@ fn killing_the_leader_of_the_readings_loses_nothing_the_gateway_acknowledged() {
         duplicates <= RATE as usize,
         "{duplicates} duplicates on imu exceed one second of readings ({RATE})"
     );
-    let mut projected: HashSet<(String, i64)> = HashSet::new();
-    wait_for("every reading projected", WAIT, || {
-        projected = stack
-            .read_to_end::<GrafanaReading>("imu-grafana")
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|r| Some((r.value.modem_id, r.raw.timestamp_ms?)))
-            .collect();
-        projected.len() >= distinct.len()
-    })
-    .unwrap_or_else(|e| panic!("{e}: {} of {}", projected.len(), distinct.len()));
+    let projected = stack
+        .projected("imu-grafana", distinct.len(), WAIT)
+        .unwrap_or_else(|e| panic!("every reading projected: {e:#}"));
     let on_imu_ms: HashSet<(String, i64)> = distinct
         .iter()
         .map(|(m, t)| (m.clone(), t.div_euclid(1000)))

@@ -438,17 +438,9 @@ fn a_broker_restart_under_load_needs_no_manual_step_and_loses_nothing_uncounted(
     .unwrap_or_else(|e| panic!("{e}: {} of {expected}", on_imu.len()));
     assert_eq!(on_imu.len(), expected, "nothing lost without being counted");
 
-    let mut projected: HashSet<(String, i64)> = HashSet::new();
-    wait_for("every reading projected", WAIT, || {
-        projected = stack
-            .read_to_end::<GrafanaReading>("imu-grafana")
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|r| Some((r.value.modem_id, r.raw.timestamp_ms?)))
-            .collect();
-        projected.len() >= on_imu.len()
-    })
-    .unwrap_or_else(|e| panic!("{e}: {} of {}", projected.len(), on_imu.len()));
+    let projected = stack
+        .projected("imu-grafana", on_imu.len(), WAIT)
+        .unwrap_or_else(|e| panic!("every reading projected: {e:#}"));
     assert_eq!(
         projected, on_imu,
         "each projection at its reading's sensor time"

@@ -734,6 +734,33 @@ impl Stack {
             .collect()
     }
 
+    /// Wait until the Grafana projection `topic` holds at least `at_least` distinct
+    /// (modem, record timestamp ms) pairs, read to its end, and return them; the error
+    /// says how many there were.
+    pub fn projected(
+        &self,
+        topic: &str,
+        at_least: usize,
+        timeout: Duration,
+    ) -> Result<std::collections::HashSet<(String, i64)>> {
+        let mut projected = std::collections::HashSet::new();
+        wait_for(
+            &format!("{at_least} readings projected on {topic}"),
+            timeout,
+            || {
+                projected = self
+                    .read_to_end::<switchyard_schemas::records::GrafanaReading>(topic)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|r| Some((r.value.modem_id, r.raw.timestamp_ms?)))
+                    .collect();
+                projected.len() >= at_least
+            },
+        )
+        .with_context(|| format!("{} of {at_least}", projected.len()))?;
+        Ok(projected)
+    }
+
     /// `switchyard-modem`: `fleet` simulated modems from `first_modem` (in-process SIMs, no
     /// keys) sending to `gateway` at `rates` readings/s per sensor (imu,gyro,temp) and a
     /// status report every `status_secs`.

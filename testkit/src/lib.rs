@@ -499,6 +499,23 @@ pub mod kafka {
         }
     }
 
+    /// Set one of `topic`'s configs (e.g. `max.message.bytes`) on the broker.
+    pub fn set_topic_config(bootstrap: &str, topic: &str, key: &str, value: &str) -> Result<()> {
+        use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            switchyard_kafka::clients::admin_config(bootstrap).create()?;
+        let altered = futures::executor::block_on(admin.alter_configs(
+            &[AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value)],
+            &AdminOptions::new(),
+        ))?;
+        for result in altered {
+            if let Err((resource, code)) = result {
+                bail!("setting {key}={value} on {resource:?}: {code}");
+            }
+        }
+        Ok(())
+    }
+
     /// Wait until `topic` holds at least `at_least` records (or `timeout` passes), then
     /// return all of it, read to its end ([`read_to_end`]): records beyond `at_least` are
     /// included, so a test that expects exactly `at_least` fails on extras as on missing ones.

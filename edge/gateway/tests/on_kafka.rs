@@ -789,23 +789,14 @@ fn a_switch_acked_before_a_sigkill_is_not_performed_again_after_the_restart() {
 /// error, counted by reason, and the gateway goes on.
 #[test]
 fn a_record_the_broker_refuses_is_dead_lettered_with_the_brokers_error() {
-    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
     let stack = Stack::start().expect("stack");
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", stack.broker.bootstrap())
-        .create()
-        .expect("admin");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let altered = runtime
-        .block_on(admin.alter_configs(
-            &[AlterConfig::new(ResourceSpecifier::Topic("imu")).set("max.message.bytes", "250")],
-            &AdminOptions::new(),
-        ))
-        .expect("alter");
-    assert!(altered.iter().all(Result::is_ok), "{altered:?}");
+    switchyard_testkit::kafka::set_topic_config(
+        &stack.broker.bootstrap(),
+        "imu",
+        "max.message.bytes",
+        "250",
+    )
+    .expect("topic config");
     let gateway = stack.start_gateway(&[]).expect("gateway");
     let device = client();
     let reading = |bytes: usize| IotData {

@@ -27,10 +27,13 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     pub events: IntCounterVec,
     pub rejoins: IntCounter,
+    pub rewinds: IntCounter,
     pub produce_failures: IntCounter,
     pub pauses: IntCounter,
     pub records_in_flight: IntGauge,
     pub uncommitted_records: IntGauge,
+    /// 1 while a commit (an offset commit or a transaction's) is with the broker.
+    pub commit_in_progress: IntGauge,
     /// 1 while `/health` says ready (joined, restored, not stalled), else 0: what an alert
     /// can see, since Prometheus scrapes `/metrics`, not `/health`.
     pub ready: IntGauge,
@@ -155,12 +158,17 @@ impl Metrics {
             "uncommitted_records",
             "Input records processed whose offsets the group has not confirmed (processed again after a crash).",
         )?;
+        let commit_in_progress = gauge(
+            "commit_in_progress",
+            "1 while a commit (offsets, or the transaction under exactly-once) waits for the broker, else 0.",
+        )?;
         let ready = gauge(
             "ready",
             "1 while the instance is ready (joined its group, stores restored, not stalled), else 0.",
         )?;
         Ok(Metrics {
             ready,
+            commit_in_progress,
             records_in_flight,
             uncommitted_records,
             produce_failures: counter(
@@ -195,6 +203,10 @@ impl Metrics {
             assigned_partitions,
             events,
             handles: Arc::new(Mutex::new((HashMap::new(), HashMap::new()))),
+            rewinds: counter(
+                "rewinds_total",
+                "Exactly-once only: times the open transaction was aborted and every task went back to its last commit (stores restored, inputs read again), after a refused record or an aborted commit.",
+            )?,
             rejoins: counter("group_rejoins_total", "Times the instance left and rejoined its group after waiting too long for an assignment.")?,
             registry,
         })

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use switchyard_kafka::clients;
 
 use switchyard_pipeline::{
-    run_until, Context, ProcessError, Processor, Record, RunnerConfig, RunnerError, Timer,
-    TimerKind, Topology,
+    run_until, Context, Guarantee, ProcessError, Processor, Record, RunnerConfig, RunnerError,
+    Timer, TimerKind, Topology,
 };
 use switchyard_schemas::records::{ReadingCount, SensorReading};
 use switchyard_schemas::Catalog;
-use switchyard_testkit::kafka::{committed_total, read_to_end};
+use switchyard_testkit::kafka::{committed_total, read_to_end, set_topic_config};
 use switchyard_testkit::{
     free_port, http_get_status, http_get_text, imu_reading, metric_sum, wait_for, Stack,
 };
@@ -25,8 +25,12 @@ const NAME: &str = "reading-counter";
 const INPUT: &str = "imu";
 const OUTPUT: &str = "reading-counts";
 const STORE: &str = "counts";
-/// A reading with this value makes an output too large for any broker to take.
+/// A reading with this value makes an output too large for any broker to take (the
+/// producer refuses it before sending).
 const POISON: i32 = -1;
+/// A reading with this value makes an output of 200 kB: the producer sends it, a broker
+/// whose output topic takes at most 100 kB refuses it.
+const POISON_AT_BROKER: i32 = -2;
 
 /// What an instance did: (instance, task partition, when, was it a punctuation).
 type Log = Arc<Mutex<Vec<(&'static str, i32, Instant, bool)>>>;
@@ -66,10 +70,10 @@ impl Processor for Probe {
         let counts = ctx.store(STORE)?;
         let count = counts.get::<i64>(&reading.modem_id)?.unwrap_or(0) + 1;
         counts.put(&reading.modem_id, &count)?;
-        let modem_id = if reading.value == Some(POISON) {
-            "x".repeat(2 << 20)
-        } else {
-            reading.modem_id.clone()
+        let modem_id = match reading.value {
+            Some(POISON) => "x".repeat(2 << 20),
+            Some(POISON_AT_BROKER) => "x".repeat(200_000),
+            _ => reading.modem_id.clone(),
         };
         let out = ReadingCount {
             modem_id,
@@ -136,11 +140,18 @@ impl Instance {
     }
 }
 
+fn base_us() -> i64 {
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| switchyard_schemas::records::now_us() - 3_600_000_000)
+}
+
 fn readings(modems: usize, from: usize, to: usize) -> Vec<(String, SensorReading, i64)> {
     (from..to)
         .map(|i| {
             let modem = format!("m{}", i % modems);
-            let t = 1_700_000_000_000_000 + i as i64 * 1000;
+            // An hour ago, not years: under exactly-once a transaction marker (stamped now)
+            // rolls a segment of older records, which retention (seven days) then deletes.
+            let t = base_us() + i as i64 * 1000;
             (modem.clone(), imu_reading(&modem, i as i32, t), t / 1000)
         })
         .collect()
@@ -315,6 +326,124 @@ async fn a_refused_output_dead_letters_its_input_and_processing_goes_on() {
     .and_then(|v| switchyard_schemas::wire::from_value::<SensorReading>(&v))
     .expect("the dead letter is the input as it was");
     assert_eq!(value.value, Some(POISON));
+}
+
+/// Issue 24 (2e): under exactly-once a record the broker refuses dooms the transaction
+/// (librdkafka makes it abortable): the commit failed and the runner stopped, and restarted it
+/// met the same record and stopped again, a crash loop. Now the runner aborts, goes back to
+/// its last commit (stores restored from the changelog, inputs read again from the committed
+/// offsets) and dead-letters the refused input instead of processing it. Every input ends
+/// with exactly one committed output or one dead letter, the store never counted a
+/// dead-lettered input (each output's count is one more than the last), and it goes on.
+/// Both refusals are met: by the producer (too large to send) and by the broker (larger than
+/// the output topic takes). A broker refuses a whole batch, so inputs whose outputs shared
+/// the batch may be dead-lettered too (replayable, like any dead letter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_exactly_once_a_refused_output_dead_letters_its_input_without_a_crash_loop() {
+    const INPUTS: usize = 12;
+    let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
+    let bootstrap = stack.broker.bootstrap();
+    let b = bootstrap.clone();
+    blocking(move || set_topic_config(&b, OUTPUT, "max.message.bytes", "100000"))
+        .await
+        .expect("output topic limited to 100 kB");
+    let mut records = readings(1, 0, INPUTS);
+    records[3].1.value = Some(POISON);
+    records[8].1.value = Some(POISON_AT_BROKER);
+    let s = Arc::clone(&stack);
+    blocking(move || s.produce(INPUT, &records))
+        .await
+        .expect("produce");
+    let instance = start(
+        &stack,
+        Probe {
+            instance: "a",
+            ticks: false,
+            log: Arc::default(),
+        },
+        |c| c.processing_guarantee = Guarantee::ExactlyOnce,
+    );
+    let b = bootstrap.clone();
+    let metrics = instance.metrics;
+    blocking(move || {
+        wait_for("every offset committed", Duration::from_secs(90), || {
+            committed_total(&b, NAME, &[INPUT]).unwrap_or(0) >= INPUTS as i64
+        })
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}; metrics:\n{}",
+            http_get_text(metrics, "/metrics").unwrap_or_default()
+        )
+    });
+    assert!(
+        instance.metric("switchyard_rewinds_total") >= 1.0,
+        "a refusal under exactly-once goes back to the last commit"
+    );
+    let (_, ended) = instance.stop().await;
+    ended.expect("running until stopped, then stopped cleanly");
+
+    let s = Arc::clone(&stack);
+    let outputs = blocking(move || s.read_to_end::<ReadingCount>(OUTPUT))
+        .await
+        .expect("outputs");
+    let b = bootstrap.clone();
+    let dead = blocking(move || read_to_end(&b, &format!("{NAME}-dlq")))
+        .await
+        .expect("dead letters");
+    let original = stack.schema(INPUT).expect("schema");
+    let schemas = std::collections::HashMap::from([original]);
+    let dead_inputs: Vec<SensorReading> = dead
+        .iter()
+        .map(|d| {
+            assert_eq!(
+                d.headers["switchyard.dlq.reason"], "refused",
+                "{:?}",
+                d.headers
+            );
+            switchyard_schemas::wire::decode_with(
+                &schemas,
+                d.payload.as_deref().unwrap_or_default(),
+            )
+            .and_then(|v| switchyard_schemas::wire::from_value::<SensorReading>(&v))
+            .expect("the dead letter is the input as it was")
+        })
+        .collect();
+    let mut settled: BTreeMap<i64, usize> = BTreeMap::new();
+    for t in outputs
+        .iter()
+        .map(|o| o.value.last_sensor_time)
+        .chain(dead_inputs.iter().map(|d| d.timestamp))
+    {
+        *settled.entry(t).or_default() += 1;
+    }
+    let sent: BTreeSet<i64> = readings(1, 0, INPUTS)
+        .iter()
+        .map(|r| r.1.timestamp)
+        .collect();
+    assert_eq!(
+        settled.keys().copied().collect::<BTreeSet<_>>(),
+        sent,
+        "every input has an output or a dead letter, nothing else is there"
+    );
+    assert!(
+        settled.values().all(|n| *n == 1),
+        "each input exactly once across outputs and dead letters: {settled:?}"
+    );
+    for poison in [POISON, POISON_AT_BROKER] {
+        assert!(
+            dead_inputs.iter().any(|d| d.value == Some(poison)),
+            "the input whose output was refused ({poison}) is dead-lettered"
+        );
+    }
+    let mut counts: Vec<i64> = outputs.iter().map(|o| o.value.count).collect();
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        (1..=outputs.len() as i64).collect::<Vec<_>>(),
+        "the store counted each processed input once and no dead-lettered one"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

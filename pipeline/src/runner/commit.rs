@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use std::sync::{mpsc, Arc};
 
+use tokio::sync::oneshot;
+
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
@@ -64,60 +66,137 @@ fn commit_offsets<C: ConsumerContext>(
     if offsets.is_empty() {
         return Ok(());
     }
+    shared.metrics.commit_in_progress.set(1);
     let result = consumer.commit(&list_of(offsets)?, CommitMode::Sync);
+    shared.metrics.commit_in_progress.set(0);
     confirm(shared, offsets, result.as_ref().map(|_| ()));
     // A runner stopped at the uncommitted bound may go on now.
     shared.acknowledged.notify_one();
     Ok(())
 }
 
-/// Commits acknowledged offsets on a thread of its own, so the runner never waits for the
-/// group coordinator (at least once); under exactly once the runner commits its
-/// transaction itself. Requests coalesce: the thread commits whatever is committable when
-/// it gets to it, so a burst of requests costs one commit, not one each.
+/// What the committing thread is asked to do.
+enum Request {
+    /// At least once: commit whatever is committable when the thread gets to it.
+    Offsets,
+    /// Exactly once: commit the open transaction and answer how it went.
+    Transaction(oneshot::Sender<Result<(), RunnerError>>),
+    /// Exactly once: abort the open transaction, if any, and answer how it went.
+    Abort(oneshot::Sender<Result<(), RunnerError>>),
+}
+
+type Answer = oneshot::Receiver<Result<(), RunnerError>>;
+
+/// Commits on a thread of its own, so the runner's loop (and the async runtime under it)
+/// never waits for the broker. At least once, requests coalesce: the thread commits
+/// whatever is committable when it gets to it, so a burst of requests costs one commit.
+/// Exactly once, the runner awaits each transaction's answer before it produces again (a
+/// record produced meanwhile would land in the transaction being committed), and that wait
+/// races the shutdown: with the broker away a commit can take the transaction timeout.
 pub(crate) struct Committer {
-    wake: Option<mpsc::SyncSender<()>>,
+    requests: mpsc::SyncSender<Request>,
+    /// Exactly once: the answer to a commit asked for and not yet heard (kept when a wait
+    /// for it is given up, so the next wait, or [`Committer::under_way`], takes it over).
+    pending: Option<Answer>,
 }
 
 impl Committer {
-    pub fn spawn(consumer: Arc<StreamConsumer<GroupContext>>, shared: Arc<Shared>) -> Committer {
-        let (wake, woken) = mpsc::sync_channel::<()>(1);
-        let spawned = std::thread::Builder::new()
+    pub fn spawn(
+        consumer: Arc<StreamConsumer<GroupContext>>,
+        shared: Arc<Shared>,
+    ) -> Result<Committer, RunnerError> {
+        let (requests, received) = mpsc::sync_channel::<Request>(1);
+        std::thread::Builder::new()
             .name("committer".into())
             .spawn(move || {
-                for () in woken {
-                    let offsets = shared.ledger().take_committable(|_| true);
-                    if let Err(e) = commit_offsets(&*consumer, &shared, &offsets) {
-                        warn!(error = %e, "offset commit not sent; asked for again at the next commit");
+                for request in received {
+                    match request {
+                        Request::Offsets => {
+                            let offsets = shared.ledger().take_committable(|_| true);
+                            if let Err(e) = commit_offsets(&*consumer, &shared, &offsets) {
+                                warn!(error = %e, "offset commit not sent; asked for again at the next commit");
+                            }
+                        }
+                        Request::Transaction(answer) => {
+                            shared.metrics.commit_in_progress.set(1);
+                            let result = transaction_now(&*consumer, &shared);
+                            shared.metrics.commit_in_progress.set(0);
+                            let _ = answer.send(result);
+                        }
+                        Request::Abort(answer) => {
+                            let _ = answer.send(abort_transaction(&shared));
+                        }
                     }
                 }
-            });
-        Committer {
-            wake: spawned.ok().map(|_| wake),
-        }
+            })
+            .map_err(|e| RunnerError::Committer(e.to_string()))?;
+        Ok(Committer {
+            requests,
+            pending: None,
+        })
     }
 
-    /// Commit what may be committed: in the background (at least once), or the transaction
-    /// now (exactly once).
-    pub fn commit(
-        &self,
-        consumer: &StreamConsumer<GroupContext>,
-        shared: &Shared,
-    ) -> Result<(), RunnerError> {
-        match shared.guarantee {
-            Guarantee::ExactlyOnce => transaction_now(consumer, shared),
-            Guarantee::AtLeastOnce => match &self.wake {
-                // Full: a commit is already due and will take these offsets too.
-                Some(wake) => match wake.try_send(()) {
-                    Ok(()) | Err(mpsc::TrySendError::Full(())) => Ok(()),
-                    Err(mpsc::TrySendError::Disconnected(())) => {
-                        commit_now(consumer, shared, |_| true)
-                    }
-                },
-                None => commit_now(consumer, shared, |_| true),
+    /// Commit what may be committed: in the background (at least once), or the transaction,
+    /// waiting for its outcome without blocking the runtime (exactly once).
+    pub async fn commit(&mut self, guarantee: Guarantee) -> Result<(), RunnerError> {
+        match guarantee {
+            Guarantee::ExactlyOnce => self.transaction().await,
+            // Full: a commit is already due and will take these offsets too.
+            Guarantee::AtLeastOnce => match self.requests.try_send(Request::Offsets) {
+                Ok(()) | Err(mpsc::TrySendError::Full(_)) => Ok(()),
+                Err(mpsc::TrySendError::Disconnected(_)) => Err(committer_gone()),
             },
         }
     }
+
+    /// Commit the open transaction (or, if a commit is still under way, wait for that one)
+    /// and return its outcome. Cancel-safe: dropped while waiting, the commit goes on and
+    /// its answer is kept for the next call.
+    pub async fn transaction(&mut self) -> Result<(), RunnerError> {
+        self.ask(Request::Transaction).await
+    }
+
+    /// Ask the thread for `request` unless a request is under way, and wait for the answer.
+    async fn ask(
+        &mut self,
+        request: fn(oneshot::Sender<Result<(), RunnerError>>) -> Request,
+    ) -> Result<(), RunnerError> {
+        if self.pending.is_none() {
+            let (answer, answered) = oneshot::channel();
+            // Never full: at most one such request is outstanding, and this is it.
+            self.requests
+                .try_send(request(answer))
+                .map_err(|_| committer_gone())?;
+            self.pending = Some(answered);
+        }
+        let Some(answered) = self.pending.as_mut() else {
+            return Ok(());
+        };
+        let outcome = answered.await;
+        self.pending = None;
+        outcome.unwrap_or_else(|_| Err(committer_gone()))
+    }
+
+    /// Exactly once: abort the open transaction, after any commit under way. Cancel-safe
+    /// like [`Committer::transaction`].
+    pub async fn abort(&mut self) -> Result<(), RunnerError> {
+        self.under_way().await?;
+        self.ask(Request::Abort).await
+    }
+
+    /// Exactly once: wait for a commit or abort that was under way when the loop ended (a
+    /// no-op when none was).
+    pub async fn under_way(&mut self) -> Result<(), RunnerError> {
+        if self.pending.is_some() {
+            self.transaction().await
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn committer_gone() -> RunnerError {
+    RunnerError::Committer("the committing thread has ended".into())
 }
 
 /// Record the outcome of a commit in the ledger and the metrics.
@@ -141,6 +220,24 @@ pub(crate) fn confirm(
                 ledger.commit_failed(topic, *partition);
             }
         }
+    }
+}
+
+/// Abort the open transaction, if one is open: what it produced is never read committed.
+fn abort_transaction(shared: &Shared) -> Result<(), RunnerError> {
+    let mut open = shared.transaction();
+    if !*open {
+        return Ok(());
+    }
+    *open = false;
+    // Nothing processed since the last commit may be committed now (a revocation or the
+    // shutdown would otherwise commit the offsets of inputs whose outputs were aborted).
+    shared.ledger().forget_all();
+    match shared.producer.get().and_then(|w| w.upgrade()) {
+        Some(producer) => producer
+            .abort_transaction(TRANSACTION_TIMEOUT)
+            .map_err(RunnerError::Transaction),
+        None => Ok(()),
     }
 }
 
@@ -203,6 +300,8 @@ pub(crate) fn commit_transaction<C: ConsumerContext>(
         }
         Err(e) => {
             shared.metrics.commit_failures.inc();
+            // As in `abort_transaction`: the aborted inputs must never be committed.
+            shared.ledger().forget_all();
             if let Err(abort) = producer.abort_transaction(TRANSACTION_TIMEOUT) {
                 warn!(error = %abort, "aborting the failed transaction failed too");
             }

@@ -120,6 +120,8 @@ pub enum RunnerError {
     /// the loop ends as it does on shutdown, not as a failure.
     #[error("shutdown requested")]
     ShutdownRequested,
+    #[error("committer: {0}")]
+    Committer(String),
     #[error("transaction failed: {0}")]
     Transaction(KafkaError),
     #[error("{topic} refused a record for good ({error}); the processor cannot go on without it")]

@@ -19,7 +19,7 @@ use switchyard_kafka::{clients, is_partition_eof};
 use tracing::{error, warn};
 
 use super::config::{Guarantee, RunnerConfig};
-use super::ledger::{Refused, Token};
+use super::ledger::{Blame, Refused, Token};
 use super::shared::Shared;
 use crate::context::Output;
 
@@ -63,6 +63,13 @@ impl ProducerContext for DeliveryContext {
                     .acknowledged(token, size_of(m.key(), m.payload()));
                 self.shared.metrics.count_out(m.topic());
             }
+            // Purged by an aborted transaction: its entry goes back to the last commit with
+            // the rest of the transaction, so this is neither an acknowledgement nor a refusal.
+            Err((e, m)) if is_purge(e) => {
+                self.shared
+                    .ledger()
+                    .purged(token, size_of(m.key(), m.payload()));
+            }
             Err((e, m)) => {
                 self.shared.metrics.produce_failures.inc();
                 let refused = Refused {
@@ -71,6 +78,8 @@ impl ProducerContext for DeliveryContext {
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().map(<[u8]>::to_vec),
                     error: e.to_string(),
+                    blame: blame(e, Blame::Batch),
+                    source: None,
                 };
                 self.shared
                     .ledger()
@@ -80,6 +89,23 @@ impl ProducerContext for DeliveryContext {
         }
         self.shared.settled();
     }
+}
+
+/// librdkafka refuses records while their transaction is abortable (`_STATE`): that is the
+/// transaction's fault; any other refusal is `otherwise`'s.
+fn blame(error: &KafkaError, otherwise: Blame) -> Blame {
+    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::State) {
+        Blame::Transaction
+    } else {
+        otherwise
+    }
+}
+
+fn is_purge(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+    )
 }
 
 /// The producer for outputs, changelogs and dead letters; `unordered` when the topology's
@@ -137,6 +163,8 @@ pub(crate) async fn send(producer: &OutputProducer, shared: &Shared, token: Toke
                         key: out.key.clone(),
                         payload: out.payload.clone(),
                         error: e.to_string(),
+                        blame: blame(&e, Blame::Record),
+                        source: None,
                     },
                     bytes,
                 );

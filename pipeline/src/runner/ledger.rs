@@ -61,6 +61,21 @@ pub(crate) struct Refused {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub error: String,
+    pub blame: Blame,
+    /// The input behind the refused record's entry (filled in by [`Ledger::refused`]):
+    /// kept with the refusal, since the entry may be forgotten before the runner gets to it.
+    pub source: Option<SourceRecord>,
+}
+
+/// Whose fault a refusal is, as far as the runner can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blame {
+    /// The producer refused this record before sending it (too large, unknown topic, ...).
+    Record,
+    /// The broker refused the batch the record was sent in: the record, or one sent with it.
+    Batch,
+    /// Exactly once: refused only because another refusal had doomed its transaction.
+    Transaction,
 }
 
 #[derive(Debug)]
@@ -182,6 +197,11 @@ impl Ledger {
         self.settle(token, bytes);
     }
 
+    /// A record of this entry was purged (its transaction aborted): no longer in flight.
+    pub fn purged(&mut self, token: Token, bytes: usize) {
+        self.settle(token, bytes);
+    }
+
     fn settle(&mut self, token: Token, bytes: usize) {
         self.records_in_flight = self.records_in_flight.saturating_sub(1);
         self.bytes_in_flight = self.bytes_in_flight.saturating_sub(bytes);
@@ -194,10 +214,11 @@ impl Ledger {
     /// A record of this entry was refused for good. The entry stays open (the record still
     /// counts on it) until the runner has dealt with the refusal and calls
     /// [`Ledger::close`] for it.
-    pub fn refused(&mut self, refused: Refused, bytes: usize) {
+    pub fn refused(&mut self, mut refused: Refused, bytes: usize) {
         self.records_in_flight = self.records_in_flight.saturating_sub(1);
         self.bytes_in_flight = self.bytes_in_flight.saturating_sub(bytes);
-        if self.entry(refused.token).is_some() {
+        if let Some(entry) = self.entry(refused.token) {
+            refused.source = entry.source.as_deref().cloned();
             self.refused.push(refused);
         }
     }
@@ -205,11 +226,6 @@ impl Ledger {
     /// Refusals the runner has not dealt with yet.
     pub fn take_refused(&mut self) -> Vec<Refused> {
         std::mem::take(&mut self.refused)
-    }
-
-    /// The input record behind an entry, if it had one.
-    pub fn source(&mut self, token: Token) -> Option<SourceRecord> {
-        self.entry(token).and_then(|e| e.source.as_deref().cloned())
     }
 
     /// Pop completed entries from the front of a task's queue, moving committable offsets.
@@ -292,7 +308,6 @@ impl Ledger {
         }
     }
 
-    #[cfg(test)]
     pub fn offsets(&self, topic: &str, partition: i32) -> Option<Offsets> {
         let index = self.topic_index(topic)?;
         self.inputs.get(&(index, partition)).copied()
@@ -330,6 +345,23 @@ impl Ledger {
     }
 
     /// Forget a task: its partitions belong to another instance now.
+    /// Forget every task (an aborted transaction: nothing processed since the last commit
+    /// may be committed now). Refusals not dealt with yet are kept, with their inputs: the
+    /// runner still has to learn from them which input to dead-letter.
+    pub fn forget_all(&mut self) {
+        let refused = std::mem::take(&mut self.refused);
+        let partitions: std::collections::BTreeSet<i32> = self
+            .tasks
+            .keys()
+            .copied()
+            .chain(self.inputs.keys().map(|(_, p)| *p))
+            .collect();
+        for partition in partitions {
+            self.forget(partition);
+        }
+        self.refused = refused;
+    }
+
     pub fn forget(&mut self, partition: i32) {
         if let Some(queue) = self.tasks.remove(&partition) {
             self.next_after_forget
@@ -440,6 +472,8 @@ mod tests {
                 key: None,
                 payload: None,
                 error: "too large".into(),
+                blame: Blame::Batch,
+                source: None,
             },
             9,
         );
@@ -447,7 +481,7 @@ mod tests {
         assert_eq!(l.take_committable(|_| true), vec![]);
         let refused = l.take_refused();
         assert_eq!(refused.len(), 1);
-        assert_eq!(l.source(t), Some(source));
+        assert_eq!(refused[0].source, Some(source));
         // The runner dead-letters the input: one more record on the same entry, then the
         // refused one is settled by closing the entry again.
         l.sending(t, 1);
@@ -494,6 +528,44 @@ mod tests {
         // A late acknowledgement for the forgotten task is harmless.
         l.acknowledged(t, 1);
         assert_eq!(l.take_committable(|_| true), vec![]);
+    }
+
+    /// An aborted transaction forgets every task; a refusal heard while its commit flushed
+    /// must survive that with its input, or the runner, going back, would process the
+    /// refused input again, be refused again, and go back again without end.
+    #[test]
+    fn forgetting_every_task_keeps_the_refusals_with_their_inputs() {
+        let mut l = ledger();
+        let source = SourceRecord {
+            topic: "a".into(),
+            partition: 1,
+            offset: 7,
+            timestamp_ms: None,
+            key: None,
+            payload: Some(b"v".to_vec()),
+            headers: vec![],
+        };
+        let t = l.open(1, Some((0, 7)), Some(source.clone()));
+        l.sending(t, 3);
+        l.close(t);
+        l.refused(
+            Refused {
+                token: t,
+                topic: "out".into(),
+                key: None,
+                payload: None,
+                error: "too large".into(),
+                blame: Blame::Batch,
+                source: None,
+            },
+            3,
+        );
+        l.forget_all();
+        assert_eq!(l.open_entries(|_| true), 0);
+        assert_eq!(l.positions(|_| true), vec![], "nothing left to commit");
+        let refused = l.take_refused();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].source, Some(source));
     }
 
     /// Issue 26 (3): sequence numbers restarted at 0 after `forget`, so when a partition

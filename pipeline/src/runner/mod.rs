@@ -123,10 +123,15 @@ pub async fn run_until<P: Processor>(
     )?;
     if config.processing_guarantee == Guarantee::ExactlyOnce {
         let p = Arc::clone(&producer);
-        tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(30)))
-            .await
-            .map_err(|e| RunnerError::Catalog(e.to_string()))?
-            .map_err(RunnerError::Transaction)?;
+        let initialised =
+            tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(30)));
+        tokio::select! {
+            done = initialised => done
+                .map_err(|e| RunnerError::Catalog(e.to_string()))?
+                .map_err(RunnerError::Transaction)?,
+            // With the broker away this can take its whole timeout: SIGTERM must not wait.
+            _ = &mut shutdown => return Ok(()),
+        }
     }
     let consumer = Arc::new(startup::group_consumer(
         &config,
@@ -138,7 +143,7 @@ pub async fn run_until<P: Processor>(
     engine.start_wall_clock(service::now_ms());
     info!(processor = %name, ?inputs, guarantee = ?config.processing_guarantee, "running");
 
-    let committer = commit::Committer::spawn(Arc::clone(&consumer), Arc::clone(&shared));
+    let committer = commit::Committer::spawn(Arc::clone(&consumer), Arc::clone(&shared))?;
     let mut runner = Runner {
         committer,
         engine,
@@ -151,6 +156,11 @@ pub async fn run_until<P: Processor>(
         effects: Effects::default(),
         joined: false,
         paused: false,
+        poisoned: Default::default(),
+        suspects: Default::default(),
+        isolated: None,
+        rewinds_in_a_row: 0,
+        generation: 0,
     };
     let result = runner.run(&mut shutdown).await;
     let finished = runner.finish().await;

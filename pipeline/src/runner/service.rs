@@ -1,7 +1,7 @@
 //! The runner's loop: consume, process, hand outputs to the producer at once, commit what
 //! the broker acknowledged, fire timers, follow the group, and stop within a bounded time.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
 use switchyard_kafka::is_partition_eof;
 use switchyard_telemetry::Health;
 use tracing::{debug, info, warn};
@@ -18,7 +20,7 @@ use super::commit;
 use super::config::{Guarantee, RunnerConfig, RunnerError};
 use super::delivery::{self, OutputProducer};
 use super::group::GroupContext;
-use super::ledger::{SourceRecord, Token};
+use super::ledger::{Blame, SourceRecord, Token};
 use super::restore;
 use super::schemas::WriterSchemas;
 use super::shared::{GroupEvent, Shared};
@@ -29,8 +31,13 @@ use crate::{ErrorPolicy, Processor};
 /// Owning no partition this long, rejoin the group (then twice as long, up to the maximum).
 const JOIN_WATCHDOG: Duration = Duration::from_secs(25);
 const JOIN_WATCHDOG_MAX: Duration = Duration::from_secs(600);
+/// Exactly once: rewinds without a successful commit in between before the runner stops.
+const MAX_REWINDS_IN_A_ROW: u32 = 5;
 /// How often wall-clock timers, health and gauges are looked at.
 const TICK: Duration = Duration::from_millis(100);
+
+/// An input record: topic, partition, offset.
+pub(crate) type InputKey = (String, i32, i64);
 
 pub(crate) struct Runner<P: Processor> {
     pub engine: Engine<P>,
@@ -47,6 +54,19 @@ pub(crate) struct Runner<P: Processor> {
     /// Consumption is paused at the in-flight bounds.
     pub paused: bool,
     pub committer: commit::Committer,
+    /// Exactly once: inputs whose outputs were refused alone, by (topic, partition,
+    /// offset), with the reason; met again after a rewind, they are dead-lettered
+    /// instead of processed.
+    pub poisoned: HashMap<InputKey, String>,
+    /// Exactly once: inputs whose outputs were in a batch the broker refused; met again,
+    /// each is processed in a transaction of its own.
+    pub suspects: HashMap<InputKey, String>,
+    /// The suspect being processed in a transaction of its own.
+    pub isolated: Option<InputKey>,
+    /// Exactly once: rewinds since the last successful commit.
+    pub rewinds_in_a_row: u32,
+    /// Exactly once: rewinds so far (a record read before one is stale after it).
+    pub generation: u64,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -97,11 +117,11 @@ impl<P: Processor> Runner<P> {
                 // task revoked there must not commit or punctuate again.
                 _ = shared.acknowledged.notified(), if self.paused => {
                     self.attend(shutdown).await?;
-                    self.committer.commit(&consumer, &shared)?;
+                    self.commit(shutdown).await?;
                 }
                 _ = commit_tick.tick() => {
                     self.attend(shutdown).await?;
-                    self.committer.commit(&consumer, &shared)?;
+                    self.commit(shutdown).await?;
                 }
                 _ = wall_tick.tick() => {
                     self.attend(shutdown).await?;
@@ -129,7 +149,36 @@ impl<P: Processor> Runner<P> {
                     }
                 }
             }
-            self.pause_at_bounds()?;
+            self.pause_at_bounds(shutdown).await?;
+        }
+    }
+
+    /// Commit (see [`commit::Committer`]), racing the shutdown: with the broker away a
+    /// transaction's commit can take its whole timeout, and SIGTERM must not wait for it.
+    async fn commit(
+        &mut self,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), RunnerError> {
+        let guarantee = self.config.processing_guarantee;
+        let committed = tokio::select! {
+            biased;
+            _ = shutdown.as_mut() => Err(RunnerError::ShutdownRequested),
+            committed = self.committer.commit(guarantee) => committed,
+        };
+        match committed {
+            // Aborted, not fatal (a fenced producer is): go back to the last commit.
+            Err(RunnerError::Transaction(KafkaError::Transaction(e))) if e.txn_requires_abort() => {
+                self.rewind(&format!("the transaction's commit failed: {e}"), shutdown)
+                    .await
+            }
+            Ok(()) => {
+                if guarantee == Guarantee::ExactlyOnce {
+                    self.rewinds_in_a_row = 0;
+                    self.forget_committed_poison();
+                }
+                Ok(())
+            }
+            other => other,
         }
     }
 
@@ -159,7 +208,10 @@ impl<P: Processor> Runner<P> {
             .metrics
             .assigned_partitions
             .set(self.engine.task_count() as i64);
-        self.settle_refusals().await
+        if self.settle_refusals().await? {
+            self.rewind("an output was refused", shutdown).await?;
+        }
+        Ok(())
     }
 
     /// Drop the tasks whose partitions went (the revocation callback already waited for
@@ -260,9 +312,20 @@ impl<P: Processor> Runner<P> {
 
     /// Dead-letter the inputs of records the broker refused for good (or stop, when the
     /// policy says so or when the refused record was a changelog or dead-letter record).
-    async fn settle_refusals(&mut self) -> Result<(), RunnerError> {
+    /// Exactly once, a refusal dooms the transaction (librdkafka makes it abortable), so
+    /// nothing is sent here: the input is marked poisoned (refused alone: dead-lettered
+    /// when met again) or suspect (refused in a batch: processed again in a transaction of
+    /// its own, to see whether it or a batch-mate was refused), and `true` is returned for
+    /// the caller to [`Runner::rewind`].
+    async fn settle_refusals(&mut self) -> Result<bool, RunnerError> {
+        let mut rewind = false;
         let refusals = self.shared.ledger().take_refused();
         for refused in refusals {
+            // Exactly once only: its transaction was doomed by another refusal, met here too.
+            if refused.blame == Blame::Transaction {
+                rewind = true;
+                continue;
+            }
             let topology = self.engine.topology();
             let internal = refused.topic == topology.dead_letter_topic()
                 || topology
@@ -278,7 +341,29 @@ impl<P: Processor> Runner<P> {
             }
             let reason = format!("{} refused the output: {}", refused.topic, refused.error);
             // The input the refused record came from; a punctuation's record stands for itself.
-            let source = self.shared.ledger().source(refused.token);
+            let source = refused.source;
+            if self.config.processing_guarantee == Guarantee::ExactlyOnce {
+                let Some(input) = source.filter(|s| s.offset >= 0) else {
+                    // Going back would fire the punctuation again: not handled yet.
+                    return Err(RunnerError::Refused {
+                        topic: refused.topic,
+                        error: format!(
+                            "{} (a punctuation's record, under exactly-once)",
+                            refused.error
+                        ),
+                    });
+                };
+                let key = (input.topic, input.partition, input.offset);
+                // Refused alone (by the producer, or by the broker in a transaction of its
+                // own): its own fault. Refused in a batch: it, or a record sent with it.
+                if refused.blame == Blame::Record || self.isolated.as_ref() == Some(&key) {
+                    self.poisoned.insert(key, reason);
+                } else {
+                    self.suspects.insert(key, reason);
+                }
+                rewind = true;
+                continue;
+            }
             let source = source.unwrap_or_else(|| SourceRecord {
                 topic: refused.topic.clone(),
                 partition: refused.token.partition,
@@ -306,7 +391,66 @@ impl<P: Processor> Runner<P> {
             // The refused record is settled: the dead letter stands in for it.
             self.shared.ledger().close(refused.token);
         }
-        Ok(())
+        Ok(rewind)
+    }
+
+    /// Poisoned inputs the group has committed past will not come again.
+    fn forget_committed_poison(&mut self) {
+        if self.poisoned.is_empty() {
+            return;
+        }
+        let ledger = self.shared.ledger();
+        self.poisoned.retain(|(topic, partition, offset), _| {
+            ledger
+                .offsets(topic, *partition)
+                .is_none_or(|o| *offset >= o.confirmed)
+        });
+    }
+
+    /// Exactly once: abort the open transaction and take every task back to its last
+    /// commit, as Kafka Streams does with a corrupted task: stores restored from their
+    /// changelogs (read committed), inputs read again from the group's committed offsets.
+    /// Poisoned inputs are then dead-lettered instead of processed, so the refusal that
+    /// doomed the transaction is not met again and nothing else is lost.
+    async fn rewind(
+        &mut self,
+        why: &str,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), RunnerError> {
+        self.generation += 1;
+        self.rewinds_in_a_row += 1;
+        if self.rewinds_in_a_row > MAX_REWINDS_IN_A_ROW {
+            return Err(RunnerError::Committer(format!(
+                "{MAX_REWINDS_IN_A_ROW} rewinds without a commit in between; the last because {why}"
+            )));
+        }
+        // Refusals heard while the failed commit flushed are classified before they go.
+        self.settle_refusals().await?;
+        warn!(
+            why,
+            poisoned = self.poisoned.len(),
+            suspects = self.suspects.len(),
+            "exactly once: aborting the transaction and going back to the last commit"
+        );
+        self.shared.metrics.rewinds.inc();
+        tokio::select! {
+            biased;
+            _ = shutdown.as_mut() => return Err(RunnerError::ShutdownRequested),
+            aborted = self.committer.abort() => aborted?,
+        }
+        self.shared.ledger().forget_all();
+        let tasks = self.engine.assigned();
+        for &partition in &tasks {
+            self.engine.revoke(partition);
+        }
+        let consumer = Arc::clone(&self.consumer);
+        let seek = tokio::task::spawn_blocking(move || seek_to_committed(&consumer));
+        tokio::select! {
+            biased;
+            _ = shutdown.as_mut() => return Err(RunnerError::ShutdownRequested),
+            sought = seek => sought.map_err(|e| RunnerError::Committer(e.to_string()))??,
+        }
+        self.restore_tasks(&tasks, shutdown).await
     }
 
     fn count_dead_letter(&self, kind: FailureKind, error: &str) {
@@ -355,8 +499,34 @@ impl<P: Processor> Runner<P> {
         if !self.engine.owns(m.partition()) {
             self.restore_tasks(&[m.partition()], shutdown).await?;
         }
+        // Exactly once, after a rewind: a poisoned input is dead-lettered unprocessed, a
+        // suspect one is processed in a transaction of its own.
+        let key = (!self.poisoned.is_empty() || !self.suspects.is_empty())
+            .then(|| (m.topic().to_string(), m.partition(), m.offset()));
+        // Kept until committed past: a later rewind may bring it round again.
+        let poisoned = key.as_ref().and_then(|k| self.poisoned.get(k).cloned());
+        let suspect = key.filter(|k| poisoned.is_none() && self.suspects.contains_key(k));
+        if let Some(key) = &suspect {
+            let generation = self.generation;
+            self.commit(shutdown).await?;
+            if self.generation != generation {
+                // That commit failed and every task went back: this record comes again.
+                return Ok(());
+            }
+            self.suspects.remove(key);
+            self.isolated = Some(key.clone());
+        }
         let started = Instant::now();
-        let handled = self.engine.handle(&incoming, now_ms(), &mut self.effects);
+        let handled = match poisoned {
+            Some(reason) => {
+                let dead = self
+                    .engine
+                    .dead_letter(&incoming, FailureKind::Refused, &reason);
+                self.effects.dead_letters.push((dead, FailureKind::Refused));
+                Ok(())
+            }
+            None => self.engine.handle(&incoming, now_ms(), &mut self.effects),
+        };
         let metrics = &self.shared.metrics;
         metrics
             .processing_seconds
@@ -376,7 +546,14 @@ impl<P: Processor> Runner<P> {
             payload: incoming.payload.map(<[u8]>::to_vec),
             headers: incoming.headers.clone(),
         })
-        .await
+        .await?;
+        if suspect.is_some() {
+            // Refused now, it is the culprit (see `settle_refusals`).
+            let committed = self.commit(shutdown).await;
+            self.isolated = None;
+            committed?;
+        }
+        Ok(())
     }
 
     /// Hand what the last callback produced to the producer, on one ledger entry.
@@ -444,7 +621,10 @@ impl<P: Processor> Runner<P> {
     /// their bounds; take them again when acknowledgements and commits bring them under.
     /// The consumer is not paused (that would drop what librdkafka has prefetched, to be
     /// fetched again): the runner only stops polling it for a while, and commits meanwhile.
-    fn pause_at_bounds(&mut self) -> Result<(), RunnerError> {
+    async fn pause_at_bounds(
+        &mut self,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), RunnerError> {
         let over = {
             let ledger = self.shared.ledger();
             ledger.uncommitted() >= self.config.max_uncommitted as i64
@@ -452,7 +632,7 @@ impl<P: Processor> Runner<P> {
         };
         if over && !self.paused {
             self.shared.metrics.pauses.inc();
-            self.committer.commit(&self.consumer, &self.shared)?;
+            self.commit(shutdown).await?;
         }
         self.paused = over;
         Ok(())
@@ -501,9 +681,9 @@ impl<P: Processor> Runner<P> {
         Ok(())
     }
 
-    /// After the loop: wait (bounded) for records in flight, commit what was acknowledged,
-    /// leave the group. Never blocks longer than the shutdown timeout (plus the commit's own
-    /// bound), even with the broker away.
+    /// After the loop: wait (bounded) for records in flight, commit what was acknowledged
+    /// (exactly once: the transaction), leave the group. Never blocks longer than the
+    /// shutdown timeout (plus the commit's own bound), even with the broker away.
     pub async fn finish(mut self) -> Result<(), RunnerError> {
         self.health.set_ready(false);
         self.shared.metrics.ready.set(0);
@@ -511,11 +691,41 @@ impl<P: Processor> Runner<P> {
         let deadline = Instant::now() + timeout;
         // A revocation while leaving must not wait again.
         self.shared.revoke_timeout_ms.store(0, Ordering::Relaxed);
-        let mut outcome = Ok(());
-        loop {
-            if let Err(e) = self.settle_refusals().await {
-                outcome = Err(e);
-                break;
+        // A transaction commit under way when the loop ended (the broker slow or away) owns
+        // the transaction: nothing may be produced or committed before it ends.
+        let mut outcome = match tokio::time::timeout_at(deadline.into(), self.committer.under_way())
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => {
+                warn!(
+                        ?timeout,
+                        "a transaction commit still waited for the broker at the shutdown timeout; the broker completes it if the commit reached it and aborts it otherwise; inputs not committed will be processed again"
+                    );
+                // Nothing of it may be committed by the revocation on the way out.
+                self.shared.ledger().forget_all();
+                return self.close(Ok(())).await;
+            }
+        };
+        let mut abandoned = false;
+        while outcome.is_ok() {
+            match self.settle_refusals().await {
+                Ok(false) => {}
+                // Exactly once, a refused record doomed the transaction: abort it; its
+                // inputs are processed again by whoever owns them next.
+                Ok(true) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if let Ok(aborted) = tokio::time::timeout(left, self.committer.abort()).await {
+                        outcome = aborted;
+                    }
+                    self.shared.ledger().forget_all();
+                    abandoned = true;
+                    break;
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
             }
             let in_flight = self.shared.ledger().records_in_flight();
             if in_flight == 0 {
@@ -535,19 +745,8 @@ impl<P: Processor> Runner<P> {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
-        let consumer = Arc::clone(&self.consumer);
-        let shared = Arc::clone(&self.shared);
-        // No more background commits: the last one is made here.
-        drop(self.committer);
-        let committed = bounded(timeout.max(Duration::from_secs(1)), move || {
-            let result = commit::commit_now(&*consumer, &shared, |_| true);
-            consumer.unsubscribe();
-            result
-        })
-        .await;
-        match committed {
-            Some(result) => outcome = outcome.and(result),
-            None => warn!("the final commit did not finish in time (broker away?)"),
+        if outcome.is_ok() && !abandoned {
+            outcome = self.last_commit(timeout.max(Duration::from_secs(1))).await;
         }
         let open = self.shared.ledger().open_entries(|_| true);
         if open > 0 {
@@ -556,10 +755,50 @@ impl<P: Processor> Runner<P> {
                 "inputs left uncommitted; they will be processed again"
             );
         }
-        // librdkafka's consumer close can wait long for an absent broker: leave it to a
-        // thread of its own, bounded like the rest.
-        let consumer = self.consumer;
-        let producer = self.producer;
+        self.close(outcome).await
+    }
+
+    /// The last commit, bounded by `limit`, then leave the group.
+    async fn last_commit(&mut self, limit: Duration) -> Result<(), RunnerError> {
+        let consumer = Arc::clone(&self.consumer);
+        let committed = match self.config.processing_guarantee {
+            Guarantee::ExactlyOnce => {
+                let committed = tokio::time::timeout(limit, self.committer.transaction())
+                    .await
+                    .ok();
+                let leaving = Arc::clone(&consumer);
+                bounded(limit, move || leaving.unsubscribe()).await;
+                committed
+            }
+            Guarantee::AtLeastOnce => {
+                // Made here, on a bounded thread, and not by the committing thread: it must
+                // include what that thread was asked for (`commit_now` waits for it).
+                let shared = Arc::clone(&self.shared);
+                bounded(limit, move || {
+                    let result = commit::commit_now(&*consumer, &shared, |_| true);
+                    consumer.unsubscribe();
+                    result
+                })
+                .await
+            }
+        };
+        committed.unwrap_or_else(|| {
+            warn!("the final commit did not finish in time (broker away?)");
+            Ok(())
+        })
+    }
+
+    /// Close the clients: librdkafka's consumer close can wait long for an absent broker,
+    /// so it is left to a thread of its own, bounded like the rest.
+    async fn close(self, outcome: Result<(), RunnerError>) -> Result<(), RunnerError> {
+        let Runner {
+            consumer,
+            producer,
+            committer,
+            ..
+        } = self;
+        // Its thread ends with its queue (after a commit under way, if any).
+        drop(committer);
         let _ = bounded(Duration::from_secs(2), move || {
             drop(consumer);
             drop(producer);
@@ -585,6 +824,25 @@ async fn bounded<T: Send + 'static>(
         return None;
     }
     tokio::time::timeout(limit, rx).await.ok()?.ok()
+}
+
+/// Seek every assigned partition to the group's committed offset (the beginning where none
+/// is, as `auto.offset.reset=earliest`); blocking.
+fn seek_to_committed(consumer: &StreamConsumer<GroupContext>) -> Result<(), RunnerError> {
+    let committed = consumer.committed(Duration::from_secs(10))?;
+    let mut to = TopicPartitionList::new();
+    for e in committed.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        to.add_partition_offset(e.topic(), e.partition(), offset)?;
+    }
+    let sought = consumer.seek_partitions(to, Duration::from_secs(10))?;
+    for e in sought.elements() {
+        e.error()?;
+    }
+    Ok(())
 }
 
 /// Punctuations have no input record; their entries never ask for one.

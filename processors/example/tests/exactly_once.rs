@@ -7,11 +7,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use reading_counter::{NAME, OUTPUT};
+use std::time::Instant;
 use switchyard_schemas::records::ReadingCount;
 use switchyard_testkit::kafka::{committed_total, read_to_end, read_uncommitted_to_end};
-use switchyard_testkit::{wait_for, Service, Stack};
 
-const BASE_US: i64 = 1_700_000_000_000_000;
+use switchyard_testkit::{http_get_text, metric_sum, wait_for, Service, Stack};
+
+/// Sensor times start an hour ago: the output topic deletes records older than its
+/// retention (seven days), and a transaction marker, stamped now, rolls a segment of older
+/// records that the next retention pass then deletes whole, outputs and all.
+fn base_us() -> i64 {
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| switchyard_schemas::records::now_us() - 3_600_000_000)
+}
 const MODEMS: usize = 20;
 
 /// Readings `from..to` of `imu`: modem `m<i % MODEMS>`, sensor time unique per reading.
@@ -20,7 +28,7 @@ fn produce_readings(stack: &Stack, from: usize, to: usize) -> Vec<(String, i64)>
     let mut sent = Vec::new();
     for i in from..to {
         let modem = format!("m{}", i % MODEMS);
-        let t = BASE_US + i as i64 * 1_000;
+        let t = base_us() + i as i64 * 1_000;
         let reading = switchyard_testkit::imu_reading(&modem, i as i32, t);
         records.push((modem.clone(), reading, t / 1000));
         sent.push((modem, t));
@@ -31,21 +39,28 @@ fn produce_readings(stack: &Stack, from: usize, to: usize) -> Vec<(String, i64)>
 
 /// The counter under exactly-once, with a fixed instance id (its transactional id).
 fn start_counter(stack: &Stack, name: &str, instance: &str, commit_interval_ms: u64) -> Service {
+    start_counter_with(stack, name, instance, commit_interval_ms, &[]).0
+}
+
+fn start_counter_with(
+    stack: &Stack,
+    name: &str,
+    instance: &str,
+    commit_interval_ms: u64,
+    more: &[(&str, String)],
+) -> (Service, std::net::SocketAddr) {
+    let mut env = vec![
+        ("SWITCHYARD_PROCESSING_GUARANTEE", "exactly-once".into()),
+        ("SWITCHYARD_INSTANCE_ID", instance.into()),
+        (
+            "SWITCHYARD_COMMIT_INTERVAL_MS",
+            commit_interval_ms.to_string(),
+        ),
+    ];
+    env.extend(more.iter().cloned());
     stack
-        .start_processor(
-            "reading-counter",
-            name,
-            &[
-                ("SWITCHYARD_PROCESSING_GUARANTEE", "exactly-once".into()),
-                ("SWITCHYARD_INSTANCE_ID", instance.into()),
-                (
-                    "SWITCHYARD_COMMIT_INTERVAL_MS",
-                    commit_interval_ms.to_string(),
-                ),
-            ],
-        )
+        .start_processor("reading-counter", name, &env)
         .expect("reading-counter healthy")
-        .0
 }
 
 fn committed_outputs(stack: &Stack) -> Vec<ReadingCount> {
@@ -186,5 +201,78 @@ fn a_new_instance_with_the_same_transactional_id_fences_the_old_one() {
         read_to_end(&bootstrap, OUTPUT).is_ok_and(|r| r.len() >= 600)
     })
     .expect("the successor processed the rest");
+    check_exactly_once(&sent, &committed_outputs(&stack));
+}
+
+/// Issue 24 (2f): the transaction's commit ran on the runner's loop, so with the broker
+/// away the loop waited out the transaction timeout (30 s, as long again to abort) and
+/// SIGTERM waited with it. Now the commit waits for the broker on a thread of its own and
+/// the loop races that wait against the shutdown: SIGTERM ends the process within the
+/// shutdown timeout, and after the broker and the instance come back each input still has
+/// exactly one committed output (the broker completes the interrupted transaction if its
+/// commit reached it, else aborts it and the inputs are processed again).
+#[test]
+fn sigterm_while_a_commit_waits_for_an_absent_broker_ends_within_the_shutdown_timeout() {
+    const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+    // Enough inputs that processing is still under way when the broker goes: records
+    // processed after the last commit are certain, so a commit must wait for the broker.
+    const INPUTS: usize = 30_000;
+    let mut stack = Stack::start().expect("stack");
+    let bootstrap = stack.broker.bootstrap();
+    let sent = produce_readings(&stack, 0, INPUTS);
+    let (mut counter, metrics) = start_counter_with(
+        &stack,
+        "counter-1",
+        "away",
+        2_000,
+        &[(
+            "SWITCHYARD_SHUTDOWN_TIMEOUT_MS",
+            SHUTDOWN_TIMEOUT.as_millis().to_string(),
+        )],
+    );
+    wait_for("processing under way", Duration::from_secs(120), || {
+        read_uncommitted_to_end(&bootstrap, OUTPUT).is_ok_and(|r| r.len() >= 2_000)
+    })
+    .expect("outputs written");
+    stack.broker.stop();
+    // Processing goes on from what was fetched; the next commit (at the interval, or at
+    // the uncommitted bound) asks the absent broker and waits; the gauge says so.
+    wait_for(
+        "a transaction commit waiting for the absent broker",
+        Duration::from_secs(30),
+        || {
+            http_get_text(metrics, "/metrics")
+                .is_ok_and(|m| metric_sum(&m, "switchyard_commit_in_progress") == 1.0)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; its log:\n{}", counter.log_text()));
+    let asked = Instant::now();
+    counter
+        .terminate(Duration::from_secs(60))
+        .expect("the process ends");
+    let took = asked.elapsed();
+    assert!(
+        took <= SHUTDOWN_TIMEOUT + Duration::from_secs(4),
+        "SIGTERM took {took:?} with a {SHUTDOWN_TIMEOUT:?} shutdown timeout; log:\n{}",
+        counter.log_text()
+    );
+
+    stack.broker.start_again().expect("broker back");
+    let again = start_counter(&stack, "counter-2", "away", 200);
+    let mut committed = 0;
+    wait_for(
+        "every input's output committed",
+        Duration::from_secs(300),
+        || {
+            committed = read_to_end(&bootstrap, OUTPUT).map_or(0, |r| r.len());
+            committed >= INPUTS
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e} ({committed} committed); its log:\n{}",
+            again.log_text()
+        )
+    });
     check_exactly_once(&sent, &committed_outputs(&stack));
 }

@@ -121,8 +121,8 @@ impl Client {
 }
 
 /// Readings projected for Grafana (written here as the projector writes them: record time =
-/// sensor time), one anomaly, and another modem's readings that must stay off this modem's
-/// chart; then the readings endpoint and the page's chart, whose data must hold exactly the
+/// sensor time), one anomaly, and other modems' readings (one, then a burst) that must stay
+/// off this modem's chart; then the readings endpoint and the page's chart, whose data must hold exactly the
 /// sensor times sent, with the anomaly and the switches made above on the same time axis.
 fn charts_show_the_projected_readings_at_their_sensor_times(
     stack: &Stack,
@@ -153,6 +153,17 @@ fn charts_show_the_projected_readings_at_their_sensor_times(
     stack
         .produce("imu-grafana", &records)
         .expect("projected readings");
+    // Then a burst of other modems' readings, inside the window: 90,000 over 300 modems,
+    // some 30,000 per partition after this modem's. The chart starts from the window's
+    // first offset by time; reading back a fixed number of records before each partition's
+    // end (20,000, as the page did on tansu) would miss this modem's readings.
+    let burst: Vec<(String, GrafanaReading, i64)> = (0..90_000)
+        .map(|i| {
+            let modem = format!("burst-{}", i % 300);
+            (modem.clone(), reading(&modem, 999), now_ms - 3_000)
+        })
+        .collect();
+    stack.produce("imu-grafana", &burst).expect("a burst");
     let spike_at = times[20];
     stack
         .produce(

@@ -88,7 +88,9 @@ supervisor_of() { cat "$SUPERVISORS/$1.pid" 2>/dev/null || true; }
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 running() { alive "$(pid_of "$1")"; }
 supervised() { alive "$(supervisor_of "$1")"; }
-exits_of() { wc -l <"$EXITS/$1" 2>/dev/null || echo 0; }
+# (A missing file is no exit yet; `wc <missing 2>/dev/null` would still print the shell's
+# own error, on every fresh `make up`.)
+exits_of() { if [ -f "$EXITS/$1" ]; then wc -l <"$EXITS/$1"; else echo 0; fi; }
 port_busy() { ss -Hltn "sport = :$1" | grep -q .; }
 
 declare -A EXITS_AT_START=()

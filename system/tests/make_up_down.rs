@@ -43,6 +43,14 @@ fn make_up_runs_everything_and_make_down_leaves_nothing_behind() {
         String::from_utf8_lossy(&up.stdout).into_owned() + &String::from_utf8_lossy(&up.stderr);
     assert!(up.status.success(), "stack.sh up failed:\n{out}");
     assert!(out.contains("Switchyard is up"), "{out}");
+    // A fresh `make up` printed the shell's own errors (`scripts/stack.sh: line 91: ...
+    // exits/kafka: No such file or directory`) for every service that had never exited:
+    // a first user reads them as failures. Only the script's own lines belong there.
+    let stderr = String::from_utf8_lossy(&up.stderr);
+    assert!(
+        !stderr.contains("stack.sh: line"),
+        "shell errors from stack.sh up:\n{stderr}"
+    );
     let pids = stack.pids();
     let names: Vec<&str> = pids.iter().map(|(n, _)| n.as_str()).collect();
     for service in [

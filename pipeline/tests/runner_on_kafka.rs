@@ -44,6 +44,15 @@ struct Probe {
 }
 
 impl Probe {
+    /// A probe without timer ticks, its log unread.
+    fn plain(instance: &'static str) -> Probe {
+        Probe {
+            instance,
+            ticks: false,
+            log: Arc::default(),
+        }
+    }
+
     fn note(&self, partition: i32, tick: bool) {
         if let Ok(mut log) = self.log.lock() {
             log.push((self.instance, partition, Instant::now(), tick));
@@ -155,6 +164,13 @@ fn readings(modems: usize, from: usize, to: usize) -> Vec<(String, SensorReading
             (modem.clone(), imu_reading(&modem, i as i32, t), t / 1000)
         })
         .collect()
+}
+
+async fn produce_inputs(stack: &Arc<Stack>, records: Vec<(String, SensorReading, i64)>) {
+    let s = Arc::clone(stack);
+    blocking(move || s.produce(INPUT, &records))
+        .await
+        .expect("produce");
 }
 
 /// Blocking waits off the async runtime.
@@ -269,19 +285,8 @@ async fn a_refused_output_dead_letters_its_input_and_processing_goes_on() {
     let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
     let mut records = readings(1, 0, 10);
     records[4].1.value = Some(POISON);
-    let s = Arc::clone(&stack);
-    blocking(move || s.produce(INPUT, &records))
-        .await
-        .expect("produce");
-    let instance = start(
-        &stack,
-        Probe {
-            instance: "a",
-            ticks: false,
-            log: Arc::default(),
-        },
-        |_| {},
-    );
+    produce_inputs(&stack, records).await;
+    let instance = start(&stack, Probe::plain("a"), |_| {});
     let bootstrap = stack.broker.bootstrap();
     blocking(move || {
         wait_for("every offset committed", Duration::from_secs(90), || {
@@ -350,19 +355,10 @@ async fn under_exactly_once_a_refused_output_dead_letters_its_input_without_a_cr
     let mut records = readings(1, 0, INPUTS);
     records[3].1.value = Some(POISON);
     records[8].1.value = Some(POISON_AT_BROKER);
-    let s = Arc::clone(&stack);
-    blocking(move || s.produce(INPUT, &records))
-        .await
-        .expect("produce");
-    let instance = start(
-        &stack,
-        Probe {
-            instance: "a",
-            ticks: false,
-            log: Arc::default(),
-        },
-        |c| c.processing_guarantee = Guarantee::ExactlyOnce,
-    );
+    produce_inputs(&stack, records).await;
+    let instance = start(&stack, Probe::plain("a"), |c| {
+        c.processing_guarantee = Guarantee::ExactlyOnce
+    });
     let b = bootstrap.clone();
     let metrics = instance.metrics;
     blocking(move || {

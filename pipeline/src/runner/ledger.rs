@@ -380,6 +380,19 @@ mod tests {
         Ledger::new(vec!["a".into(), "b".into()])
     }
 
+    /// An output of entry `token` the broker refused (the ledger fills in its source).
+    fn refused_output(token: Token) -> Refused {
+        Refused {
+            token,
+            topic: "out".into(),
+            key: None,
+            payload: None,
+            error: "too large".into(),
+            blame: Blame::Batch,
+            source: None,
+        }
+    }
+
     #[test]
     fn tokens_survive_the_opaque_round_trip() {
         for token in [
@@ -465,18 +478,7 @@ mod tests {
         let t = l.open(0, Some((0, 4)), Some(source.clone()));
         l.sending(t, 9);
         l.close(t);
-        l.refused(
-            Refused {
-                token: t,
-                topic: "out".into(),
-                key: None,
-                payload: None,
-                error: "too large".into(),
-                blame: Blame::Batch,
-                source: None,
-            },
-            9,
-        );
+        l.refused(refused_output(t), 9);
         assert_eq!(l.records_in_flight(), 0);
         assert_eq!(l.take_committable(|_| true), vec![]);
         let refused = l.take_refused();
@@ -548,18 +550,7 @@ mod tests {
         let t = l.open(1, Some((0, 7)), Some(source.clone()));
         l.sending(t, 3);
         l.close(t);
-        l.refused(
-            Refused {
-                token: t,
-                topic: "out".into(),
-                key: None,
-                payload: None,
-                error: "too large".into(),
-                blame: Blame::Batch,
-                source: None,
-            },
-            3,
-        );
+        l.refused(refused_output(t), 3);
         l.forget_all();
         assert_eq!(l.open_entries(|_| true), 0);
         assert_eq!(l.positions(|_| true), vec![], "nothing left to commit");

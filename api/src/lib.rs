@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use axum::serve::ListenerExt;
 use clap::Args;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -244,6 +245,14 @@ pub async fn run(config: ApiConfig, shutdown: impl Future<Output = ()>) -> anyho
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     info!(listen = %listener.local_addr()?, metrics = %metrics_bound, "switch API running");
+    // The event stream writes one small event at a time: with Nagle's algorithm an event
+    // waits for the ACK of the one before, which the client delays (up to 40 ms on Linux),
+    // as soon as events come faster than that.
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            warn!(error = %e, "TCP_NODELAY not set on a connection");
+        }
+    });
     let app = routes::router(Arc::clone(&state));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(async move {

@@ -118,10 +118,7 @@ impl Committer {
                             }
                         }
                         Request::Transaction(answer) => {
-                            shared.metrics.commit_in_progress.set(1);
-                            let result = transaction_now(&*consumer, &shared);
-                            shared.metrics.commit_in_progress.set(0);
-                            let _ = answer.send(result);
+                            let _ = answer.send(transaction_now(&*consumer, &shared));
                         }
                         Request::Abort(answer) => {
                             let _ = answer.send(abort_transaction(&shared));
@@ -169,12 +166,7 @@ impl Committer {
                 .map_err(|_| committer_gone())?;
             self.pending = Some(answered);
         }
-        let Some(answered) = self.pending.as_mut() else {
-            return Ok(());
-        };
-        let outcome = answered.await;
-        self.pending = None;
-        outcome.unwrap_or_else(|_| Err(committer_gone()))
+        self.under_way().await
     }
 
     /// Exactly once: abort the open transaction, after any commit under way. Cancel-safe
@@ -187,11 +179,12 @@ impl Committer {
     /// Exactly once: wait for a commit or abort that was under way when the loop ended (a
     /// no-op when none was).
     pub async fn under_way(&mut self) -> Result<(), RunnerError> {
-        if self.pending.is_some() {
-            self.transaction().await
-        } else {
-            Ok(())
-        }
+        let Some(answered) = self.pending.as_mut() else {
+            return Ok(());
+        };
+        let outcome = answered.await;
+        self.pending = None;
+        outcome.unwrap_or_else(|_| Err(committer_gone()))
     }
 }
 
@@ -279,6 +272,7 @@ pub(crate) fn commit_transaction<C: ConsumerContext>(
             .map_err(RunnerError::Transaction)?;
     }
     *open = false;
+    shared.metrics.commit_in_progress.set(1);
     let result = (|| {
         if !offsets.is_empty() {
             let group = consumer
@@ -292,6 +286,7 @@ pub(crate) fn commit_transaction<C: ConsumerContext>(
         }
         producer.commit_transaction(TRANSACTION_TIMEOUT)
     })();
+    shared.metrics.commit_in_progress.set(0);
     match result {
         Ok(()) => {
             debug!(offsets = offsets.len(), "transaction committed");

@@ -344,7 +344,6 @@ impl Ledger {
             .min()
     }
 
-    /// Forget a task: its partitions belong to another instance now.
     /// Forget every task (an aborted transaction: nothing processed since the last commit
     /// may be committed now). Refusals not dealt with yet are kept, with their inputs: the
     /// runner still has to learn from them which input to dead-letter.
@@ -362,6 +361,7 @@ impl Ledger {
         self.refused = refused;
     }
 
+    /// Forget a task: its partitions belong to another instance now.
     pub fn forget(&mut self, partition: i32) {
         if let Some(queue) = self.tasks.remove(&partition) {
             self.next_after_forget

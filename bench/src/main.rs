@@ -118,6 +118,13 @@ enum Bench {
         /// Rounds of each contestant (alternating).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Only this work (repeatable; every work when absent). A partial run is for
+        /// investigating: write it elsewhere with `--out`.
+        #[arg(long = "work", value_enum)]
+        works: Vec<streams_bench::Work>,
+        /// Only this guarantee (repeatable; both when absent).
+        #[arg(long = "guarantee", value_enum)]
+        guarantees: Vec<streams_bench::Guarantee>,
     },
     /// The pass-through processor alone, as a process the streams bench measures.
     #[command(hide = true)]
@@ -167,8 +174,13 @@ fn main() -> anyhow::Result<()> {
     runtime.spawn(take_down_on_signal());
     match cli.bench {
         Bench::ServePassThrough { .. } => {}
-        Bench::Streams { records, rounds } => {
-            let report = streams_bench::run(records, rounds)?;
+        Bench::Streams {
+            records,
+            rounds,
+            works,
+            guarantees,
+        } => {
+            let report = streams_bench::run(records, rounds, &works, &guarantees)?;
             report.write(&cli.out)?;
             println!("{}", report.markdown);
         }

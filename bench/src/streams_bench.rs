@@ -29,14 +29,14 @@ use crate::Report;
 const COMMIT_INTERVAL_MS: u64 = 200;
 const MODEMS: usize = 500;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Work {
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Work {
     PassThrough,
     Projector,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Guarantee {
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Guarantee {
     AtLeastOnce,
     ExactlyOnce,
 }
@@ -182,8 +182,12 @@ impl Contestant {
         if self.work == Work::PassThrough {
             command.args(["serve-pass-through", "--group", &self.group(run)]);
         }
+        // SWITCHYARD_BENCH_RUST_LOG: a contestant's log level when investigating (its log is
+        // copied to SWITCHYARD_BENCH_LOG_DIR, if set, when the run ends).
+        let log_level =
+            std::env::var("SWITCHYARD_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into());
         command
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level)
             .env("SWITCHYARD_BOOTSTRAP_SERVERS", stack.broker.bootstrap())
             .env("SWITCHYARD_REGISTRY_URL", stack.registry.url())
             .env(
@@ -240,6 +244,14 @@ fn measure(
     let seconds = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds(process.pid())? - cpu0;
     process.terminate(Duration::from_secs(30))?;
+    if let Some(dir) = std::env::var_os("SWITCHYARD_BENCH_LOG_DIR") {
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join(format!("{contestant:?}-{run}.log")),
+            process.log_text(),
+        )?;
+    }
     Ok((records as f64 / seconds, cpu / records as f64 * 1e6))
 }
 
@@ -313,13 +325,23 @@ fn create_topics(bootstrap: &str) -> anyhow::Result<()> {
     })
 }
 
+fn or_all<T: Copy>(chosen: &[T], all: &[T]) -> Vec<T> {
+    if chosen.is_empty() { all } else { chosen }.to_vec()
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
-pub fn run(records: usize, rounds: usize) -> anyhow::Result<Report> {
+/// Run the bench; `works` and `guarantees` select the cases (all of them when empty).
+pub fn run(
+    records: usize,
+    rounds: usize,
+    works: &[Work],
+    guarantees: &[Guarantee],
+) -> anyhow::Result<Report> {
     let java = streams_app()?;
     let stack = Stack::start()?;
     let bootstrap = stack.broker.bootstrap();
@@ -350,8 +372,13 @@ pub fn run(records: usize, rounds: usize) -> anyhow::Result<Report> {
     let mut rows = String::new();
     let mut json_rows = Vec::new();
     let mut run = 0;
-    for work in [Work::PassThrough, Work::Projector] {
-        for guarantee in [Guarantee::AtLeastOnce, Guarantee::ExactlyOnce] {
+    let works = or_all(works, &[Work::PassThrough, Work::Projector]);
+    let guarantees = or_all(
+        guarantees,
+        &[Guarantee::AtLeastOnce, Guarantee::ExactlyOnce],
+    );
+    for &work in &works {
+        for &guarantee in &guarantees {
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
             for round in 1..=rounds {
                 for streams in [false, true] {

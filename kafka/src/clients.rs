@@ -5,11 +5,19 @@
 
 use rdkafka::config::ClientConfig;
 
+/// Names librdkafka's debug contexts (its `debug` setting, e.g. `eos,broker`) for every
+/// client of the process: diagnostics, logged under the `librdkafka` target at debug level
+/// (`RUST_LOG=librdkafka=debug`).
+pub const DEBUG_VAR: &str = "SWITCHYARD_KAFKA_DEBUG";
+
 /// The address of the cluster and how to prove ourselves to it.
 fn base(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap);
     crate::security::apply(&mut config);
+    if let Some(contexts) = std::env::var(DEBUG_VAR).ok().filter(|c| !c.is_empty()) {
+        config.set("debug", contexts);
+    }
     config
 }
 

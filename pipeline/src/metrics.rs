@@ -34,6 +34,8 @@ pub struct Metrics {
     pub uncommitted_records: IntGauge,
     /// 1 while a commit (an offset commit or a transaction's) is with the broker.
     pub commit_in_progress: IntGauge,
+    /// How long each commit (offsets, or the whole transaction commit) took.
+    pub commit_seconds: Histogram,
     /// 1 while `/health` says ready (joined, restored, not stalled), else 0: what an alert
     /// can see, since Prometheus scrapes `/metrics`, not `/health`.
     pub ready: IntGauge,
@@ -112,6 +114,14 @@ impl Metrics {
             ]),
         )?;
         registry.register(Box::new(processing_seconds.clone()))?;
+        let commit_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "commit_seconds",
+                "Time each commit took: offsets to the group (at least once), or the transaction's flush, offsets and commit (exactly once, the time processing waits).",
+            )
+            .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0]),
+        )?;
+        registry.register(Box::new(commit_seconds.clone()))?;
         let consumer_lag = IntGaugeVec::new(
             Opts::new(
                 "consumer_lag",
@@ -169,6 +179,7 @@ impl Metrics {
         Ok(Metrics {
             ready,
             commit_in_progress,
+            commit_seconds,
             records_in_flight,
             uncommitted_records,
             produce_failures: counter(

@@ -1,7 +1,7 @@
 //! Committing: acknowledged offsets to the group (at least once), or a transaction holding
 //! the outputs and the offsets of what was processed (exactly once).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::sync::{mpsc, Arc};
 
@@ -67,7 +67,12 @@ fn commit_offsets<C: ConsumerContext>(
         return Ok(());
     }
     shared.metrics.commit_in_progress.set(1);
+    let started = Instant::now();
     let result = consumer.commit(&list_of(offsets)?, CommitMode::Sync);
+    shared
+        .metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
     shared.metrics.commit_in_progress.set(0);
     confirm(shared, offsets, result.as_ref().map(|_| ()));
     // A runner stopped at the uncommitted bound may go on now.
@@ -273,6 +278,8 @@ pub(crate) fn commit_transaction<C: ConsumerContext>(
     }
     *open = false;
     shared.metrics.commit_in_progress.set(1);
+    let started = Instant::now();
+    let mut offsets_sent = Duration::ZERO;
     let result = (|| {
         if !offsets.is_empty() {
             let group = consumer
@@ -284,12 +291,20 @@ pub(crate) fn commit_transaction<C: ConsumerContext>(
                 TRANSACTION_TIMEOUT,
             )?;
         }
+        offsets_sent = started.elapsed();
         producer.commit_transaction(TRANSACTION_TIMEOUT)
     })();
+    let took = started.elapsed();
+    shared.metrics.commit_seconds.observe(took.as_secs_f64());
     shared.metrics.commit_in_progress.set(0);
     match result {
         Ok(()) => {
-            debug!(offsets = offsets.len(), "transaction committed");
+            debug!(
+                offsets = offsets.len(),
+                offsets_sent_ms = offsets_sent.as_secs_f64() * 1e3,
+                committed_ms = took.as_secs_f64() * 1e3,
+                "transaction committed"
+            );
             confirm(shared, &offsets, Ok(()));
             Ok(())
         }

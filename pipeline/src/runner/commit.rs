@@ -255,6 +255,22 @@ pub(crate) fn begin_transaction(
     Ok(())
 }
 
+/// Wait (up to `limit`) until the producer holds no record and no delivery report: then the
+/// flush that rust-rdkafka's `commit_transaction` starts with returns at once. Left to
+/// itself, that flush finds records in flight and polls the producer's queue for up to
+/// 100 ms, while the `ThreadedProducer`'s own thread takes the delivery reports from that
+/// queue, so the poll sleeps its 100 ms out: about every second commit waited 100 ms more
+/// than the broker took. Acknowledgements wake this wait as they come (the ledger's
+/// condition variable); the last, short spin covers a report whose callback has run but
+/// whose message librdkafka has not yet let go.
+fn wait_for_deliveries(shared: &Shared, producer: &OutputProducer, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    shared.wait_until(limit, |ledger| ledger.records_in_flight() == 0);
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
 /// Commit the open transaction with the offsets of everything processed (opening one when
 /// inputs were processed without output since the last commit). On failure the
 /// transaction is aborted and the error returned: the processor must stop, since its
@@ -292,6 +308,7 @@ pub(crate) fn commit_transaction<C: ConsumerContext>(
             )?;
         }
         offsets_sent = started.elapsed();
+        wait_for_deliveries(shared, producer, TRANSACTION_TIMEOUT);
         producer.commit_transaction(TRANSACTION_TIMEOUT)
     })();
     let took = started.elapsed();

@@ -19,7 +19,7 @@ use switchyard_pipeline::{
     Context, ErrorPolicy, ProcessError, Processor, Record, RunnerConfig, Topology,
 };
 use switchyard_registry_client::RegistryClient;
-use switchyard_schemas::records::GrafanaReading;
+use switchyard_schemas::records::{now_us, GrafanaReading};
 use switchyard_schemas::{value_subject, Catalog, CATALOG_TOML};
 use switchyard_testkit::{kafka, Broker, Registry};
 
@@ -241,6 +241,9 @@ pub async fn run(records: usize, rounds: usize) -> anyhow::Result<Report> {
     let schema = apache_avro::Schema::parse_str(schema_text)?;
 
     eprintln!("producing {records} input records");
+    // Record times within the last hour: times years old would have the broker's 7-day
+    // retention delete whole segments as soon as they roll, under the rounds' feet.
+    let first_ms = now_us() / 1000 - 3_600_000;
     let input: Vec<(String, Vec<u8>, i64)> = (0..records)
         .map(|i| {
             let modem = format!("{}", 356_938_035_000_000u64 + (i % 500) as u64);
@@ -251,7 +254,7 @@ pub async fn run(records: usize, rounds: usize) -> anyhow::Result<Report> {
             };
             let payload = switchyard_pipeline::codec::encode(id, &schema, &reading)
                 .map_err(anyhow::Error::msg)?;
-            Ok((modem, payload, 1_700_000_000_000 + i as i64))
+            Ok((modem, payload, first_ms + i as i64))
         })
         .collect::<anyhow::Result<_>>()?;
     let produce_started = Instant::now();

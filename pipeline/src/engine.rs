@@ -144,6 +144,7 @@ impl<P: Processor> Engine<P> {
         let topology = processor.topology();
         let mut readers = HashMap::new();
         let mut encoders = Encoders::default();
+        let mut parsed: HashMap<&str, Arc<SchemaCodec>> = HashMap::new();
         for (spec, is_input) in topology
             .inputs
             .iter()
@@ -165,7 +166,16 @@ impl<P: Processor> Engine<P> {
                 });
             }
             let text = catalog.value_schema(&spec.topic).ok_or_else(unknown)?;
-            let schema = SchemaCodec::parse(text).map_err(TopologyError::Schema)?;
+            // One codec per schema: topics sharing a schema share its codec, so a writer
+            // id registered for one of them reads the others' records directly too.
+            let schema = match parsed.get(text) {
+                Some(schema) => Arc::clone(schema),
+                None => {
+                    let schema = SchemaCodec::parse(text).map_err(TopologyError::Schema)?;
+                    parsed.insert(text, Arc::clone(&schema));
+                    schema
+                }
+            };
             if is_input {
                 (spec.check)(schema.schema()).map_err(|reason| TopologyError::Unreadable {
                     processor: topology.name.clone(),
@@ -270,8 +280,16 @@ impl<P: Processor> Engine<P> {
         self.writers.contains_key(&id)
     }
 
+    /// The writer schema of id `id`. One identical to an input topic's (the same schema
+    /// fetched by another id, or parsed again) is taken as that topic's codec, so its
+    /// records are read directly rather than through schema resolution.
     pub fn add_writer(&mut self, id: i32, schema: Arc<SchemaCodec>) {
-        self.writers.insert(id, schema);
+        let same = self
+            .readers
+            .values()
+            .find(|reader| Arc::ptr_eq(reader, &schema) || reader.same_schema(&schema))
+            .cloned();
+        self.writers.insert(id, same.unwrap_or(schema));
     }
 
     pub fn assigned(&self) -> Vec<i32> {
@@ -736,6 +754,78 @@ fn commit_stores(
                 timestamp_ms: None,
                 headers: Vec::new(),
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Context, ProcessError, Record};
+    use switchyard_schemas::records::SensorReading;
+
+    struct Sensors;
+
+    impl Processor for Sensors {
+        fn topology(&self) -> Topology {
+            // A name whose dead-letter topic is in the catalog.
+            Topology::new("grafana-projector").inputs::<SensorReading>(["imu", "gyro"])
+        }
+
+        fn process(&mut self, _: &Record<'_>, _: &mut Context<'_>) -> Result<(), ProcessError> {
+            Ok(())
+        }
+    }
+
+    /// The catalog's sensor topics share one schema, so the registry gives them one id. The
+    /// runner registers each input topic and tells the engine each topic's schema under
+    /// that id: records of every one of those topics must still be read directly, not
+    /// through schema resolution (several times the cost per record). So must records
+    /// whose writer schema, fetched from the registry by another id, is the same schema.
+    #[test]
+    fn topics_sharing_a_schema_read_their_records_without_resolution() {
+        let catalog = Catalog::embedded().expect("catalog");
+        let mut engine = Engine::new(Sensors, &catalog).expect("engine");
+        let (id, fetched_id) = (7, 8);
+        for topic in ["imu", "gyro"] {
+            let schema = engine.schema_of(topic).expect("input schema");
+            engine.add_writer(id, schema);
+        }
+        let text = catalog.value_schema("imu").expect("imu schema text");
+        engine.add_writer(fetched_id, SchemaCodec::parse(text).expect("parses"));
+        let reading = SensorReading {
+            modem_id: "356938035643809".into(),
+            device_id: 1,
+            sensor: "imu".into(),
+            timestamp: 1,
+            value: Some(5),
+            data: vec![0, 0, 0, 5],
+            received_at: 1,
+            sequence: None,
+        };
+        let codec = engine.schema_of("imu").expect("imu schema");
+        for (topic, id) in [("imu", id), ("gyro", id), ("imu", fetched_id)] {
+            let payload = codec.encode(id, &reading).expect("encode");
+            let incoming = Incoming {
+                topic,
+                partition: 0,
+                offset: 0,
+                timestamp_ms: None,
+                key: None,
+                headers: Vec::new(),
+                payload: Some(&payload),
+            };
+            let body = decode(
+                &engine.readers,
+                &engine.writers,
+                &mut engine.resolving,
+                &incoming,
+            )
+            .expect("decodes");
+            assert!(
+                matches!(body, Body::Direct { .. }),
+                "a record of {topic} written with its catalog schema (id {id}) was resolved"
+            );
         }
     }
 }

@@ -114,6 +114,18 @@ impl SchemaCodec {
         self.schema
     }
 
+    /// Whether `other` is the same schema in every detail (names, aliases, defaults,
+    /// logical types, field order), so bodies of either read as the other directly.
+    pub fn same_schema(&self, other: &SchemaCodec) -> bool {
+        match (
+            serde_json::to_string(self.schema),
+            serde_json::to_string(other.schema),
+        ) {
+            (Ok(mine), Ok(theirs)) => mine == theirs,
+            _ => false,
+        }
+    }
+
     /// Serialize `value` straight into a Confluent frame with schema id `id`.
     pub fn encode<T: Serialize>(&self, id: i32, value: &T) -> Result<Vec<u8>, String> {
         let mut out = Vec::with_capacity(64);

@@ -50,15 +50,18 @@ test: deps-test lint build
 
 # Timing matters here, so release builds. Results: results/bench.md and results/bench.json.
 BENCH_RECORDS ?= 100000
-# grafana-projector's rounds: long enough (~8 s each) that one slow broker moment does not
-# decide a round.
-PROCESSOR_RECORDS ?= 300000
+# Consume→produce rounds (the pass-through and grafana-projector against the raw loop): a
+# million records, ~9 s each, so a round measures the steady rate and not its first half
+# second (at 100,000 records a round lasted 0.4-0.9 s, and how fast each side got going
+# decided it) nor one slow broker moment.
+PIPELINE_RECORDS ?= 1000000
+PROCESSOR_RECORDS ?= 1000000
 # Switchyard beside Kafka Streams (bench/streams, built here with Maven): input read whole by
 # each of 40 runs (2 kinds of work x 2 guarantees x 2 contestants x 5 rounds).
 STREAMS_RECORDS ?= 200000
 bench: deps
 	$(CARGO) build --release --workspace --bins
-	./target/release/switchyard-bench pipeline --records $(BENCH_RECORDS)
+	./target/release/switchyard-bench pipeline --records $(PIPELINE_RECORDS)
 	./target/release/switchyard-bench gateway --packets $(BENCH_RECORDS)
 	./target/release/switchyard-bench processor --records $(PROCESSOR_RECORDS)
 	./target/release/switchyard-bench streams --records $(STREAMS_RECORDS)

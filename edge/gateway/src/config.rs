@@ -93,7 +93,7 @@ impl GatewayConfig {
     /// unsigned packets would speak for a modem that signs.
     pub fn check_legacy_modem_id(
         &self,
-        keys: &std::collections::HashMap<u64, Vec<u8>>,
+        keys: &switchyard_protocol::keys::ModemKeys,
     ) -> anyhow::Result<()> {
         let id = &self.legacy_modem_id;
         let Ok(modem) = id.parse::<u64>() else {
@@ -102,7 +102,7 @@ impl GatewayConfig {
             );
         };
         anyhow::ensure!(
-            !keys.contains_key(&modem),
+            !keys.contains(modem),
             "--legacy-modem-id {modem} has a key in the modem keys file: v1 packets, which carry no tag, would speak for a modem that signs; give v1 devices an id of their own"
         );
         Ok(())

@@ -235,7 +235,7 @@ impl Gateway {
         if self.keys.is_empty() {
             return Ok(());
         }
-        let key = self.keys.get(&envelope.modem_id).ok_or((
+        let key = self.keys.get(envelope.modem_id).ok_or((
             "unknown_modem",
             format!("no key for modem {}", envelope.modem_id),
         ))?;

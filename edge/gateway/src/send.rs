@@ -269,7 +269,7 @@ impl Gateway {
             }),
             packet,
         };
-        Ok(match self.keys.get(&modem) {
+        Ok(match self.keys.get(modem) {
             Some(key) => frame.encode_signed(key)?,
             None => frame.encode()?,
         })

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use switchyard_kafka::{clients, TracingContext};
+use switchyard_protocol::keys::ModemKeys;
 use switchyard_registry_client::{RecordDecoder, RegistryClient};
 use switchyard_schemas::wire::SchemaCodec;
 use switchyard_schemas::{value_subject, Catalog, Role};
@@ -36,7 +37,7 @@ pub(crate) struct Gateway {
     pub(crate) socket: std::net::UdpSocket,
     pub(crate) producers: Producers,
     pub(crate) codecs: HashMap<String, (i32, Arc<SchemaCodec>)>,
-    pub(crate) keys: HashMap<u64, Vec<u8>>,
+    pub(crate) keys: ModemKeys,
     pub(crate) sessions: Mutex<Sessions>,
     /// Modems whose session another gateway instance holds.
     pub(crate) elsewhere: Mutex<Elsewhere>,
@@ -63,7 +64,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
                 .with_context(|| format!("reading {}", path.display()))?,
         )
         .with_context(|| format!("parsing {}", path.display()))?,
-        None => HashMap::new(),
+        None => ModemKeys::default(),
     };
     // Without keys only when told (--insecure and --modem-keys exclude each other).
     if keys.is_empty() && !config.insecure {

@@ -204,15 +204,15 @@ fn main() -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            let key_of =
-                |modem_id: u64| -> anyhow::Result<Option<Vec<u8>>> {
-                    match &keys {
-                        Some(keys) => keys.get(&modem_id).cloned().map(Some).with_context(|| {
-                            format!("no key for modem {modem_id} in the keys file")
-                        }),
-                        None => Ok(key.clone()),
-                    }
-                };
+            let key_of = |modem_id: u64| -> anyhow::Result<Option<Vec<u8>>> {
+                match &keys {
+                    Some(keys) => keys
+                        .get(modem_id)
+                        .map(|k| Some(k.to_vec()))
+                        .with_context(|| format!("no key for modem {modem_id} in the keys file")),
+                    None => Ok(key.clone()),
+                }
+            };
             let modem_keys = (0..args.fleet.max(1))
                 .map(|i| key_of(args.modem_id + i))
                 .collect::<anyhow::Result<Vec<_>>>()?;

@@ -156,6 +156,7 @@ pub async fn run_until<P: Processor>(
         effects: Effects::default(),
         joined: false,
         paused: false,
+        early_commit_armed: true,
         poisoned: Default::default(),
         suspects: Default::default(),
         isolated: None,

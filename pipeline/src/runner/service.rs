@@ -53,6 +53,8 @@ pub(crate) struct Runner<P: Processor> {
     pub joined: bool,
     /// Consumption is paused at the in-flight bounds.
     pub paused: bool,
+    /// At least once: the next crossing of half the uncommitted bound asks for a commit.
+    pub early_commit_armed: bool,
     pub committer: commit::Committer,
     /// Exactly once: inputs whose outputs were refused alone, by (topic, partition,
     /// offset), with the reason; met again after a rewind, they are dead-lettered
@@ -625,14 +627,28 @@ impl<P: Processor> Runner<P> {
         &mut self,
         shutdown: &mut Pin<&mut impl Future<Output = ()>>,
     ) -> Result<(), RunnerError> {
-        let over = {
+        let (uncommitted, over) = {
             let ledger = self.shared.ledger();
-            ledger.uncommitted() >= self.config.max_uncommitted as i64
-                || ledger.bytes_in_flight() >= self.config.max_in_flight_bytes
+            let uncommitted = ledger.uncommitted();
+            let over = uncommitted >= self.config.max_uncommitted as i64
+                || ledger.bytes_in_flight() >= self.config.max_in_flight_bytes;
+            (uncommitted, over)
         };
         if over && !self.paused {
             self.shared.metrics.pauses.inc();
             self.commit(shutdown).await?;
+        } else if self.config.processing_guarantee == Guarantee::AtLeastOnce {
+            // Half way to the bound, ask for a commit (in the background, at least once):
+            // it lands while processing goes on, so a steady flow faster than the commit
+            // interval is not stopped at the bound every time to wait for one. Once per
+            // crossing: armed again when commits bring the count back under half.
+            let half = (self.config.max_uncommitted / 2) as i64;
+            if uncommitted < half {
+                self.early_commit_armed = true;
+            } else if self.early_commit_armed {
+                self.early_commit_armed = false;
+                self.commit(shutdown).await?;
+            }
         }
         self.paused = over;
         Ok(())

@@ -24,34 +24,28 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use switchyard_gateway::metrics::PRODUCE_BUCKETS;
-use switchyard_protocol::{Envelope, Frame, IotData, Packet};
+use switchyard_protocol::{IotData, Packet};
 use switchyard_testkit::{free_port, http_get_text, Stack};
 
+use crate::keyed_fleet::KeyedFleet;
 use crate::Report;
 
 /// The raw loop's topics: as many as the gateway writes here (imu, gyro, temp), with the
 /// same partition count, so both sides put the same records on the same number of partitions.
 const RAW_TOPICS: [&str; 3] = ["bench-udp-raw-1", "bench-udp-raw-2", "bench-udp-raw-3"];
 const MODEMS: u64 = 500;
+const FIRST_MODEM: u64 = 356_938_035_000_000;
 pub(crate) const UDP_BUFFER: usize = 4 * 1024 * 1024;
 
-/// The datagrams: readings from 500 modems (enveloped, as current firmware sends them),
-/// round-robin over the three sensors.
-fn datagrams(count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+/// The datagrams: readings from the fleet's modems (enveloped and signed, as current
+/// firmware sends them), round-robin over the modems and the three sensors.
+fn datagrams(fleet: &mut KeyedFleet, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     let base = chrono::Utc::now().timestamp_micros();
     (0..count)
         .map(|i| {
             let at = chrono::DateTime::from_timestamp_micros(base + i as i64).context("time")?;
-            let frame = Frame {
-                envelope: Some(Envelope {
-                    modem_id: 356_938_035_000_000 + i as u64 % MODEMS,
-                    sequence: (i as u64 / MODEMS) as u32 + 1,
-                    request_id: None,
-                    auth_tag: None,
-                }),
-                packet: Packet::IotData(IotData::with_value(i as u32 % 3 + 1, at, i as i32)),
-            };
-            Ok(frame.encode()?)
+            let reading = IotData::with_value(i as u32 % 3 + 1, at, i as i32);
+            fleet.sign(i % MODEMS as usize, Packet::IotData(reading))
         })
         .collect()
 }
@@ -229,24 +223,36 @@ fn side(sent: usize, c: Counts, took: Duration) -> Side {
     }
 }
 
-/// A fresh gateway with the same socket buffer as the raw loop, logging warnings only.
-fn start_gateway(stack: &Stack) -> anyhow::Result<switchyard_testkit::Gateway> {
+/// A fresh gateway in its default configuration (the fleet's keys: authentication and
+/// replay windows on) with the same socket buffer as the raw loop, logging warnings only.
+fn start_gateway(stack: &Stack, fleet: &KeyedFleet) -> anyhow::Result<switchyard_testkit::Gateway> {
     stack.start_gateway(&[
+        fleet.keys_env(),
         ("SWITCHYARD_GATEWAY_UDP_BUFFER", UDP_BUFFER.to_string()),
         ("RUST_LOG", "warn".to_string()),
     ])
 }
 
-fn gateway_throughput(stack: &Stack, packets: &[Vec<u8>], rate: u64) -> anyhow::Result<Side> {
-    let gateway = start_gateway(stack)?;
+fn gateway_throughput(
+    stack: &Stack,
+    fleet: &KeyedFleet,
+    packets: &[Vec<u8>],
+    rate: u64,
+) -> anyhow::Result<Side> {
+    let gateway = start_gateway(stack, fleet)?;
     let (udp, metrics) = (gateway.udp, gateway.metrics);
     let (first, last) = send_paced(udp, packets, rate)?;
     let (c, done) = settle(|| gateway_counts(metrics).0, last)?;
     Ok(side(packets.len(), c, done - first))
 }
 
-fn gateway_latency(stack: &Stack, packets: &[Vec<u8>], rate: u64) -> anyhow::Result<Buckets> {
-    let gateway = start_gateway(stack)?;
+fn gateway_latency(
+    stack: &Stack,
+    fleet: &KeyedFleet,
+    packets: &[Vec<u8>],
+    rate: u64,
+) -> anyhow::Result<Buckets> {
+    let gateway = start_gateway(stack, fleet)?;
     let (udp, metrics) = (gateway.udp, gateway.metrics);
     // Warm up (connections, metadata), then measure only what follows.
     let warm = packets.len().min(500);
@@ -281,8 +287,13 @@ const COST_THREADS: [&str; 3] = [
     "rdk:broker",
 ];
 
-fn gateway_cost(stack: &Stack, packets: &[Vec<u8>], rate: u64) -> anyhow::Result<Cost> {
-    let gateway = start_gateway(stack)?;
+fn gateway_cost(
+    stack: &Stack,
+    fleet: &KeyedFleet,
+    packets: &[Vec<u8>],
+    rate: u64,
+) -> anyhow::Result<Cost> {
+    let gateway = start_gateway(stack, fleet)?;
     let (udp, metrics) = (gateway.udp, gateway.metrics);
     let pid = gateway.service.pid();
     let threads = || -> anyhow::Result<Vec<f64>> {
@@ -477,17 +488,19 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
         anyhow::Ok(())
     })?;
 
-    let packets = datagrams(bench.packets)?;
+    let mut fleet = KeyedFleet::new(FIRST_MODEM, MODEMS, stack.broker.data_dir())?;
     let mut raw = Vec::new();
     let mut gateway = Vec::new();
     for round in 1..=bench.rounds {
+        // Each round's datagrams newer than the last round's: the gateways keep windows.
+        let packets = datagrams(&mut fleet, bench.packets)?;
         let r = raw_throughput(runtime, &bootstrap, &packets, bench.offered_rate)?;
         eprintln!(
             "round {round}: raw UDP→rdkafka {:.0} records/s ({} of {} dropped by the kernel, {} lost after receipt)",
             r.rate, r.dropped_by_kernel, r.sent, r.lost_after_receipt
         );
         raw.push(r);
-        let g = gateway_throughput(&stack, &packets, bench.offered_rate)?;
+        let g = gateway_throughput(&stack, &fleet, &packets, bench.offered_rate)?;
         eprintln!(
             "round {round}: gateway {:.0} records/s ({} of {} dropped by the kernel, {} lost after receipt)",
             g.rate, g.dropped_by_kernel, g.sent, g.lost_after_receipt
@@ -495,11 +508,11 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
         gateway.push(g);
     }
     // The gateway's CPU per datagram at a steady rate, each round on a fresh gateway.
-    let cost_packets = datagrams((bench.cost_rate * bench.cost_secs) as usize)?;
     let mut costs = Vec::new();
     let mut floors = Vec::new();
     for round in 1..=bench.rounds {
-        let c = gateway_cost(&stack, &cost_packets, bench.cost_rate)?;
+        let cost_packets = datagrams(&mut fleet, (bench.cost_rate * bench.cost_secs) as usize)?;
+        let c = gateway_cost(&stack, &fleet, &cost_packets, bench.cost_rate)?;
         eprintln!(
             "round {round}: gateway {:.1} µs of CPU per datagram (uplink thread {:.1}, delivery reports {:.1}, librdkafka's broker threads {:.1}) at {}/s ({:.0} handled, {:.0} session records)",
             c.micros_per_datagram, c.uplink_thread_micros_per_datagram, c.delivery_thread_micros_per_datagram, c.broker_threads_micros_per_datagram, bench.cost_rate, c.handled, c.session_writes
@@ -512,9 +525,12 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
         );
         floors.push(f);
     }
-    let latency_packets = datagrams((bench.latency_rate * bench.latency_secs) as usize + 500)?;
+    let latency_packets = datagrams(
+        &mut fleet,
+        (bench.latency_rate * bench.latency_secs) as usize + 500,
+    )?;
     let raw_lat = raw_latency(runtime, &bootstrap, &latency_packets, bench.latency_rate)?;
-    let gw_lat = gateway_latency(&stack, &latency_packets, bench.latency_rate)?;
+    let gw_lat = gateway_latency(&stack, &fleet, &latency_packets, bench.latency_rate)?;
 
     let median = |sides: &[Side]| {
         let mut v: Vec<f64> = sides.iter().map(|s| s.rate).collect();
@@ -592,7 +608,7 @@ pub fn run(runtime: &tokio::runtime::Handle, bench: GatewayBench) -> anyhow::Res
     let ms = |s: f64| s * 1000.0;
     let markdown = format!(
         "## Gateway: UDP → acknowledged Kafka records, vs a raw UDP→rdkafka loop\n\n\
-         {packets} enveloped IoT Data datagrams from {MODEMS} modems per round, {rounds} rounds, median; offered at {offered} datagrams/s from one loopback sender (more than either side takes).\n\
+         {packets} enveloped IoT Data datagrams from {MODEMS} modems per round, {rounds} rounds, median; the gateway in its default configuration (each modem's key: every datagram authenticated and checked against the modem's replay window), each round's datagrams signed afresh with newer sequence numbers; offered at {offered} datagrams/s from one loopback sender (more than either side takes).\n\
          Both: one UDP socket with a {buf} MiB receive buffer; readings produced with the same settings (acks=all, not idempotent as readings stand alone, one request in flight, linger 5 ms). The raw loop produces each datagram's bytes unchanged, keyed by its modem-id bytes, to three topics of three partitions like the sensor topics; the gateway decodes, attributes, Avro-encodes with the registered schema and produces to the sensor topics. Rate = records acknowledged by the broker / (first datagram sent → last ack).\n\n\
          | | records/s (median) | rounds | by round: dropped by the kernel / lost after receipt |\n|---|---|---|---|\n\
          | raw UDP→rdkafka | {raw_median:.0} | {} | {} |\n\

@@ -4,6 +4,7 @@
 mod burst_bench;
 mod gateway_bench;
 mod idle_bench;
+mod keyed_fleet;
 mod pipeline_bench;
 mod raw_floor;
 mod registry_bench;

@@ -20,11 +20,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
-use switchyard_protocol::{Envelope, Frame, IotData, IotStatus, Packet};
+use switchyard_protocol::{IotData, IotStatus, Packet};
 use switchyard_schemas::records::SensorReading;
 use switchyard_testkit::{http_get_text, metric_sum, workspace_binary, Service, Stack};
 
 use crate::gateway_bench::{gateway_counts, send_paced, settle};
+use crate::keyed_fleet::KeyedFleet;
 use crate::pipeline_bench::watermark_sum;
 use crate::Report;
 
@@ -217,7 +218,9 @@ struct LatencyRun {
 fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result<LatencyRun> {
     let stack = Stack::start()?;
     let bootstrap = stack.broker.bootstrap();
-    let gateway = stack.start_gateway(&[("RUST_LOG", "warn".into())])?;
+    // As `make up` runs them: each modem with its key, the gateway checking every packet.
+    let keys = KeyedFleet::new(SIMULATOR_FIRST_MODEM, modems, stack.broker.data_dir())?;
+    let gateway = stack.start_gateway(&[("RUST_LOG", "warn".into()), keys.keys_env()])?;
     let udp = gateway.udp;
     let (projector, _) = stack.start_processor(
         "grafana-projector",
@@ -225,18 +228,23 @@ fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
         &[("RUST_LOG", "warn".into())],
     )?;
     let mut fleet = std::process::Command::new(workspace_binary("switchyard-modem")?);
-    fleet.env("RUST_LOG", "warn").args([
-        "--gateway",
-        &udp.to_string(),
-        "--fleet",
-        &modems.to_string(),
-        "--rates",
-        &format!("{rate_per_modem},0,0"),
-        "--status-secs",
-        "60",
-        "--duration-secs",
-        &(seconds + 10).to_string(),
-    ]);
+    fleet
+        .env("RUST_LOG", "warn")
+        .envs(simulator_keys(&stack, &keys))
+        .args([
+            "--gateway",
+            &udp.to_string(),
+            "--modem-id",
+            &SIMULATOR_FIRST_MODEM.to_string(),
+            "--fleet",
+            &modems.to_string(),
+            "--rates",
+            &format!("{rate_per_modem},0,0"),
+            "--status-secs",
+            "60",
+            "--duration-secs",
+            &(seconds + 10).to_string(),
+        ]);
     let fleet = Service::spawn("bench-fleet", fleet, stack.broker.data_dir())?;
     let processes = [
         ("kafka", stack.broker.pid()),
@@ -408,7 +416,7 @@ pub fn latency(modems: u64, rates_per_modem: &[f64], seconds: u64) -> anyhow::Re
         name: "latency",
         markdown: format!(
             "## End-to-end latency: sensor sample → `imu` → `imu-grafana`\n\n\
-             {modems} simulated modems (in-process SIMs, one UDP socket each) at each offered rate, through the gateway, `imu`, grafana-projector and `imu-grafana` (three partitions each, the catalog's), measured for {seconds} s after a 5 s warm-up by one probe consumer of both topics (fetch wait {probe_wait} ms): arrival at the probe minus sensor time (millisecond resolution). The projector's hop is, per reading, its arrival on `imu-grafana` minus its arrival on `imu` (grafana-projector's fetch wait is {fetch_wait} ms, which bounds only an idle fetch: the broker answers as soon as records arrive). Each rate on a fresh stack.\n\n{table}\n{verdict}\n\n\
+             {modems} simulated modems (in-process SIMs, one UDP socket each, each signing with its own key: the gateway in its default configuration) at each offered rate, through the gateway, `imu`, grafana-projector and `imu-grafana` (three partitions each, the catalog's), measured for {seconds} s after a 5 s warm-up by one probe consumer of both topics (fetch wait {probe_wait} ms): arrival at the probe minus sensor time (millisecond resolution). The projector's hop is, per reading, its arrival on `imu-grafana` minus its arrival on `imu` (grafana-projector's fetch wait is {fetch_wait} ms, which bounds only an idle fetch: the broker answers as soon as records arrive). Each rate on a fresh stack.\n\n{table}\n{verdict}\n\n\
              Where the CPU went over the measured window, % of one core (the machine has two: 200% is all of it):\n\n{cpu_table}"
         ),
         json: json!({ "modems": modems, "probe_fetch_wait_ms": probe_wait, "runs": json_runs }),
@@ -493,8 +501,12 @@ fn roundtrips(fleet: u64, switches: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>
     const TOKEN: &str = "bench-token-0123456789abcdef";
     let stack = Stack::start()?;
     let quiet = ("RUST_LOG", "warn".to_string());
-    let gateway =
-        stack.start_gateway(&[("SWITCHYARD_RETRY_INITIAL_MS", "500".into()), quiet.clone()])?;
+    let keys = KeyedFleet::new(800_000, fleet, stack.broker.data_dir())?;
+    let gateway = stack.start_gateway(&[
+        ("SWITCHYARD_RETRY_INITIAL_MS", "500".into()),
+        quiet.clone(),
+        keys.keys_env(),
+    ])?;
     let udp = gateway.udp;
     // As `make up` runs it: outputs sent at once (linger 0).
     let (_state, _) = stack.start_processor(
@@ -504,18 +516,21 @@ fn roundtrips(fleet: u64, switches: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>
     )?;
     let (_api, listen) = stack.start_api(TOKEN, &[quiet])?;
     let mut modems = std::process::Command::new(workspace_binary("switchyard-modem")?);
-    modems.env("RUST_LOG", "warn").args([
-        "--gateway",
-        &udp.to_string(),
-        "--fleet",
-        &fleet.to_string(),
-        "--modem-id",
-        "800000",
-        "--rates",
-        "0,0,0",
-        "--status-secs",
-        "20",
-    ]);
+    modems
+        .env("RUST_LOG", "warn")
+        .envs(simulator_keys(&stack, &keys))
+        .args([
+            "--gateway",
+            &udp.to_string(),
+            "--fleet",
+            &fleet.to_string(),
+            "--modem-id",
+            "800000",
+            "--rates",
+            "0,0,0",
+            "--status-secs",
+            "20",
+        ]);
     let _modems = Service::spawn("bench-modems", modems, stack.broker.data_dir())?;
     let runtime = tokio::runtime::Runtime::new()?;
     let client = reqwest::Client::new();
@@ -608,7 +623,7 @@ pub fn roundtrip(switches: usize) -> anyhow::Result<Report> {
         name: "roundtrip",
         markdown: format!(
             "## Carrier switch round trip: API request → ACK visible in the API\n\n\
-             One switch at a time through `POST /modems/{{id}}/carrier` until the request is `acked`, seen two ways at once: on the API's event stream (`GET /events`, which the operators' page follows) and by `GET /requests/{{id}}` every 20 ms (which adds up to 20 ms of its own). The request goes to `downstream-request`, the gateway sends the Perform over UDP, the modem hands it to its SIM (ENVELOPE, RECEIVE DATA), the ACK comes back to `carrier-switch-ack`, carrier-state (linger 0, as `make up` runs it) folds it into `carrier-state`, the API reads it; every consumer's fetch wait is 20 ms. Modems are in-process SIMs, reporting status every 20 s.\n\n\
+             One switch at a time through `POST /modems/{{id}}/carrier` until the request is `acked`, seen two ways at once: on the API's event stream (`GET /events`, which the operators' page follows) and by `GET /requests/{{id}}` every 20 ms (which adds up to 20 ms of its own). The request goes to `downstream-request`, the gateway sends the Perform over UDP, the modem hands it to its SIM (ENVELOPE, RECEIVE DATA), the ACK comes back to `carrier-switch-ack`, carrier-state (linger 0, as `make up` runs it) folds it into `carrier-state`, the API reads it; every consumer's fetch wait is 20 ms. Modems are in-process SIMs, each signing with its own key (the gateway in its default configuration), reporting status every 20 s.\n\n\
              | modems | switches | events p50 ms | events p99 ms | GET p50 ms | GET p99 ms |\n|---|---|---|---|---|---|\n{rows}\n\
              Target: p99 ≤ 50 ms at 1 and at 1000 modems, seen either way: worst p99 {worst_p99:.0} ms, {}.\n",
             if worst_p99 <= 50.0 { "meets".to_string() } else { format!("misses by {:.0} ms", worst_p99 - 50.0) }
@@ -620,82 +635,70 @@ pub fn roundtrip(switches: usize) -> anyhow::Result<Report> {
 // ---------------------------------------------------------------------------------------
 // memory and scale
 
-fn status_packet(modem: u64, sequence: u32) -> Vec<u8> {
-    Frame {
-        envelope: Some(Envelope {
-            modem_id: modem,
-            sequence,
-            request_id: None,
-            auth_tag: None,
-        }),
-        packet: Packet::IotStatus(IotStatus::Nominal),
-    }
-    .encode()
-    .unwrap_or_default()
+/// The first modem id of the latency bench's simulated fleet (the simulator's default).
+const SIMULATOR_FIRST_MODEM: u64 = 356_938_035_643_809;
+
+/// The simulator's settings for signing with `keys`: its SIMs' counters kept in the bench's
+/// scratch folder.
+fn simulator_keys(stack: &Stack, keys: &KeyedFleet) -> [(&'static str, String); 2] {
+    [
+        keys.keys_env(),
+        (
+            "SWITCHYARD_SIM_MEMORY",
+            stack.broker.data_dir().join("sims").display().to_string(),
+        ),
+    ]
 }
 
-fn data_packet(modem: u64, sequence: u32) -> Vec<u8> {
-    let at = chrono::DateTime::from_timestamp_micros(now_us()).unwrap_or_default();
-    Frame {
-        envelope: Some(Envelope {
-            modem_id: modem,
-            sequence,
-            request_id: None,
-            auth_tag: None,
-        }),
-        packet: Packet::IotData(IotData::with_value(1, at, sequence as i32)),
-    }
-    .encode()
-    .unwrap_or_default()
-}
+/// The modem ids of the memory and scale benches' fleets.
+const FIRST_MODEM: u64 = 1_000_000;
 
 /// A fresh gateway logging warnings only, once settled: it, its UDP and metrics addresses,
-/// and its idle RSS (MiB).
+/// and its idle RSS (MiB). With `fleet`, in its default configuration (the fleet's keys);
+/// without, `--insecure` (the baseline that holds no keys).
 fn quiet_gateway(
     stack: &Stack,
+    fleet: Option<&KeyedFleet>,
 ) -> anyhow::Result<(switchyard_testkit::Service, SocketAddr, SocketAddr, f64)> {
+    let mut env = vec![("RUST_LOG", "warn".to_string())];
+    env.extend(fleet.map(KeyedFleet::keys_env));
     let switchyard_testkit::Gateway {
         service,
         udp,
         metrics,
-    } = stack.start_gateway(&[("RUST_LOG", "warn".into())])?;
+    } = stack.start_gateway(&env)?;
     std::thread::sleep(Duration::from_millis(500));
     let idle = rss_mib(service.pid());
     Ok((service, udp, metrics, idle))
 }
 
-/// A fresh gateway fed `modems` × `per_modem` packets: (seconds to all acked, RSS before, RSS after).
-fn gateway_with(
-    stack: &Stack,
-    modems: u64,
-    per_modem: u32,
-    status_only: bool,
-) -> anyhow::Result<(f64, f64, f64)> {
-    let (gateway, udp, metrics, before) = quiet_gateway(stack)?;
-    let packets: Vec<Vec<u8>> = (1..=per_modem)
-        .flat_map(|seq| {
-            (0..modems).map(move |m| {
-                if status_only {
-                    status_packet(1_000_000 + m, seq)
-                } else {
-                    data_packet(1_000_000 + m, seq)
-                }
-            })
-        })
-        .collect();
+/// A fresh gateway with the fleet's keys fed 10 signed readings from each of the fleet's first
+/// `modems`: (seconds to all acked, RSS after).
+fn gateway_with(stack: &Stack, fleet: &mut KeyedFleet, modems: u64) -> anyhow::Result<(f64, f64)> {
+    let (gateway, udp, metrics, _) = quiet_gateway(stack, Some(fleet))?;
+    let mut packets = Vec::new();
+    for value in 0..10 {
+        for m in 0..modems as usize {
+            let at = chrono::DateTime::from_timestamp_micros(now_us()).unwrap_or_default();
+            packets.push(fleet.sign(m, Packet::IotData(IotData::with_value(1, at, value)))?);
+        }
+    }
     let (first, last) = send_paced(udp, &packets, 20_000)?;
     let (c, done) = settle(|| gateway_counts(metrics).0, last)?;
-    if c.received < packets.len() as f64 * 0.99 {
-        bail!("the gateway received {} of {}", c.received, packets.len());
+    let text = http_get_text(metrics, "/metrics").unwrap_or_default();
+    let accepted = metric_sum(&text, "switchyard_gateway_packets_total");
+    if accepted < packets.len() as f64 * 0.99 || c.received < packets.len() as f64 * 0.99 {
+        bail!(
+            "the gateway accepted {accepted} of {} (received {})",
+            packets.len(),
+            c.received
+        );
     }
-    let known = metric_sum(
-        &http_get_text(metrics, "/metrics").unwrap_or_default(),
-        "switchyard_gateway_known_modems",
-    );
+    let known = metric_sum(&text, "switchyard_gateway_known_modems");
     if known < modems as f64 * 0.99 {
         bail!("{known} modems known of {modems}");
     }
-    Ok(((done - first).as_secs_f64(), before, rss_mib(gateway.pid())))
+    Ok(((done - first).as_secs_f64(), rss_mib(gateway.pid())))
 }
 
 /// A fresh anomaly-detector on a fresh broker (so no earlier state or group member) over
@@ -742,35 +745,47 @@ const MEMORY_PACE: u64 = 5_000;
 /// short and RSS shows what the modems cost rather than the queue's peak (at 20,000/s the
 /// queue grew by tens of MB, and what the allocator kept of it moved the per-modem figure
 /// by hundreds of bytes from run to run).
-fn gateway_waves(stack: &Stack, modems: u64) -> anyhow::Result<[f64; 3]> {
-    let (gateway, udp, metrics, idle) = quiet_gateway(stack)?;
+fn gateway_waves(stack: &Stack, fleet: &mut KeyedFleet, modems: u64) -> anyhow::Result<[f64; 3]> {
+    let (gateway, udp, metrics, idle) = quiet_gateway(stack, Some(fleet))?;
     let half = modems / 2;
     let mut after = Vec::new();
     for wave in [0..half, half..modems] {
-        let packets: Vec<Vec<u8>> = wave.map(|m| status_packet(1_000_000 + m, 1)).collect();
+        let packets = wave
+            .map(|m| fleet.sign(m as usize, Packet::IotStatus(IotStatus::Nominal)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let (_, last) = send_paced(udp, &packets, MEMORY_PACE)?;
         settle(|| gateway_counts(metrics).0, last)?;
         // Let the heartbeat-free gateway go quiet, so both readings see the same state.
         std::thread::sleep(Duration::from_secs(2));
         after.push(rss_mib(gateway.pid()));
     }
-    let known = metric_sum(
-        &http_get_text(metrics, "/metrics").unwrap_or_default(),
-        "switchyard_gateway_known_modems",
-    );
+    let text = http_get_text(metrics, "/metrics").unwrap_or_default();
+    let known = metric_sum(&text, "switchyard_gateway_known_modems");
+    let refused = metric_sum(&text, "switchyard_gateway_rejects_total");
     if known < modems as f64 * 0.99 {
-        bail!("{known} modems known of {modems}");
+        bail!("{known} modems known of {modems} ({refused} datagrams refused)");
     }
     Ok([idle, after[0], after[1]])
 }
 
 pub fn memory(modems: u64) -> anyhow::Result<Report> {
     let stack = Stack::start()?;
-    let [before, first, after] = gateway_waves(&stack, modems)?;
-    eprintln!("gateway: {modems} modems, RSS {before:.0} → {first:.0} → {after:.0} MiB");
+    let mut fleet = KeyedFleet::new(FIRST_MODEM, modems, stack.broker.data_dir())?;
+    // What a gateway holding no keys takes at rest: the keys' cost is the keyed one's more.
+    let bare = quiet_gateway(&stack, None)?.3;
+    let [before, first, after] = gateway_waves(&stack, &mut fleet, modems)?;
+    eprintln!(
+        "gateway: {modems} modems, RSS {bare:.0} without keys, {before:.0} with → {first:.0} → {after:.0} MiB"
+    );
     let mib = 1024.0 * 1024.0;
-    let gateway_per_modem = (after - before) * mib / modems as f64;
-    let gateway_marginal = (after - first) * mib / (modems / 2) as f64;
+    let keys_per_modem = (before - bare) * mib / modems as f64;
+    let gateway_per_modem = (after - bare) * mib / modems as f64;
+    let gateway_marginal = (after - first) * mib / (modems / 2) as f64 + keys_per_modem;
+    let verdict = if gateway_per_modem <= 200.0 && gateway_marginal <= 200.0 {
+        "meets"
+    } else {
+        "misses"
+    };
     let (dsecs, dbefore, dafter) = detector_with(modems as usize, 1)?;
     eprintln!("detector: {modems} devices in {dsecs:.1} s, RSS {dbefore:.0} → {dafter:.0} MiB");
     let detector_per_device = (dafter - dbefore) * mib / modems as f64;
@@ -779,17 +794,22 @@ pub fn memory(modems: u64) -> anyhow::Result<Report> {
         markdown: format!(
             "## Memory\n\n\
              | | idle RSS | RSS after | per modem/device |\n|---|---|---|---|\n\
-             | gateway, {modems} modems in the address book (one enveloped status packet each, {MEMORY_PACE}/s) | {before:.0} MiB | {after:.0} MiB | {gateway_per_modem:.0} bytes |\n\
-             | gateway, the second {half} of them (RSS {first:.1} → {after:.1} MiB) | | | {gateway_marginal:.0} bytes |\n\
+             | gateway with {modems} modems' keys, at rest, against one without keys ({bare:.0} MiB) | {bare:.0} MiB | {before:.0} MiB | {keys_per_modem:.0} bytes |\n\
+             | gateway, {modems} modems in the address book (one signed status packet each, {MEMORY_PACE}/s), keys included | {bare:.0} MiB | {after:.0} MiB | {gateway_per_modem:.0} bytes |\n\
+             | gateway, the second {half} of them (RSS {first:.1} → {after:.1} MiB), plus their keys | | | {gateway_marginal:.0} bytes |\n\
              | anomaly-detector, {modems} devices in its state (one reading each) | {dbefore:.0} MiB | {dafter:.0} MiB | {detector_per_device:.0} bytes |\n\n\
-             The first gateway row divides everything the run added by the fleet, including what \
-             stays whatever the fleet's size (librdkafka's buffers at the producer's peak, memory \
-             the allocator keeps); the second is what each further modem costs: the RSS growth \
-             between the two equal waves. The detector's state is also in its changelogged store; \
-             RSS includes librdkafka's buffers.\n",
+             The gateway runs in its default configuration: a key per modem, every packet \
+             authenticated, a replay window per modem. The second gateway row divides everything \
+             the run added to a gateway without keys by the fleet, including what stays whatever \
+             the fleet's size (librdkafka's buffers at the producer's peak, memory the allocator \
+             keeps); the third is what each further modem costs: the RSS growth between the two \
+             equal waves, plus its key. Target: ≤ 200 bytes per modem, keys and windows \
+             included: {verdict}. The detector's state is also in its changelogged store; RSS \
+             includes librdkafka's buffers.\n",
             half = modems / 2,
         ),
-        json: json!({ "modems": modems,
+        json: json!({ "modems": modems, "gateway_rss_without_keys_mib": bare,
+            "gateway_key_bytes_per_modem": keys_per_modem, "verdict": verdict,
             "gateway_rss_idle_mib": before, "gateway_rss_half_mib": first, "gateway_rss_mib": after,
             "gateway_bytes_per_modem": gateway_per_modem, "gateway_marginal_bytes_per_modem": gateway_marginal,
             "detector_rss_idle_mib": dbefore, "detector_rss_mib": dafter, "detector_bytes_per_device": detector_per_device }),
@@ -800,9 +820,11 @@ pub fn scale() -> anyhow::Result<Report> {
     let stack = Stack::start()?;
     let mut rows = String::new();
     let mut out = Vec::new();
+    // One keyed fleet for every row: each row's readings are newer than the last row's.
+    let mut modems = KeyedFleet::new(FIRST_MODEM, 10_000, stack.broker.data_dir())?;
     for fleet in [10u64, 100, 1_000, 10_000] {
         // The same work per modem (10 readings), so cost per reading should stay flat.
-        let (gsecs, _, grss) = gateway_with(&stack, fleet, 10, false)?;
+        let (gsecs, grss) = gateway_with(&stack, &mut modems, fleet)?;
         let (dsecs, _, drss) = detector_with(fleet as usize, 10)?;
         let n = fleet as f64 * 10.0;
         eprintln!("scale {fleet}: gateway {gsecs:.2} s {grss:.0} MiB, detector {dsecs:.2} s {drss:.0} MiB");
@@ -818,7 +840,7 @@ pub fn scale() -> anyhow::Result<Report> {
         name: "scale",
         markdown: format!(
             "## Scale: 10 → 10,000 modems, 10 readings each\n\n\
-             A fresh gateway and a fresh anomaly-detector (on a fresh broker) per row, the same work per modem. Gateway: readings offered at 20,000/s, time from the first datagram to the last broker ack; a time equal to the sending time means it kept up. Detector: time from starting to produce the readings (from this process) to the detector having read the last one, so about a second of it is fixed cost; RSS after the last reading.\n\n\
+             A fresh gateway and a fresh anomaly-detector (on a fresh broker) per row, the same work per modem. Gateway (default configuration: each modem's key, every reading signed): readings offered at 20,000/s, time from the first datagram to the last broker ack; a time equal to the sending time means it kept up. Detector: time from starting to produce the readings (from this process) to the detector having read the last one, so about a second of it is fixed cost; RSS after the last reading.\n\n\
              | modems | readings | gateway | gateway RSS | anomaly-detector | detector RSS |\n|---|---|---|---|---|---|\n{rows}"
         ),
         json: json!(out),

@@ -303,7 +303,8 @@ impl Report {
 }
 
 /// The commit the benchmarked binaries were built from (`+dirty` with uncommitted changes
-/// outside `results/`, which the benches themselves write).
+/// to anything built into them: changes to `results/`, which the benches themselves write,
+/// and to the docs and other Markdown, which nothing is built from, do not count).
 fn commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
@@ -321,6 +322,8 @@ fn commit() -> String {
         "--",
         ".",
         ":!results",
+        ":!docs",
+        ":!*.md",
     ])
     .is_some_and(|s| !s.is_empty());
     if dirty {

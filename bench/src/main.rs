@@ -143,6 +143,10 @@ enum Bench {
         /// Seconds per round.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Seconds the stack runs before it is measured (the broker's JIT compiles for
+        /// minutes after start-up).
+        #[arg(long, default_value_t = 300)]
+        warm_up_secs: u64,
     },
 }
 
@@ -233,9 +237,17 @@ fn main() -> anyhow::Result<()> {
         Bench::Registry { rounds, versions } => {
             emit(&cli.out, registry_bench::run(rounds, versions)?)?
         }
-        Bench::Idle { rounds, seconds } => emit(
+        Bench::Idle {
+            rounds,
+            seconds,
+            warm_up_secs,
+        } => emit(
             &cli.out,
-            idle_bench::run(rounds, std::time::Duration::from_secs(seconds))?,
+            idle_bench::run(
+                rounds,
+                std::time::Duration::from_secs(seconds),
+                std::time::Duration::from_secs(warm_up_secs),
+            )?,
         )?,
     }
     Ok(())

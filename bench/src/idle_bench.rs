@@ -131,22 +131,16 @@ pub fn run(rounds: usize, window: Duration, warm_up: Duration) -> anyhow::Result
     let broker_index = pids.iter().position(|(n, _)| n == "kafka").unwrap_or(0);
     let broker: Vec<f64> = by_round.iter().map(|r| r[broker_index]).collect();
     let whole: Vec<f64> = by_round.iter().map(|r| r.iter().sum()).collect();
-    let broker_rounds = broker
-        .iter()
-        .map(|c| format!("{c:.1}%"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let whole_rounds = whole
-        .iter()
-        .map(|c| format!("{c:.1}%"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let percents = |values: &[f64]| {
+        values
+            .iter()
+            .map(|c| format!("{c:.1}%"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (broker_rounds, whole_rounds, jit_rounds) =
+        (percents(&broker), percents(&whole), percents(&jit));
     let broker_median = median(&mut broker.clone());
-    let jit_rounds = jit
-        .iter()
-        .map(|c| format!("{c:.1}%"))
-        .collect::<Vec<_>>()
-        .join(", ");
     let jit_median = median(&mut jit.clone());
     let whole_median = median(&mut whole.clone());
     let verdict = |value: f64, target: f64| if value <= target { "meets" } else { "misses" };

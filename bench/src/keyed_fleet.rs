@@ -8,6 +8,7 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use switchyard_protocol::keys::key_line;
 use switchyard_protocol::{Envelope, Frame, Packet};
 
 pub struct KeyedFleet {
@@ -36,7 +37,7 @@ impl KeyedFleet {
                 .with_context(|| format!("writing {}", keys_file.display()))?,
         );
         for (modem, key) in (first..).zip(&keys) {
-            writeln!(out, "{modem} {}", hex(key))?;
+            out.write_all(key_line(modem, key).as_bytes())?;
         }
         out.flush()?;
         Ok(KeyedFleet {
@@ -76,8 +77,4 @@ impl KeyedFleet {
         };
         Ok(frame.encode_signed(&self.keys[index])?)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use switchyard_protocol::keys::parse_keys;
+use switchyard_protocol::keys::{key_line, parse_keys};
 
 use crate::Failure;
 
@@ -84,7 +84,7 @@ pub fn generate(file: &Path, first: u64, count: u64) -> Result<usize, Failure> {
     for modem in &missing {
         let mut key = [0u8; 16];
         std::io::Read::read_exact(&mut random, &mut key).context("reading /dev/urandom")?;
-        text.push_str(&format!("{modem} {}\n", hex::encode(key)));
+        text.push_str(&key_line(*modem, &key));
     }
     // Written beside the file and renamed over it: a reader never sees half a file.
     let tmp = file.with_extension("tmp");

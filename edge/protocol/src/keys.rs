@@ -42,6 +42,11 @@ impl ModemKeys {
     }
 }
 
+/// One line of a keys file (`MODEM_ID HEX_KEY` and its newline), as [`parse_keys`] reads it.
+pub fn key_line(modem: u64, key: &[u8]) -> String {
+    format!("{modem} {}\n", hex::encode(key))
+}
+
 /// Parse a keys file's text into modem id -> key. Keys are decoded into one buffer as they
 /// are read (no allocation per key: at a million modems, a million small allocations would
 /// stay in the process's memory long after they were freed).
@@ -67,9 +72,6 @@ pub fn parse_keys(text: &str) -> Result<ModemKeys, KeysFileError> {
             .map_err(|_| fail(format!("modem id {modem:?} is not a number")))?;
         if key.is_empty() {
             return Err(fail("empty key".into()));
-        }
-        if key.len() % 2 != 0 {
-            return Err(fail("key is not hex: odd number of digits".into()));
         }
         let start = decoded.len();
         decoded.resize(start + key.len() / 2, 0);
@@ -112,6 +114,13 @@ mod tests {
         assert!(keys.contains(9) && !keys.contains(43));
         assert_eq!(parse_keys("42").expect_err("missing key").line, 1);
         assert!(parse_keys("x 00").is_err());
+        assert_eq!(
+            parse_keys(&key_line(5, &[1, 2, 250]))
+                .expect("a written line parses")
+                .get(5),
+            Some(&[1, 2, 250][..])
+        );
+        assert!(parse_keys("1 abc").is_err(), "odd number of digits");
         assert!(parse_keys("\n1 zz")
             .expect_err("not hex")
             .to_string()

@@ -66,18 +66,24 @@ fn commit_offsets<C: ConsumerContext>(
     if offsets.is_empty() {
         return Ok(());
     }
-    shared.metrics.commit_in_progress.set(1);
-    let started = Instant::now();
-    let result = consumer.commit(&list_of(offsets)?, CommitMode::Sync);
-    shared
-        .metrics
-        .commit_seconds
-        .observe(started.elapsed().as_secs_f64());
-    shared.metrics.commit_in_progress.set(0);
+    let list = list_of(offsets)?;
+    let (result, _) = with_the_broker(shared, || consumer.commit(&list, CommitMode::Sync));
     confirm(shared, offsets, result.as_ref().map(|_| ()));
     // A runner stopped at the uncommitted bound may go on now.
     shared.acknowledged.notify_one();
     Ok(())
+}
+
+/// Run `commit` (a call that waits for the broker) with `switchyard_commit_in_progress` at 1,
+/// and record how long it took in `switchyard_commit_seconds`; returns its result and time.
+fn with_the_broker<T>(shared: &Shared, commit: impl FnOnce() -> T) -> (T, Duration) {
+    shared.metrics.commit_in_progress.set(1);
+    let started = Instant::now();
+    let result = commit();
+    let took = started.elapsed();
+    shared.metrics.commit_seconds.observe(took.as_secs_f64());
+    shared.metrics.commit_in_progress.set(0);
+    (result, took)
 }
 
 /// What the committing thread is asked to do.
@@ -293,10 +299,9 @@ pub(crate) fn commit_transaction<C: ConsumerContext>(
             .map_err(RunnerError::Transaction)?;
     }
     *open = false;
-    shared.metrics.commit_in_progress.set(1);
-    let started = Instant::now();
     let mut offsets_sent = Duration::ZERO;
-    let result = (|| {
+    let started = Instant::now();
+    let (result, took) = with_the_broker(shared, || {
         if !offsets.is_empty() {
             let group = consumer
                 .group_metadata()
@@ -310,10 +315,7 @@ pub(crate) fn commit_transaction<C: ConsumerContext>(
         offsets_sent = started.elapsed();
         wait_for_deliveries(shared, producer, TRANSACTION_TIMEOUT);
         producer.commit_transaction(TRANSACTION_TIMEOUT)
-    })();
-    let took = started.elapsed();
-    shared.metrics.commit_seconds.observe(took.as_secs_f64());
-    shared.metrics.commit_in_progress.set(0);
+    });
     match result {
         Ok(()) => {
             debug!(

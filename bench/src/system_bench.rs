@@ -794,16 +794,16 @@ pub fn memory(modems: u64) -> anyhow::Result<Report> {
         markdown: format!(
             "## Memory\n\n\
              | | idle RSS | RSS after | per modem/device |\n|---|---|---|---|\n\
-             | gateway with {modems} modems' keys, at rest, against one without keys ({bare:.0} MiB) | {bare:.0} MiB | {before:.0} MiB | {keys_per_modem:.0} bytes |\n\
+             | gateway with {modems} modems' keys, at rest (each key with its session slot and replay window), against one without keys ({bare:.0} MiB) | {bare:.0} MiB | {before:.0} MiB | {keys_per_modem:.0} bytes |\n\
              | gateway, {modems} modems in the address book (one signed status packet each, {MEMORY_PACE}/s), keys included | {bare:.0} MiB | {after:.0} MiB | {gateway_per_modem:.0} bytes |\n\
-             | gateway, the second {half} of them (RSS {first:.1} → {after:.1} MiB), plus their keys | | | {gateway_marginal:.0} bytes |\n\
+             | gateway, the second {half} of them (RSS {first:.1} → {after:.1} MiB), plus their keys and slots | | | {gateway_marginal:.0} bytes |\n\
              | anomaly-detector, {modems} devices in its state (one reading each) | {dbefore:.0} MiB | {dafter:.0} MiB | {detector_per_device:.0} bytes |\n\n\
              The gateway runs in its default configuration: a key per modem, every packet \
              authenticated, a replay window per modem. The second gateway row divides everything \
              the run added to a gateway without keys by the fleet, including what stays whatever \
              the fleet's size (librdkafka's buffers at the producer's peak, memory the allocator \
              keeps); the third is what each further modem costs: the RSS growth between the two \
-             equal waves, plus its key. Target: ≤ 200 bytes per modem, keys and windows \
+             equal waves, plus its key, session slot and window (taken at start). Target: ≤ 200 bytes per modem, keys and windows \
              included: {verdict}. The detector's state is also in its changelogged store; RSS \
              includes librdkafka's buffers.\n",
             half = modems / 2,

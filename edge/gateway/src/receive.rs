@@ -235,10 +235,14 @@ impl Gateway {
         if self.keys.is_empty() {
             return Ok(());
         }
-        let key = self.keys.get(envelope.modem_id).ok_or((
-            "unknown_modem",
-            format!("no key for modem {}", envelope.modem_id),
-        ))?;
+        let (at, key) = self
+            .keys
+            .position(envelope.modem_id)
+            .and_then(|at| Some((at, self.keys.key_at(at)?)))
+            .ok_or((
+                "unknown_modem",
+                format!("no key for modem {}", envelope.modem_id),
+            ))?;
         verify(datagram, key).map_err(|e| {
             let reason = match e {
                 AuthError::MissingTag => "missing_tag",
@@ -249,11 +253,7 @@ impl Gateway {
         let fresh = self
             .windows
             .lock()
-            .map(|mut w| {
-                w.entry(envelope.modem_id)
-                    .or_default()
-                    .accept(envelope.sequence)
-            })
+            .map(|mut w| w.accept(at, envelope.sequence))
             .unwrap_or(false);
         if !fresh {
             return Err((

@@ -62,6 +62,38 @@ impl ReplayWindow {
     }
 }
 
+/// A window for each keyed modem, at its position among the keys
+/// ([`ModemKeys::position`](switchyard_protocol::keys::ModemKeys::position)): 16 bytes a
+/// modem in one array, where a map would take about 50 at a million.
+#[derive(Debug, Default)]
+pub struct ReplayWindows {
+    by_position: Vec<ReplayWindow>,
+}
+
+impl ReplayWindows {
+    /// Windows for `modems` keyed modems, none of which has been heard.
+    pub fn new(modems: usize) -> Self {
+        ReplayWindows {
+            by_position: vec![ReplayWindow::default(); modems],
+        }
+    }
+
+    /// [`ReplayWindow::accept`] for the modem at `position`; false for a position beyond
+    /// the keys.
+    pub fn accept(&mut self, position: usize, seq: u32) -> bool {
+        self.by_position
+            .get_mut(position)
+            .is_some_and(|w| w.accept(seq))
+    }
+
+    /// [`ReplayWindow::raise_to`] for the modem at `position`.
+    pub fn raise_to(&mut self, position: usize, seq: u32) {
+        if let Some(w) = self.by_position.get_mut(position) {
+            w.raise_to(seq);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +125,16 @@ mod tests {
         assert!(!w.accept(52));
         assert!(w.accept(54));
         assert_eq!(w.highest(), Some(54));
+    }
+
+    #[test]
+    fn each_position_has_its_own_window() {
+        let mut windows = ReplayWindows::new(2);
+        assert!(windows.accept(0, 5) && windows.accept(1, 5));
+        assert!(!windows.accept(0, 5));
+        windows.raise_to(1, 9);
+        assert!(!windows.accept(1, 9) && windows.accept(0, 9));
+        assert!(!windows.accept(2, 1), "no window beyond the keys");
+        windows.raise_to(2, 1);
     }
 }

@@ -194,12 +194,17 @@ impl Gateway {
             }
             // What another instance accepted is not fresh here either.
             let sequence = crate::sessions::record_sequence(&session);
-            if let (true, Ok(modem), Ok(mut windows)) = (
+            let at = session
+                .modem_id
+                .parse::<u64>()
+                .ok()
+                .and_then(|modem| self.keys.position(modem));
+            if let (true, Some(at), Ok(mut windows)) = (
                 sequence > 0 && session.gateway != self.config.instance_id,
-                session.modem_id.parse::<u64>(),
+                at,
                 self.windows.lock(),
             ) {
-                windows.entry(modem).or_default().raise_to(sequence);
+                windows.raise_to(at, sequence);
             }
             match claim {
                 Claim::Yielded => {

@@ -23,7 +23,7 @@ use crate::downlink::Downlink;
 use crate::elsewhere::Elsewhere;
 use crate::metrics::GatewayMetrics;
 use crate::producer::{ProducerSettings, Producers};
-use crate::replay::ReplayWindow;
+use crate::replay::ReplayWindows;
 use crate::request_offsets::RequestOffsets;
 use crate::restore;
 use crate::sessions::Sessions;
@@ -37,11 +37,12 @@ pub(crate) struct Gateway {
     pub(crate) socket: std::net::UdpSocket,
     pub(crate) producers: Producers,
     pub(crate) codecs: HashMap<String, (i32, Arc<SchemaCodec>)>,
-    pub(crate) keys: ModemKeys,
+    pub(crate) keys: Arc<ModemKeys>,
     pub(crate) sessions: Mutex<Sessions>,
     /// Modems whose session another gateway instance holds.
     pub(crate) elsewhere: Mutex<Elsewhere>,
-    pub(crate) windows: Mutex<HashMap<u64, ReplayWindow>>,
+    /// By the modem's position among the keys.
+    pub(crate) windows: Mutex<ReplayWindows>,
     pub(crate) downlink: Mutex<Downlink>,
     pub(crate) downlink_sequence: Mutex<HashMap<u64, u32>>,
     /// What of `downstream-request` may be committed: nothing past a pending request.
@@ -159,10 +160,12 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         .subscribe(&[REQUEST_TOPIC])
         .context("subscribing to downstream-request")?;
 
+    let keys = Arc::new(keys);
     let mut sessions = Sessions::new(
         &config.instance_id,
         i64::try_from(config.session_heartbeat_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
-    );
+    )
+    .with_key_slots(Arc::clone(&keys));
     let (session_id, session_codec) = codecs
         .get(SESSIONS_TOPIC)
         .cloned()
@@ -218,7 +221,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         );
     }
 
-    let sessions_for_windows: Vec<(u64, u32)> = sessions.sequences().collect();
+    let windows = restored_windows(&keys, sessions.sequences());
     let socket = bind_udp(config.listen, config.udp_buffer_bytes)?;
     socket.set_read_timeout(Some(STOP_CHECK))?;
     let listen = socket.local_addr()?;
@@ -235,7 +238,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         keys,
         sessions: Mutex::new(sessions),
         elsewhere: Mutex::new(elsewhere),
-        windows: Mutex::new(restored_windows(&sessions_for_windows)),
+        windows: Mutex::new(windows),
         downlink_sequence: Mutex::new(HashMap::new()),
         request_offsets: Mutex::new(RequestOffsets::default()),
         new_request: tokio::sync::Notify::new(),
@@ -303,15 +306,17 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
 
 /// Replay windows for the restored sessions: each refuses the sequence number its record
 /// carried and every earlier one.
-fn restored_windows(sequences: &[(u64, u32)]) -> HashMap<u64, ReplayWindow> {
-    sequences
-        .iter()
-        .map(|(modem, seq)| {
-            let mut window = ReplayWindow::default();
-            window.raise_to(*seq);
-            (*modem, window)
-        })
-        .collect()
+fn restored_windows(
+    keys: &ModemKeys,
+    sequences: impl Iterator<Item = (u64, u32)>,
+) -> ReplayWindows {
+    let mut windows = ReplayWindows::new(keys.len());
+    for (modem, seq) in sequences {
+        if let Some(at) = keys.position(modem) {
+            windows.raise_to(at, seq);
+        }
+    }
+    windows
 }
 
 /// Logs the 1st, 2nd, 4th, 8th… occurrence of a recurring problem.

@@ -1,15 +1,22 @@
-//! Where the sessions live: a map from modem id to its [`Session`], each stored in 48 bytes
-//! (56 with its key) instead of the 96 of the struct as the logic sees it. A gateway holds
-//! every modem it serves, so this table is most of its memory: at a million modems it is
-//! about 120 MB (the map doubles, so between 0.9 and 1.8 million it has 2^21 slots).
+//! Where the sessions live: modem id -> [`Session`], each stored in 48 bytes instead of the
+//! 96 of the struct as the logic sees it. A gateway holds every modem it serves, so this
+//! table is most of its memory.
 //!
-//! What makes it small: an IPv4 address in 6 bytes, with the rare IPv6 one in a side map;
-//! the time of the last write in whole seconds (u32, until 2106), which can only make a
+//! With keys (the default), every keyed modem has a slot in one array, at its position
+//! among the keys: no map entry, no map doubling, 48 bytes a keyed modem whether or not it
+//! has been heard (48 MB at a million). Modems without a key (the legacy v1 id,
+//! `--insecure`) are in a map: 48 bytes plus its 8-byte key and a control byte a slot, in a
+//! map that doubles.
+//!
+//! What makes an entry small: an IPv4 address in 6 bytes, with the rare IPv6 one in a side
+//! map; the time of the last write in whole seconds (u32, until 2106), which can only make a
 //! heartbeat up to a second late; counts in u32; no `Option` tags.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::sync::Arc;
 
+use switchyard_protocol::keys::ModemKeys;
 use switchyard_schemas::records::SessionProtocol;
 
 use crate::sessions::Session;
@@ -17,6 +24,8 @@ use crate::sessions::Session;
 const AUTHENTICATED: u8 = 1;
 const IPV6: u8 = 2;
 const ADDRESS_UNWRITTEN: u8 = 4;
+/// The slot holds a session (a keyed modem's slot exists before it is heard).
+const HELD: u8 = 8;
 /// `clock_offset_us` when there has been no reading.
 const NO_OFFSET: i64 = i64::MIN;
 
@@ -37,22 +46,65 @@ struct Packed {
     flags: u8,
 }
 
+impl Packed {
+    /// A keyed modem's slot before it is heard.
+    const EMPTY: Packed = Packed {
+        first_seen: 0,
+        last_seen: 0,
+        clock_offset_us: NO_OFFSET,
+        ipv4: 0,
+        written_s: 0,
+        address_changes: 0,
+        sequence: 0,
+        sequence_written: 0,
+        port: 0,
+        protocol: SessionProtocol::V1,
+        flags: 0,
+    };
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct SessionTable {
-    by_modem: HashMap<u64, Packed>,
+    keys: Arc<ModemKeys>,
+    /// A slot per keyed modem, at its position among the keys.
+    keyed: Vec<Packed>,
+    /// How many of `keyed` hold a session.
+    keyed_held: usize,
+    /// Modems without a key.
+    unkeyed: HashMap<u64, Packed>,
     v6: HashMap<u64, SocketAddrV6>,
 }
 
 impl SessionTable {
+    /// A table with a slot for each of `keys`' modems.
+    pub fn for_keys(keys: Arc<ModemKeys>) -> Self {
+        SessionTable {
+            keyed: vec![Packed::EMPTY; keys.len()],
+            keys,
+            ..SessionTable::default()
+        }
+    }
+
     pub fn get(&self, id: u64) -> Option<Session> {
-        self.unpack(id, self.by_modem.get(&id)?)
+        let packed = match self.keys.position(id) {
+            Some(at) => self.keyed.get(at).filter(|p| p.flags & HELD != 0)?,
+            None => self.unkeyed.get(&id)?,
+        };
+        self.unpack(id, packed)
     }
 
     /// Every session held, unpacked.
     pub fn iter(&self) -> impl Iterator<Item = (u64, Session)> + '_ {
-        self.by_modem
+        let keyed = self
+            .keyed
             .iter()
-            .filter_map(|(id, p)| Some((*id, self.unpack(*id, p)?)))
+            .enumerate()
+            .filter(|(_, p)| p.flags & HELD != 0)
+            .filter_map(|(at, p)| Some((self.keys.id_at(at)?, p)));
+        let unkeyed = self.unkeyed.iter().map(|(id, p)| (*id, p));
+        keyed
+            .chain(unkeyed)
+            .filter_map(|(id, p)| Some((id, self.unpack(id, p)?)))
     }
 
     fn unpack(&self, id: u64, p: &Packed) -> Option<Session> {
@@ -79,7 +131,7 @@ impl SessionTable {
     /// Stores `s`; its last write is rounded up to a whole second (never earlier, so a
     /// heartbeat is never due early; a whole second stays as it is, so nothing creeps).
     pub fn insert(&mut self, id: u64, s: Session) {
-        let mut flags = if s.authenticated { AUTHENTICATED } else { 0 };
+        let mut flags = HELD | if s.authenticated { AUTHENTICATED } else { 0 };
         if s.address_unwritten {
             flags |= ADDRESS_UNWRITTEN;
         }
@@ -113,16 +165,36 @@ impl SessionTable {
             protocol: s.protocol,
             flags,
         };
-        self.by_modem.insert(id, packed);
+        match self.keys.position(id).and_then(|at| self.keyed.get_mut(at)) {
+            Some(slot) => {
+                if slot.flags & HELD == 0 {
+                    self.keyed_held += 1;
+                }
+                *slot = packed;
+            }
+            None => {
+                self.unkeyed.insert(id, packed);
+            }
+        }
     }
 
     pub fn remove(&mut self, id: u64) {
-        self.by_modem.remove(&id);
+        match self.keys.position(id).and_then(|at| self.keyed.get_mut(at)) {
+            Some(slot) => {
+                if slot.flags & HELD != 0 {
+                    self.keyed_held -= 1;
+                }
+                *slot = Packed::EMPTY;
+            }
+            None => {
+                self.unkeyed.remove(&id);
+            }
+        }
         self.v6.remove(&id);
     }
 
     pub fn len(&self) -> usize {
-        self.by_modem.len()
+        self.keyed_held + self.unkeyed.len()
     }
 }
 
@@ -151,9 +223,23 @@ mod tests {
         assert_eq!(std::mem::size_of::<Packed>(), 48);
     }
 
+    /// The two layouts: every modem in the map; 7 and 8 in keyed slots (9 has no key).
+    fn layouts() -> [SessionTable; 2] {
+        let keys = switchyard_protocol::keys::parse_keys("7 00\n8 01\n100 02\n").expect("keys");
+        [
+            SessionTable::default(),
+            SessionTable::for_keys(Arc::new(keys)),
+        ]
+    }
+
     #[test]
     fn sessions_come_back_as_stored_ipv4_and_ipv6() {
-        let mut table = SessionTable::default();
+        for mut table in layouts() {
+            stored_sessions_come_back(&mut table);
+        }
+    }
+
+    fn stored_sessions_come_back(table: &mut SessionTable) {
         let v4 = session(([198, 51, 100, 7], 4000).into());
         let v6 = Session {
             clock_offset_us: None,
@@ -176,11 +262,33 @@ mod tests {
         table.insert(9, v6);
         table.remove(9);
         assert_eq!((table.get(9), table.v6.len(), table.len()), (None, 0, 2));
+        // A keyed modem removed is gone, and counted out once however often it is removed.
+        table.remove(7);
+        table.remove(7);
+        assert_eq!((table.get(7), table.len()), (None, 1));
+        assert_eq!(
+            table.get(100),
+            None,
+            "a keyed modem never heard has no session"
+        );
+        table.insert(100, v4);
+        table.insert(9, v4);
+        let mut held: Vec<u64> = table.iter().map(|(id, _)| id).collect();
+        held.sort_unstable();
+        assert_eq!((held, table.len()), (vec![8, 9, 100], 3));
+    }
+
+    #[test]
+    fn keyed_modems_take_no_map_entry() {
+        let [_, mut table] = layouts();
+        table.insert(7, session(([198, 51, 100, 7], 4000).into()));
+        table.insert(9, session(([198, 51, 100, 9], 4000).into()));
+        assert_eq!((table.keyed_held, table.unkeyed.len()), (1, 1));
     }
 
     #[test]
     fn the_last_write_rounds_up_to_a_second_once() {
-        let mut table = SessionTable::default();
+        let [_, mut table] = layouts();
         let s = Session {
             written: 1_700_000_060_000_400,
             ..session(([198, 51, 100, 7], 4000).into())

@@ -6,6 +6,9 @@
 //! reads the topic back and takes the sessions it held.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use switchyard_protocol::keys::ModemKeys;
 
 use switchyard_schemas::records::{DeviceSession, SessionProtocol};
 
@@ -105,6 +108,15 @@ impl Sessions {
             instance: instance.to_string(),
             heartbeat_us,
             by_modem: SessionTable::default(),
+        }
+    }
+
+    /// With a slot for each of `keys`' modems, held in one array instead of a map (see
+    /// [`SessionTable`]). Before any session is taken.
+    pub fn with_key_slots(self, keys: Arc<ModemKeys>) -> Self {
+        Sessions {
+            by_modem: SessionTable::for_keys(keys),
+            ..self
         }
     }
 

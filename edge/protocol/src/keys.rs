@@ -24,9 +24,28 @@ pub struct ModemKeys {
 impl ModemKeys {
     /// The key of `modem`, if it has one.
     pub fn get(&self, modem: u64) -> Option<&[u8]> {
-        let i = self.ids.binary_search(&modem).ok()?;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        self.bytes.get(start..self.ends[i])
+        self.key_at(self.position(modem)?)
+    }
+
+    /// Where `modem` lies among the keyed modems, `0..len()`: a dense index for whoever
+    /// keeps something per keyed modem (a slot per key instead of a map entry per modem).
+    pub fn position(&self, modem: u64) -> Option<usize> {
+        self.ids.binary_search(&modem).ok()
+    }
+
+    /// The modem at `position`.
+    pub fn id_at(&self, position: usize) -> Option<u64> {
+        self.ids.get(position).copied()
+    }
+
+    /// The key of the modem at `position`.
+    pub fn key_at(&self, position: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(position)?;
+        let start = match position.checked_sub(1) {
+            Some(before) => self.ends[before],
+            None => 0,
+        };
+        self.bytes.get(start..end)
     }
 
     pub fn contains(&self, modem: u64) -> bool {
@@ -112,6 +131,16 @@ mod tests {
         assert_eq!(keys.get(42), Some(&[10, 11, 12][..]));
         assert_eq!(keys.get(8), None);
         assert!(keys.contains(9) && !keys.contains(43));
+        // Positions follow the sorted ids, and lead back to the same modem and key.
+        assert_eq!(
+            [7, 9, 42].map(|m| keys.position(m)),
+            [Some(0), Some(1), Some(2)]
+        );
+        assert_eq!(
+            (keys.position(8), keys.id_at(1), keys.id_at(3)),
+            (None, Some(9), None)
+        );
+        assert_eq!((keys.key_at(0), keys.key_at(3)), (Some(&[1, 2][..]), None));
         assert_eq!(parse_keys("42").expect_err("missing key").line, 1);
         assert!(parse_keys("x 00").is_err());
         assert_eq!(

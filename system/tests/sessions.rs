@@ -234,6 +234,35 @@ fn keyed_modem(
     command
 }
 
+/// One power cycle of a keyed modem: 2 s of status reports and temperature readings (22
+/// signed packets). Returns its log.
+fn power_cycle(
+    udp: SocketAddr,
+    modem: u64,
+    keys: &std::path::Path,
+    scratch: &std::path::Path,
+) -> String {
+    let status = keyed_modem(udp, modem, keys, scratch)
+        .args([
+            "--rates",
+            "0,0,10",
+            "--status-secs",
+            "1",
+            "--duration-secs",
+            "2",
+        ])
+        .output()
+        .expect("modem runs");
+    let log = String::from_utf8_lossy(&status.stderr).into_owned()
+        + &String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && !log.contains("ERROR"),
+        "the modem simulator ended with {}: {log}",
+        status.status
+    );
+    log
+}
+
 /// Issue 25 (1): a keyed modem restarted with the same command line, key and SIM memory is
 /// heard again at once, by the gateway that saw its last run and by one SIGKILLed and
 /// started again. Its SIM used to start at sequence 1 on every power-on: the gateway's
@@ -252,31 +281,9 @@ fn a_keyed_modem_that_reboots_is_heard_again_by_a_running_and_a_restarted_gatewa
     };
     let accepted = |g: SocketAddr| gateway_metric(g, "switchyard_gateway_packets_total");
     let refused = |g: SocketAddr| gateway_metric(g, "switchyard_gateway_rejects_total");
-    // One power cycle of the modem: 2 s of status reports and temperature readings.
-    let power_cycle = |udp: SocketAddr| {
-        let status = keyed_modem(udp, MODEM, &keys, dir.path())
-            .args([
-                "--rates",
-                "0,0,10",
-                "--status-secs",
-                "1",
-                "--duration-secs",
-                "2",
-            ])
-            .output()
-            .expect("modem runs");
-        let log = String::from_utf8_lossy(&status.stderr).into_owned()
-            + &String::from_utf8_lossy(&status.stdout);
-        assert!(
-            status.status.success() && !log.contains("ERROR"),
-            "the modem simulator ended with {}: {log}",
-            status.status
-        );
-        log
-    };
     let heard_again = |g: &switchyard_testkit::Gateway, run: &str| {
         let before = accepted(g.metrics);
-        let modem_log = power_cycle(g.udp);
+        let modem_log = power_cycle(g.udp, MODEM, &keys, dir.path());
         wait_for(
             &format!("the {run} run's packets to be accepted"),
             WAIT,
@@ -302,6 +309,69 @@ fn a_keyed_modem_that_reboots_is_heard_again_by_a_running_and_a_restarted_gatewa
         .start_gateway(&gateway_env(Some(udp)))
         .expect("gateway again");
     heard_again(&gateway, "third");
+}
+
+/// Issue 25: a device whose counter is genuinely behind (its SIM's memory lost, as here, or
+/// the SIM replaced) was refused for good: every packet `replayed_sequence`, never a way
+/// back. The gateway now answers a signed packet it refuses as not fresh with a signed
+/// resync, and the SIM moves its counter above the gateway's highest. Without the resync
+/// every packet of the last run is refused (its numbers are more than 64 behind).
+#[test]
+fn a_modem_whose_sim_lost_its_counter_is_resynchronised_and_heard_again() {
+    const MODEM: u64 = 7003;
+    let stack = Stack::start().expect("stack");
+    let dir = tempfile::tempdir().expect("scratch");
+    let keys = dir.path().join("modem-keys");
+    std::fs::write(&keys, format!("{MODEM} 000102030405060708090a0b0c0d0e0f\n")).expect("keys");
+    let gateway = stack
+        .start_gateway(&[("SWITCHYARD_MODEM_KEYS", keys.display().to_string())])
+        .expect("gateway");
+    let metric = |name: &str| gateway_metric(gateway.metrics, name);
+    let accepted = || metric("switchyard_gateway_packets_total");
+    // Two power cycles: the second starts above the first's reserved block (1,024), so the
+    // gateway's highest number is past 1,024.
+    for _ in 0..2 {
+        power_cycle(gateway.udp, MODEM, &keys, dir.path());
+    }
+    wait_for("both runs to be accepted", WAIT, || accepted() >= 44.0)
+        .unwrap_or_else(|e| panic!("{e}: accepted {}", accepted()));
+    assert_eq!(metric("switchyard_gateway_rejects_total"), 0.0);
+    // The SIM's memory is lost: it counts from 1 again.
+    let sims = dir.path().join("sims");
+    std::fs::remove_dir_all(&sims).expect("the SIM memory is there to lose");
+    let before = accepted();
+    let modem_log = power_cycle(gateway.udp, MODEM, &keys, dir.path());
+    wait_for("the run after the loss to be heard", WAIT, || {
+        accepted() >= before + 15.0
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: accepted {} (before {before}), refused {}, resyncs {}\n--- modem:\n{modem_log}\n--- gateway:\n{}",
+            accepted(),
+            metric("switchyard_gateway_rejects_total"),
+            metric("switchyard_gateway_sequence_resyncs_total"),
+            gateway.service.log_text()
+        )
+    });
+    let text = http_get_text(gateway.metrics, "/metrics").expect("metrics");
+    let refused = metric_sum(
+        &text,
+        "switchyard_gateway_rejects_total{reason=\"replayed_sequence\"}",
+    );
+    let resyncs = metric_sum(
+        &text,
+        "switchyard_gateway_sequence_resyncs_total{outcome=\"sent\"}",
+    );
+    // Its first packets are refused (those sent before the answer arrives, at 10 a
+    // second), the first one answered, and the rest pass: each refusal is counted.
+    assert!(
+        (1.0..=7.0).contains(&refused) && resyncs >= 1.0 && resyncs <= refused,
+        "refused {refused}, resyncs sent {resyncs}\n--- modem:\n{modem_log}"
+    );
+    assert!(
+        modem_log.contains("counter moved above"),
+        "the SIM says it moved its counter: {modem_log}"
+    );
 }
 
 /// Issue 25 (4): the SIM now refuses a Perform whose number is not above the last one it

@@ -30,6 +30,7 @@ pub struct GatewayMetrics {
     pub requests_ended_before: IntCounter,
     pub left_to_holder: IntCounter,
     pub expired_requests: IntCounter,
+    pub sequence_resyncs: IntCounterVec,
 }
 
 /// Upper bounds (seconds) of the `produce_seconds` histogram: fine below 100 ms, where a
@@ -159,6 +160,13 @@ impl GatewayMetrics {
             expired_requests: reg!(IntCounter::new(
                 "expired_requests_total",
                 "Switch requests already past their deadline when read (e.g. a new instance reading old requests): skipped."
+            )?),
+            sequence_resyncs: reg!(IntCounterVec::new(
+                Opts::new(
+                    "sequence_resyncs_total",
+                    "Signed packets refused as not fresh (replayed_sequence) answered with a sequence resync: the number the modem's counter must pass (a device behind, e.g. a SIM whose memory was lost, or a replay). At most one a second per modem; by outcome (sent, send_failed)."
+                ),
+                &["outcome"]
             )?),
             registry,
         })

@@ -112,7 +112,15 @@ impl Gateway {
         };
         let modem_id = match &frame.envelope {
             Some(envelope) => {
-                if let Err((reason, detail)) = self.authenticate(datagram, envelope) {
+                if let Err(Refused {
+                    reason,
+                    detail,
+                    resync_above,
+                }) = self.authenticate(datagram, envelope)
+                {
+                    if let Some(above) = resync_above {
+                        self.send_resync(envelope.modem_id, above, source);
+                    }
                     return self.reject(
                         datagram,
                         source,
@@ -227,11 +235,7 @@ impl Gateway {
     }
 
     /// With keys configured: a known modem, a valid tag, a fresh sequence number.
-    fn authenticate(
-        &self,
-        datagram: &[u8],
-        envelope: &Envelope,
-    ) -> Result<(), (&'static str, String)> {
+    fn authenticate(&self, datagram: &[u8], envelope: &Envelope) -> Result<(), Refused> {
         if self.keys.is_empty() {
             return Ok(());
         }
@@ -239,29 +243,56 @@ impl Gateway {
             .keys
             .position(envelope.modem_id)
             .and_then(|at| Some((at, self.keys.key_at(at)?)))
-            .ok_or((
-                "unknown_modem",
-                format!("no key for modem {}", envelope.modem_id),
-            ))?;
+            .ok_or_else(|| {
+                Refused::new(
+                    "unknown_modem",
+                    format!("no key for modem {}", envelope.modem_id),
+                )
+            })?;
         verify(datagram, key).map_err(|e| {
             let reason = match e {
                 AuthError::MissingTag => "missing_tag",
                 _ => "bad_tag",
             };
-            (reason, e.to_string())
+            Refused::new(reason, e.to_string())
         })?;
-        let fresh = self
-            .windows
-            .lock()
-            .map(|mut w| w.accept(at, envelope.sequence))
-            .unwrap_or(false);
-        if !fresh {
-            return Err((
+        let Ok(mut windows) = self.windows.lock() else {
+            return Err(Refused::new(
+                "replayed_sequence",
+                "replay windows unavailable".into(),
+            ));
+        };
+        if windows.accept(at, envelope.sequence) {
+            return Ok(());
+        }
+        // Signed by the modem's key, so the device (or a copy of its packet) is behind: tell
+        // it where its counter must go.
+        let now_s = u32::try_from(now_us() / 1_000_000).unwrap_or(u32::MAX);
+        Err(Refused {
+            resync_above: windows.resync_due(at, now_s),
+            ..Refused::new(
                 "replayed_sequence",
                 format!("sequence {} was seen or is too old", envelope.sequence),
-            ));
+            )
+        })
+    }
+}
+
+/// Why `authenticate` refused a datagram, and whether to answer it with a sequence resync.
+struct Refused {
+    reason: &'static str,
+    detail: String,
+    /// The number to resync the modem's counter above.
+    resync_above: Option<u32>,
+}
+
+impl Refused {
+    fn new(reason: &'static str, detail: String) -> Self {
+        Refused {
+            reason,
+            detail,
+            resync_above: None,
         }
-        Ok(())
     }
 }
 

@@ -4,10 +4,18 @@
 
 const WINDOW: u32 = 64;
 
+/// A modem is sent at most one sequence resync this often (seconds): enough for a device
+/// that is behind, too little to make the gateway a reflector.
+pub const RESYNC_INTERVAL_S: u32 = 1;
+
+/// One modem's window, 16 bytes.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayWindow {
-    highest: Option<u32>,
-    /// Bit i set: `highest - i` was seen.
+    /// The highest number accepted or raised to; meaningless while `seen` is 0.
+    highest: u32,
+    /// When this modem was last sent a sequence resync (seconds since the epoch; 0: never).
+    resynced_s: u32,
+    /// Bit i set: `highest - i` was seen. 0 only before the first number.
     seen: u64,
 }
 
@@ -15,12 +23,12 @@ impl ReplayWindow {
     /// A window that refuses `seq` and everything before it: what a restarted gateway
     /// knows from the session record (which numbers below it were seen is not kept).
     pub fn raise_to(&mut self, seq: u32) {
-        if self.highest.is_none_or(|h| seq > h) {
-            self.highest = Some(seq);
+        if self.seen == 0 || seq > self.highest {
+            self.highest = seq;
             self.seen = u64::MAX;
-        } else if let Some(h) = self.highest {
+        } else {
             // Numbers up to `seq`, below the highest, count as seen too.
-            let behind = h - seq;
+            let behind = self.highest - seq;
             if behind < WINDOW {
                 self.seen |= u64::MAX << behind;
             }
@@ -29,16 +37,17 @@ impl ReplayWindow {
 
     /// The highest number accepted, if any.
     pub fn highest(&self) -> Option<u32> {
-        self.highest
+        (self.seen != 0).then_some(self.highest)
     }
 
     /// Whether `seq` is acceptable; records it if so.
     pub fn accept(&mut self, seq: u32) -> bool {
-        let Some(highest) = self.highest else {
-            self.highest = Some(seq);
+        if self.seen == 0 {
+            self.highest = seq;
             self.seen = 1;
             return true;
-        };
+        }
+        let highest = self.highest;
         if seq > highest {
             let shift = seq - highest;
             self.seen = if shift >= WINDOW {
@@ -46,7 +55,7 @@ impl ReplayWindow {
             } else {
                 (self.seen << shift) | 1
             };
-            self.highest = Some(seq);
+            self.highest = seq;
             return true;
         }
         let behind = highest - seq;
@@ -59,6 +68,17 @@ impl ReplayWindow {
         }
         self.seen |= bit;
         true
+    }
+
+    /// After a refused number, at `now_s`: the number a resync should move the modem's
+    /// counter above, unless one went out less than [`RESYNC_INTERVAL_S`] ago.
+    pub fn resync_due(&mut self, now_s: u32) -> Option<u32> {
+        let highest = self.highest()?;
+        if self.resynced_s != 0 && now_s.saturating_sub(self.resynced_s) < RESYNC_INTERVAL_S {
+            return None;
+        }
+        self.resynced_s = now_s.max(1);
+        Some(highest)
     }
 }
 
@@ -84,6 +104,11 @@ impl ReplayWindows {
         self.by_position
             .get_mut(position)
             .is_some_and(|w| w.accept(seq))
+    }
+
+    /// [`ReplayWindow::resync_due`] for the modem at `position`.
+    pub fn resync_due(&mut self, position: usize, now_s: u32) -> Option<u32> {
+        self.by_position.get_mut(position)?.resync_due(now_s)
     }
 
     /// [`ReplayWindow::raise_to`] for the modem at `position`.
@@ -125,6 +150,27 @@ mod tests {
         assert!(!w.accept(52));
         assert!(w.accept(54));
         assert_eq!(w.highest(), Some(54));
+    }
+
+    #[test]
+    fn a_window_is_16_bytes() {
+        assert_eq!(std::mem::size_of::<ReplayWindow>(), 16);
+    }
+
+    #[test]
+    fn a_resync_names_the_highest_number_at_most_once_an_interval() {
+        let mut w = ReplayWindow::default();
+        assert_eq!(
+            w.resync_due(100),
+            None,
+            "nothing to resync to before any number"
+        );
+        w.raise_to(4000);
+        assert!(!w.accept(7), "a counter far behind is refused");
+        assert_eq!(w.resync_due(100), Some(4000));
+        assert_eq!(w.resync_due(100), None, "not twice in one interval");
+        assert_eq!(w.resync_due(100 + RESYNC_INTERVAL_S), Some(4000));
+        assert!(w.accept(4001), "the counter moved above it is accepted");
     }
 
     #[test]

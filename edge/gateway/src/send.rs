@@ -251,6 +251,17 @@ impl Gateway {
         let modem: u64 = modem_id
             .parse()
             .with_context(|| format!("modem id {modem_id:?} is not a number"))?;
+        self.enveloped_downlink(modem, Some(request_id), packet)
+    }
+
+    /// `packet` in an envelope for `modem` under its next downlink number, signed when the
+    /// modem has a key.
+    fn enveloped_downlink(
+        &self,
+        modem: u64,
+        request_id: Option<u64>,
+        packet: Packet,
+    ) -> anyhow::Result<Vec<u8>> {
         let sequence = self
             .downlink_sequence
             .lock()
@@ -264,7 +275,7 @@ impl Gateway {
             envelope: Some(Envelope {
                 modem_id: modem,
                 sequence,
-                request_id: Some(request_id),
+                request_id,
                 auth_tag: None,
             }),
             packet,
@@ -273,6 +284,27 @@ impl Gateway {
             Some(key) => frame.encode_signed(key)?,
             None => frame.encode()?,
         })
+    }
+
+    /// Answer a signed packet refused as not fresh: a signed resync telling `modem`'s SIM to
+    /// move its counter above `above`, to the address the packet came from. Nothing in it
+    /// can harm the modem if a replayer receives it: it only moves a counter forward, to
+    /// where the gateway already is.
+    pub(crate) fn send_resync(&self, modem: u64, above: u32, to: std::net::SocketAddr) {
+        let outcome = match self
+            .enveloped_downlink(modem, None, Packet::SequenceResync { above })
+            .and_then(|packet| Ok(self.send_datagram(&packet, to)?))
+        {
+            Ok(_) => "sent",
+            Err(e) => {
+                warn!(modem, %to, error = %e, "cannot send a sequence resync");
+                "send_failed"
+            }
+        };
+        self.metrics
+            .sequence_resyncs
+            .with_label_values(&[outcome])
+            .inc();
     }
 
     /// Send one datagram from the gateway's socket without blocking: the socket blocks for

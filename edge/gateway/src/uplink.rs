@@ -87,7 +87,9 @@ pub fn to_record(
             received_at: received_at_us,
             sequence,
         }),
-        Packet::CarrierSwitchPerform(_) => return Err("downlink_packet_on_uplink"),
+        Packet::CarrierSwitchPerform(_) | Packet::SequenceResync { .. } => {
+            return Err("downlink_packet_on_uplink")
+        }
     })
 }
 

@@ -101,6 +101,9 @@ pub fn packet_to_json(packet: &Packet) -> Value {
             "flow": "carrier_switch", "topic": "ack", "status": status.as_str(),
             "carrier_id": carrier.code(), "carrier": carrier.as_str(),
         }),
+        Packet::SequenceResync { above } => json!({
+            "flow": "session", "topic": "resync", "above": above,
+        }),
     }
 }
 
@@ -198,8 +201,12 @@ pub fn packet_from_json(v: &Value) -> Result<Packet, JsonError> {
             status: str_field(obj, "status")?.parse::<AckStatus>().map_err(JsonError)?,
             carrier: carrier_field(obj)?,
         }),
+        ("session", "resync") => Ok(Packet::SequenceResync {
+            above: u32::try_from(u64_field(obj, "above")?)
+                .map_err(|_| JsonError("above must fit in 32 bits".into()))?,
+        }),
         (flow, topic) => err(format!(
-            "unknown packet flow {flow:?} topic {topic:?} (iot/data, iot/status, carrier_switch/perform, carrier_switch/ack, or flow envelope)"
+            "unknown packet flow {flow:?} topic {topic:?} (iot/data, iot/status, carrier_switch/perform, carrier_switch/ack, session/resync, or flow envelope)"
         )),
     }
 }

@@ -1,4 +1,5 @@
-//! The four v1 packet types, byte for byte as the original system sends them.
+//! The four v1 packet types, byte for byte as the original system sends them, and the one
+//! packet of the envelope extension's session flow (never sent to a v1 device).
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,11 +12,14 @@ use crate::timestamp::{decode_timestamp, encode_timestamp, TIMESTAMP_LEN};
 pub(crate) const FLOW_IOT: u8 = 0x0;
 pub(crate) const FLOW_CARRIER_SWITCH: u8 = 0x1;
 pub(crate) const FLOW_ENVELOPE: u8 = 0x2;
+/// The envelope extension's session control: only inside a signed envelope.
+pub(crate) const FLOW_SESSION: u8 = 0x3;
 
 const TOPIC_DATA: u8 = 0x0;
 const TOPIC_STATUS: u8 = 0x1;
 const TOPIC_PERFORM: u8 = 0x0;
 const TOPIC_ACK: u8 = 0x1;
+const TOPIC_RESYNC: u8 = 0x0;
 
 /// Bytes before the data in an IoT Data packet: header, device id, timestamp, length.
 const IOT_DATA_HEADER_LEN: usize = 1 + 4 + TIMESTAMP_LEN + 1;
@@ -137,6 +141,11 @@ pub enum Packet {
     CarrierSwitchPerform(Carrier),
     /// Uplink answer to a switch: whether it happened and the carrier now in use (flow 1, topic 1).
     CarrierSwitchAck { status: AckStatus, carrier: Carrier },
+    /// Downlink, envelope extension only (flow 3, topic 0; 5 bytes: header, u32 big-endian):
+    /// the gateway refused an uplink number as not fresh, and the SIM's counter must move
+    /// above `above` (the highest number the gateway holds for the modem). Valid only in an
+    /// envelope signed with the modem's key; moving a counter forward is all it can do.
+    SequenceResync { above: u32 },
 }
 
 impl Packet {
@@ -147,6 +156,7 @@ impl Packet {
             Packet::IotStatus(_) => "iot_status",
             Packet::CarrierSwitchPerform(_) => "carrier_switch_perform",
             Packet::CarrierSwitchAck { .. } => "carrier_switch_ack",
+            Packet::SequenceResync { .. } => "sequence_resync",
         }
     }
 
@@ -172,7 +182,15 @@ impl Packet {
                     carrier: Carrier::from_code(byte & 0x0F)?,
                 })
             }
-            (FLOW_IOT | FLOW_CARRIER_SWITCH, topic) => {
+            (FLOW_SESSION, TOPIC_RESYNC) => {
+                exact_len("Sequence Resync", bytes, 5)?;
+                let mut above = [0; 4];
+                above.copy_from_slice(&bytes[1..5]);
+                Ok(Packet::SequenceResync {
+                    above: u32::from_be_bytes(above),
+                })
+            }
+            (FLOW_IOT | FLOW_CARRIER_SWITCH | FLOW_SESSION, topic) => {
                 Err(DecodeError::UnknownTopic { flow, topic })
             }
             (FLOW_ENVELOPE, _) => Err(DecodeError::NestedEnvelope),
@@ -210,6 +228,10 @@ impl Packet {
                 FLOW_CARRIER_SWITCH << 4 | TOPIC_ACK,
                 status.code() << 4 | carrier.code(),
             ]),
+            Packet::SequenceResync { above } => {
+                out.push(FLOW_SESSION << 4 | TOPIC_RESYNC);
+                out.extend_from_slice(&above.to_be_bytes());
+            }
         }
         Ok(())
     }
@@ -218,6 +240,7 @@ impl Packet {
     pub fn encoded_len(&self) -> usize {
         match self {
             Packet::IotData(d) => IOT_DATA_HEADER_LEN + d.data.len(),
+            Packet::SequenceResync { .. } => 5,
             _ => 2,
         }
     }

@@ -53,7 +53,11 @@ fn wrong_length_byte() {
 
 #[test]
 fn unknown_flow_and_topic() {
-    assert_eq!(decode_hex("3000"), Err(DecodeError::UnknownFlow(3)));
+    assert_eq!(decode_hex("4000"), Err(DecodeError::UnknownFlow(4)));
+    assert_eq!(
+        decode_hex("3100000001"),
+        Err(DecodeError::UnknownTopic { flow: 3, topic: 1 })
+    );
     assert_eq!(
         decode_hex("0200"),
         Err(DecodeError::UnknownTopic { flow: 0, topic: 2 })
@@ -97,6 +101,17 @@ fn reserved_bits_and_wrong_sizes_of_short_packets() {
     ));
     assert!(matches!(
         decode_hex("110000"),
+        Err(DecodeError::TrailingBytes { .. })
+    ));
+    assert!(matches!(
+        decode_hex("30000010"),
+        Err(DecodeError::Truncated {
+            packet: "Sequence Resync",
+            ..
+        })
+    ));
+    assert!(matches!(
+        decode_hex("300000100400"),
         Err(DecodeError::TrailingBytes { .. })
     ));
 }
@@ -168,7 +183,7 @@ proptest! {
 
     /// Random bytes behind each valid header byte reach the deeper decoding paths.
     #[test]
-    fn random_payloads_behind_known_headers(header in prop::sample::select(vec![0x00u8, 0x01, 0x10, 0x11, 0x20]), rest in proptest::collection::vec(any::<u8>(), 0..48)) {
+    fn random_payloads_behind_known_headers(header in prop::sample::select(vec![0x00u8, 0x01, 0x10, 0x11, 0x20, 0x30]), rest in proptest::collection::vec(any::<u8>(), 0..48)) {
         let mut bytes = vec![header];
         bytes.extend(rest);
         if let Ok(frame) = Frame::decode(&bytes) {

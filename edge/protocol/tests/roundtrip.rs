@@ -30,6 +30,7 @@ fn any_packet() -> impl Strategy<Value = Packet> {
         carrier.clone().prop_map(Packet::CarrierSwitchPerform),
         (prop::sample::select(AckStatus::ALL.to_vec()), carrier)
             .prop_map(|(status, carrier)| Packet::CarrierSwitchAck { status, carrier }),
+        any::<u32>().prop_map(|above| Packet::SequenceResync { above }),
     ]
 }
 

@@ -371,6 +371,10 @@ impl Applet {
                         request_id,
                     )
                 }
+                Packet::SequenceResync { above } => match &frame.envelope {
+                    Some(env) => self.resync(packet, env, above),
+                    None => sw::BAD_DATA,
+                },
                 Packet::CarrierSwitchAck { .. } => sw::BAD_DATA,
                 uplink => self.queue_send(uplink, None),
             },
@@ -386,6 +390,41 @@ impl Applet {
             }
             Err(_) => sw::BAD_DATA,
         }
+    }
+
+    /// A signed resync from the network: the gateway refused a number as not fresh, so the
+    /// counter moves above `above` (reserved in memory first). Only forward: a resync that is
+    /// old, or replayed, changes nothing, so it needs no freshness of its own. Unsigned, or
+    /// for another modem: refused.
+    fn resync(&mut self, packet: &[u8], env: &Envelope, above: u32) -> [u8; 2] {
+        let Some(key) = &self.config.key else {
+            return sw::SECURITY;
+        };
+        if env.modem_id != self.config.modem_id || verify(packet, key).is_err() {
+            return sw::SECURITY;
+        }
+        if above <= self.uplink_sequence {
+            return sw::OK;
+        }
+        let reserved = above.saturating_add(UPLINK_BLOCK);
+        if reserved > self.uplink_reserved {
+            if let Err(e) = self.memory.write(&Counters {
+                uplink_reserved: reserved,
+                ..self.stored()
+            }) {
+                tracing::error!(modem = self.config.modem_id, error = %e, "the SIM cannot keep the resynchronised counter; not moved");
+                return sw::MEMORY_FAILURE;
+            }
+            self.uplink_reserved = reserved;
+        }
+        tracing::info!(
+            modem = self.config.modem_id,
+            from = self.uplink_sequence,
+            above,
+            "the network refused this SIM's numbers as not fresh: counter moved above its highest"
+        );
+        self.uplink_sequence = above;
+        sw::OK
     }
 
     fn nack(&mut self, request_id: Option<u64>) -> [u8; 2] {

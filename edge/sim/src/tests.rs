@@ -547,3 +547,73 @@ fn an_original_client_never_sees_91_even_with_a_command_pending() {
     let r = applet.transmit(&[0x00, 0xA4, 0x00, 0x04, 0x02, 0x3F, 0x00]);
     assert_eq!(sw(&r)[0], 0x91);
 }
+
+/// Issue 25: a SIM whose counter is behind the gateway's window (its memory lost or
+/// replaced) was refused for good. A signed resync moves it above the gateway's highest,
+/// reserved in memory so a power cycle keeps it there; an unsigned one, one for another
+/// modem or under another key is refused, and an old one moves nothing back.
+#[test]
+fn a_signed_resync_moves_the_counter_forward_only() {
+    let dir = std::env::temp_dir().join(format!("sim-resync-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let resync = |modem: u64, above: u32, key: Option<&[u8]>| {
+        let frame = Frame {
+            envelope: Some(Envelope {
+                modem_id: modem,
+                sequence: 9,
+                request_id: None,
+                auth_tag: None,
+            }),
+            packet: Packet::SequenceResync { above },
+        };
+        match key {
+            Some(key) => frame.encode_signed(key),
+            None => frame.encode(),
+        }
+        .expect("encodes")
+    };
+    let next_number = |applet: &mut Applet| {
+        let status = Packet::IotStatus(switchyard_protocol::IotStatus::Nominal);
+        push(applet, &status.encode().expect("encode"));
+        let payload = send_data_payload(&fetch_and_respond(applet)).expect("SEND DATA");
+        verify(&payload, KEY)
+            .expect("signed")
+            .envelope
+            .map(|e| e.sequence)
+    };
+    let mut applet = keyed_sim_powered_on(&dir);
+    assert_eq!(next_number(&mut applet), Some(2));
+    for refused in [
+        resync(42, 5000, None),
+        resync(43, 5000, Some(KEY)),
+        resync(42, 5000, Some(b"another key")),
+    ] {
+        assert_eq!(sw(&push(&mut applet, &refused)), sw::SECURITY);
+    }
+    assert_eq!(
+        sw(&push(
+            &mut applet,
+            &Packet::SequenceResync { above: 5000 }
+                .encode()
+                .expect("encodes")
+        )),
+        sw::BAD_DATA,
+        "a bare resync is not a packet for the SIM"
+    );
+    assert_eq!(next_number(&mut applet), Some(3), "nothing moved");
+    assert_eq!(sw(&push(&mut applet, &resync(42, 5000, Some(KEY)))), sw::OK);
+    assert_eq!(next_number(&mut applet), Some(5001));
+    assert_eq!(sw(&push(&mut applet, &resync(42, 4000, Some(KEY)))), sw::OK);
+    assert_eq!(
+        next_number(&mut applet),
+        Some(5002),
+        "an old resync moves nothing back"
+    );
+    drop(applet);
+    let mut again = keyed_sim_powered_on(&dir);
+    assert!(
+        next_number(&mut again) > Some(5002),
+        "the moved counter survives a power cycle"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

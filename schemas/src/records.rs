@@ -165,6 +165,7 @@ mod tests {
             address_changes: 2,
             clock_offset_ms: Some(-1_250),
             sequence: Some(7),
+            sequence_reserved: Some(1031),
         });
         round_trip(IotStatusReport {
             modem_id: "1".into(),

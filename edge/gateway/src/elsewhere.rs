@@ -88,6 +88,7 @@ mod tests {
             address_changes: 0,
             clock_offset_ms: None,
             sequence: None,
+            sequence_reserved: None,
         }
     }
 

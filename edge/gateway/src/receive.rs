@@ -26,7 +26,7 @@ use tracing::warn;
 
 use crate::downlink::Answer;
 use crate::service::{rate_limited, Gateway};
-use crate::sessions::Heard;
+use crate::sessions::{Heard, Observed};
 use crate::uplink::{to_record, wire_carrier, Uplink, ACK_TOPIC, STATUS_TOPIC};
 use crate::SESSIONS_TOPIC;
 
@@ -170,8 +170,8 @@ impl Gateway {
             Uplink::Reading { reading, .. } => Some(reading.timestamp),
             _ => None,
         };
-        let session = self.sessions.lock().ok().and_then(|mut sessions| {
-            let record = sessions.observe(
+        let observed = self.sessions.lock().ok().map(|mut sessions| {
+            let observed = sessions.observe_packet(
                 &modem_id,
                 Heard {
                     address: source,
@@ -188,12 +188,48 @@ impl Gateway {
                 },
             );
             self.metrics.known_modems.set(sessions.len() as i64);
-            record
+            observed
         });
-        if let Some(session) = session {
-            self.metrics.session_writes.inc();
-            self.publish(SESSIONS_TOPIC, &modem_id, &session, arrived);
+        let Some(Observed {
+            record: Some(session),
+            uncovered,
+        }) = observed
+        else {
+            return self.publish_uplink(record, modem_id, source, arrived);
+        };
+        self.metrics.session_writes.inc();
+        let reserved = session
+            .sequence_reserved
+            .and_then(|r| u32::try_from(r).ok());
+        let gateway = Arc::clone(self);
+        let modem = modem_id.clone();
+        // Uncovered: the packet's number is reserved only by this record, so what it
+        // carries goes to the broker after the record, never before (`Observed`).
+        let (after_the_record, now) = match uncovered {
+            true => (Some(record), None),
+            false => (None, Some(record)),
+        };
+        self.publish_then(SESSIONS_TOPIC, &modem_id, &session, arrived, move || {
+            if let (Some(reserved), Ok(mut sessions)) = (reserved, gateway.sessions.lock()) {
+                sessions.acknowledged(&modem, reserved);
+            }
+            if let Some(record) = after_the_record {
+                gateway.publish_uplink(record, modem, source, arrived);
+            }
+        });
+        if let Some(record) = now {
+            self.publish_uplink(record, modem_id, source, arrived);
         }
+    }
+
+    /// Publish what an accepted packet carries.
+    fn publish_uplink(
+        self: &Arc<Self>,
+        record: Uplink,
+        modem_id: String,
+        source: SocketAddr,
+        arrived: Instant,
+    ) {
         match record {
             Uplink::Reading { topic, reading } => {
                 self.publish(&topic, &modem_id, &reading, arrived)

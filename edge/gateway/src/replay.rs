@@ -111,6 +111,17 @@ impl ReplayWindows {
         self.by_position.get_mut(position)?.resync_due(now_s)
     }
 
+    /// Reading `device-sessions` back at start: the modem at `position` refuses `seq` and
+    /// everything before it, and nothing after, whatever an earlier record said (the latest
+    /// record of a modem is the truth: a clean stop's exact number replaces the
+    /// reservation before it).
+    pub fn restore(&mut self, position: usize, seq: u32) {
+        if let Some(w) = self.by_position.get_mut(position) {
+            *w = ReplayWindow::default();
+            w.raise_to(seq);
+        }
+    }
+
     /// [`ReplayWindow::raise_to`] for the modem at `position`.
     pub fn raise_to(&mut self, position: usize, seq: u32) {
         if let Some(w) = self.by_position.get_mut(position) {
@@ -182,5 +193,9 @@ mod tests {
         assert!(!windows.accept(1, 9) && windows.accept(0, 9));
         assert!(!windows.accept(2, 1), "no window beyond the keys");
         windows.raise_to(2, 1);
+        // Restored from a later record with a lower number: that number decides.
+        windows.restore(1, 7);
+        assert!(!windows.accept(1, 7) && windows.accept(1, 8));
+        windows.restore(2, 1);
     }
 }

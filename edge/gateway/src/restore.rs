@@ -12,14 +12,16 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use switchyard_kafka::{clients, is_partition_eof, TracingContext};
+use switchyard_protocol::keys::ModemKeys;
 use switchyard_registry_client::RecordDecoder;
 use switchyard_schemas::records::DeviceSession;
 use tracing::{info, warn};
 
 use crate::elsewhere::Elsewhere;
+use crate::replay::ReplayWindows;
 use crate::service::rate_limited;
 use crate::service::Gateway;
-use crate::sessions::{Claim, Sessions};
+use crate::sessions::{record_floor, Claim, Sessions};
 use crate::SESSIONS_TOPIC;
 
 /// What reading `device-sessions` back found.
@@ -37,7 +39,10 @@ pub struct Restored {
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Read `device-sessions` from its start to its end as of now into `sessions` (this
-/// instance's) and `elsewhere` (the others'). However long it takes (no timer aborts it;
+/// instance's), `elsewhere` (the others') and the replay windows of the keyed modems (each
+/// refuses up to its latest record's floor, whoever wrote it: [`record_floor`]; a modem's
+/// records are in one partition, read in order). However
+/// long it takes (no timer aborts it;
 /// `timeout` bounds each metadata request), saying how far it got in the log and in
 /// `health`'s reason; it yields at every record, so a shutdown raced against it ends it.
 pub async fn restore_sessions(
@@ -45,6 +50,7 @@ pub async fn restore_sessions(
     decoder: &mut RecordDecoder,
     sessions: &mut Sessions,
     elsewhere: &mut Elsewhere,
+    (keys, windows): (&ModemKeys, &mut ReplayWindows),
     health: &switchyard_telemetry::Health,
     timeout: Duration,
 ) -> anyhow::Result<Restored> {
@@ -102,6 +108,9 @@ pub async fn restore_sessions(
             Ok(session) => {
                 sessions.restore(&session);
                 elsewhere.apply(&session);
+                if let Some(at) = keyed_position(keys, &session) {
+                    windows.restore(at, record_floor(&session));
+                }
             }
             Err(e) => {
                 restored.skipped += 1;
@@ -192,19 +201,13 @@ impl Gateway {
                 e.apply(&session);
                 self.metrics.modems_elsewhere.set(e.len() as i64);
             }
-            // What another instance accepted is not fresh here either.
-            let sequence = crate::sessions::record_sequence(&session);
-            let at = session
-                .modem_id
-                .parse::<u64>()
-                .ok()
-                .and_then(|modem| self.keys.position(modem));
+            // What another instance accepted, or may have, is not fresh here either.
             if let (true, Some(at), Ok(mut windows)) = (
-                sequence > 0 && session.gateway != self.config.instance_id,
-                at,
+                session.gateway != self.config.instance_id,
+                keyed_position(&self.keys, &session),
                 self.windows.lock(),
             ) {
-                windows.raise_to(at, sequence);
+                windows.raise_to(at, record_floor(&session));
             }
             match claim {
                 Claim::Yielded => {
@@ -224,4 +227,12 @@ impl Gateway {
             }
         }
     }
+}
+
+/// Where `record`'s modem lies among the keys, if it is a keyed modem with a number to refuse.
+fn keyed_position(keys: &ModemKeys, record: &DeviceSession) -> Option<usize> {
+    if record_floor(record) == 0 {
+        return None;
+    }
+    keys.position(record.modem_id.parse().ok()?)
 }

@@ -171,6 +171,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         .cloned()
         .context("no schema for device-sessions")?;
     let mut elsewhere = Elsewhere::new(&config.instance_id);
+    let mut windows = ReplayWindows::new(keys.len());
     let mut session_decoder = RecordDecoder::new(registry.clone(), session_id, session_codec);
     let restored = tokio::select! {
         restored = restore::restore_sessions(
@@ -178,6 +179,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
             &mut session_decoder,
             &mut sessions,
             &mut elsewhere,
+            (&keys, &mut windows),
             &health,
             Duration::from_secs(60),
         ) => restored?,
@@ -221,7 +223,6 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         );
     }
 
-    let windows = restored_windows(&keys, sessions.sequences());
     let socket = bind_udp(config.listen, config.udp_buffer_bytes)?;
     socket.set_read_timeout(Some(STOP_CHECK))?;
     let listen = socket.local_addr()?;
@@ -277,12 +278,12 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     {
         warn!("the uplink thread panicked");
     }
-    // The sequence numbers accepted since each session was last written: so that the
-    // next instance refuses a packet captured before this one stopped.
+    // Each session's exact highest number, where its last record says otherwise: so that
+    // the next instance refuses every packet this one accepted, and nothing more.
     let last = gateway
         .sessions
         .lock()
-        .map(|mut s| s.unwritten_sequences())
+        .map(|mut s| s.clean_stop_records())
         .unwrap_or_default();
     let written = last.len();
     for record in last {
@@ -302,21 +303,6 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         .await
         .ok();
     Ok(())
-}
-
-/// Replay windows for the restored sessions: each refuses the sequence number its record
-/// carried and every earlier one.
-fn restored_windows(
-    keys: &ModemKeys,
-    sequences: impl Iterator<Item = (u64, u32)>,
-) -> ReplayWindows {
-    let mut windows = ReplayWindows::new(keys.len());
-    for (modem, seq) in sequences {
-        if let Some(at) = keys.position(modem) {
-            windows.raise_to(at, seq);
-        }
-    }
-    windows
 }
 
 /// Logs the 1st, 2nd, 4th, 8th… occurrence of a recurring problem.

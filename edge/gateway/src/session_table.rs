@@ -1,11 +1,11 @@
-//! Where the sessions live: modem id -> [`Session`], each stored in 48 bytes instead of the
-//! 96 of the struct as the logic sees it. A gateway holds every modem it serves, so this
+//! Where the sessions live: modem id -> [`Session`], each stored in 56 bytes instead of the
+//! 104 of the struct as the logic sees it. A gateway holds every modem it serves, so this
 //! table is most of its memory.
 //!
 //! With keys (the default), every keyed modem has a slot in one array, at its position
-//! among the keys: no map entry, no map doubling, 48 bytes a keyed modem whether or not it
-//! has been heard (48 MB at a million). Modems without a key (the legacy v1 id,
-//! `--insecure`) are in a map: 48 bytes plus its 8-byte key and a control byte a slot, in a
+//! among the keys: no map entry, no map doubling, 56 bytes a keyed modem whether or not it
+//! has been heard (56 MB at a million). Modems without a key (the legacy v1 id,
+//! `--insecure`) are in a map: 56 bytes plus its 8-byte key and a control byte a slot, in a
 //! map that doubles.
 //!
 //! What makes an entry small: an IPv4 address in 6 bytes, with the rare IPv6 one in a side
@@ -41,6 +41,8 @@ struct Packed {
     address_changes: u32,
     sequence: u32,
     sequence_written: u32,
+    reserved: u32,
+    reserved_acked: u32,
     port: u16,
     protocol: SessionProtocol,
     flags: u8,
@@ -57,6 +59,8 @@ impl Packed {
         address_changes: 0,
         sequence: 0,
         sequence_written: 0,
+        reserved: 0,
+        reserved_acked: 0,
         port: 0,
         protocol: SessionProtocol::V1,
         flags: 0,
@@ -125,6 +129,8 @@ impl SessionTable {
             sequence: p.sequence,
             sequence_written: p.sequence_written,
             address_unwritten: p.flags & ADDRESS_UNWRITTEN != 0,
+            reserved: p.reserved,
+            reserved_acked: p.reserved_acked,
         })
     }
 
@@ -161,6 +167,8 @@ impl SessionTable {
             address_changes: u32::try_from(s.address_changes.max(0)).unwrap_or(u32::MAX),
             sequence: s.sequence,
             sequence_written: s.sequence_written,
+            reserved: s.reserved,
+            reserved_acked: s.reserved_acked,
             port,
             protocol: s.protocol,
             flags,
@@ -215,12 +223,14 @@ mod tests {
             sequence: 41,
             sequence_written: 40,
             address_unwritten: true,
+            reserved: 1064,
+            reserved_acked: 552,
         }
     }
 
     #[test]
-    fn a_session_is_48_bytes() {
-        assert_eq!(std::mem::size_of::<Packed>(), 48);
+    fn a_session_is_56_bytes() {
+        assert_eq!(std::mem::size_of::<Packed>(), 56);
     }
 
     /// The two layouts: every modem in the map; 7 and 8 in keyed slots (9 has no key).

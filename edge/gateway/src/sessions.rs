@@ -35,9 +35,31 @@ pub(crate) struct Session {
     /// The address moved since the last record (an unauthenticated move waits for
     /// [`UNAUTHENTICATED_MOVE_INTERVAL_US`]).
     pub address_unwritten: bool,
+    /// Numbers up to this one are reserved by the last record handed to the producer
+    /// (0: none), and by the last one the broker acknowledged ([`RESERVE_BLOCK`]).
+    pub reserved: u32,
+    pub reserved_acked: u32,
 }
 
 impl Session {
+    /// After an accepted packet: reserve the next [`RESERVE_BLOCK`] numbers once half of the
+    /// last reservation is used. Returns whether the packet's number is beyond what the
+    /// broker has acknowledged (then a record must carry the reservation, and the packet
+    /// wait for it).
+    fn reserve_for(&mut self, authenticated: bool) -> Reservation {
+        if !authenticated || self.sequence == 0 {
+            return Reservation::default();
+        }
+        let renewed = self.sequence.saturating_add(RESERVE_BLOCK / 2) > self.reserved;
+        if renewed {
+            self.reserved = self.sequence.saturating_add(RESERVE_BLOCK);
+        }
+        Reservation {
+            renewed,
+            uncovered: self.sequence > self.reserved_acked,
+        }
+    }
+
     /// A record of it is being written now: the heartbeat runs from here, and nothing is
     /// left unwritten.
     fn mark_written(&mut self) {
@@ -71,6 +93,33 @@ const CLOCK_SMOOTHING: i64 = 8;
 /// flaps, or anyone spoofing its packets, cannot make a record of every packet. The session
 /// here follows each move at once; only the record waits.
 const UNAUTHENTICATED_MOVE_INTERVAL_US: i64 = 1_000_000;
+
+/// Sequence numbers a session record reserves ahead of the modem's highest: a crashed
+/// gateway's successor refuses up to the last reservation, since any of those numbers may
+/// have been accepted. A new reservation is written once half of one is used, so the
+/// broker has acknowledged it long before a number needs it; a packet whose number is not
+/// yet covered by an acknowledged reservation is published only after its record is.
+pub const RESERVE_BLOCK: u32 = 1024;
+
+/// What one packet's number did to its session's reservation.
+#[derive(Debug, Default)]
+struct Reservation {
+    /// A new reservation was made: a record must carry it.
+    renewed: bool,
+    /// The number is beyond what the broker has acknowledged.
+    uncovered: bool,
+}
+
+/// What accepting one packet did to its modem's session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// The session record to write, if one is due.
+    pub record: Option<DeviceSession>,
+    /// The packet's number is covered only by the reservation in `record`: publish what the
+    /// packet carries once the broker has acknowledged `record`, so that nothing of a packet
+    /// is on the broker unless a successor would refuse its replay.
+    pub uncovered: bool,
+}
 
 /// What another instance's record about a modem did to this instance's session of it.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,10 +169,20 @@ impl Sessions {
         }
     }
 
-    /// A packet from `modem_id` was accepted. Returns the session record to write, if one
-    /// is due; the clock offset and the sequence number alone never make one due, they ride
-    /// on the next.
+    /// [`Self::observe_packet`]'s record, for tests of when records are written.
+    #[cfg(test)]
     pub fn observe(&mut self, modem_id: &str, heard: Heard) -> Option<DeviceSession> {
+        self.observe_packet(modem_id, heard).record
+    }
+
+    /// A packet from `modem_id` was accepted. Says which session record to write, if one is
+    /// due; the clock offset and the sequence number alone never make one due, they ride on
+    /// the next, unless the number needs a new reservation ([`RESERVE_BLOCK`]).
+    pub fn observe_packet(&mut self, modem_id: &str, heard: Heard) -> Observed {
+        let nothing = Observed {
+            record: None,
+            uncovered: false,
+        };
         let Heard {
             address,
             protocol,
@@ -134,9 +193,11 @@ impl Sessions {
         } = heard;
         let sample = sensor_time_us.map(|t| now_us.saturating_sub(t));
         let sequence = sequence.unwrap_or(0);
-        let id = key(modem_id)?;
+        let Some(id) = key(modem_id) else {
+            return nothing;
+        };
         let Some(mut session) = self.by_modem.get(id) else {
-            let session = Session {
+            let mut session = Session {
                 address,
                 protocol,
                 authenticated,
@@ -148,13 +209,43 @@ impl Sessions {
                 sequence,
                 sequence_written: sequence,
                 address_unwritten: false,
+                reserved: 0,
+                reserved_acked: 0,
             };
+            let uncovered = session.reserve_for(authenticated).uncovered;
             self.by_modem.insert(id, session);
-            return Some(self.record(modem_id, &session));
+            return Observed {
+                record: Some(self.record(modem_id, &session)),
+                uncovered,
+            };
         };
-        let record = Self::observe_known(&mut session, heard, sample, self.heartbeat_us);
+        let changed = Self::observe_known(&mut session, heard, sample, self.heartbeat_us);
+        let Reservation { renewed, uncovered } = session.reserve_for(authenticated);
+        let due = changed || renewed || uncovered;
+        if due {
+            session.mark_written();
+        }
         self.by_modem.insert(id, session);
-        record.then(|| self.record(modem_id, &session))
+        if !due {
+            return nothing;
+        }
+        Observed {
+            record: Some(self.record(modem_id, &session)),
+            uncovered,
+        }
+    }
+
+    /// The broker acknowledged a record of `modem_id`'s session reserving up to `reserved`.
+    pub fn acknowledged(&mut self, modem_id: &str, reserved: u32) {
+        let Some(id) = key(modem_id) else {
+            return;
+        };
+        if let Some(mut session) = self.by_modem.get(id) {
+            if reserved > session.reserved_acked {
+                session.reserved_acked = reserved;
+                self.by_modem.insert(id, session);
+            }
+        }
     }
 
     /// `observe` for a modem already held: updates `session`, says whether a record is due.
@@ -193,11 +284,7 @@ impl Sessions {
         session.protocol = protocol;
         session.authenticated = authenticated;
         session.sequence = session.sequence.max(sequence);
-        if !changed && session.last_seen - session.written < heartbeat_us {
-            return false;
-        }
-        session.mark_written();
-        true
+        changed || session.last_seen - session.written >= heartbeat_us
     }
 
     /// Take a session read back from the topic, if this instance held it and it is newer
@@ -281,36 +368,32 @@ impl Sessions {
                 sequence: record_sequence(record),
                 sequence_written: record_sequence(record),
                 address_unwritten: false,
+                reserved: record_floor(record),
+                reserved_acked: record_floor(record),
             },
         );
         true
     }
 
-    /// Records of the sessions whose sequence number moved since they were last written,
-    /// marked written: what a stopping gateway writes so that its successor refuses every
-    /// packet it accepted.
-    pub fn unwritten_sequences(&mut self) -> Vec<DeviceSession> {
-        let moved: Vec<(u64, Session)> = self
+    /// What a cleanly stopping gateway writes last: a record with the exact highest number
+    /// (no reservation) of every session whose number moved since its last record or whose
+    /// last record reserved more, marked written. Its successor then refuses exactly what
+    /// this one accepted, and the modems need no resync.
+    pub fn clean_stop_records(&mut self) -> Vec<DeviceSession> {
+        let open: Vec<(u64, Session)> = self
             .by_modem
             .iter()
-            .filter(|(_, s)| s.sequence != s.sequence_written)
+            .filter(|(_, s)| s.sequence != s.sequence_written || s.reserved > s.sequence)
             .collect();
-        moved
-            .into_iter()
+        open.into_iter()
             .map(|(modem_id, mut s)| {
                 s.sequence_written = s.sequence;
+                s.reserved = s.sequence;
+                s.reserved_acked = s.sequence;
                 self.by_modem.insert(modem_id, s);
                 self.record(&modem_id.to_string(), &s)
             })
             .collect()
-    }
-
-    /// The sequence numbers the held sessions were restored with, by modem.
-    pub fn sequences(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
-        self.by_modem
-            .iter()
-            .map(|(id, s)| (id, s.sequence))
-            .filter(|(_, sequence)| *sequence > 0)
     }
 
     /// Where `modem_id`'s downlink goes.
@@ -338,8 +421,19 @@ impl Sessions {
             address_changes: s.address_changes,
             clock_offset_ms: s.clock_offset_us.map(|us| us.div_euclid(1000)),
             sequence: (s.sequence > 0).then_some(i64::from(s.sequence)),
+            sequence_reserved: (s.reserved > s.sequence).then_some(i64::from(s.reserved)),
         }
     }
+}
+
+/// The number a gateway reading `record` must refuse up to (with every one before it): its
+/// reservation, or its exact highest number when it reserves nothing; 0 for none.
+pub fn record_floor(record: &DeviceSession) -> u32 {
+    record
+        .sequence_reserved
+        .and_then(|s| u32::try_from(s).ok())
+        .unwrap_or(0)
+        .max(record_sequence(record))
 }
 
 /// A record's sequence number, 0 when it has none (or one out of range).
@@ -664,6 +758,7 @@ mod tests {
         };
         let mut a = Sessions::new("gw-a", 30 * S);
         a.observe("1", at(5000, 10 * S, 1)).expect("first sight");
+        a.acknowledged("1", 1 + RESERVE_BLOCK);
         for seq in 2..=4 {
             assert!(a
                 .observe("1", at(5000, 10 * S + i64::from(seq), seq))
@@ -697,23 +792,92 @@ mod tests {
     }
 
     #[test]
-    fn sequence_numbers_ride_on_records_and_a_stopping_gateway_writes_the_last() {
+    fn sequence_numbers_ride_on_records_and_a_clean_stop_writes_the_exact_last() {
         let mut s = Sessions::new("gw-a", 30 * S);
         let at = |t, seq| heard(addr(1), SessionProtocol::Envelope, true, t, None, Some(seq));
-        let first = s.observe("5", at(S, 1)).expect("first sight");
-        assert_eq!(first.sequence, Some(1));
-        assert!(s.observe("5", at(2 * S, 2)).is_none());
-        assert!(s.observe("5", at(3 * S, 3)).is_none());
-        let last = s.unwritten_sequences();
+        let first = s.observe_packet("5", at(S, 1));
+        let record = first.record.expect("first sight");
+        assert_eq!(
+            (record.sequence, record.sequence_reserved, first.uncovered),
+            (Some(1), Some(1 + i64::from(RESERVE_BLOCK)), true),
+            "the first record reserves a block, and the packet waits for it"
+        );
+        // Until the broker acknowledges it, each packet needs a record to wait for.
+        let waiting = s.observe_packet("5", at(2 * S, 2));
+        assert!(waiting.uncovered && waiting.record.is_some());
+        s.acknowledged("5", 1 + RESERVE_BLOCK);
+        assert_eq!(
+            s.observe_packet("5", at(3 * S, 3)),
+            Observed {
+                record: None,
+                uncovered: false
+            },
+            "covered: no record, published at once"
+        );
+        let last = s.clean_stop_records();
         assert_eq!(last.len(), 1);
         assert_eq!(
-            (last[0].modem_id.as_str(), last[0].sequence),
-            ("5", Some(3))
+            (
+                last[0].modem_id.as_str(),
+                last[0].sequence,
+                last[0].sequence_reserved
+            ),
+            ("5", Some(3), None),
+            "exact: the successor refuses 3 and what came before, nothing more"
         );
-        assert!(s.unwritten_sequences().is_empty(), "written once");
+        assert!(s.clean_stop_records().is_empty(), "written once");
         let mut after = Sessions::new("gw-a", 30 * S);
-        after.restore(&last[0]);
-        assert_eq!(after.sequences().collect::<Vec<_>>(), vec![(5, 3)]);
+        assert!(after.restore(&last[0]));
+        assert_eq!(record_floor(&last[0]), 3);
+        // Restored from an exact record: the next number needs a new reservation.
+        assert!(after.observe_packet("5", at(4 * S, 4)).uncovered);
+    }
+
+    #[test]
+    fn a_new_reservation_is_written_when_half_of_one_is_used() {
+        let mut s = Sessions::new("gw-a", 3600 * S);
+        let at = |seq: u32| {
+            heard(
+                addr(1),
+                SessionProtocol::Envelope,
+                true,
+                S + i64::from(seq),
+                None,
+                Some(seq),
+            )
+        };
+        let mut reservations = Vec::new();
+        for seq in 1..=2 * RESERVE_BLOCK {
+            let observed = s.observe_packet("5", at(seq));
+            if let Some(record) = observed.record {
+                let reserved = record.sequence_reserved.expect("reserves") as u32;
+                assert!(reserved >= seq + RESERVE_BLOCK / 2, "ahead of the number");
+                s.acknowledged("5", reserved);
+                reservations.push((seq, reserved, observed.uncovered));
+            }
+        }
+        let half = RESERVE_BLOCK / 2;
+        assert_eq!(
+            reservations,
+            vec![
+                (1, 1 + RESERVE_BLOCK, true),
+                (2 + half, 2 + half + RESERVE_BLOCK, false),
+                (3 + 2 * half, 3 + 2 * half + RESERVE_BLOCK, false),
+                (4 + 3 * half, 4 + 3 * half + RESERVE_BLOCK, false),
+            ],
+            "one record per half block; only the first packet waited"
+        );
+        // A record whose writer crashed: its successor refuses up to the reservation.
+        let crashed = s.observe_packet("5", at(2 * RESERVE_BLOCK + 1));
+        assert_eq!(crashed.record, None);
+        let last_written = reservations.last().expect("written").1;
+        let mut record = Sessions::new("gw-a", 30 * S)
+            .observe("5", at(1))
+            .expect("a record");
+        record.sequence = Some(4 + 3 * i64::from(half));
+        record.sequence_reserved = Some(i64::from(last_written));
+        assert_eq!(record_floor(&record), last_written);
+        assert!(last_written > 2 * RESERVE_BLOCK + 1);
     }
 
     #[test]

@@ -875,9 +875,10 @@ fn a_record_the_broker_refuses_is_dead_lettered_with_the_brokers_error() {
 /// Issue 25 (2): a signed packet captured on its way to the gateway holding the modem and
 /// replayed to another instance was accepted there (that instance's window knew only the
 /// holder's last record), its session record made the holder step aside, and the modem's
-/// downlink went to the replayer. The holder now refutes a claim that is not newer than
-/// what it accepted: it keeps the modem, answers with its own record, and the other
-/// instance steps aside; the switch reaches the device, not the replayer.
+/// downlink went to the replayer. Then the holder refuted such a claim, but only after the
+/// replayed packet's reading was published once. Now every record reserves numbers ahead of
+/// the modem's highest, and another instance refuses up to the reservation: the replay is
+/// refused outright, produces nothing, and the switch reaches the device, not the replayer.
 #[test]
 fn a_packet_replayed_to_another_authenticated_gateway_does_not_move_the_modems_downlink() {
     let stack = Stack::start().expect("stack");
@@ -916,21 +917,15 @@ fn a_packet_replayed_to_another_authenticated_gateway_does_not_move_the_modems_d
     })
     .expect("held by gw-a");
 
-    // Packet 3, captured, replayed to gw-b.
-    replayer.send_to(&signed(3), other.udp).expect("replay");
-    switchyard_testkit::wait_for(
-        "gw-a to refute gw-b's claim and gw-b to step aside",
-        WAIT,
-        || {
-            assert_eq!(
-                metric(&holder, "switchyard_gateway_modems_moved_away_total"),
-                0.0,
-                "the replay moved the modem away from gw-a"
-            );
-            metric(&holder, "switchyard_gateway_stale_claims_refuted_total") == 1.0
-                && metric(&other, "switchyard_gateway_known_modems") == 0.0
-        },
-    )
+    // Packets 3 and 4, captured, replayed to gw-b: refused there, nothing published.
+    for sequence in [3, 4] {
+        replayer
+            .send_to(&signed(sequence), other.udp)
+            .expect("replay");
+    }
+    switchyard_testkit::wait_for("gw-b to refuse both replays", WAIT, || {
+        metric(&other, "switchyard_gateway_rejects_total") == 2.0
+    })
     .unwrap_or_else(|e| {
         panic!(
             "{e}: gw-b accepted {} packets, refused {}",
@@ -938,13 +933,24 @@ fn a_packet_replayed_to_another_authenticated_gateway_does_not_move_the_modems_d
             metric(&other, "switchyard_gateway_rejects_total")
         )
     });
-    assert_eq!(metric(&holder, "switchyard_gateway_known_modems"), 1.0);
-    // gw-b learnt gw-a's number: the same replay is refused there now.
-    replayer.send_to(&signed(4), other.udp).expect("replay");
-    switchyard_testkit::wait_for("gw-b to refuse a second replay", WAIT, || {
-        metric(&other, "switchyard_gateway_rejects_total") == 1.0
-    })
-    .expect("refused");
+    assert_eq!(
+        [
+            metric(&other, "switchyard_gateway_packets_total"),
+            metric(&other, "switchyard_gateway_known_modems"),
+            metric(&holder, "switchyard_gateway_modems_moved_away_total"),
+            metric(&holder, "switchyard_gateway_known_modems"),
+        ],
+        [0.0, 0.0, 0.0, 1.0],
+        "gw-b accepted nothing, gw-a still holds the modem"
+    );
+    // Read to the end: a replay that got through would be a fifth status.
+    assert_eq!(
+        stack
+            .read_to_end::<IotStatusReport>("iot-status")
+            .expect("statuses")
+            .len(),
+        4
+    );
 
     // A switch reaches the device, from gw-a; the replayer gets nothing.
     request_switch(&stack, 42, "00000000000000e1", records::Carrier::Verizon);
@@ -979,6 +985,7 @@ fn a_long_restore_says_so_in_health_and_sigterm_ends_it() {
                 address_changes: 0,
                 clock_offset_ms: None,
                 sequence: Some(1),
+                sequence_reserved: None,
             };
             (m.to_string(), session, t / 1000)
         })
@@ -1156,11 +1163,31 @@ fn two_gateways_share_one_kafka_and_each_switch_leaves_from_the_gateway_holding_
     );
 }
 
-/// Anti-replay across a restart: a signed packet captured before the gateway stopped is
-/// refused by the gateway that starts after it, because the session record carries the
-/// highest sequence number accepted; the device's next packet passes.
+/// Anti-replay across a clean stop: a signed packet captured before the gateway stopped is
+/// refused by the gateway that starts after it, because the stopping gateway writes each
+/// session's exact highest number; the device's next packet passes, no resync needed.
 #[test]
-fn a_packet_captured_before_a_restart_is_refused_after_it() {
+fn a_packet_captured_before_a_clean_stop_is_refused_after_it() {
+    captured_across_a_restart(Stop::Term);
+}
+
+/// Issue 25 (3): after a SIGKILL the session records knew only the numbers of their last
+/// heartbeat, so packets accepted since could be replayed to the next gateway once each
+/// (readings duplicated, the route movable). Now a record reserves numbers ahead and a
+/// packet's contents reach the broker only once a reservation covering it has: the next
+/// gateway refuses up to the reservation, and resynchronises the device above it.
+#[test]
+fn a_packet_captured_before_a_sigkill_is_refused_after_it_and_the_device_resynchronised() {
+    captured_across_a_restart(Stop::Kill);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    Term,
+    Kill,
+}
+
+fn captured_across_a_restart(stop: Stop) {
     let stack = Stack::start().expect("stack");
     let key = hex::decode("000102030405060708090a0b0c0d0e0f").expect("hex");
     let keys = stack.broker.data_dir().join("modem-keys");
@@ -1173,56 +1200,117 @@ fn a_packet_captured_before_a_restart_is_refused_after_it() {
             .encode_signed(&key)
             .expect("sign")
     };
-    // Three packets; the first writes the session (sequence 1), the next two only move the
-    // sequence number, which the stopping gateway writes on its way out.
-    for sequence in 1..=3 {
+    // Three packets; the first writes the session (sequence 1) and reserves numbers ahead;
+    // once that is on the broker (its status is published after it), the next two only
+    // move the sequence number.
+    device.send_to(&signed(1), udp).expect("send");
+    stack
+        .consume::<IotStatusReport>("iot-status", 1, WAIT)
+        .expect("accepted");
+    for sequence in 2..=3 {
         device.send_to(&signed(sequence), udp).expect("send");
     }
-    let taken = stack
-        .consume::<IotStatusReport>("iot-status", 3, WAIT)
-        .expect("accepted");
-    assert_eq!(taken.len(), 3);
+    switchyard_testkit::wait_for("3 statuses", WAIT, || {
+        stack
+            .read_to_end::<IotStatusReport>("iot-status")
+            .is_ok_and(|s| s.len() >= 3)
+    })
+    .expect("accepted");
     let captured = signed(3);
-    gateway
-        .terminate(Duration::from_secs(20))
-        .expect("the gateway stops on SIGTERM");
+    match stop {
+        Stop::Term => {
+            gateway
+                .terminate(Duration::from_secs(20))
+                .expect("the gateway stops on SIGTERM");
+        }
+        Stop::Kill => gateway.kill(),
+    }
     let sessions = stack
         .read_to_end::<records::DeviceSession>("device-sessions")
         .expect("sessions");
-    assert_eq!(
-        sessions.last().and_then(|s| s.value.sequence),
-        Some(3),
-        "the last session record carries the highest sequence accepted"
-    );
+    let last = sessions
+        .last()
+        .map(|s| (s.value.sequence, s.value.sequence_reserved));
+    let floor = match stop {
+        // The stopping gateway wrote the exact highest number.
+        Stop::Term => {
+            assert_eq!(last, Some((Some(3), None)), "{sessions:?}");
+            3
+        }
+        // The fault landed where it matters: the log does not know 2 and 3, only the
+        // reservation made with 1.
+        Stop::Kill => {
+            let Some((Some(1), Some(reserved))) = last else {
+                panic!("the first-sight record and its reservation: {sessions:?}");
+            };
+            assert!(reserved >= 3);
+            u32::try_from(reserved).expect("a u32")
+        }
+    };
 
     let listen = ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string());
     // The same UDP port (`udp`): the device does not know the gateway restarted.
-    let _gateway = start_gateway(&stack, &[keys_env, listen]);
+    let (gateway, _) = start_gateway(&stack, &[keys_env, listen]);
     device.send_to(&captured, udp).expect("replay");
     device.send_to(&signed(4), udp).expect("send");
-    let rejects = stack
-        .consume::<GatewayReject>("gateway-rejects", 1, WAIT)
-        .expect("the replay is rejected");
-    assert_eq!(
-        rejects
-            .iter()
-            .map(|r| r.value.reason.as_str())
-            .collect::<Vec<_>>(),
-        vec!["replayed_sequence"]
-    );
-    switchyard_testkit::wait_for("sequence 4 on iot-status", WAIT, || {
-        stack
-            .read_to_end::<IotStatusReport>("iot-status")
-            .is_ok_and(|s| s.len() >= 4)
-    })
-    .expect("the next packet passes");
+    let next = match stop {
+        Stop::Term => 4,
+        Stop::Kill => {
+            // 4 is refused too (it may have been accepted before the kill); the answer
+            // moves the device above the reservation.
+            device.set_read_timeout(Some(WAIT)).expect("timeout");
+            let mut buf = [0u8; 512];
+            let (n, _) = device.recv_from(&mut buf).expect("a resync");
+            let frame = verify(&buf[..n], &key).expect("signed with the modem's key");
+            assert_eq!(frame.packet, Packet::SequenceResync { above: floor });
+            device.send_to(&signed(floor + 1), udp).expect("send");
+            floor + 1
+        }
+    };
+    let refused = match stop {
+        Stop::Term => vec!["replayed_sequence"],
+        Stop::Kill => vec!["replayed_sequence", "replayed_sequence"],
+    };
+    switchyard_testkit::wait_for(
+        &format!("sequence {next} on iot-status and the refusals on gateway-rejects"),
+        WAIT,
+        || {
+            stack
+                .read_to_end::<IotStatusReport>("iot-status")
+                .is_ok_and(|s| s.len() >= 4)
+                && stack
+                    .read_to_end::<GatewayReject>("gateway-rejects")
+                    .is_ok_and(|r| r.len() >= refused.len())
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: statuses {:?}, rejects {:?}\n{}",
+            stack.read_to_end::<IotStatusReport>("iot-status"),
+            stack.read_to_end::<GatewayReject>("gateway-rejects"),
+            gateway.log_text()
+        )
+    });
     // Read to the end: a replay that got through would be a fifth record.
     let statuses = stack
         .read_to_end::<IotStatusReport>("iot-status")
         .expect("statuses");
     assert_eq!(
-        statuses.len(),
-        4,
-        "3 before the restart, then sequence 4 only"
+        statuses
+            .iter()
+            .map(|s| s.value.sequence)
+            .collect::<Vec<_>>(),
+        vec![Some(1), Some(2), Some(3), Some(i64::from(next))],
+        "3 before the restart, then the next only"
+    );
+    let rejects = stack
+        .read_to_end::<GatewayReject>("gateway-rejects")
+        .expect("rejects");
+    assert_eq!(
+        rejects
+            .iter()
+            .map(|r| r.value.reason.as_str())
+            .collect::<Vec<_>>(),
+        refused
     );
 }

@@ -419,6 +419,7 @@ mod tests {
             address_changes: 0,
             clock_offset_ms: Some(-90_000),
             sequence: None,
+            sequence_reserved: None,
         };
         d.pipe(SESSIONS, MODEM, &session, 1).expect("ok");
         let state = latest(&mut d);

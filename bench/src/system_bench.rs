@@ -745,7 +745,11 @@ const MEMORY_PACE: u64 = 5_000;
 /// short and RSS shows what the modems cost rather than the queue's peak (at 20,000/s the
 /// queue grew by tens of MB, and what the allocator kept of it moved the per-modem figure
 /// by hundreds of bytes from run to run).
-fn gateway_waves(stack: &Stack, fleet: &mut KeyedFleet, modems: u64) -> anyhow::Result<[f64; 3]> {
+fn gateway_waves(
+    stack: &Stack,
+    fleet: &mut KeyedFleet,
+    modems: u64,
+) -> anyhow::Result<(switchyard_testkit::Service, [f64; 3])> {
     let (gateway, udp, metrics, idle) = quiet_gateway(stack, Some(fleet))?;
     let half = modems / 2;
     let mut after = Vec::new();
@@ -765,7 +769,43 @@ fn gateway_waves(stack: &Stack, fleet: &mut KeyedFleet, modems: u64) -> anyhow::
     if known < modems as f64 * 0.99 {
         bail!("{known} modems known of {modems} ({refused} datagrams refused)");
     }
-    Ok([idle, after[0], after[1]])
+    Ok((gateway, [idle, after[0], after[1]]))
+}
+
+/// What restarting a gateway over its sessions costs.
+struct Restart {
+    /// From SIGTERM to exit: the clean stop writes each session's exact number.
+    stop_secs: f64,
+    /// From start to ready: `device-sessions` read back to its end.
+    ready_secs: f64,
+    /// Sessions taken back.
+    restored: f64,
+    rss_mib: f64,
+}
+
+/// Stop `gateway` cleanly and start another with the same instance id and keys.
+fn restart_over_sessions(
+    stack: &Stack,
+    fleet: &KeyedFleet,
+    mut gateway: switchyard_testkit::Service,
+) -> anyhow::Result<Restart> {
+    let stopping = Instant::now();
+    gateway.terminate(Duration::from_secs(120))?;
+    let stop_secs = stopping.elapsed().as_secs_f64();
+    let starting = Instant::now();
+    let mut env = vec![("RUST_LOG", "warn".to_string())];
+    env.push(fleet.keys_env());
+    let again = stack.start_gateway(&env)?;
+    let ready_secs = starting.elapsed().as_secs_f64();
+    let restored = http_get_text(again.metrics, "/metrics")
+        .map(|m| metric_sum(&m, "switchyard_gateway_sessions_restored"))
+        .unwrap_or(-1.0);
+    Ok(Restart {
+        stop_secs,
+        ready_secs,
+        restored,
+        rss_mib: rss_mib(again.service.pid()),
+    })
 }
 
 pub fn memory(modems: u64) -> anyhow::Result<Report> {
@@ -773,9 +813,14 @@ pub fn memory(modems: u64) -> anyhow::Result<Report> {
     let mut fleet = KeyedFleet::new(FIRST_MODEM, modems, stack.broker.data_dir())?;
     // What a gateway holding no keys takes at rest: the keys' cost is the keyed one's more.
     let bare = quiet_gateway(&stack, None)?.3;
-    let [before, first, after] = gateway_waves(&stack, &mut fleet, modems)?;
+    let (gateway, [before, first, after]) = gateway_waves(&stack, &mut fleet, modems)?;
     eprintln!(
         "gateway: {modems} modems, RSS {bare:.0} without keys, {before:.0} with → {first:.0} → {after:.0} MiB"
+    );
+    let restart = restart_over_sessions(&stack, &fleet, gateway)?;
+    eprintln!(
+        "gateway restart: stopped in {:.1} s, ready in {:.1} s with {} sessions, RSS {:.0} MiB",
+        restart.stop_secs, restart.ready_secs, restart.restored, restart.rss_mib
     );
     let mib = 1024.0 * 1024.0;
     let keys_per_modem = (before - bare) * mib / modems as f64;
@@ -798,6 +843,10 @@ pub fn memory(modems: u64) -> anyhow::Result<Report> {
              | gateway, {modems} modems in the address book (one signed status packet each, {MEMORY_PACE}/s), keys included | {bare:.0} MiB | {after:.0} MiB | {gateway_per_modem:.0} bytes |\n\
              | gateway, the second {half} of them (RSS {first:.1} → {after:.1} MiB), plus their keys and slots | | | {gateway_marginal:.0} bytes |\n\
              | anomaly-detector, {modems} devices in its state (one reading each) | {dbefore:.0} MiB | {dafter:.0} MiB | {detector_per_device:.0} bytes |\n\n\
+             Restore at scale: that gateway, stopped cleanly (SIGTERM: {stop:.1} s, writing each \
+             session's exact number), and started again with the same id and keys: ready in \
+             {ready:.1} s with {restored:.0} sessions read back from `device-sessions`, RSS \
+             {restored_rss:.0} MiB.\n\n\
              The gateway runs in its default configuration: a key per modem, every packet \
              authenticated, a replay window per modem. The second gateway row divides everything \
              the run added to a gateway without keys by the fleet, including what stays whatever \
@@ -807,12 +856,18 @@ pub fn memory(modems: u64) -> anyhow::Result<Report> {
              included: {verdict}. The detector's state is also in its changelogged store; RSS \
              includes librdkafka's buffers.\n",
             half = modems / 2,
+            stop = restart.stop_secs,
+            ready = restart.ready_secs,
+            restored = restart.restored,
+            restored_rss = restart.rss_mib,
         ),
         json: json!({ "modems": modems, "gateway_rss_without_keys_mib": bare,
             "gateway_key_bytes_per_modem": keys_per_modem, "verdict": verdict,
             "gateway_rss_idle_mib": before, "gateway_rss_half_mib": first, "gateway_rss_mib": after,
             "gateway_bytes_per_modem": gateway_per_modem, "gateway_marginal_bytes_per_modem": gateway_marginal,
-            "detector_rss_idle_mib": dbefore, "detector_rss_mib": dafter, "detector_bytes_per_device": detector_per_device }),
+            "detector_rss_idle_mib": dbefore, "detector_rss_mib": dafter, "detector_bytes_per_device": detector_per_device,
+            "gateway_stop_secs": restart.stop_secs, "gateway_restore_ready_secs": restart.ready_secs,
+            "gateway_sessions_restored": restart.restored, "gateway_restored_rss_mib": restart.rss_mib }),
     })
 }
 

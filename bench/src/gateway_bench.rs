@@ -233,6 +233,24 @@ fn start_gateway(stack: &Stack, fleet: &KeyedFleet) -> anyhow::Result<switchyard
     ])
 }
 
+/// End a round's gateway: it must have refused nothing (a refused datagram's reject record
+/// would count as an acknowledged record), and it stops cleanly, so the next round's
+/// gateway takes its sessions back with their exact numbers (after a SIGKILL it would
+/// refuse, rightly, every number the last one reserved).
+pub(crate) fn end_round(mut gateway: switchyard_testkit::Gateway) -> anyhow::Result<()> {
+    let text = http_get_text(gateway.metrics, "/metrics").unwrap_or_default();
+    let refused = switchyard_testkit::metric_sum(&text, "switchyard_gateway_rejects_total");
+    if refused > 0.0 {
+        let reasons: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("switchyard_gateway_rejects_total"))
+            .collect();
+        anyhow::bail!("the gateway refused {refused} datagrams: {reasons:?}");
+    }
+    gateway.service.terminate(Duration::from_secs(60))?;
+    Ok(())
+}
+
 fn gateway_throughput(
     stack: &Stack,
     fleet: &KeyedFleet,
@@ -243,6 +261,7 @@ fn gateway_throughput(
     let (udp, metrics) = (gateway.udp, gateway.metrics);
     let (first, last) = send_paced(udp, packets, rate)?;
     let (c, done) = settle(|| gateway_counts(metrics).0, last)?;
+    end_round(gateway)?;
     Ok(side(packets.len(), c, done - first))
 }
 
@@ -261,7 +280,9 @@ fn gateway_latency(
     let before = gateway_counts(metrics).1;
     let (_, last) = send_paced(udp, &packets[warm..], rate)?;
     settle(|| gateway_counts(metrics).0, last)?;
-    Ok(gateway_counts(metrics).1.minus(&before))
+    let measured = gateway_counts(metrics).1.minus(&before);
+    end_round(gateway)?;
+    Ok(measured)
 }
 
 /// The gateway's own cost at a steady rate: its process CPU time (user + system) from the
@@ -314,6 +335,7 @@ fn gateway_cost(
         .map(|(after, before)| per_datagram(after - before))
         .collect();
     let text = http_get_text(metrics, "/metrics").unwrap_or_default();
+    end_round(gateway)?;
     Ok(Cost {
         micros_per_datagram: per_datagram(cpu),
         uplink_thread_micros_per_datagram: spent[0],

@@ -675,7 +675,7 @@ fn quiet_gateway(
 /// A fresh gateway with the fleet's keys fed 10 signed readings from each of the fleet's first
 /// `modems`: (seconds to all acked, RSS after).
 fn gateway_with(stack: &Stack, fleet: &mut KeyedFleet, modems: u64) -> anyhow::Result<(f64, f64)> {
-    let (gateway, udp, metrics, _) = quiet_gateway(stack, Some(fleet))?;
+    let (mut gateway, udp, metrics, _) = quiet_gateway(stack, Some(fleet))?;
     let mut packets = Vec::new();
     for value in 0..10 {
         for m in 0..modems as usize {
@@ -698,7 +698,10 @@ fn gateway_with(stack: &Stack, fleet: &mut KeyedFleet, modems: u64) -> anyhow::R
     if known < modems as f64 * 0.99 {
         bail!("{known} modems known of {modems}");
     }
-    Ok(((done - first).as_secs_f64(), rss_mib(gateway.pid())))
+    let rss = rss_mib(gateway.pid());
+    // Cleanly: the next row's gateway takes these sessions with their exact numbers.
+    gateway.terminate(Duration::from_secs(60))?;
+    Ok(((done - first).as_secs_f64(), rss))
 }
 
 /// A fresh anomaly-detector on a fresh broker (so no earlier state or group member) over

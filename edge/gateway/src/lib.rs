@@ -27,13 +27,15 @@
 //! `publish` (records to Kafka and their accounting), `producer` (the three producers and
 //! the broker's answers), with the pure rules beside them: `uplink` (packet to record),
 //! `downlink` (when to send, retry, give up), `sessions`, `elsewhere`, `request_offsets`,
-//! `replay`; `restore` reads sessions back and follows them, `socket_drops` reads the
-//! kernel's counters.
+//! `replay`, `arbiter`; `restore` reads sessions back at start and `follow` keeps reading
+//! them, `socket_drops` reads the kernel's counters.
 
+pub mod arbiter;
 mod config;
 pub mod downlink;
 pub mod elsewhere;
 mod ended;
+mod follow;
 pub mod metrics;
 mod producer;
 mod publish;

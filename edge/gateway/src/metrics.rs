@@ -31,6 +31,8 @@ pub struct GatewayMetrics {
     pub left_to_holder: IntCounter,
     pub expired_requests: IntCounter,
     pub sequence_resyncs: IntCounterVec,
+    pub withheld: IntCounterVec,
+    pub waiting_for_the_log: IntGauge,
 }
 
 /// Upper bounds (seconds) of the `produce_seconds` histogram: fine below 100 ms, where a
@@ -167,6 +169,17 @@ impl GatewayMetrics {
                     "Signed packets refused as not fresh (replayed_sequence) answered with a sequence resync: the number the modem's counter must pass (a device behind, e.g. a SIM whose memory was lost, or a replay). At most one a second per modem; by outcome (sent, send_failed)."
                 ),
                 &["outcome"]
+            )?),
+            withheld: reg!(IntCounterVec::new(
+                Opts::new(
+                    "packets_withheld_total",
+                    "Packets accepted here but never published, by reason: reserved_elsewhere_first (another instance's session record had reserved their number first in the log: a replay here of a packet accepted there, or the same packet at both), unconfirmed (their own session record was not read back within 30 s)."
+                ),
+                &["reason"]
+            )?),
+            waiting_for_the_log: reg!(IntGauge::new(
+                "packets_waiting_for_the_log",
+                "Packets whose number only their own session record reserves, waiting to read it back from device-sessions before they are published."
             )?),
             registry,
         })

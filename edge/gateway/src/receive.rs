@@ -21,7 +21,7 @@ use switchyard_schemas::records::now_us;
 
 use switchyard_protocol::json::parse_request_id;
 use switchyard_protocol::{verify, AuthError, Envelope, Frame};
-use switchyard_schemas::records::{AckStatus, DeliveryEvent, SessionProtocol};
+use switchyard_schemas::records::{AckStatus, DeliveryEvent, DeviceSession, SessionProtocol};
 use tracing::warn;
 
 use crate::downlink::Answer;
@@ -201,24 +201,64 @@ impl Gateway {
         let reserved = session
             .sequence_reserved
             .and_then(|r| u32::try_from(r).ok());
+        // Uncovered: the packet's number is reserved only by this record, so what it
+        // carries is published once this record is read back from the log, and only if no
+        // other instance's record reserved the number first (`arbiter`). Registered before
+        // the record is written, so the record cannot come back first.
+        let now = match (uncovered, frame.envelope.as_ref()) {
+            (true, Some(envelope)) => {
+                self.wait_for_the_log(envelope, &session, record, source, arrived);
+                None
+            }
+            _ => Some(record),
+        };
         let gateway = Arc::clone(self);
         let modem = modem_id.clone();
-        // Uncovered: the packet's number is reserved only by this record, so what it
-        // carries goes to the broker after the record, never before (`Observed`).
-        let (after_the_record, now) = match uncovered {
-            true => (Some(record), None),
-            false => (None, Some(record)),
-        };
         self.publish_then(SESSIONS_TOPIC, &modem_id, &session, arrived, move || {
             if let (Some(reserved), Ok(mut sessions)) = (reserved, gateway.sessions.lock()) {
                 sessions.acknowledged(&modem, reserved);
             }
-            if let Some(record) = after_the_record {
-                gateway.publish_uplink(record, modem, source, arrived);
-            }
         });
         if let Some(record) = now {
             self.publish_uplink(record, modem_id, source, arrived);
+        }
+    }
+
+    /// Hold what `envelope`'s packet carries until the log decides ([`crate::arbiter`]).
+    /// What another instance reserved shows as the window above this session's own number:
+    /// a record read between this packet's acceptance and now already contests it.
+    fn wait_for_the_log(
+        self: &Arc<Self>,
+        envelope: &Envelope,
+        session: &DeviceSession,
+        record: Uplink,
+        source: SocketAddr,
+        arrived: Instant,
+    ) {
+        let own = session
+            .sequence
+            .and_then(|s| u32::try_from(s).ok())
+            .unwrap_or(0);
+        let gateway = Arc::clone(self);
+        let modem_id = session.modem_id.clone();
+        let publish = Box::new(move || gateway.publish_uplink(record, modem_id, source, arrived));
+        if let Ok(mut freshness) = self.freshness.lock() {
+            let contested = self
+                .keys
+                .position(envelope.modem_id)
+                .and_then(|at| freshness.windows.highest(at))
+                .filter(|highest| *highest > own)
+                .unwrap_or(0);
+            freshness.arbiter.wait(
+                &session.modem_id,
+                envelope.sequence,
+                contested,
+                Instant::now(),
+                publish,
+            );
+            self.metrics
+                .waiting_for_the_log
+                .set(freshness.arbiter.len() as i64);
         }
     }
 
@@ -292,20 +332,20 @@ impl Gateway {
             };
             Refused::new(reason, e.to_string())
         })?;
-        let Ok(mut windows) = self.windows.lock() else {
+        let Ok(mut freshness) = self.freshness.lock() else {
             return Err(Refused::new(
                 "replayed_sequence",
                 "replay windows unavailable".into(),
             ));
         };
-        if windows.accept(at, envelope.sequence) {
+        if freshness.windows.accept(at, envelope.sequence) {
             return Ok(());
         }
         // Signed by the modem's key, so the device (or a copy of its packet) is behind: tell
         // it where its counter must go.
         let now_s = u32::try_from(now_us() / 1_000_000).unwrap_or(u32::MAX);
         Err(Refused {
-            resync_above: windows.resync_due(at, now_s),
+            resync_above: freshness.windows.resync_due(at, now_s),
             ..Refused::new(
                 "replayed_sequence",
                 format!("sequence {} was seen or is too old", envelope.sequence),

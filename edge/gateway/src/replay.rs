@@ -2,6 +2,8 @@
 //! A sequence number is accepted if it is newer than the highest seen, or within the
 //! 64 numbers below it and not seen yet; so UDP reordering is tolerated and replays are not.
 
+use crate::arbiter::Arbiter;
+
 const WINDOW: u32 = 64;
 
 /// A modem is sent at most one sequence resync this often (seconds): enough for a device
@@ -82,6 +84,15 @@ impl ReplayWindow {
     }
 }
 
+/// What this instance knows of which numbers are fresh: a window per keyed modem, and the
+/// packets whose freshness the log is still deciding ([`Arbiter`]). One lock for both, so a
+/// record read from the log raises the windows and contests the waiting packets at once.
+#[derive(Default)]
+pub struct Freshness {
+    pub windows: ReplayWindows,
+    pub arbiter: Arbiter,
+}
+
 /// A window for each keyed modem, at its position among the keys
 /// ([`ModemKeys::position`](switchyard_protocol::keys::ModemKeys::position)): 16 bytes a
 /// modem in one array, where a map would take about 50 at a million.
@@ -104,6 +115,11 @@ impl ReplayWindows {
         self.by_position
             .get_mut(position)
             .is_some_and(|w| w.accept(seq))
+    }
+
+    /// The highest number the modem at `position` has accepted or been raised to.
+    pub fn highest(&self, position: usize) -> Option<u32> {
+        self.by_position.get(position)?.highest()
     }
 
     /// [`ReplayWindow::resync_due`] for the modem at `position`.

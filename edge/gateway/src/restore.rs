@@ -1,17 +1,15 @@
-//! Reading `device-sessions`: back at start, the sessions this instance held before it
-//! stopped (so downlink reaches its modems before they speak again) and who holds the
-//! others; then followed while running, so a modem that moves to another instance is left
-//! to it ([`crate::elsewhere`]).
+//! Reading `device-sessions` back at start: the sessions this instance held before it
+//! stopped (so downlink reaches its modems before they speak again), who holds the others,
+//! and how far each keyed modem's numbers went. `follow` keeps reading it while running.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use switchyard_kafka::{clients, is_partition_eof, TracingContext};
+use switchyard_kafka::clients;
 use switchyard_protocol::keys::ModemKeys;
 use switchyard_registry_client::RecordDecoder;
 use switchyard_schemas::records::DeviceSession;
@@ -19,9 +17,7 @@ use tracing::{info, warn};
 
 use crate::elsewhere::Elsewhere;
 use crate::replay::ReplayWindows;
-use crate::service::rate_limited;
-use crate::service::Gateway;
-use crate::sessions::{record_floor, Claim, Sessions};
+use crate::sessions::{record_floor, Sessions};
 use crate::SESSIONS_TOPIC;
 
 /// What reading `device-sessions` back found.
@@ -127,110 +123,8 @@ pub async fn restore_sessions(
     Ok(restored)
 }
 
-impl Gateway {
-    /// Follow `device-sessions` from `ends`: another instance's record of a modem this one
-    /// holds, written after this one last heard it, means the modem moved there.
-    pub(crate) async fn follow_sessions(
-        self: Arc<Self>,
-        mut decoder: RecordDecoder,
-        ends: HashMap<i32, i64>,
-    ) {
-        let consumer: StreamConsumer<TracingContext> = match clients::consumer_config(
-            &self.config.endpoints.bootstrap_servers,
-        )
-        .set("group.id", "switchyard-gateway-sessions")
-        // Session records come at most once per heartbeat per modem; noticing a move
-        // within a second is enough, and each shorter wait costs the broker a read
-        // (make bench: idle).
-        .set("fetch.wait.max.ms", "1000")
-        // The instance reads its own session writes back too: keep librdkafka's prefetch
-        // small (1 MiB, not 64) so memory follows the modems, not the last burst.
-        .set("queued.max.messages.kbytes", "1024")
-        .create_with_context(TracingContext)
-        {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "cannot follow device-sessions; modems that move to another gateway keep being sent to here");
-                return;
-            }
-        };
-        let mut tpl = TopicPartitionList::new();
-        for (p, end) in &ends {
-            if tpl
-                .add_partition_offset(SESSIONS_TOPIC, *p, Offset::Offset(*end))
-                .is_err()
-            {
-                return;
-            }
-        }
-        if let Err(e) = consumer.assign(&tpl) {
-            warn!(error = %e, "cannot assign device-sessions");
-            return;
-        }
-        loop {
-            let message = match consumer.recv().await {
-                Ok(m) => m,
-                Err(e) if is_partition_eof(&e) => continue,
-                Err(e) => {
-                    warn!(error = %e, "following device-sessions; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            let session = match decoder.decode::<DeviceSession>(message.payload()).await {
-                Ok(s) => s,
-                Err(e) => {
-                    self.metrics
-                        .rejects
-                        .with_label_values(&["bad_session_record"])
-                        .inc();
-                    warn!(offset = message.offset(), error = %e, "unreadable session record skipped");
-                    continue;
-                }
-            };
-            let claim = self
-                .sessions
-                .lock()
-                .map(|mut s| {
-                    let claim = s.yield_to(&session);
-                    self.metrics.known_modems.set(s.len() as i64);
-                    claim
-                })
-                .unwrap_or(Claim::NotHeld);
-            if let Ok(mut e) = self.elsewhere.lock() {
-                e.apply(&session);
-                self.metrics.modems_elsewhere.set(e.len() as i64);
-            }
-            // What another instance accepted, or may have, is not fresh here either.
-            if let (true, Some(at), Ok(mut windows)) = (
-                session.gateway != self.config.instance_id,
-                keyed_position(&self.keys, &session),
-                self.windows.lock(),
-            ) {
-                windows.raise_to(at, record_floor(&session));
-            }
-            match claim {
-                Claim::Yielded => {
-                    self.metrics.modems_moved_away.inc();
-                    info!(modem = %session.modem_id, to = %session.gateway, "modem moved to another gateway; its downlink goes from there");
-                }
-                Claim::Refuted(answer) => {
-                    let c = &self.metrics.stale_claims_refuted;
-                    c.inc();
-                    if rate_limited(c.get()) {
-                        warn!(modem = %session.modem_id, by = %session.gateway, claimed = ?session.sequence, held = ?answer.sequence, refuted = c.get(), "another gateway claimed a modem with a number not newer than this one accepted (a replayed packet?); answered with this session");
-                    }
-                    self.metrics.session_writes.inc();
-                    self.publish(SESSIONS_TOPIC, &answer.modem_id, &answer, Instant::now());
-                }
-                Claim::NotHeld | Claim::Kept => {}
-            }
-        }
-    }
-}
-
 /// Where `record`'s modem lies among the keys, if it is a keyed modem with a number to refuse.
-fn keyed_position(keys: &ModemKeys, record: &DeviceSession) -> Option<usize> {
+pub(crate) fn keyed_position(keys: &ModemKeys, record: &DeviceSession) -> Option<usize> {
     if record_floor(record) == 0 {
         return None;
     }

@@ -23,7 +23,7 @@ use crate::downlink::Downlink;
 use crate::elsewhere::Elsewhere;
 use crate::metrics::GatewayMetrics;
 use crate::producer::{ProducerSettings, Producers};
-use crate::replay::ReplayWindows;
+use crate::replay::{Freshness, ReplayWindows};
 use crate::request_offsets::RequestOffsets;
 use crate::restore;
 use crate::sessions::Sessions;
@@ -41,8 +41,9 @@ pub(crate) struct Gateway {
     pub(crate) sessions: Mutex<Sessions>,
     /// Modems whose session another gateway instance holds.
     pub(crate) elsewhere: Mutex<Elsewhere>,
-    /// By the modem's position among the keys.
-    pub(crate) windows: Mutex<ReplayWindows>,
+    /// The replay windows, by the modem's position among the keys, and the packets waiting
+    /// for the log's decision.
+    pub(crate) freshness: Mutex<Freshness>,
     pub(crate) downlink: Mutex<Downlink>,
     pub(crate) downlink_sequence: Mutex<HashMap<u64, u32>>,
     /// What of `downstream-request` may be committed: nothing past a pending request.
@@ -239,7 +240,10 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         keys,
         sessions: Mutex::new(sessions),
         elsewhere: Mutex::new(elsewhere),
-        windows: Mutex::new(windows),
+        freshness: Mutex::new(Freshness {
+            windows,
+            arbiter: Default::default(),
+        }),
         downlink_sequence: Mutex::new(HashMap::new()),
         request_offsets: Mutex::new(RequestOffsets::default()),
         new_request: tokio::sync::Notify::new(),
@@ -277,6 +281,17 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         .map_or(true, |joined| joined.is_err())
     {
         warn!("the uplink thread panicked");
+    }
+    // Packets waiting for their session record to come back are published once it does
+    // (the follower still runs); what is left after a few seconds is withheld, counted.
+    let waiting_until = std::time::Instant::now() + Duration::from_secs(5);
+    while gateway
+        .freshness
+        .lock()
+        .is_ok_and(|f| !f.arbiter.is_empty())
+        && std::time::Instant::now() < waiting_until
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Each session's exact highest number, where its last record says otherwise: so that
     // the next instance refuses every packet this one accepted, and nothing more.

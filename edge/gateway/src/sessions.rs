@@ -296,15 +296,17 @@ impl Sessions {
     /// modem moved there, and its session here ends ([`Claim::Yielded`]). One that is not
     /// newer is a replay of a packet this instance had (or a late record): the session stays,
     /// and the record to write is returned ([`Claim::Refuted`]), so the other instance learns
-    /// the higher number, raises its window and steps aside. On a tie the instance that took
-    /// the modem first keeps it.
+    /// the higher number, raises its window and steps aside. On a tie the log decides, as it
+    /// decides which copy of the packet is published ([`crate::arbiter`]): this instance
+    /// yields if their record came first (`theirs_first`: this one was still waiting for its
+    /// own record of the number when theirs was read).
     ///
     /// Otherwise (v1, `--insecure`) time decides: the other instance heard the modem no
     /// earlier than this one took it. "Took" (first heard), not "last heard": each gateway
     /// stamps a packet when it gets to it, so the modem's last packet here can carry a later
     /// stamp than its first one there though it was sent before. A record older than the
     /// take is one written before the modem came here, read late.
-    pub fn yield_to(&mut self, record: &DeviceSession) -> Claim {
+    pub fn yield_to(&mut self, record: &DeviceSession, theirs_first: bool) -> Claim {
         if record.gateway == self.instance {
             return Claim::NotHeld;
         }
@@ -318,8 +320,7 @@ impl Sessions {
         let numbered =
             record.authenticated && mine.authenticated && theirs > 0 && mine.sequence > 0;
         let moved = if numbered {
-            theirs > mine.sequence
-                || (theirs == mine.sequence && record.first_seen < mine.first_seen)
+            theirs > mine.sequence || (theirs == mine.sequence && theirs_first)
         } else {
             mine.first_seen <= record.last_seen
         };
@@ -705,18 +706,18 @@ mod tests {
             )
             .expect("a move here is written");
         assert_eq!(
-            a.yield_to(&own),
+            a.yield_to(&own, false),
             Claim::NotHeld,
             "its own records change nothing"
         );
         assert_eq!(
-            a.yield_to(&older),
+            a.yield_to(&older, false),
             Claim::Kept,
             "gw-b heard it before gw-a took it"
         );
         assert_eq!(a.address("1"), Some(addr(5001)));
         assert_eq!(
-            a.yield_to(&later),
+            a.yield_to(&later, false),
             Claim::Yielded,
             "the modem moved to gw-b"
         );
@@ -736,7 +737,7 @@ mod tests {
         let first_at_b = b.observe("1", at(6000, 20 * S)).expect("first sight");
         a.observe("1", at(5000, 20 * S + 3_000));
         assert_eq!(
-            a.yield_to(&first_at_b),
+            a.yield_to(&first_at_b, false),
             Claim::Yielded,
             "the modem moved to gw-b"
         );
@@ -769,7 +770,7 @@ mod tests {
         let claim = b
             .observe("1", at(6666, 20 * S, 3))
             .expect("first sight at gw-b");
-        let Claim::Refuted(answer) = a.yield_to(&claim) else {
+        let Claim::Refuted(answer) = a.yield_to(&claim, false) else {
             panic!("gw-a must refute a claim of number 3 after accepting 4");
         };
         assert_eq!(
@@ -777,18 +778,27 @@ mod tests {
             ("gw-a", Some(4))
         );
         assert_eq!(a.address("1"), Some(addr(5000)), "gw-a keeps the modem");
-        assert_eq!(b.yield_to(&answer), Claim::Yielded, "gw-b steps aside");
+        assert_eq!(
+            b.yield_to(&answer, false),
+            Claim::Yielded,
+            "gw-b steps aside"
+        );
         assert!(b.is_empty());
         // A tie (number 4 replayed): the instance that took the modem first keeps it.
         let tie = Sessions::new("gw-b", 30 * S)
             .observe("1", at(6666, 21 * S, 4))
             .expect("first sight");
-        assert!(matches!(a.yield_to(&tie), Claim::Refuted(_)));
+        assert!(matches!(a.yield_to(&tie, false), Claim::Refuted(_)));
+        // The same tie, but their record of 4 came first in the log: gw-a yields, as its
+        // copy of packet 4 is withheld.
+        let mut c = Sessions::new("gw-a", 30 * S);
+        c.observe("1", at(5000, 10 * S, 4)).expect("first sight");
+        assert_eq!(c.yield_to(&tie, true), Claim::Yielded);
         // The device itself moves: number 5 at gw-b, and gw-a yields.
         let moved = Sessions::new("gw-b", 30 * S)
             .observe("1", at(6000, 22 * S, 5))
             .expect("first sight");
-        assert_eq!(a.yield_to(&moved), Claim::Yielded);
+        assert_eq!(a.yield_to(&moved, false), Claim::Yielded);
     }
 
     #[test]

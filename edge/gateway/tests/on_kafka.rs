@@ -1314,3 +1314,79 @@ fn captured_across_a_restart(stop: Stop) {
         refused
     );
 }
+
+/// Issue 25 (2): the same signed packet reaching two authenticated gateways at once (a
+/// replay to the second of a packet on its way to the first, or the other way round) was
+/// accepted and published by both: neither had read the other's session record yet. Now a
+/// packet whose number only its own record reserves is published once that record is read
+/// back, and only if no other instance's record came first in the log: exactly one wins.
+#[test]
+fn the_same_packet_at_two_authenticated_gateways_at_once_is_published_once() {
+    const MODEMS: u64 = 20;
+    let stack = Stack::start().expect("stack");
+    let key = hex::decode("000102030405060708090a0b0c0d0e0f").expect("hex");
+    let keys = stack.broker.data_dir().join("modem-keys");
+    let lines: String = (1..=MODEMS)
+        .map(|m| format!("{m} 000102030405060708090a0b0c0d0e0f\n"))
+        .collect();
+    std::fs::write(&keys, lines).expect("keys file");
+    let start = |id: &str| {
+        stack
+            .start_gateway(&[
+                ("SWITCHYARD_MODEM_KEYS", keys.display().to_string()),
+                ("SWITCHYARD_GATEWAY_ID", id.to_string()),
+            ])
+            .expect("gateway healthy")
+    };
+    let gateways = [start("gw-a"), start("gw-b")];
+    let metric = |g: &switchyard_testkit::Gateway, name: &str| {
+        switchyard_testkit::http_get_text(g.metrics, "/metrics")
+            .map(|m| switchyard_testkit::metric_sum(&m, name))
+            .unwrap_or(-1.0)
+    };
+    let total = |name: &str| gateways.iter().map(|g| metric(g, name)).sum::<f64>();
+    let (device, replayer) = (client(), client());
+    for modem in 1..=MODEMS {
+        let packet = envelope(modem, 1, None, Packet::IotStatus(IotStatus::Nominal))
+            .encode_signed(&key)
+            .expect("sign");
+        device.send_to(&packet, gateways[0].udp).expect("send");
+        replayer.send_to(&packet, gateways[1].udp).expect("replay");
+    }
+    let received =
+        || total("switchyard_gateway_packets_total") + total("switchyard_gateway_rejects_total");
+    switchyard_testkit::wait_for("both gateways to take every copy and decide", WAIT, || {
+        received() == 2.0 * MODEMS as f64
+            && total("switchyard_gateway_packets_waiting_for_the_log") == 0.0
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: received {}, waiting {}",
+            received(),
+            total("switchyard_gateway_packets_waiting_for_the_log")
+        )
+    });
+    // Read to the end: a copy published by both would be a second status for its modem.
+    let statuses = stack
+        .read_to_end::<IotStatusReport>("iot-status")
+        .expect("statuses");
+    let mut modems: Vec<String> = statuses.iter().map(|s| s.value.modem_id.clone()).collect();
+    modems.sort();
+    modems.dedup();
+    assert_eq!(
+        (statuses.len(), modems.len()),
+        (MODEMS as usize, MODEMS as usize),
+        "one status per modem"
+    );
+    // Each second copy was refused (its window already raised) or withheld (the log decided).
+    assert_eq!(
+        total("switchyard_gateway_rejects_total")
+            + total("switchyard_gateway_packets_withheld_total"),
+        MODEMS as f64
+    );
+    // And each modem is held by exactly one of them: the one whose copy was published.
+    switchyard_testkit::wait_for("one holder per modem", WAIT, || {
+        total("switchyard_gateway_known_modems") == MODEMS as f64
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", total("switchyard_gateway_known_modems")));
+}

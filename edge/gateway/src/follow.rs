@@ -1,0 +1,184 @@
+//! Following `device-sessions` while running: another instance's record of a modem this one
+//! holds, written after this one last heard it, means the modem moved there
+//! ([`crate::elsewhere`]); every record raises the replay windows and lets the log decide
+//! the packets waiting for it ([`crate::arbiter`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use switchyard_kafka::{clients, is_partition_eof, TracingContext};
+use switchyard_registry_client::RecordDecoder;
+use switchyard_schemas::records::DeviceSession;
+use tracing::{info, warn};
+
+use crate::restore::keyed_position;
+use crate::service::{rate_limited, Gateway};
+use crate::sessions::{record_floor, Claim};
+use crate::SESSIONS_TOPIC;
+
+/// A packet waiting for the log longer than this is withheld: its own session record was
+/// not read back (dropped, or this follower is stalled), so nothing proves it came first.
+pub(crate) const UNCONFIRMED_AFTER: Duration = Duration::from_secs(30);
+
+impl Gateway {
+    /// Follow `device-sessions` from `ends`.
+    pub(crate) async fn follow_sessions(
+        self: Arc<Self>,
+        mut decoder: RecordDecoder,
+        ends: HashMap<i32, i64>,
+    ) {
+        let consumer: StreamConsumer<TracingContext> = match clients::consumer_config(
+            &self.config.endpoints.bootstrap_servers,
+        )
+        .set("group.id", "switchyard-gateway-sessions")
+        // Session records come at most once per heartbeat per modem; noticing a move
+        // within a second is enough, and each shorter wait costs the broker a read
+        // (make bench: idle).
+        .set("fetch.wait.max.ms", "1000")
+        // The instance reads its own session writes back too: keep librdkafka's prefetch
+        // small (1 MiB, not 64) so memory follows the modems, not the last burst.
+        .set("queued.max.messages.kbytes", "1024")
+        .create_with_context(TracingContext)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot follow device-sessions; modems that move to another gateway keep being sent to here");
+                return;
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (p, end) in &ends {
+            if tpl
+                .add_partition_offset(SESSIONS_TOPIC, *p, Offset::Offset(*end))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Err(e) = consumer.assign(&tpl) {
+            warn!(error = %e, "cannot assign device-sessions");
+            return;
+        }
+        let mut expiry = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let received = tokio::select! {
+                received = consumer.recv() => received,
+                _ = expiry.tick() => {
+                    self.expire_waiting();
+                    continue;
+                }
+            };
+            let message = match received {
+                Ok(m) => m,
+                Err(e) if is_partition_eof(&e) => continue,
+                Err(e) => {
+                    warn!(error = %e, "following device-sessions; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let session = match decoder.decode::<DeviceSession>(message.payload()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.metrics
+                        .rejects
+                        .with_label_values(&["bad_session_record"])
+                        .inc();
+                    warn!(offset = message.offset(), error = %e, "unreadable session record skipped");
+                    continue;
+                }
+            };
+            let theirs_first = self.decide(&session);
+            let claim = self
+                .sessions
+                .lock()
+                .map(|mut s| {
+                    let claim = s.yield_to(&session, theirs_first);
+                    self.metrics.known_modems.set(s.len() as i64);
+                    claim
+                })
+                .unwrap_or(Claim::NotHeld);
+            if let Ok(mut e) = self.elsewhere.lock() {
+                e.apply(&session);
+                self.metrics.modems_elsewhere.set(e.len() as i64);
+            }
+            match claim {
+                Claim::Yielded => {
+                    self.metrics.modems_moved_away.inc();
+                    info!(modem = %session.modem_id, to = %session.gateway, "modem moved to another gateway; its downlink goes from there");
+                }
+                Claim::Refuted(answer) => {
+                    let c = &self.metrics.stale_claims_refuted;
+                    c.inc();
+                    if rate_limited(c.get()) {
+                        warn!(modem = %session.modem_id, by = %session.gateway, claimed = ?session.sequence, held = ?answer.sequence, refuted = c.get(), "another gateway claimed a modem with a number not newer than this one accepted (a replayed packet?); answered with this session");
+                    }
+                    self.metrics.session_writes.inc();
+                    self.publish(SESSIONS_TOPIC, &answer.modem_id, &answer, Instant::now());
+                }
+                Claim::NotHeld | Claim::Kept => {}
+            }
+        }
+    }
+
+    /// One record, in log order: what another instance accepted, or may have, is not fresh
+    /// here either; and the packets waiting for the log are decided. Returns whether the
+    /// record is another instance's that came first for a number waiting here.
+    fn decide(&self, record: &DeviceSession) -> bool {
+        let own = record.gateway == self.config.instance_id;
+        let Ok(mut freshness) = self.freshness.lock() else {
+            return false;
+        };
+        if !own {
+            if let Some(at) = keyed_position(&self.keys, record) {
+                freshness.windows.raise_to(at, record_floor(record));
+            }
+        }
+        let decided = freshness.arbiter.on_record(record, own);
+        self.metrics
+            .waiting_for_the_log
+            .set(freshness.arbiter.len() as i64);
+        drop(freshness);
+        if decided.lost > 0 {
+            let c = self
+                .metrics
+                .withheld
+                .with_label_values(&["reserved_elsewhere_first"]);
+            c.inc_by(decided.lost);
+            if rate_limited(c.get()) {
+                warn!(modem = %record.modem_id, by = %record.gateway, withheld = c.get(), "packets accepted here whose number another gateway had reserved first (a replay): not published");
+            }
+        }
+        for publish in decided.won {
+            publish();
+        }
+        decided.theirs_first
+    }
+
+    /// Withhold what waited for the log too long.
+    pub(crate) fn expire_waiting(&self) {
+        let expired = self
+            .freshness
+            .lock()
+            .map(|mut f| {
+                let expired = f.arbiter.expire(Instant::now(), UNCONFIRMED_AFTER);
+                self.metrics.waiting_for_the_log.set(f.arbiter.len() as i64);
+                expired
+            })
+            .unwrap_or(0);
+        if expired > 0 {
+            self.metrics
+                .withheld
+                .with_label_values(&["unconfirmed"])
+                .inc_by(expired);
+            warn!(
+                expired,
+                "packets whose session record was not read back within 30 s: not published"
+            );
+        }
+    }
+}

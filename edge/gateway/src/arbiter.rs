@@ -140,21 +140,12 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use switchyard_schemas::records::SessionProtocol;
 
     fn record(gateway: &str, sequence: i64, reserved: i64) -> DeviceSession {
         DeviceSession {
-            modem_id: "7".into(),
-            gateway: gateway.into(),
-            address: "127.0.0.1:5000".into(),
-            protocol: SessionProtocol::Envelope,
-            authenticated: true,
-            first_seen: 1,
-            last_seen: 2,
-            address_changes: 0,
-            clock_offset_ms: None,
             sequence: Some(sequence),
             sequence_reserved: Some(reserved),
+            ..crate::sessions::test_record("7", gateway)
         }
     }
 

@@ -74,23 +74,7 @@ impl Elsewhere {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_schemas::records::SessionProtocol;
-
-    fn record(modem: &str, gateway: &str) -> DeviceSession {
-        DeviceSession {
-            modem_id: modem.into(),
-            gateway: gateway.into(),
-            address: "127.0.0.1:5000".into(),
-            protocol: SessionProtocol::Envelope,
-            authenticated: true,
-            first_seen: 1,
-            last_seen: 2,
-            address_changes: 0,
-            clock_offset_ms: None,
-            sequence: None,
-            sequence_reserved: None,
-        }
-    }
+    use crate::sessions::test_record as record;
 
     #[test]
     fn the_latest_record_names_the_holder_and_this_instance_holds_its_own() {

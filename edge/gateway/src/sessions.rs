@@ -445,6 +445,25 @@ pub fn record_sequence(record: &DeviceSession) -> u32 {
         .unwrap_or(0)
 }
 
+/// A record of `modem` held by `gateway`: authenticated, no numbers yet. For tests of
+/// what reads records.
+#[cfg(test)]
+pub(crate) fn test_record(modem: &str, gateway: &str) -> DeviceSession {
+    DeviceSession {
+        modem_id: modem.into(),
+        gateway: gateway.into(),
+        address: "127.0.0.1:5000".into(),
+        protocol: SessionProtocol::Envelope,
+        authenticated: true,
+        first_seen: 1,
+        last_seen: 2,
+        address_changes: 0,
+        clock_offset_ms: None,
+        sequence: None,
+        sequence_reserved: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_schemas::records::DeviceSession;
 
-use crate::sessions::{record_floor, record_sequence};
+use crate::sessions::{record_floor, record_sequence, LogOrder};
 
 /// What to do with a packet once the log decided it was accepted here first.
 pub type Publish = Box<dyn FnOnce() + Send>;
@@ -45,9 +45,8 @@ pub struct Arbiter {
 /// What reading one record, or the passing of time, decided.
 #[derive(Default)]
 pub struct Decided {
-    /// Another instance's record came before this one's for a number a packet here waits
-    /// with: on a tie of numbers, the modem is theirs.
-    pub theirs_first: bool,
+    /// Where another instance's record stands against the packets waiting here.
+    pub log: LogOrder,
     /// Accepted here first: publish them.
     pub won: Vec<Publish>,
     /// Reserved by another instance first (a replay): never published.
@@ -84,7 +83,10 @@ impl Arbiter {
         };
         if !own {
             let theirs = record_sequence(record);
-            decided.theirs_first = waits.packets.iter().any(|w| w.sequence <= theirs);
+            decided.log = LogOrder {
+                theirs_first: waits.packets.iter().any(|w| w.sequence <= theirs),
+                ours_unconfirmed: true,
+            };
             waits.contested = waits.contested.max(record_floor(record));
             return decided;
         }
@@ -123,6 +125,14 @@ impl Arbiter {
         });
         self.waiting -= expired as usize;
         expired
+    }
+
+    /// Everything still waiting, withheld (shutdown): returns how many.
+    pub fn withhold_all(&mut self) -> u64 {
+        let all = self.waiting as u64;
+        self.by_modem.clear();
+        self.waiting = 0;
+        all
     }
 
     /// Packets waiting.
@@ -183,7 +193,7 @@ mod tests {
         let mut there = Arbiter::default();
         there.wait("7", 5, 0, now, counting(&published));
         let theirs = there.on_record(&record("gw-a", 5, 1029), false);
-        assert!(theirs.theirs_first, "the modem is theirs on a tie");
+        assert!(theirs.log.theirs_first, "the modem is theirs on a tie");
         assert_eq!(publish_won(theirs), 0);
         assert_eq!(
             publish_won(there.on_record(&record("gw-b", 5, 1029), true)),

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::restore::keyed_position;
 use crate::service::{rate_limited, Gateway};
-use crate::sessions::{record_floor, Claim};
+use crate::sessions::{record_floor, Claim, LogOrder};
 use crate::SESSIONS_TOPIC;
 
 /// A packet waiting for the log longer than this is withheld: its own session record was
@@ -92,12 +92,12 @@ impl Gateway {
                     continue;
                 }
             };
-            let theirs_first = self.decide(&session);
+            let log = self.decide(&session);
             let claim = self
                 .sessions
                 .lock()
                 .map(|mut s| {
-                    let claim = s.yield_to(&session, theirs_first);
+                    let claim = s.yield_to(&session, log);
                     self.metrics.known_modems.set(s.len() as i64);
                     claim
                 })
@@ -126,12 +126,22 @@ impl Gateway {
     }
 
     /// One record, in log order: what another instance accepted, or may have, is not fresh
-    /// here either; and the packets waiting for the log are decided. Returns whether the
-    /// record is another instance's that came first for a number waiting here.
-    fn decide(&self, record: &DeviceSession) -> bool {
+    /// here either; and the packets waiting for the log are decided. Returns where the
+    /// record stands against this instance's waiting packets of the modem.
+    fn decide(&self, record: &DeviceSession) -> LogOrder {
         let own = record.gateway == self.config.instance_id;
+        if own {
+            // Read back, so on the broker: as good as its acknowledgement (which may come
+            // later), and what a packet published from here must see.
+            if let (Some(reserved), Ok(mut sessions)) = (
+                record.sequence_reserved.and_then(|r| u32::try_from(r).ok()),
+                self.sessions.lock(),
+            ) {
+                sessions.acknowledged(&record.modem_id, reserved);
+            }
+        }
         let Ok(mut freshness) = self.freshness.lock() else {
-            return false;
+            return LogOrder::default();
         };
         if !own {
             if let Some(at) = keyed_position(&self.keys, record) {
@@ -144,6 +154,10 @@ impl Gateway {
             .set(freshness.arbiter.len() as i64);
         drop(freshness);
         if decided.lost > 0 {
+            if let Ok(mut sessions) = self.sessions.lock() {
+                sessions.lost(&record.modem_id);
+                self.metrics.known_modems.set(sessions.len() as i64);
+            }
             let c = self
                 .metrics
                 .withheld
@@ -156,7 +170,7 @@ impl Gateway {
         for publish in decided.won {
             publish();
         }
-        decided.theirs_first
+        decided.log
     }
 
     /// Withhold what waited for the log too long.

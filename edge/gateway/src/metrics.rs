@@ -173,7 +173,7 @@ impl GatewayMetrics {
             withheld: reg!(IntCounterVec::new(
                 Opts::new(
                     "packets_withheld_total",
-                    "Packets accepted here but never published, by reason: reserved_elsewhere_first (another instance's session record had reserved their number first in the log: a replay here of a packet accepted there, or the same packet at both), unconfirmed (their own session record was not read back within 30 s)."
+                    "Packets accepted here but never published, by reason: reserved_elsewhere_first (another instance's session record had reserved their number first in the log: a replay here of a packet accepted there, or the same packet at both), unconfirmed (their own session record was not read back within 30 s), shutdown (still waiting when the gateway stopped)."
                 ),
                 &["reason"]
             )?),

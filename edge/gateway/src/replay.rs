@@ -42,8 +42,12 @@ impl ReplayWindow {
         (self.seen != 0).then_some(self.highest)
     }
 
-    /// Whether `seq` is acceptable; records it if so.
+    /// Whether `seq` is acceptable; records it if so. Numbers start at 1: 0 is never
+    /// accepted (records and sessions take 0 for "none", so it could not be reserved).
     pub fn accept(&mut self, seq: u32) -> bool {
+        if seq == 0 {
+            return false;
+        }
         if self.seen == 0 {
             self.highest = seq;
             self.seen = 1;
@@ -153,6 +157,7 @@ mod tests {
     #[test]
     fn new_numbers_pass_repeats_fail_reordering_within_the_window_passes() {
         let mut w = ReplayWindow::default();
+        assert!(!w.accept(0), "numbers start at 1");
         assert!(w.accept(10));
         assert!(!w.accept(10), "replay");
         assert!(w.accept(12));

@@ -293,6 +293,22 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let withheld = gateway
+        .freshness
+        .lock()
+        .map(|mut f| f.arbiter.withhold_all())
+        .unwrap_or(0);
+    if withheld > 0 {
+        gateway
+            .metrics
+            .withheld
+            .with_label_values(&["shutdown"])
+            .inc_by(withheld);
+        warn!(
+            withheld,
+            "packets still waiting for their session record at shutdown: not published"
+        );
+    }
     // Each session's exact highest number, where its last record says otherwise: so that
     // the next instance refuses every packet this one accepted, and nothing more.
     let last = gateway

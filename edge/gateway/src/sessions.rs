@@ -116,9 +116,20 @@ pub struct Observed {
     /// The session record to write, if one is due.
     pub record: Option<DeviceSession>,
     /// The packet's number is covered only by the reservation in `record`: publish what the
-    /// packet carries once the broker has acknowledged `record`, so that nothing of a packet
-    /// is on the broker unless a successor would refuse its replay.
+    /// packet carries once `record` is read back from the log, and only if no other
+    /// instance's record came first ([`crate::arbiter`]), so that nothing of a packet is on
+    /// the broker unless a successor, or another instance, would refuse its replay.
     pub uncovered: bool,
+}
+
+/// Where another instance's record stands in the log against this instance's waiting
+/// packets of the modem ([`crate::arbiter::Decided`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LogOrder {
+    /// It came before this instance's record of a number a packet here waits with.
+    pub theirs_first: bool,
+    /// A packet of the modem waits here for its own record.
+    pub ours_unconfirmed: bool,
 }
 
 /// What another instance's record about a modem did to this instance's session of it.
@@ -235,6 +246,14 @@ impl Sessions {
         }
     }
 
+    /// The log decided against this instance's claim on `modem_id`: another instance's
+    /// record reserved the number first, so the modem is theirs.
+    pub fn lost(&mut self, modem_id: &str) {
+        if let Some(id) = key(modem_id) {
+            self.by_modem.remove(id);
+        }
+    }
+
     /// The broker acknowledged a record of `modem_id`'s session reserving up to `reserved`.
     pub fn acknowledged(&mut self, modem_id: &str, reserved: u32) {
         let Some(id) = key(modem_id) else {
@@ -298,15 +317,16 @@ impl Sessions {
     /// and the record to write is returned ([`Claim::Refuted`]), so the other instance learns
     /// the higher number, raises its window and steps aside. On a tie the log decides, as it
     /// decides which copy of the packet is published ([`crate::arbiter`]): this instance
-    /// yields if their record came first (`theirs_first`: this one was still waiting for its
-    /// own record of the number when theirs was read).
+    /// yields if their record came first (`log.theirs_first`: this one was still waiting for
+    /// its own record of the number when theirs was read). While this instance's own claim
+    /// is unconfirmed it answers nothing.
     ///
     /// Otherwise (v1, `--insecure`) time decides: the other instance heard the modem no
     /// earlier than this one took it. "Took" (first heard), not "last heard": each gateway
     /// stamps a packet when it gets to it, so the modem's last packet here can carry a later
     /// stamp than its first one there though it was sent before. A record older than the
     /// take is one written before the modem came here, read late.
-    pub fn yield_to(&mut self, record: &DeviceSession, theirs_first: bool) -> Claim {
+    pub fn yield_to(&mut self, record: &DeviceSession, log: LogOrder) -> Claim {
         if record.gateway == self.instance {
             return Claim::NotHeld;
         }
@@ -320,7 +340,7 @@ impl Sessions {
         let numbered =
             record.authenticated && mine.authenticated && theirs > 0 && mine.sequence > 0;
         let moved = if numbered {
-            theirs > mine.sequence || (theirs == mine.sequence && theirs_first)
+            theirs > mine.sequence || (theirs == mine.sequence && log.theirs_first)
         } else {
             mine.first_seen <= record.last_seen
         };
@@ -328,7 +348,9 @@ impl Sessions {
             self.by_modem.remove(id);
             return Claim::Yielded;
         }
-        if !numbered {
+        // Not numbered, or this instance's own claim is still unconfirmed (the arbiter will
+        // decide it, and a lost claim ends the session): nothing to answer.
+        if !numbered || log.ours_unconfirmed {
             return Claim::Kept;
         }
         mine.mark_written();
@@ -366,8 +388,11 @@ impl Sessions {
                 written: record.last_seen,
                 address_changes: record.address_changes,
                 clock_offset_us: record.clock_offset_ms.map(|ms| ms.saturating_mul(1000)),
-                sequence: record_sequence(record),
-                sequence_written: record_sequence(record),
+                // After a crash every reserved number may have been accepted: the floor is
+                // the highest this instance can vouch for (so a clean stop later never
+                // writes a lower exact number than the crash left).
+                sequence: record_floor(record),
+                sequence_written: record_floor(record),
                 address_unwritten: false,
                 reserved: record_floor(record),
                 reserved_acked: record_floor(record),
@@ -725,18 +750,18 @@ mod tests {
             )
             .expect("a move here is written");
         assert_eq!(
-            a.yield_to(&own, false),
+            a.yield_to(&own, LogOrder::default()),
             Claim::NotHeld,
             "its own records change nothing"
         );
         assert_eq!(
-            a.yield_to(&older, false),
+            a.yield_to(&older, LogOrder::default()),
             Claim::Kept,
             "gw-b heard it before gw-a took it"
         );
         assert_eq!(a.address("1"), Some(addr(5001)));
         assert_eq!(
-            a.yield_to(&later, false),
+            a.yield_to(&later, LogOrder::default()),
             Claim::Yielded,
             "the modem moved to gw-b"
         );
@@ -756,12 +781,17 @@ mod tests {
         let first_at_b = b.observe("1", at(6000, 20 * S)).expect("first sight");
         a.observe("1", at(5000, 20 * S + 3_000));
         assert_eq!(
-            a.yield_to(&first_at_b, false),
+            a.yield_to(&first_at_b, LogOrder::default()),
             Claim::Yielded,
             "the modem moved to gw-b"
         );
         assert_eq!(a.address("1"), None);
     }
+
+    const THEIRS_FIRST: LogOrder = LogOrder {
+        theirs_first: true,
+        ours_unconfirmed: true,
+    };
 
     /// Issue 25 (2): a replay to another instance must not take the modem from its holder.
     #[test]
@@ -789,7 +819,7 @@ mod tests {
         let claim = b
             .observe("1", at(6666, 20 * S, 3))
             .expect("first sight at gw-b");
-        let Claim::Refuted(answer) = a.yield_to(&claim, false) else {
+        let Claim::Refuted(answer) = a.yield_to(&claim, LogOrder::default()) else {
             panic!("gw-a must refute a claim of number 3 after accepting 4");
         };
         assert_eq!(
@@ -798,7 +828,7 @@ mod tests {
         );
         assert_eq!(a.address("1"), Some(addr(5000)), "gw-a keeps the modem");
         assert_eq!(
-            b.yield_to(&answer, false),
+            b.yield_to(&answer, LogOrder::default()),
             Claim::Yielded,
             "gw-b steps aside"
         );
@@ -807,17 +837,29 @@ mod tests {
         let tie = Sessions::new("gw-b", 30 * S)
             .observe("1", at(6666, 21 * S, 4))
             .expect("first sight");
-        assert!(matches!(a.yield_to(&tie, false), Claim::Refuted(_)));
+        assert!(matches!(
+            a.yield_to(&tie, LogOrder::default()),
+            Claim::Refuted(_)
+        ));
         // The same tie, but their record of 4 came first in the log: gw-a yields, as its
         // copy of packet 4 is withheld.
         let mut c = Sessions::new("gw-a", 30 * S);
         c.observe("1", at(5000, 10 * S, 4)).expect("first sight");
-        assert_eq!(c.yield_to(&tie, true), Claim::Yielded);
+        assert_eq!(c.yield_to(&tie, THEIRS_FIRST), Claim::Yielded);
+        // An older record while this instance's own claim is unconfirmed: no answer (the
+        // arbiter decides), where a confirmed holder would refute it.
+        let unconfirmed = LogOrder {
+            theirs_first: false,
+            ours_unconfirmed: true,
+        };
+        assert_eq!(a.yield_to(&claim, unconfirmed), Claim::Kept);
+        c.lost("1");
+        assert!(c.is_empty(), "a lost claim ends the session");
         // The device itself moves: number 5 at gw-b, and gw-a yields.
         let moved = Sessions::new("gw-b", 30 * S)
             .observe("1", at(6000, 22 * S, 5))
             .expect("first sight");
-        assert_eq!(a.yield_to(&moved, false), Claim::Yielded);
+        assert_eq!(a.yield_to(&moved, LogOrder::default()), Claim::Yielded);
     }
 
     #[test]
@@ -860,6 +902,29 @@ mod tests {
         assert_eq!(record_floor(&last[0]), 3);
         // Restored from an exact record: the next number needs a new reservation.
         assert!(after.observe_packet("5", at(4 * S, 4)).uncovered);
+    }
+
+    /// Found in review: restored from a crash's record (3, reserving 1027), a session that
+    /// heard nothing more wrote (3, exact) at its clean stop, lowering every successor's
+    /// floor below numbers the crashed instance may have accepted.
+    #[test]
+    fn a_clean_stop_after_a_crash_never_lowers_the_floor() {
+        let at = |seq| heard(addr(1), SessionProtocol::Envelope, true, S, None, Some(seq));
+        let crashed = Sessions::new("gw-a", 30 * S)
+            .observe("5", at(3))
+            .expect("first sight");
+        assert_eq!(record_floor(&crashed), 3 + RESERVE_BLOCK);
+        let mut after = Sessions::new("gw-a", 30 * S);
+        assert!(after.restore(&crashed));
+        let written: Vec<u32> = after
+            .clean_stop_records()
+            .iter()
+            .map(record_floor)
+            .collect();
+        assert!(
+            written.iter().all(|floor| *floor >= 3 + RESERVE_BLOCK),
+            "{written:?}"
+        );
     }
 
     #[test]

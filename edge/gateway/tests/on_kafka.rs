@@ -914,8 +914,11 @@ fn a_packet_replayed_to_another_authenticated_gateway_does_not_move_the_modems_d
     switchyard_testkit::wait_for("gw-a to hold the modem and gw-b to know it", WAIT, || {
         metric(&holder, "switchyard_gateway_packets_total") == 4.0
             && metric(&other, "switchyard_gateway_modems_elsewhere") == 1.0
+            && stack
+                .read_to_end::<IotStatusReport>("iot-status")
+                .is_ok_and(|s| s.len() == 4)
     })
-    .expect("held by gw-a");
+    .expect("held by gw-a, its 4 statuses published");
 
     // Packets 3 and 4, captured, replayed to gw-b: refused there, nothing published.
     for sequence in [3, 4] {
@@ -1366,7 +1369,14 @@ fn the_same_packet_at_two_authenticated_gateways_at_once_is_published_once() {
             total("switchyard_gateway_packets_waiting_for_the_log")
         )
     });
-    // Read to the end: a copy published by both would be a second status for its modem.
+    // The winners' statuses go out as the log decides: wait for them, then read to the end
+    // (a copy published by both would be a second status for its modem).
+    switchyard_testkit::wait_for("a status per modem", WAIT, || {
+        stack
+            .read_to_end::<IotStatusReport>("iot-status")
+            .is_ok_and(|s| s.len() >= MODEMS as usize)
+    })
+    .expect("statuses");
     let statuses = stack
         .read_to_end::<IotStatusReport>("iot-status")
         .expect("statuses");

@@ -31,7 +31,7 @@ struct Waiting {
 struct Waits {
     packets: Vec<Waiting>,
     /// The highest number another instance's record reserved for the modem since these
-    /// packets were accepted.
+    /// packets were accepted (and so before their own record).
     contested: u32,
 }
 
@@ -55,17 +55,10 @@ pub struct Decided {
 
 impl Arbiter {
     /// Hold `publish` until this instance's record of `modem_id` carrying `sequence` is read
-    /// back. `contested`: what another instance already reserved, as far as is known now.
-    pub fn wait(
-        &mut self,
-        modem_id: &str,
-        sequence: u32,
-        contested: u32,
-        now: Instant,
-        publish: Publish,
-    ) {
+    /// back. Called under the lock the packet's acceptance took, so every record read after
+    /// the acceptance is weighed against it.
+    pub fn wait(&mut self, modem_id: &str, sequence: u32, now: Instant, publish: Publish) {
         let waits = self.by_modem.entry(modem_id.to_string()).or_default();
-        waits.contested = waits.contested.max(contested);
         waits.packets.push(Waiting {
             sequence,
             since: now,
@@ -178,7 +171,7 @@ mod tests {
         let now = Instant::now();
         // Here first: another instance's record comes after this one's.
         let mut here = Arbiter::default();
-        here.wait("7", 5, 0, now, counting(&published));
+        here.wait("7", 5, now, counting(&published));
         assert_eq!(
             publish_won(here.on_record(&record("gw-a", 5, 1029), true)),
             0
@@ -191,7 +184,7 @@ mod tests {
         assert!(here.is_empty());
         // There first: its reservation covers the number, so this one lost.
         let mut there = Arbiter::default();
-        there.wait("7", 5, 0, now, counting(&published));
+        there.wait("7", 5, now, counting(&published));
         let theirs = there.on_record(&record("gw-a", 5, 1029), false);
         assert!(theirs.log.theirs_first, "the modem is theirs on a tie");
         assert_eq!(publish_won(theirs), 0);
@@ -208,13 +201,10 @@ mod tests {
     }
 
     #[test]
-    fn a_reservation_known_before_the_wait_contests_it_and_a_lower_one_does_not() {
+    fn a_lower_reservation_from_another_instance_does_not_contest() {
         let published = Arc::new(AtomicUsize::new(0));
-        let mut a = Arbiter::default();
-        a.wait("7", 5, 1029, Instant::now(), counting(&published));
-        assert_eq!(publish_won(a.on_record(&record("gw-b", 5, 1029), true)), 1);
         let mut b = Arbiter::default();
-        b.wait("7", 2000, 0, Instant::now(), counting(&published));
+        b.wait("7", 2000, Instant::now(), counting(&published));
         // Another instance's older reservation, below the number: a real move, not a replay.
         assert_eq!(
             publish_won(b.on_record(&record("gw-a", 900, 1924), false)),
@@ -232,8 +222,8 @@ mod tests {
         let published = Arc::new(AtomicUsize::new(0));
         let now = Instant::now();
         let mut a = Arbiter::default();
-        a.wait("7", 5, 0, now, counting(&published));
-        a.wait("7", 6, 0, now, counting(&published));
+        a.wait("7", 5, now, counting(&published));
+        a.wait("7", 6, now, counting(&published));
         // The record for 5 decides 5 only.
         assert_eq!(publish_won(a.on_record(&record("gw-a", 5, 1029), true)), 0);
         assert_eq!((published.load(Ordering::Relaxed), a.len()), (1, 1));

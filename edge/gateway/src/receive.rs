@@ -12,7 +12,7 @@
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
@@ -25,6 +25,7 @@ use switchyard_schemas::records::{AckStatus, DeliveryEvent, DeviceSession, Sessi
 use tracing::warn;
 
 use crate::downlink::Answer;
+use crate::replay::Freshness;
 use crate::service::{rate_limited, Gateway};
 use crate::sessions::{Heard, Observed};
 use crate::uplink::{to_record, wire_carrier, Uplink, ACK_TOPIC, STATUS_TOPIC};
@@ -110,25 +111,30 @@ impl Gateway {
                 )
             }
         };
+        // Held from the window's acceptance until the packet's wait for the log, if it needs
+        // one, is registered: a record read in between would otherwise contest nothing.
+        let mut freshness = None;
         let modem_id = match &frame.envelope {
             Some(envelope) => {
-                if let Err(Refused {
-                    reason,
-                    detail,
-                    resync_above,
-                }) = self.authenticate(datagram, envelope)
-                {
-                    if let Some(above) = resync_above {
-                        self.send_resync(envelope.modem_id, above, source);
-                    }
-                    return self.reject(
-                        datagram,
-                        source,
+                match self.authenticate(datagram, envelope) {
+                    Ok(accepted) => freshness = accepted,
+                    Err(Refused {
                         reason,
-                        &detail,
-                        Some(envelope.modem_id.to_string()),
-                        arrived,
-                    );
+                        detail,
+                        resync_above,
+                    }) => {
+                        if let Some(above) = resync_above {
+                            self.send_resync(envelope.modem_id, above, source);
+                        }
+                        return self.reject(
+                            datagram,
+                            source,
+                            reason,
+                            &detail,
+                            Some(envelope.modem_id.to_string()),
+                            arrived,
+                        );
+                    }
                 }
                 envelope.modem_id.to_string()
             }
@@ -205,9 +211,9 @@ impl Gateway {
         // carries is published once this record is read back from the log, and only if no
         // other instance's record reserved the number first (`arbiter`). Registered before
         // the record is written, so the record cannot come back first.
-        let now = match (uncovered, frame.envelope.as_ref()) {
-            (true, Some(envelope)) => {
-                self.wait_for_the_log(envelope, &session, record, source, arrived);
+        let now = match (uncovered, frame.envelope.as_ref(), freshness) {
+            (true, Some(envelope), Some(freshness)) => {
+                self.wait_for_the_log(freshness, envelope, &session, record, source, arrived);
                 None
             }
             _ => Some(record),
@@ -225,41 +231,29 @@ impl Gateway {
     }
 
     /// Hold what `envelope`'s packet carries until the log decides ([`crate::arbiter`]).
-    /// What another instance reserved shows as the window above this session's own number:
-    /// a record read between this packet's acceptance and now already contests it.
+    /// Registered under the lock its acceptance took, so every record read after the
+    /// acceptance contests it.
     fn wait_for_the_log(
         self: &Arc<Self>,
+        mut freshness: MutexGuard<'_, Freshness>,
         envelope: &Envelope,
         session: &DeviceSession,
         record: Uplink,
         source: SocketAddr,
         arrived: Instant,
     ) {
-        let own = session
-            .sequence
-            .and_then(|s| u32::try_from(s).ok())
-            .unwrap_or(0);
         let gateway = Arc::clone(self);
         let modem_id = session.modem_id.clone();
         let publish = Box::new(move || gateway.publish_uplink(record, modem_id, source, arrived));
-        if let Ok(mut freshness) = self.freshness.lock() {
-            let contested = self
-                .keys
-                .position(envelope.modem_id)
-                .and_then(|at| freshness.windows.highest(at))
-                .filter(|highest| *highest > own)
-                .unwrap_or(0);
-            freshness.arbiter.wait(
-                &session.modem_id,
-                envelope.sequence,
-                contested,
-                Instant::now(),
-                publish,
-            );
-            self.metrics
-                .waiting_for_the_log
-                .set(freshness.arbiter.len() as i64);
-        }
+        freshness.arbiter.wait(
+            &session.modem_id,
+            envelope.sequence,
+            Instant::now(),
+            publish,
+        );
+        self.metrics
+            .waiting_for_the_log
+            .set(freshness.arbiter.len() as i64);
     }
 
     /// Publish what an accepted packet carries.
@@ -310,10 +304,15 @@ impl Gateway {
         }
     }
 
-    /// With keys configured: a known modem, a valid tag, a fresh sequence number.
-    fn authenticate(&self, datagram: &[u8], envelope: &Envelope) -> Result<(), Refused> {
+    /// With keys configured: a known modem, a valid tag, a fresh sequence number. Returns
+    /// the freshness lock it accepted the number under (none without keys).
+    fn authenticate(
+        &self,
+        datagram: &[u8],
+        envelope: &Envelope,
+    ) -> Result<Option<MutexGuard<'_, Freshness>>, Refused> {
         if self.keys.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let (at, key) = self
             .keys
@@ -339,7 +338,7 @@ impl Gateway {
             ));
         };
         if freshness.windows.accept(at, envelope.sequence) {
-            return Ok(());
+            return Ok(Some(freshness));
         }
         // Signed by the modem's key, so the device (or a copy of its packet) is behind: tell
         // it where its counter must go.

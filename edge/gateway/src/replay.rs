@@ -121,11 +121,6 @@ impl ReplayWindows {
             .is_some_and(|w| w.accept(seq))
     }
 
-    /// The highest number the modem at `position` has accepted or been raised to.
-    pub fn highest(&self, position: usize) -> Option<u32> {
-        self.by_position.get(position)?.highest()
-    }
-
     /// [`ReplayWindow::resync_due`] for the modem at `position`.
     pub fn resync_due(&mut self, position: usize, now_s: u32) -> Option<u32> {
         self.by_position.get_mut(position)?.resync_due(now_s)

@@ -201,6 +201,8 @@ impl Gateway {
             uncovered,
         }) = observed
         else {
+            // No session record, so no wait: the windows are free before the publishing.
+            drop(freshness);
             return self.publish_uplink(record, modem_id, source, arrived);
         };
         self.metrics.session_writes.inc();

@@ -67,6 +67,13 @@ impl Packed {
     };
 }
 
+/// A modem's place in the table: its position among the keys, or none (in the map).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slot {
+    id: u64,
+    keyed: Option<usize>,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct SessionTable {
     keys: Arc<ModemKeys>,
@@ -89,12 +96,25 @@ impl SessionTable {
         }
     }
 
+    /// Where `id`'s session is kept: found once (a search of the keys), then read and
+    /// written through as often as the caller needs.
+    pub fn locate(&self, id: u64) -> Slot {
+        Slot {
+            id,
+            keyed: self.keys.position(id),
+        }
+    }
+
     pub fn get(&self, id: u64) -> Option<Session> {
-        let packed = match self.keys.position(id) {
+        self.get_at(self.locate(id))
+    }
+
+    pub fn get_at(&self, slot: Slot) -> Option<Session> {
+        let packed = match slot.keyed {
             Some(at) => self.keyed.get(at).filter(|p| p.flags & HELD != 0)?,
-            None => self.unkeyed.get(&id)?,
+            None => self.unkeyed.get(&slot.id)?,
         };
-        self.unpack(id, packed)
+        self.unpack(slot.id, packed)
     }
 
     /// Every session held, unpacked.
@@ -137,6 +157,12 @@ impl SessionTable {
     /// Stores `s`; its last write is rounded up to a whole second (never earlier, so a
     /// heartbeat is never due early; a whole second stays as it is, so nothing creeps).
     pub fn insert(&mut self, id: u64, s: Session) {
+        self.insert_at(self.locate(id), s);
+    }
+
+    /// [`Self::insert`] at a slot [`Self::locate`] found.
+    pub fn insert_at(&mut self, slot: Slot, s: Session) {
+        let id = slot.id;
         let mut flags = HELD | if s.authenticated { AUTHENTICATED } else { 0 };
         if s.address_unwritten {
             flags |= ADDRESS_UNWRITTEN;
@@ -173,7 +199,7 @@ impl SessionTable {
             protocol: s.protocol,
             flags,
         };
-        match self.keys.position(id).and_then(|at| self.keyed.get_mut(at)) {
+        match slot.keyed.and_then(|at| self.keyed.get_mut(at)) {
             Some(slot) => {
                 if slot.flags & HELD == 0 {
                     self.keyed_held += 1;

@@ -207,7 +207,9 @@ impl Sessions {
         let Some(id) = key(modem_id) else {
             return nothing;
         };
-        let Some(mut session) = self.by_modem.get(id) else {
+        // One search of the keys for the read and the write back.
+        let slot = self.by_modem.locate(id);
+        let Some(mut session) = self.by_modem.get_at(slot) else {
             let mut session = Session {
                 address,
                 protocol,
@@ -224,7 +226,7 @@ impl Sessions {
                 reserved_acked: 0,
             };
             let uncovered = session.reserve_for(authenticated).uncovered;
-            self.by_modem.insert(id, session);
+            self.by_modem.insert_at(slot, session);
             return Observed {
                 record: Some(self.record(modem_id, &session)),
                 uncovered,
@@ -236,7 +238,7 @@ impl Sessions {
         if due {
             session.mark_written();
         }
-        self.by_modem.insert(id, session);
+        self.by_modem.insert_at(slot, session);
         if !due {
             return nothing;
         }
@@ -259,10 +261,11 @@ impl Sessions {
         let Some(id) = key(modem_id) else {
             return;
         };
-        if let Some(mut session) = self.by_modem.get(id) {
+        let slot = self.by_modem.locate(id);
+        if let Some(mut session) = self.by_modem.get_at(slot) {
             if reserved > session.reserved_acked {
                 session.reserved_acked = reserved;
-                self.by_modem.insert(id, session);
+                self.by_modem.insert_at(slot, session);
             }
         }
     }

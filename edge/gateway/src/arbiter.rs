@@ -4,8 +4,8 @@
 //! is published only once this instance has read its own record back from
 //! `device-sessions`, and only if no other instance's record before it in the log reserved
 //! the number. A modem's records are in one partition, so the log orders the claims and
-//! exactly one wins; the loser publishes nothing (and the holder's answer moves the session
-//! back, [`crate::sessions::Claim::Refuted`]).
+//! exactly one wins; the loser publishes nothing and drops the session it had opened
+//! ([`crate::sessions::Sessions::lost`]).
 //!
 //! Held under the replay windows' lock ([`crate::replay::Freshness`]): a record raises the
 //! windows and contests the waiting packets in one step, so no record falls between a

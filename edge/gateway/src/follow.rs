@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::restore::keyed_position;
 use crate::service::{rate_limited, Gateway};
-use crate::sessions::{record_floor, Claim, LogOrder};
+use crate::sessions::{record_floor, record_reservation, Claim, LogOrder};
 use crate::SESSIONS_TOPIC;
 
 /// A packet waiting for the log longer than this is withheld: its own session record was
@@ -133,10 +133,9 @@ impl Gateway {
         if own {
             // Read back, so on the broker: as good as its acknowledgement (which may come
             // later), and what a packet published from here must see.
-            if let (Some(reserved), Ok(mut sessions)) = (
-                record.sequence_reserved.and_then(|r| u32::try_from(r).ok()),
-                self.sessions.lock(),
-            ) {
+            if let (Some(reserved), Ok(mut sessions)) =
+                (record_reservation(record), self.sessions.lock())
+            {
                 sessions.acknowledged(&record.modem_id, reserved);
             }
         }

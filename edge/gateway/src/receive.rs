@@ -27,7 +27,7 @@ use tracing::warn;
 use crate::downlink::Answer;
 use crate::replay::Freshness;
 use crate::service::{rate_limited, Gateway};
-use crate::sessions::{Heard, Observed};
+use crate::sessions::{record_reservation, Heard, Observed};
 use crate::uplink::{to_record, wire_carrier, Uplink, ACK_TOPIC, STATUS_TOPIC};
 use crate::SESSIONS_TOPIC;
 
@@ -206,9 +206,7 @@ impl Gateway {
             return self.publish_uplink(record, modem_id, source, arrived);
         };
         self.metrics.session_writes.inc();
-        let reserved = session
-            .sequence_reserved
-            .and_then(|r| u32::try_from(r).ok());
+        let reserved = record_reservation(&session);
         // Uncovered: the packet's number is reserved only by this record, so what it
         // carries is published once this record is read back from the log, and only if no
         // other instance's record reserved the number first (`arbiter`). Registered before

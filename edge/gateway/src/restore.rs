@@ -37,8 +37,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Read `device-sessions` from its start to its end as of now into `sessions` (this
 /// instance's), `elsewhere` (the others') and the replay windows of the keyed modems (each
 /// refuses up to its latest record's floor, whoever wrote it: [`record_floor`]; a modem's
-/// records are in one partition, read in order). However
-/// long it takes (no timer aborts it;
+/// records are in one partition, read in order). However long it takes (no timer aborts it;
 /// `timeout` bounds each metadata request), saying how far it got in the log and in
 /// `health`'s reason; it yields at every record, so a shutdown raced against it ends it.
 pub async fn restore_sessions(

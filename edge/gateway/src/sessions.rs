@@ -111,7 +111,7 @@ struct Reservation {
 }
 
 /// What accepting one packet did to its modem's session.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observed {
     /// The session record to write, if one is due.
     pub record: Option<DeviceSession>,
@@ -190,10 +190,6 @@ impl Sessions {
     /// due; the clock offset and the sequence number alone never make one due, they ride on
     /// the next, unless the number needs a new reservation ([`RESERVE_BLOCK`]).
     pub fn observe_packet(&mut self, modem_id: &str, heard: Heard) -> Observed {
-        let nothing = Observed {
-            record: None,
-            uncovered: false,
-        };
         let Heard {
             address,
             protocol,
@@ -205,7 +201,7 @@ impl Sessions {
         let sample = sensor_time_us.map(|t| now_us.saturating_sub(t));
         let sequence = sequence.unwrap_or(0);
         let Some(id) = key(modem_id) else {
-            return nothing;
+            return Observed::default();
         };
         // One search of the keys for the read and the write back.
         let slot = self.by_modem.locate(id);
@@ -240,7 +236,7 @@ impl Sessions {
         }
         self.by_modem.insert_at(slot, session);
         if !due {
-            return nothing;
+            return Observed::default();
         }
         Observed {
             record: Some(self.record(modem_id, &session)),
@@ -458,11 +454,14 @@ impl Sessions {
 /// The number a gateway reading `record` must refuse up to (with every one before it): its
 /// reservation, or its exact highest number when it reserves nothing; 0 for none.
 pub fn record_floor(record: &DeviceSession) -> u32 {
-    record
-        .sequence_reserved
-        .and_then(|s| u32::try_from(s).ok())
+    record_reservation(record)
         .unwrap_or(0)
         .max(record_sequence(record))
+}
+
+/// A record's reservation, if it carries one (in range).
+pub fn record_reservation(record: &DeviceSession) -> Option<u32> {
+    record.sequence_reserved.and_then(|s| u32::try_from(s).ok())
 }
 
 /// A record's sequence number, 0 when it has none (or one out of range).

@@ -796,9 +796,7 @@ fn restart_over_sessions(
     gateway.terminate(Duration::from_secs(120))?;
     let stop_secs = stopping.elapsed().as_secs_f64();
     let starting = Instant::now();
-    let mut env = vec![("RUST_LOG", "warn".to_string())];
-    env.push(fleet.keys_env());
-    let again = stack.start_gateway(&env)?;
+    let again = stack.start_gateway(&[("RUST_LOG", "warn".into()), fleet.keys_env()])?;
     let ready_secs = starting.elapsed().as_secs_f64();
     let restored = http_get_text(again.metrics, "/metrics")
         .map(|m| metric_sum(&m, "switchyard_gateway_sessions_restored"))

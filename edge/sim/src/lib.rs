@@ -213,15 +213,20 @@ impl Applet {
             .checked_add(1)
             .ok_or(MemoryError::Exhausted)?;
         if next > self.uplink_reserved {
-            let reserved = next.saturating_add(UPLINK_BLOCK - 1);
-            self.memory.write(&Counters {
-                uplink_reserved: reserved,
-                ..self.stored()
-            })?;
-            self.uplink_reserved = reserved;
+            self.reserve_uplink(next.saturating_add(UPLINK_BLOCK - 1))?;
         }
         self.uplink_sequence = next;
         Ok(next)
+    }
+
+    /// Uplink numbers up to `reserved` may be used: kept in memory first.
+    fn reserve_uplink(&mut self, reserved: u32) -> Result<(), MemoryError> {
+        self.memory.write(&Counters {
+            uplink_reserved: reserved,
+            ..self.stored()
+        })?;
+        self.uplink_reserved = reserved;
+        Ok(())
     }
 
     /// Power-on or reset: forget the selection and pending commands, ask for a channel, and
@@ -408,14 +413,10 @@ impl Applet {
         }
         let reserved = above.saturating_add(UPLINK_BLOCK);
         if reserved > self.uplink_reserved {
-            if let Err(e) = self.memory.write(&Counters {
-                uplink_reserved: reserved,
-                ..self.stored()
-            }) {
+            if let Err(e) = self.reserve_uplink(reserved) {
                 tracing::error!(modem = self.config.modem_id, error = %e, "the SIM cannot keep the resynchronised counter; not moved");
                 return sw::MEMORY_FAILURE;
             }
-            self.uplink_reserved = reserved;
         }
         tracing::info!(
             modem = self.config.modem_id,

@@ -707,16 +707,16 @@ fn run_staged(
 }
 
 /// The body of a framed record, ready for the processor: direct when it was written with its
-/// topic's catalog schema, resolved to that schema otherwise.
+/// topic's catalog schema, resolved to that schema otherwise; none for a tombstone.
 fn decode<'a>(
     readers: &'a HashMap<String, Arc<SchemaCodec>>,
     writers: &HashMap<i32, Arc<SchemaCodec>>,
     resolving: &mut HashMap<(i32, String), ResolvingReader>,
     incoming: &Incoming<'a>,
 ) -> Result<Body<'a>, String> {
-    let payload = incoming
-        .payload
-        .ok_or("the record has no value (tombstone)")?;
+    let Some(payload) = incoming.payload else {
+        return Ok(Body::Tombstone);
+    };
     let (id, body) = split_frame(payload)?;
     let writer = writers
         .get(&id)

@@ -309,16 +309,26 @@ pub(crate) enum Body<'a> {
     },
     /// Written with another schema: already resolved to the reader's.
     Resolved(Value),
+    /// No value: the key's deletion from a compacted topic.
+    Tombstone,
 }
 
 impl Record<'_> {
-    /// The value as its type.
+    /// The value as its type. A tombstone has none: asked for one, it is undecodable (and
+    /// handled as the topology's `on_undecodable` says), so check [`Self::is_tombstone`]
+    /// first on an input where tombstones mean something.
     pub fn value<T: DeserializeOwned>(&self) -> Result<T, ProcessError> {
         match &self.body {
             Body::Direct { codec, bytes } => codec.decode::<T>(bytes),
             Body::Resolved(value) => apache_avro::from_value::<T>(value).map_err(|e| e.to_string()),
+            Body::Tombstone => Err("the record has no value (tombstone)".to_string()),
         }
         .map_err(ProcessError::Undecodable)
+    }
+
+    /// Whether the record is a tombstone: its key deleted from a compacted topic.
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self.body, Body::Tombstone)
     }
 
     /// The key as UTF-8 (keys are strings throughout Switchyard).

@@ -85,6 +85,12 @@ pub struct GatewayConfig {
     /// (its `last seen` has this resolution), whatever its packet rate.
     #[arg(long, env = "SWITCHYARD_SESSION_HEARTBEAT_SECS", default_value_t = 30)]
     pub session_heartbeat_secs: u64,
+    /// A session this instance holds expires when its modem has not been heard for this
+    /// long (seconds; 0: never): its downlink route is dropped, and the session of a modem
+    /// without a key is deleted from `device-sessions` (a tombstone), so the table and the
+    /// topic stay bounded. A keyed modem's record stays: it carries the replay floor.
+    #[arg(long, env = "SWITCHYARD_SESSION_EXPIRY_SECS", default_value_t = 30 * 24 * 3600)]
+    pub session_expiry_secs: u64,
 }
 
 impl GatewayConfig {

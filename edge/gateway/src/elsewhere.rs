@@ -53,6 +53,11 @@ impl Elsewhere {
         }
     }
 
+    /// A tombstone of `modem_id`'s session: nobody holds it.
+    pub fn forget(&mut self, modem_id: &str) {
+        self.holder.remove(&key(modem_id));
+    }
+
     /// The other instance holding `modem_id`'s session, if one does.
     pub fn holder(&self, modem_id: &str) -> Option<&str> {
         self.holder

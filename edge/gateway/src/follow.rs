@@ -1,7 +1,8 @@
 //! Following `device-sessions` while running: another instance's record of a modem this one
 //! holds, written after this one last heard it, means the modem moved there
-//! ([`crate::elsewhere`]); every record raises the replay windows and lets the log decide
-//! the packets waiting for it ([`crate::arbiter`]).
+//! ([`crate::elsewhere`]), and a tombstone that nobody holds it ([`crate::expiry`]); every
+//! record raises the replay windows and lets the log decide the packets waiting for it
+//! ([`crate::arbiter`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,6 +82,12 @@ impl Gateway {
                     continue;
                 }
             };
+            if message.payload().is_none() {
+                if let Some(modem_id) = message.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                    self.tombstoned(modem_id);
+                }
+                continue;
+            }
             let session = match decoder.decode::<DeviceSession>(message.payload()).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -122,6 +129,19 @@ impl Gateway {
                 }
                 Claim::NotHeld | Claim::Kept => {}
             }
+        }
+    }
+
+    /// A session expired where it was held ([`crate::expiry`]): nobody holds it now. This
+    /// instance may hold it again already (the modem spoke since): then its record is
+    /// written again with the next packet.
+    fn tombstoned(&self, modem_id: &str) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.tombstoned(modem_id);
+        }
+        if let Ok(mut e) = self.elsewhere.lock() {
+            e.forget(modem_id);
+            self.metrics.modems_elsewhere.set(e.len() as i64);
         }
     }
 

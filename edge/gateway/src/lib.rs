@@ -27,14 +27,15 @@
 //! `publish` (records to Kafka and their accounting), `producer` (the three producers and
 //! the broker's answers), with the pure rules beside them: `uplink` (packet to record),
 //! `downlink` (when to send, retry, give up), `sessions`, `elsewhere`, `request_offsets`,
-//! `replay`, `arbiter`; `restore` reads sessions back at start and `follow` keeps reading
-//! them, `socket_drops` reads the kernel's counters.
+//! `replay`, `arbiter`; `restore` reads sessions back at start, `follow` keeps reading
+//! them and `expiry` ends those of modems long silent; `socket_drops` reads the kernel's counters.
 
 pub mod arbiter;
 mod config;
 pub mod downlink;
 pub mod elsewhere;
 mod ended;
+mod expiry;
 mod follow;
 pub mod metrics;
 mod producer;

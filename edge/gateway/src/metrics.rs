@@ -22,6 +22,7 @@ pub struct GatewayMetrics {
     pub known_modems: IntGauge,
     pub session_writes: IntCounter,
     pub sessions_restored: IntGauge,
+    pub sessions_expired: IntCounterVec,
     pub buffered: IntGaugeVec,
     pub modems_elsewhere: IntGauge,
     pub modems_moved_away: IntCounter,
@@ -127,6 +128,13 @@ impl GatewayMetrics {
             sessions_restored: reg!(IntGauge::new(
                 "sessions_restored",
                 "Sessions read back from device-sessions at start."
+            )?),
+            sessions_expired: reg!(IntCounterVec::new(
+                Opts::new(
+                    "sessions_expired_total",
+                    "Sessions ended because their modem was not heard for --session-expiry-secs, by what became of their record: deleted (a tombstone), or kept for a keyed modem's replay floor."
+                ),
+                &["record"]
             )?),
             buffered: reg!(IntGaugeVec::new(
                 Opts::new(

@@ -67,34 +67,52 @@ impl Gateway {
         started: std::time::Instant,
         acknowledged: impl FnOnce() + Send + Sync + 'static,
     ) {
-        let dropped = |reason: &str, detail: &dyn std::fmt::Display| {
-            let c = self.metrics.dropped.with_label_values(&[topic, reason]);
-            c.inc();
-            if rate_limited(c.get()) {
-                warn!(%topic, reason, %detail, dropped = c.get(), "record dropped");
-            }
-        };
         let Some((id, codec)) = self.codecs.get(topic) else {
-            return dropped("no_schema", &"no registered schema for the topic");
+            return self.dropped(topic, "no_schema", &"no registered schema for the topic");
         };
         let payload = match codec.encode(*id, value) {
             Ok(p) => p,
-            Err(e) => return dropped("encode", &e),
+            Err(e) => return self.dropped(topic, "encode", &e),
         };
+        self.send(topic, key, Some(&payload), started, Box::new(acknowledged));
+    }
+
+    /// Delete `key` from compacted `topic`: a record without a value.
+    pub(crate) fn publish_tombstone(&self, topic: &str, key: &str) {
+        self.send(topic, key, None, std::time::Instant::now(), Box::new(|| {}));
+    }
+
+    fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: Option<&[u8]>,
+        started: std::time::Instant,
+        acknowledged: Box<dyn FnOnce() + Send + Sync>,
+    ) {
         let in_flight = Box::new(InFlight {
             started,
-            acknowledged: Box::new(acknowledged),
+            acknowledged,
         });
-        let record = BaseRecord::with_opaque_to(topic, in_flight)
-            .key(key)
-            .payload(&payload);
+        let mut record = BaseRecord::with_opaque_to(topic, in_flight).key(key);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
         match self.producers.for_topic(topic).send(record) {
             Ok(()) => {}
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 self.metrics.backpressure.inc();
-                dropped("queue_full", &"producer buffer full (broker down?)");
+                self.dropped(topic, "queue_full", &"producer buffer full (broker down?)");
             }
-            Err((e, _)) => dropped("produce_error", &e),
+            Err((e, _)) => self.dropped(topic, "produce_error", &e),
+        }
+    }
+
+    fn dropped(&self, topic: &str, reason: &str, detail: &dyn std::fmt::Display) {
+        let c = self.metrics.dropped.with_label_values(&[topic, reason]);
+        c.inc();
+        if rate_limited(c.get()) {
+            warn!(%topic, reason, %detail, dropped = c.get(), "record dropped");
         }
     }
 

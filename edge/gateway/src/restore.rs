@@ -99,18 +99,28 @@ pub async fn restore_sessions(
         read += 1;
         let message = message.context("reading device-sessions")?;
         let (partition, offset) = (message.partition(), message.offset());
-        match decoder.decode::<DeviceSession>(message.payload()).await {
-            Ok(session) => {
-                sessions.restore(&session);
-                elsewhere.apply(&session);
-                if let Some(at) = keyed_position(keys, &session) {
-                    windows.restore(at, record_floor(&session));
+        match message.payload() {
+            // A tombstone: the session expired ([`crate::expiry`]); whoever held it, nobody
+            // does now.
+            None => {
+                if let Some(modem_id) = message.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                    sessions.restore_tombstone(modem_id);
+                    elsewhere.forget(modem_id);
                 }
             }
-            Err(e) => {
-                restored.skipped += 1;
-                warn!(partition, offset, error = %e, "unreadable session record skipped");
-            }
+            Some(payload) => match decoder.decode::<DeviceSession>(Some(payload)).await {
+                Ok(session) => {
+                    sessions.restore(&session);
+                    elsewhere.apply(&session);
+                    if let Some(at) = keyed_position(keys, &session) {
+                        windows.restore(at, record_floor(&session));
+                    }
+                }
+                Err(e) => {
+                    restored.skipped += 1;
+                    warn!(partition, offset, error = %e, "unreadable session record skipped");
+                }
+            },
         }
         if behind.get(&partition).is_some_and(|end| offset + 1 >= *end) {
             behind.remove(&partition);

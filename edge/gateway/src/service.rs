@@ -266,6 +266,10 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     let retransmit = tokio::spawn(Arc::clone(&gateway).retransmit(consumer));
     let follow = tokio::spawn(Arc::clone(&gateway).follow_sessions(session_decoder, ends));
     let dead_letters = tokio::spawn(Arc::clone(&gateway).dead_letters(refused_records));
+    let expiry = match gateway.config.session_expiry_secs {
+        0 => tokio::spawn(async {}),
+        secs => tokio::spawn(Arc::clone(&gateway).expire_sessions(Duration::from_secs(secs))),
+    };
     let drops = match socket_drops::socket_inode(&gateway.socket) {
         Some(inode) => tokio::spawn(socket_drops::watch(
             inode,
@@ -329,6 +333,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     retransmit.abort();
     follow.abort();
     dead_letters.abort();
+    expiry.abort();
     drops.abort();
     tokio::task::spawn_blocking(move || gateway.producers.flush(Duration::from_secs(10)))
         .await

@@ -227,6 +227,11 @@ impl SessionTable {
         self.v6.remove(&id);
     }
 
+    /// Whether `id` is a keyed modem (has a slot among the keys).
+    pub fn is_keyed(&self, id: u64) -> bool {
+        self.keys.position(id).is_some()
+    }
+
     pub fn len(&self) -> usize {
         self.keyed_held + self.unkeyed.len()
     }

@@ -146,6 +146,14 @@ pub enum Claim {
     Refuted(DeviceSession),
 }
 
+/// A session that expired ([`Sessions::expire`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    pub modem: u64,
+    /// The modem has a key: its record stays, for its replay floor; otherwise it is deleted.
+    pub keyed: bool,
+}
+
 /// Every session this gateway instance holds.
 #[derive(Debug)]
 pub struct Sessions {
@@ -305,8 +313,6 @@ impl Sessions {
         changed || session.last_seen - session.written >= heartbeat_us
     }
 
-    /// Take a session read back from the topic, if this instance held it and it is newer
-    /// than what is known. Returns whether it was taken.
     /// A record another instance wrote while this one runs, about a modem this one may hold.
     ///
     /// Authenticated on both sides, sequence numbers decide, since only the device can make
@@ -357,6 +363,8 @@ impl Sessions {
         Claim::Refuted(self.record(&record.modem_id, &mine))
     }
 
+    /// Take a session read back from the topic, if this instance held it and it is newer
+    /// than what is known. Returns whether it was taken.
     pub fn restore(&mut self, record: &DeviceSession) -> bool {
         let Some(id) = key(&record.modem_id) else {
             return false;
@@ -419,6 +427,48 @@ impl Sessions {
                 self.record(&modem_id.to_string(), &s)
             })
             .collect()
+    }
+
+    /// Ends every session whose modem was last heard before `heard_before_us`: its route is
+    /// gone (a NAT mapping lasts minutes, not this long). Says which ended, and whether each
+    /// was a keyed modem's, whose last record must stay on the log for its replay floor.
+    pub fn expire(&mut self, heard_before_us: i64) -> Vec<Expired> {
+        let expired: Vec<Expired> = self
+            .by_modem
+            .iter()
+            .filter(|(_, s)| s.last_seen < heard_before_us)
+            .map(|(modem, _)| Expired {
+                modem,
+                keyed: self.by_modem.is_keyed(modem),
+            })
+            .collect();
+        for e in &expired {
+            self.by_modem.remove(e.modem);
+        }
+        expired
+    }
+
+    /// A tombstone of `modem_id`'s session read back at start: the session expired, and
+    /// whatever this instance held of it before ended.
+    pub fn restore_tombstone(&mut self, modem_id: &str) {
+        if let Some(id) = key(modem_id) {
+            self.by_modem.remove(id);
+        }
+    }
+
+    /// A tombstone of `modem_id`'s session was read back while running. If this instance holds the modem,
+    /// the tombstone is another instance's expiry of an older session (or this one's, read
+    /// back after the modem spoke again): the session's record is written again with its
+    /// next packet, so the log does not lose it.
+    pub fn tombstoned(&mut self, modem_id: &str) {
+        let Some(id) = key(modem_id) else {
+            return;
+        };
+        let slot = self.by_modem.locate(id);
+        if let Some(mut session) = self.by_modem.get_at(slot) {
+            session.written = 0;
+            self.by_modem.insert_at(slot, session);
+        }
     }
 
     /// Where `modem_id`'s downlink goes.
@@ -988,5 +1038,57 @@ mod tests {
         record.modem_id = "x".into();
         assert!(!s.restore(&record));
         assert_eq!((s.len(), s.address("x")), (1, None));
+    }
+
+    #[test]
+    fn sessions_not_heard_for_the_expiry_end_and_say_whether_their_modem_is_keyed() {
+        let keys = switchyard_protocol::keys::parse_keys("7 00\n").expect("keys");
+        let mut s = Sessions::new("gw-a", 30 * S).with_key_slots(Arc::new(keys));
+        let envelope = SessionProtocol::Envelope;
+        s.observe("7", heard(addr(1), envelope, true, 100 * S, None, Some(1)));
+        s.observe(
+            "8",
+            heard(addr(2), SessionProtocol::V1, false, 100 * S, None, None),
+        );
+        s.observe("9", heard(addr(3), envelope, false, 150 * S, None, None));
+        assert_eq!(s.expire(100 * S), vec![], "heard at the limit: kept");
+        let mut expired = s.expire(120 * S);
+        expired.sort_by_key(|e| e.modem);
+        assert_eq!(
+            expired,
+            vec![
+                Expired {
+                    modem: 7,
+                    keyed: true
+                },
+                Expired {
+                    modem: 8,
+                    keyed: false
+                }
+            ]
+        );
+        assert_eq!((s.len(), s.address("7"), s.address("8")), (1, None, None));
+        assert_eq!(s.address("9"), Some(addr(3)));
+        // Heard again: a new session, written at once.
+        let again = s.observe(
+            "8",
+            heard(addr(4), SessionProtocol::V1, false, 200 * S, None, None),
+        );
+        assert_eq!(again.map(|r| r.first_seen), Some(200 * S));
+    }
+
+    #[test]
+    fn a_tombstone_of_a_session_held_here_makes_its_record_due_again() {
+        let mut s = Sessions::new("gw-a", 30 * S);
+        let v1 = SessionProtocol::V1;
+        s.observe("8", heard(addr(2), v1, false, 100 * S, None, None));
+        assert!(s
+            .observe("8", heard(addr(2), v1, false, 101 * S, None, None))
+            .is_none());
+        s.tombstoned("8");
+        let rewritten = s.observe("8", heard(addr(2), v1, false, 102 * S, None, None));
+        assert_eq!(rewritten.map(|r| r.first_seen), Some(100 * S));
+        s.restore_tombstone("8");
+        assert_eq!(s.len(), 0);
     }
 }

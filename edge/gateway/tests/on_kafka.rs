@@ -1400,3 +1400,127 @@ fn the_same_packet_at_two_authenticated_gateways_at_once_is_published_once() {
     })
     .unwrap_or_else(|e| panic!("{e}: {}", total("switchyard_gateway_known_modems")));
 }
+
+/// Issue 25 (6): sessions never expired, so `device-sessions` and the table grew with every
+/// modem ever heard. Now a session not heard for the expiry ends: a modem without a key (here
+/// the legacy v1 device) is deleted from the topic (a tombstone, its last record), a keyed
+/// modem's record stays for its replay floor; neither has a downlink route any more, and a
+/// restart neither takes them back nor forgets the floor.
+#[test]
+fn sessions_of_silent_modems_expire_and_a_keyed_modems_floor_outlives_its_route() {
+    let stack = Stack::start().expect("stack");
+    let key = hex::decode("000102030405060708090a0b0c0d0e0f").expect("hex");
+    let keys = stack.broker.data_dir().join("modem-keys");
+    std::fs::write(&keys, "42 000102030405060708090a0b0c0d0e0f\n").expect("keys file");
+    let env = [
+        ("SWITCHYARD_MODEM_KEYS", keys.display().to_string()),
+        ("SWITCHYARD_LEGACY_MODEM_ID", "5".to_string()),
+        ("SWITCHYARD_SESSION_EXPIRY_SECS", "3".to_string()),
+    ];
+    let switchyard_testkit::Gateway {
+        service: mut gateway,
+        udp,
+        metrics,
+    } = stack.start_gateway(&env).expect("gateway healthy");
+    let (legacy, keyed) = (client(), client());
+    let captured = envelope(42, 1, None, Packet::IotStatus(IotStatus::Nominal))
+        .encode_signed(&key)
+        .expect("sign");
+    keyed.send_to(&captured, udp).expect("send");
+    let v1 = Frame {
+        envelope: None,
+        packet: Packet::IotStatus(IotStatus::Nominal),
+    };
+    legacy
+        .send_to(&v1.encode().expect("encode"), udp)
+        .expect("send");
+    let expired = |record: &str| {
+        switchyard_testkit::metric_sum(
+            &switchyard_testkit::http_get_text(metrics, "/metrics").unwrap_or_default(),
+            &format!("switchyard_gateway_sessions_expired_total{{record=\"{record}\"}}"),
+        )
+    };
+    switchyard_testkit::wait_for("both sessions expired", WAIT, || {
+        expired("deleted") >= 1.0 && expired("kept") >= 1.0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log_text()));
+    let latest = || {
+        let mut latest = std::collections::HashMap::new();
+        for r in
+            switchyard_testkit::kafka::read_to_end(&stack.broker.bootstrap(), "device-sessions")
+                .expect("sessions")
+        {
+            let modem = String::from_utf8(r.key.clone().expect("keyed")).expect("utf-8");
+            latest.insert(modem, r.payload.is_some());
+        }
+        latest
+    };
+    switchyard_testkit::wait_for("the legacy modem's tombstone", WAIT, || {
+        latest().get("5") == Some(&false)
+    })
+    .unwrap_or_else(|e| panic!("{e}: latest record has a value: {:?}", latest()));
+    assert_eq!(
+        latest().get("42"),
+        Some(&true),
+        "the keyed modem's record stays"
+    );
+    assert_eq!(
+        (expired("deleted"), expired("kept")),
+        (1.0, 1.0),
+        "each expired once"
+    );
+
+    // No route: a switch for the keyed modem is not sent to its old address; it ends
+    // `no_known_address` at its deadline.
+    let ended_unsent = |request_id: &str| {
+        let mut req = request("42", request_id, records::Carrier::Verizon);
+        req.deadline = now_us() + 2_000_000;
+        stack
+            .produce(
+                "downstream-request",
+                &[("42".to_string(), req, now_us() / 1000)],
+            )
+            .expect("request");
+        switchyard_testkit::wait_for("the switch given up", WAIT, || {
+            stack
+                .read_to_end::<DownlinkDelivery>("downlink-delivery")
+                .is_ok_and(|d| {
+                    d.iter().any(|e| {
+                        e.value.reason.as_deref() == Some("no_known_address")
+                            && e.value.request_id == request_id
+                    })
+                })
+        })
+        .expect("no_known_address");
+        no_perform_reaches(&keyed, "expired modem");
+    };
+    ended_unsent("00000000000000e1");
+
+    // After a crash and a restart: still no route, and the captured packet still refused.
+    gateway.kill();
+    let (gateway, _) = start_gateway(
+        &stack,
+        &[
+            env[0].clone(),
+            env[1].clone(),
+            env[2].clone(),
+            ("SWITCHYARD_GATEWAY_LISTEN", udp.to_string()),
+        ],
+    );
+    ended_unsent("00000000000000e2");
+    keyed.send_to(&captured, udp).expect("replay");
+    switchyard_testkit::wait_for("the replay refused", WAIT, || {
+        stack
+            .read_to_end::<GatewayReject>("gateway-rejects")
+            .is_ok_and(|r| r.iter().any(|r| r.value.reason == "replayed_sequence"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", gateway.log_text()));
+    let statuses = stack
+        .read_to_end::<IotStatusReport>("iot-status")
+        .expect("statuses");
+    assert_eq!(
+        statuses.len(),
+        2,
+        "one per modem, the replay not among them"
+    );
+}

@@ -213,6 +213,12 @@ impl Processor for CarrierStateProcessor {
                     lifecycle::apply_status(m, &status)
                 })
             }
+            SESSIONS if record.is_tombstone() => {
+                // The gateway ended the session of a modem long silent (its route is gone);
+                // what is known of the modem stays.
+                ctx.count("session_expired");
+                Ok(())
+            }
             SESSIONS => {
                 let session: DeviceSession = record.value()?;
                 update(ctx, &session.modem_id, |m| {
@@ -437,6 +443,44 @@ mod tests {
         };
         d.pipe(SESSIONS, MODEM, &older, 2).expect("ok");
         assert!(d.read_output::<CarrierState>(OUTPUT).is_empty());
+
+        // Switched: the request, the gateway's send, and the v1 device's ACK (no request id:
+        // the original protocol has none) end it acked.
+        let req = request(&d, "00000000000000ab", Carrier::TMobile, 30);
+        d.pipe(REQUESTS, MODEM, &req, 3).expect("ok");
+        assert_eq!(latest(&mut d).requests[0].state, RequestState::Requested);
+        let sent = DownlinkDelivery {
+            request_id: req.request_id.clone(),
+            modem_id: MODEM.into(),
+            event: DeliveryEvent::Sent,
+            attempt: 1,
+            address: Some("198.51.100.7:4000".into()),
+            reason: None,
+            at: req.requested_at + 1000,
+        };
+        d.pipe(DELIVERIES, MODEM, &sent, 4).expect("ok");
+        let ack = CarrierSwitchAck {
+            modem_id: MODEM.into(),
+            request_id: None,
+            status: AckStatus::Ack,
+            carrier: Carrier::TMobile,
+            received_at: req.requested_at + 2000,
+            sequence: None,
+        };
+        d.pipe(ACKS, MODEM, &ack, 5).expect("ok");
+        let state = latest(&mut d);
+        assert_eq!(
+            (state.carrier, state.requests[0].state),
+            (Some(Carrier::TMobile), RequestState::Acked)
+        );
+
+        // The session expires at the gateway (a tombstone): what carrier-state knows of the
+        // modem stays, and the tombstone is neither an error nor a dead letter.
+        d.pipe_raw(SESSIONS, Some(MODEM.as_bytes()), None, 6)
+            .expect("a tombstone is handled");
+        assert!(d.read_output::<CarrierState>(OUTPUT).is_empty());
+        assert!(d.dead_letters().is_empty());
+        assert_eq!(d.count("session_expired"), 1);
     }
 
     #[test]

@@ -126,15 +126,17 @@ impl ReplayWindows {
         self.by_position.get_mut(position)?.resync_due(now_s)
     }
 
-    /// Reading `device-sessions` back at start: the modem at `position` refuses `seq` and
-    /// everything before it, and nothing after, whatever an earlier record said (the latest
-    /// record of a modem is the truth: a clean stop's exact number replaces the
-    /// reservation before it).
-    pub fn restore(&mut self, position: usize, seq: u32) {
+    /// The modem at `position` refuses `seq` and everything before it, and nothing after,
+    /// whatever it refused before ([`RestoringFloors`] decides when that is right).
+    fn reset_to(&mut self, position: usize, seq: u32) {
         if let Some(w) = self.by_position.get_mut(position) {
             *w = ReplayWindow::default();
             w.raise_to(seq);
         }
+    }
+
+    fn highest(&self, position: usize) -> Option<u32> {
+        self.by_position.get(position)?.highest()
     }
 
     /// [`ReplayWindow::raise_to`] for the modem at `position`.
@@ -142,6 +144,58 @@ impl ReplayWindows {
         if let Some(w) = self.by_position.get_mut(position) {
             w.raise_to(seq);
         }
+    }
+}
+
+/// Reading `device-sessions` back at start, record by record in log order (a modem's
+/// records are in one partition): each keyed modem's window refuses up to its records'
+/// floor. A record may lower the floor only if its writer set it: a clean stop's exact
+/// number after that instance's own reservation. Another instance's record with a lower
+/// floor (its claim lost the race for a number, and its record landed after the winner's)
+/// only raises it, so whatever the winner may have accepted stays refused. Who set each
+/// floor is kept only while restoring: 2 bytes a keyed modem.
+pub struct RestoringFloors<'a> {
+    windows: &'a mut ReplayWindows,
+    writers: Vec<String>,
+    /// By position: index into `writers` of the floor's writer; `NO_WRITER` before any.
+    floor_writer: Vec<u16>,
+}
+
+const NO_WRITER: u16 = u16::MAX;
+
+impl<'a> RestoringFloors<'a> {
+    pub fn new(windows: &'a mut ReplayWindows) -> Self {
+        let modems = windows.by_position.len();
+        RestoringFloors {
+            windows,
+            writers: Vec::new(),
+            floor_writer: vec![NO_WRITER; modems],
+        }
+    }
+
+    /// A record of the modem at `position`, written by `writer`, refusing up to `floor`.
+    pub fn apply(&mut self, position: usize, writer: &str, floor: u32) {
+        let Some(set_by) = self.floor_writer.get(position).copied() else {
+            return;
+        };
+        let writer = match self.writers.iter().position(|w| w == writer) {
+            Some(i) => i,
+            None => {
+                self.writers.push(writer.to_string());
+                self.writers.len() - 1
+            }
+        };
+        // More writers than a u16 names (never, in practice) only raise.
+        let writer = u16::try_from(writer).unwrap_or(NO_WRITER);
+        let own = writer != NO_WRITER && (set_by == writer || set_by == NO_WRITER);
+        if own {
+            self.windows.reset_to(position, floor);
+        } else if self.windows.highest(position).is_none_or(|h| floor > h) {
+            self.windows.raise_to(position, floor);
+        } else {
+            return;
+        }
+        self.floor_writer[position] = writer;
     }
 }
 
@@ -209,9 +263,29 @@ mod tests {
         assert!(!windows.accept(1, 9) && windows.accept(0, 9));
         assert!(!windows.accept(2, 1), "no window beyond the keys");
         windows.raise_to(2, 1);
-        // Restored from a later record with a lower number: that number decides.
-        windows.restore(1, 7);
+    }
+
+    /// Issue 25: restoring took the latest record of a modem as the truth whoever wrote it,
+    /// so a losing claim's record (lower, but after the winner's in the log) lowered the
+    /// floor, and after a restart the winner's accepted numbers above it were fresh again.
+    #[test]
+    fn restoring_only_the_floors_writer_lowers_it() {
+        let mut windows = ReplayWindows::new(2);
+        let mut floors = RestoringFloors::new(&mut windows);
+        floors.apply(0, "a", 2048); // a's reservation
+        floors.apply(0, "b", 1034); // b's losing claim, read after it
+        floors.apply(1, "a", 9);
+        floors.apply(1, "a", 7); // a clean stop's exact number after a's own reservation
+        floors.apply(2, "a", 1); // beyond the keys: nothing
+        assert!(!windows.accept(0, 2048) && windows.accept(0, 2049));
         assert!(!windows.accept(1, 7) && windows.accept(1, 8));
-        windows.restore(2, 1);
+
+        let mut windows = ReplayWindows::new(1);
+        let mut floors = RestoringFloors::new(&mut windows);
+        floors.apply(0, "a", 2048);
+        floors.apply(0, "b", 3072); // the modem moved to b: b's floor now
+        floors.apply(0, "a", 1500); // a's late exact number: not below b's
+        floors.apply(0, "b", 2500); // b's clean stop: its own floor, lowered
+        assert!(!windows.accept(0, 2500) && windows.accept(0, 2501));
     }
 }

@@ -16,7 +16,7 @@ use switchyard_schemas::records::DeviceSession;
 use tracing::{info, warn};
 
 use crate::elsewhere::Elsewhere;
-use crate::replay::ReplayWindows;
+use crate::replay::{ReplayWindows, RestoringFloors};
 use crate::sessions::{record_floor, Sessions};
 use crate::SESSIONS_TOPIC;
 
@@ -36,8 +36,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Read `device-sessions` from its start to its end as of now into `sessions` (this
 /// instance's), `elsewhere` (the others') and the replay windows of the keyed modems (each
-/// refuses up to its latest record's floor, whoever wrote it: [`record_floor`]; a modem's
-/// records are in one partition, read in order). However long it takes (no timer aborts it;
+/// refuses up to its records' floor, [`record_floor`], as [`RestoringFloors`] combines
+/// them). However long it takes (no timer aborts it;
 /// `timeout` bounds each metadata request), saying how far it got in the log and in
 /// `health`'s reason; it yields at every record, so a shutdown raced against it ends it.
 pub async fn restore_sessions(
@@ -76,6 +76,7 @@ pub async fn restore_sessions(
         return Ok(restored);
     }
     consumer.assign(&tpl)?;
+    let mut floors = RestoringFloors::new(windows);
     let started = Instant::now();
     let mut next_report = started + PROGRESS_EVERY;
     let mut read: i64 = 0;
@@ -113,7 +114,7 @@ pub async fn restore_sessions(
                     sessions.restore(&session);
                     elsewhere.apply(&session);
                     if let Some(at) = keyed_position(keys, &session) {
-                        windows.restore(at, record_floor(&session));
+                        floors.apply(at, &session.gateway, record_floor(&session));
                     }
                 }
                 Err(e) => {

@@ -188,6 +188,7 @@ mod tests {
             carrier: Carrier::AtAndT,
             received_at: T0,
             sequence: Some(1),
+            reason: Some("stale_perform".into()),
         });
         round_trip(DownlinkDelivery {
             request_id: "00000000000000ff".into(),

@@ -234,6 +234,7 @@ fn carrier_state_killed_mid_stream_converges_to_the_same_state() {
                 },
                 received_at: t + 1_000_000,
                 sequence: None,
+                reason: None,
             };
             (m.to_string(), ack, t / 1000 + 1000)
         })

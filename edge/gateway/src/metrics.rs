@@ -23,6 +23,7 @@ pub struct GatewayMetrics {
     pub session_writes: IntCounter,
     pub sessions_restored: IntGauge,
     pub sessions_expired: IntCounterVec,
+    pub performs_refused: IntCounter,
     pub buffered: IntGaugeVec,
     pub modems_elsewhere: IntGauge,
     pub modems_moved_away: IntCounter,
@@ -135,6 +136,10 @@ impl GatewayMetrics {
                     "Sessions ended because their modem was not heard for --session-expiry-secs, by what became of their record: deleted (a tombstone), or kept for a keyed modem's replay floor."
                 ),
                 &["record"]
+            )?),
+            performs_refused: reg!(IntCounter::new(
+                "performs_refused_total",
+                "Perform Refused packets: a SIM refused a Perform whose number was not above the last one it executed; the request ends NACKed with the reason, and the modem's next Perform is numbered above."
             )?),
             buffered: reg!(IntGaugeVec::new(
                 Opts::new(

@@ -269,6 +269,13 @@ impl Gateway {
                 self.publish(&topic, &modem_id, &reading, arrived)
             }
             Uplink::Status(status) => self.publish(STATUS_TOPIC, &modem_id, &status, arrived),
+            Uplink::PerformRefused { ack, executed } => {
+                self.metrics.performs_refused.inc();
+                if let Ok(modem) = modem_id.parse() {
+                    self.number_downlink_above(modem, executed);
+                }
+                self.publish_uplink(Uplink::Ack(ack), modem_id, source, arrived);
+            }
             Uplink::Ack(ack) => {
                 let request_id = ack
                     .request_id

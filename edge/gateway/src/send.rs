@@ -254,6 +254,15 @@ impl Gateway {
         self.enveloped_downlink(modem, Some(request_id), packet)
     }
 
+    /// The modem's SIM refused a Perform numbered `executed` or below: the next one to it
+    /// is numbered above.
+    pub(crate) fn number_downlink_above(&self, modem: u64, executed: u32) {
+        if let Ok(mut numbers) = self.downlink_sequence.lock() {
+            let n = numbers.entry(modem).or_insert(0);
+            *n = (*n).max(executed);
+        }
+    }
+
     /// `packet` in an envelope for `modem` under its next downlink number, signed when the
     /// modem has a key.
     fn enveloped_downlink(

@@ -17,6 +17,12 @@ pub enum Uplink {
     },
     Status(IotStatusReport),
     Ack(CarrierSwitchAck),
+    /// The SIM refused a Perform as not fresh: a NACK with the reason, and the downlink
+    /// numbers to the modem must go above `executed`.
+    PerformRefused {
+        ack: CarrierSwitchAck,
+        executed: u32,
+    },
 }
 
 pub fn carrier(c: Carrier) -> records::Carrier {
@@ -74,11 +80,7 @@ pub fn to_record(
         }),
         Packet::CarrierSwitchAck { status, carrier: c } => Uplink::Ack(CarrierSwitchAck {
             modem_id: modem_id.to_string(),
-            request_id: frame
-                .envelope
-                .as_ref()
-                .and_then(|e| e.request_id)
-                .map(format_request_id),
+            request_id: request_id(frame),
             status: match status {
                 AckStatus::Ack => records::AckStatus::Ack,
                 AckStatus::Nack => records::AckStatus::Nack,
@@ -86,11 +88,43 @@ pub fn to_record(
             carrier: carrier(*c),
             received_at: received_at_us,
             sequence,
+            reason: None,
         }),
+        Packet::PerformRefused {
+            carrier: c,
+            executed,
+        } => {
+            if frame.envelope.is_none() {
+                // Only an enveloped modem has downlink numbers to refuse.
+                return Err("perform_refused_without_envelope");
+            }
+            Uplink::PerformRefused {
+                ack: CarrierSwitchAck {
+                    modem_id: modem_id.to_string(),
+                    request_id: request_id(frame),
+                    status: records::AckStatus::Nack,
+                    carrier: carrier(*c),
+                    received_at: received_at_us,
+                    sequence,
+                    reason: Some(format!(
+                        "stale_perform: the SIM refused the Perform, its number not above {executed}, the last one it executed (a replayed Perform, or the cloud's downlink numbers went back); the next Perform is numbered above it"
+                    )),
+                },
+                executed: *executed,
+            }
+        }
         Packet::CarrierSwitchPerform(_) | Packet::SequenceResync { .. } => {
             return Err("downlink_packet_on_uplink")
         }
     })
+}
+
+fn request_id(frame: &Frame) -> Option<String> {
+    frame
+        .envelope
+        .as_ref()
+        .and_then(|e| e.request_id)
+        .map(format_request_id)
 }
 
 #[cfg(test)]

@@ -1524,3 +1524,94 @@ fn sessions_of_silent_modems_expire_and_a_keyed_modems_floor_outlives_its_route(
         "one per modem, the replay not among them"
     );
 }
+
+/// Issue 25 (4): a SIM that refused a Perform as not fresh could only answer a plain NACK,
+/// so the request ended "the SIM refused the switch" with nothing to say why, and the
+/// gateway went on numbering from where it was. Now the SIM's Perform Refused ends the
+/// request NACKed with the reason, and the next Perform to the modem is numbered above the
+/// last one the SIM executed.
+#[test]
+fn a_perform_the_sim_refuses_as_stale_ends_nacked_with_the_reason_and_the_next_is_numbered_above() {
+    let stack = Stack::start().expect("stack");
+    let key = hex::decode("000102030405060708090a0b0c0d0e0f").expect("hex");
+    let keys = stack.broker.data_dir().join("modem-keys");
+    std::fs::write(&keys, "42 000102030405060708090a0b0c0d0e0f\n").expect("keys file");
+    let (gateway, udp) = start_gateway(
+        &stack,
+        &[("SWITCHYARD_MODEM_KEYS", keys.display().to_string())],
+    );
+    let device = client();
+    let signed = |sequence: u32, request_id: Option<u64>, packet: Packet| {
+        envelope(42, sequence, request_id, packet)
+            .encode_signed(&key)
+            .expect("sign")
+    };
+    device
+        .send_to(&signed(1, None, Packet::IotStatus(IotStatus::Nominal)), udp)
+        .expect("send");
+    stack
+        .consume::<IotStatusReport>("iot-status", 1, WAIT)
+        .expect("the gateway saw the modem");
+    let perform = |request: &str| {
+        request_switch(&stack, 42, request, records::Carrier::Verizon);
+        let mut buf = [0u8; 512];
+        let (n, _) = device.recv_from(&mut buf).expect("a Perform");
+        let frame = verify(&buf[..n], &key).expect("signed with the modem's key");
+        assert_eq!(frame.packet, Packet::CarrierSwitchPerform(Carrier::Verizon));
+        frame.envelope.expect("enveloped")
+    };
+    let first = perform("00000000000000d1");
+    // The SIM executed a Perform numbered far above (another cloud's clock ran ahead).
+    let executed = first.sequence + 100_000;
+    let refused = Packet::PerformRefused {
+        carrier: Carrier::AtAndT,
+        executed,
+    };
+    device
+        .send_to(&signed(2, first.request_id, refused), udp)
+        .expect("send");
+    let acks = stack
+        .consume::<CarrierSwitchAck>("carrier-switch-ack", 1, WAIT)
+        .expect("acks");
+    let [ack] = acks.as_slice() else {
+        panic!("one answer: {acks:?}\n{}", gateway.log_text());
+    };
+    assert_eq!(
+        (
+            ack.value.request_id.as_deref(),
+            ack.value.status,
+            ack.value.carrier
+        ),
+        (
+            Some("00000000000000d1"),
+            records::AckStatus::Nack,
+            records::Carrier::AtAndT
+        )
+    );
+    assert!(
+        ack.value
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("stale_perform") && r.contains(&executed.to_string())),
+        "{:?}",
+        ack.value.reason
+    );
+    // The request ended at the gateway: answered, not re-sent.
+    switchyard_testkit::wait_for("the delivery acked", WAIT, || {
+        stack
+            .read_to_end::<DownlinkDelivery>("downlink-delivery")
+            .is_ok_and(|d| {
+                d.iter().any(|e| {
+                    e.value.request_id == "00000000000000d1"
+                        && e.value.event == DeliveryEvent::Acked
+                })
+            })
+    })
+    .expect("acked");
+    let second = perform("00000000000000d2");
+    assert!(
+        second.sequence > executed,
+        "the next Perform is numbered {} , above {executed}",
+        second.sequence
+    );
+}

@@ -104,6 +104,10 @@ pub fn packet_to_json(packet: &Packet) -> Value {
         Packet::SequenceResync { above } => json!({
             "flow": "session", "topic": "resync", "above": above,
         }),
+        Packet::PerformRefused { carrier, executed } => json!({
+            "flow": "session", "topic": "perform_refused", "carrier_id": carrier.code(),
+            "carrier": carrier.as_str(), "executed": executed,
+        }),
     }
 }
 
@@ -205,8 +209,13 @@ pub fn packet_from_json(v: &Value) -> Result<Packet, JsonError> {
             above: u32::try_from(u64_field(obj, "above")?)
                 .map_err(|_| JsonError("above must fit in 32 bits".into()))?,
         }),
+        ("session", "perform_refused") => Ok(Packet::PerformRefused {
+            carrier: carrier_field(obj)?,
+            executed: u32::try_from(u64_field(obj, "executed")?)
+                .map_err(|_| JsonError("executed must fit in 32 bits".into()))?,
+        }),
         (flow, topic) => err(format!(
-            "unknown packet flow {flow:?} topic {topic:?} (iot/data, iot/status, carrier_switch/perform, carrier_switch/ack, session/resync, or flow envelope)"
+            "unknown packet flow {flow:?} topic {topic:?} (iot/data, iot/status, carrier_switch/perform, carrier_switch/ack, session/resync, session/perform_refused, or flow envelope)"
         )),
     }
 }

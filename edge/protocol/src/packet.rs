@@ -20,6 +20,7 @@ const TOPIC_STATUS: u8 = 0x1;
 const TOPIC_PERFORM: u8 = 0x0;
 const TOPIC_ACK: u8 = 0x1;
 const TOPIC_RESYNC: u8 = 0x0;
+const TOPIC_PERFORM_REFUSED: u8 = 0x1;
 
 /// Bytes before the data in an IoT Data packet: header, device id, timestamp, length.
 const IOT_DATA_HEADER_LEN: usize = 1 + 4 + TIMESTAMP_LEN + 1;
@@ -146,6 +147,13 @@ pub enum Packet {
     /// above `above` (the highest number the gateway holds for the modem). Valid only in an
     /// envelope signed with the modem's key; moving a counter forward is all it can do.
     SequenceResync { above: u32 },
+    /// Uplink, envelope extension only (flow 3, topic 1; 6 bytes: header, carrier id in the
+    /// high nibble of byte 1 (low nibble 0), u32 big-endian): the SIM refused a signed
+    /// Perform whose downlink number was not above `executed`, the last one it executed (a
+    /// replay, or a cloud whose counter went back); `carrier` is the one it stays on. In a
+    /// signed envelope carrying the refused Perform's request id, so the request ends
+    /// NACKed with this reason, and the gateway's next Perform is numbered above `executed`.
+    PerformRefused { carrier: Carrier, executed: u32 },
 }
 
 impl Packet {
@@ -157,6 +165,7 @@ impl Packet {
             Packet::CarrierSwitchPerform(_) => "carrier_switch_perform",
             Packet::CarrierSwitchAck { .. } => "carrier_switch_ack",
             Packet::SequenceResync { .. } => "sequence_resync",
+            Packet::PerformRefused { .. } => "perform_refused",
         }
     }
 
@@ -188,6 +197,22 @@ impl Packet {
                 above.copy_from_slice(&bytes[1..5]);
                 Ok(Packet::SequenceResync {
                     above: u32::from_be_bytes(above),
+                })
+            }
+            (FLOW_SESSION, TOPIC_PERFORM_REFUSED) => {
+                exact_len("Perform Refused", bytes, 6)?;
+                let byte = bytes[1];
+                if byte & 0x0F != 0 {
+                    return Err(DecodeError::ReservedBits {
+                        packet: "Perform Refused",
+                        value: byte & 0x0F,
+                    });
+                }
+                let mut executed = [0; 4];
+                executed.copy_from_slice(&bytes[2..6]);
+                Ok(Packet::PerformRefused {
+                    carrier: Carrier::from_code(byte >> 4)?,
+                    executed: u32::from_be_bytes(executed),
                 })
             }
             (FLOW_IOT | FLOW_CARRIER_SWITCH | FLOW_SESSION, topic) => {
@@ -232,6 +257,13 @@ impl Packet {
                 out.push(FLOW_SESSION << 4 | TOPIC_RESYNC);
                 out.extend_from_slice(&above.to_be_bytes());
             }
+            Packet::PerformRefused { carrier, executed } => {
+                out.extend_from_slice(&[
+                    FLOW_SESSION << 4 | TOPIC_PERFORM_REFUSED,
+                    carrier.code() << 4,
+                ]);
+                out.extend_from_slice(&executed.to_be_bytes());
+            }
         }
         Ok(())
     }
@@ -241,6 +273,7 @@ impl Packet {
         match self {
             Packet::IotData(d) => IOT_DATA_HEADER_LEN + d.data.len(),
             Packet::SequenceResync { .. } => 5,
+            Packet::PerformRefused { .. } => 6,
             _ => 2,
         }
     }

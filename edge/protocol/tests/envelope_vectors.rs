@@ -11,7 +11,7 @@ const VECTORS: &str = include_str!("vectors/envelope-vectors.json");
 #[test]
 fn envelope_vectors_decode_verify_and_reencode() {
     let vectors: Vec<Value> = serde_json::from_str(VECTORS).expect("vectors");
-    assert_eq!(vectors.len(), 9);
+    assert_eq!(vectors.len(), 10);
     for v in &vectors {
         let name = v["name"].as_str().expect("name");
         let hex_in = v["hex"].as_str().expect("hex");

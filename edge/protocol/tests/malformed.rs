@@ -55,8 +55,8 @@ fn wrong_length_byte() {
 fn unknown_flow_and_topic() {
     assert_eq!(decode_hex("4000"), Err(DecodeError::UnknownFlow(4)));
     assert_eq!(
-        decode_hex("3100000001"),
-        Err(DecodeError::UnknownTopic { flow: 3, topic: 1 })
+        decode_hex("3200000001"),
+        Err(DecodeError::UnknownTopic { flow: 3, topic: 2 })
     );
     assert_eq!(
         decode_hex("0200"),

@@ -28,9 +28,14 @@ fn any_packet() -> impl Strategy<Value = Packet> {
             })),
         prop::sample::select(IotStatus::ALL.to_vec()).prop_map(Packet::IotStatus),
         carrier.clone().prop_map(Packet::CarrierSwitchPerform),
-        (prop::sample::select(AckStatus::ALL.to_vec()), carrier)
+        (
+            prop::sample::select(AckStatus::ALL.to_vec()),
+            carrier.clone()
+        )
             .prop_map(|(status, carrier)| Packet::CarrierSwitchAck { status, carrier }),
         any::<u32>().prop_map(|above| Packet::SequenceResync { above }),
+        (carrier, any::<u32>())
+            .prop_map(|(carrier, executed)| Packet::PerformRefused { carrier, executed }),
     ]
 }
 

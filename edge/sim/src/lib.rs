@@ -358,7 +358,7 @@ impl Applet {
                                     executed = self.downlink_executed,
                                     "a Perform not newer than the last one executed (a replay?): refused"
                                 );
-                                return self.nack(env.request_id);
+                                return self.refuse_stale(env.request_id);
                             }
                             downlink = Some(env.sequence);
                         }
@@ -437,6 +437,17 @@ impl Applet {
             },
             request_id,
         )
+    }
+
+    /// Answer a Perform numbered at or below the last one executed: a Perform Refused
+    /// naming that number (so the cloud ends the request NACKed with the reason and numbers
+    /// its next Perform above it); a plain NACK from a SIM that speaks only v1.
+    fn refuse_stale(&mut self, request_id: Option<u64>) -> [u8; 2] {
+        if self.config.v1 {
+            return self.nack(request_id);
+        }
+        let (carrier, executed) = (self.carrier, self.downlink_executed);
+        self.queue_send(Packet::PerformRefused { carrier, executed }, request_id)
     }
 
     /// Queue a SEND DATA carrying `packet`, enveloped (and signed) unless the SIM speaks v1.

@@ -288,7 +288,8 @@ fn a_sim_whose_memory_fails_refuses_to_sign() {
 
 /// Issue 25 (4): the SIM checked only the modem id and the tag of a Perform, so a captured
 /// one could be replayed to switch the SIM back. A Perform not newer than the last one the
-/// SIM executed is now refused and answered with a NACK, across power cycles too.
+/// SIM executed is now refused and answered with a Perform Refused (the number it executed
+/// last, the carrier it stays on), across power cycles too.
 #[test]
 fn a_perform_not_newer_than_the_last_one_executed_is_nacked_and_changes_nothing() {
     let dir = std::env::temp_dir().join(format!("sim-downlink-{}", std::process::id()));
@@ -319,14 +320,15 @@ fn a_perform_not_newer_than_the_last_one_executed_is_nacked_and_changes_nothing(
     push(&mut applet, &perform(101, 2, Carrier::Verizon));
     answer(&mut applet);
     assert_eq!(applet.carrier(), Carrier::Verizon);
-    // The captured T-Mobile Perform, replayed: refused, answered, the carrier stays.
+    // The captured T-Mobile Perform, replayed: refused, answered with the reason (the last
+    // number executed and the carrier it stays on), the carrier stays.
     push(&mut applet, &to_tmobile);
     assert_eq!(
         answer(&mut applet),
         (
-            Packet::CarrierSwitchAck {
-                status: AckStatus::Nack,
-                carrier: Carrier::Verizon
+            Packet::PerformRefused {
+                carrier: Carrier::Verizon,
+                executed: 101
             },
             Some(1)
         )
@@ -339,9 +341,9 @@ fn a_perform_not_newer_than_the_last_one_executed_is_nacked_and_changes_nothing(
     push(&mut applet, &perform(101, 2, Carrier::TMobile));
     assert_eq!(
         answer(&mut applet).0,
-        Packet::CarrierSwitchAck {
-            status: AckStatus::Nack,
-            carrier: Carrier::AtAndT
+        Packet::PerformRefused {
+            carrier: Carrier::AtAndT,
+            executed: 101
         }
     );
     push(&mut applet, &perform(102, 3, Carrier::TMobile));

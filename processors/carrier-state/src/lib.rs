@@ -320,6 +320,7 @@ mod tests {
             carrier: Carrier::Verizon,
             received_at: req.requested_at + 2000,
             sequence: Some(4),
+            reason: None,
         };
         d.pipe(ACKS, MODEM, &ack, 3).expect("ok");
         let out = d.read_output::<CarrierState>(OUTPUT);
@@ -343,6 +344,7 @@ mod tests {
             carrier,
             received_at: at,
             sequence: None,
+            reason: None,
         };
         // Power-on, nothing asked: the modem's carrier is known from its first packets.
         d.pipe(ACKS, MODEM, &v1_ack(AckStatus::Ack, Carrier::AtAndT, 1), 1)
@@ -466,6 +468,7 @@ mod tests {
             carrier: Carrier::TMobile,
             received_at: req.requested_at + 2000,
             sequence: None,
+            reason: None,
         };
         d.pipe(ACKS, MODEM, &ack, 5).expect("ok");
         let state = latest(&mut d);

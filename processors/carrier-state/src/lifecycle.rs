@@ -199,7 +199,11 @@ pub fn apply_ack(record: &mut ModemRecord, ack: &CarrierSwitchAck) -> bool {
     request.completed_at = Some(ack.received_at);
     request.result_carrier = Some(ack.carrier);
     request.reason = match (ack.status, before) {
-        (AckStatus::Nack, _) => Some("the SIM refused the switch; carrier unchanged".into()),
+        (AckStatus::Nack, _) => Some(
+            ack.reason
+                .clone()
+                .unwrap_or_else(|| "the SIM refused the switch; carrier unchanged".into()),
+        ),
         (AckStatus::Ack, RequestState::TimedOut) => Some("acknowledged after the deadline".into()),
         (AckStatus::Ack, RequestState::Superseded) => {
             Some("acknowledged after being superseded".into())
@@ -318,6 +322,7 @@ mod tests {
             carrier,
             received_at: at,
             sequence: None,
+            reason: None,
         }
     }
 
@@ -387,6 +392,18 @@ mod tests {
             .reason
             .as_deref()
             .is_some_and(|s| s.contains("refused")));
+        // A NACK that says why (the SIM refused a stale Perform) ends with that reason.
+        apply_request(&mut r, &request("b", Carrier::Verizon, 30), CAP, 40);
+        let stale = CarrierSwitchAck {
+            reason: Some("stale_perform: ...".into()),
+            ..ack(Some("b"), AckStatus::Nack, Carrier::AtAndT, 32)
+        };
+        apply_ack(&mut r, &stale);
+        let b = &r.state.requests[1];
+        assert_eq!(
+            (b.state, b.reason.as_deref()),
+            (RequestState::Nacked, Some("stale_perform: ..."))
+        );
     }
 
     #[test]

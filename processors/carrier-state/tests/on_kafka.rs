@@ -64,6 +64,7 @@ fn switches_are_tracked_to_their_end_and_deadlines_fire_without_traffic() {
         carrier: Carrier::Verizon,
         received_at: t + 2000,
         sequence: Some(1),
+        reason: None,
     };
     stack
         .produce("carrier-switch-ack", &[("1001".into(), ack, t / 1000)])

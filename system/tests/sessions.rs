@@ -1,7 +1,8 @@
 //! Device sessions on real processes (Apache Kafka, registry, gateway, carrier-state, switch API).
 //! First the test is an original v1 device on a UDP socket: it sends only IoT Data (as the
-//! original devices do), yet it is listed by the API, and after a gateway restart a switch
-//! reaches it without it speaking again, because the new gateway read its session back.
+//! original devices do), yet it is listed by the API, and a switch requested while the
+//! gateway is down (SIGKILL) reaches it after the restart without it speaking again, because
+//! the new gateway read its session back.
 //! Then `switchyard-modem` is the original device, its v1 SIM spoken to with the original
 //! client's dialogue: it is listed, switched and acked, and its SIM holds the new carrier.
 
@@ -30,7 +31,8 @@ fn gateway_metric(metrics: SocketAddr, name: &str) -> f64 {
 }
 
 #[test]
-fn a_v1_device_sending_only_readings_is_listed_and_switched_across_a_gateway_restart() {
+fn a_v1_device_sending_only_readings_is_listed_and_switched_when_requested_while_the_gateway_is_down(
+) {
     let stack = Stack::start().expect("stack");
     let gateway_env = |listen: Option<SocketAddr>| {
         let mut env = vec![
@@ -78,17 +80,10 @@ fn a_v1_device_sending_only_readings_is_listed_and_switched_across_a_gateway_res
         1.0
     );
 
-    // Restart the gateway on the same UDP port; the device stays silent from here on.
-    drop(gateway);
-    let gateway = stack
-        .start_gateway(&gateway_env(Some(udp)))
-        .expect("gateway again");
-    assert_eq!(
-        gateway_metric(gateway.metrics, "switchyard_gateway_sessions_restored"),
-        1.0,
-        "the restarted gateway read the device's session back"
-    );
-
+    // The gateway dies; the operator asks for a switch while it is down; it comes back on
+    // the same UDP port. The device stays silent from here on.
+    let mut gateway = gateway;
+    gateway.service.kill();
     let (status, accepted) = api(
         api_addr,
         "POST",
@@ -97,6 +92,18 @@ fn a_v1_device_sending_only_readings_is_listed_and_switched_across_a_gateway_res
     );
     assert_eq!(status, 202, "{accepted}");
     let request_id = accepted["request_id"].as_str().expect("id").to_string();
+    wait_for("the request listed while the gateway is down", WAIT, || {
+        api(api_addr, "GET", &format!("/requests/{request_id}"), None).1["state"] == "requested"
+    })
+    .expect("requested");
+    let gateway = stack
+        .start_gateway(&gateway_env(Some(udp)))
+        .expect("gateway again");
+    assert_eq!(
+        gateway_metric(gateway.metrics, "switchyard_gateway_sessions_restored"),
+        1.0,
+        "the restarted gateway read the device's session back"
+    );
 
     // The Perform arrives as a bare v1 packet; the device answers as the original did.
     let mut buf = [0u8; 512];

@@ -13,6 +13,7 @@ use std::time::Duration;
 use switchyard_schemas::records::now_us;
 use tracing::info;
 
+use crate::send::ToDownlink;
 use crate::service::Gateway;
 use crate::SESSIONS_TOPIC;
 
@@ -54,11 +55,9 @@ impl Gateway {
         }
         drop(sessions);
         let kept = expired.len() - deleted;
-        if let Ok(mut numbers) = self.downlink_sequence.lock() {
-            for e in &expired {
-                numbers.remove(&e.modem);
-            }
-        }
+        self.tell_downlink(ToDownlink::Forget(
+            expired.iter().map(|e| e.modem).collect(),
+        ));
         let counter = |record| self.metrics.sessions_expired.with_label_values(&[record]);
         counter("deleted").inc_by(deleted as u64);
         counter("kept").inc_by(kept as u64);

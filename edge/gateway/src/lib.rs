@@ -23,7 +23,9 @@
 //!   returns; a full queue drops the record and counts it (`switchyard_gateway_backpressure_total`).
 //!
 //! Layout, one job per file: `config` (flags, socket), `service` (start-up, shared state,
-//! shutdown), `receive` (uplink, on a thread of its own), `send` (downlink and its commits),
+//! shutdown), `receive` (uplink, on a thread of its own), `send` (the downlink task, sole
+//! owner of the pending requests, the downlink numbers and the request offsets, told the
+//! rest by message),
 //! `publish` (records to Kafka and their accounting), `producer` (the three producers and
 //! the broker's answers), with the pure rules beside them: `uplink` (packet to record),
 //! `downlink` (when to send, retry, give up), `sessions`, `elsewhere`, `request_offsets`,

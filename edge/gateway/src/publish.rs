@@ -108,6 +108,21 @@ impl Gateway {
         }
     }
 
+    /// Every 100 ms, how many records each producer holds
+    /// (`switchyard_gateway_buffered_records{producer}`).
+    pub(crate) async fn gauge_buffers(self: std::sync::Arc<Self>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            for (producer, held) in self.producers.in_flight() {
+                self.metrics
+                    .buffered
+                    .with_label_values(&[producer])
+                    .set(i64::from(held));
+            }
+        }
+    }
+
     fn dropped(&self, topic: &str, reason: &str, detail: &dyn std::fmt::Display) {
         let c = self.metrics.dropped.with_label_values(&[topic, reason]);
         c.inc();

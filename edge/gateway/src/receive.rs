@@ -21,11 +21,12 @@ use switchyard_schemas::records::now_us;
 
 use switchyard_protocol::json::parse_request_id;
 use switchyard_protocol::{verify, AuthError, Envelope, Frame};
-use switchyard_schemas::records::{AckStatus, DeliveryEvent, DeviceSession, SessionProtocol};
+use switchyard_schemas::records::{AckStatus, DeviceSession, SessionProtocol};
 use tracing::warn;
 
 use crate::downlink::Answer;
 use crate::replay::Freshness;
+use crate::send::ToDownlink;
 use crate::service::{rate_limited, Gateway};
 use crate::sessions::{record_reservation, Heard, Observed};
 use crate::uplink::{to_record, wire_carrier, Uplink, ACK_TOPIC, STATUS_TOPIC};
@@ -124,7 +125,11 @@ impl Gateway {
                         resync_above,
                     }) => {
                         if let Some(above) = resync_above {
-                            self.send_resync(envelope.modem_id, above, source);
+                            self.tell_downlink(ToDownlink::Resync {
+                                modem: envelope.modem_id,
+                                above,
+                                to: source,
+                            });
                         }
                         return self.reject(
                             datagram,
@@ -272,7 +277,7 @@ impl Gateway {
             Uplink::PerformRefused { ack, executed } => {
                 self.metrics.performs_refused.inc();
                 if let Ok(modem) = modem_id.parse() {
-                    self.number_downlink_above(modem, executed);
+                    self.tell_downlink(ToDownlink::NumberAbove { modem, executed });
                 }
                 self.publish_uplink(Uplink::Ack(ack), modem_id, source, arrived);
             }
@@ -291,21 +296,12 @@ impl Gateway {
                 let gateway = Arc::clone(self);
                 let modem = modem_id.clone();
                 self.publish_then(ACK_TOPIC, &modem_id, &ack, arrived, move || {
-                    let answered = gateway
-                        .downlink
-                        .lock()
-                        .ok()
-                        .and_then(|mut d| d.answered(request_id, &modem, answer));
-                    if let Some(p) = answered {
-                        gateway.delivery(
-                            p.request_id,
-                            &modem,
-                            DeliveryEvent::Acked,
-                            p.attempts,
-                            Some(source),
-                            None,
-                        );
-                    }
+                    gateway.tell_downlink(ToDownlink::Answered {
+                        request_id,
+                        modem_id: modem,
+                        answer,
+                        source,
+                    });
                 });
             }
         }

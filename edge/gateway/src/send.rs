@@ -1,222 +1,300 @@
-//! Downlink: switch requests from `downstream-request` become Perform packets sent to the
-//! modem's session address and re-sent until answered or given up; offsets are committed
-//! only up to the oldest request still pending.
+//! Downlink, owned by one task: switch requests from `downstream-request` become Perform
+//! packets sent to the modem's session address and re-sent until answered or given up;
+//! offsets are committed only up to the oldest request still pending. The task owns the
+//! pending requests, each modem's downlink numbers and the request offsets; the rest of
+//! the gateway tells it what it learns ([`ToDownlink`]) and never touches them.
 
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_schemas::records::now_us;
 
 use anyhow::Context;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use switchyard_kafka::{is_partition_eof, TracingContext};
 use switchyard_protocol::json::parse_request_id;
 use switchyard_protocol::{Envelope, Frame, Packet};
 use switchyard_registry_client::RecordDecoder;
 use switchyard_schemas::records::{CarrierSwitchRequest, DeliveryEvent};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::downlink::Action;
-use crate::service::Gateway;
+use crate::downlink::{Action, Answer, Downlink};
+use crate::request_offsets::RequestOffsets;
+use crate::service::{rate_limited, Gateway};
 use crate::uplink::wire_carrier;
 use crate::REQUEST_TOPIC;
 
+/// Messages to the downlink task waiting at most; more are counted and dropped
+/// (`switchyard_gateway_dropped_total{topic="downlink"}`): an answer dropped is answered
+/// again by the SIM to the Perform's next retransmission, a resync is sent again with the
+/// modem's next refused packet.
+pub(crate) const DOWNLINK_QUEUE: usize = 65_536;
+
+/// What the rest of the gateway tells the downlink task.
+#[derive(Debug)]
+pub(crate) enum ToDownlink {
+    /// An ACK or NACK whose record the broker has acknowledged: the request it answers ends.
+    Answered {
+        request_id: Option<u64>,
+        modem_id: String,
+        answer: Answer,
+        source: SocketAddr,
+    },
+    /// The modem's SIM refused a Perform numbered `executed` or below: number the next
+    /// one above.
+    NumberAbove { modem: u64, executed: u32 },
+    /// A signed packet from `modem` was refused as not fresh: answer with a resync above
+    /// `above`, to the address it came from.
+    Resync {
+        modem: u64,
+        above: u32,
+        to: SocketAddr,
+    },
+    /// These modems' sessions expired: their numbering starts again from the clock.
+    Forget(Vec<u64>),
+}
+
 impl Gateway {
-    /// Take switch requests in as they are read; `ended`: those read again after a restart
-    /// that already ended ([`crate::ended`]), passed over once each.
-    pub(crate) async fn take_requests(
-        self: Arc<Self>,
-        consumer: Arc<StreamConsumer<TracingContext>>,
-        mut ended: std::collections::HashSet<u64>,
+    /// Tell the downlink task something; counted if its queue is full.
+    pub(crate) fn tell_downlink(&self, message: ToDownlink) {
+        if let Err(e) = self.to_downlink.try_send(message) {
+            let reason = match e {
+                mpsc::error::TrySendError::Full(_) => "queue_full",
+                mpsc::error::TrySendError::Closed(_) => "downlink_stopped",
+            };
+            let c = self
+                .metrics
+                .dropped
+                .with_label_values(&["downlink", reason]);
+            c.inc();
+            if rate_limited(c.get()) {
+                warn!(
+                    reason,
+                    dropped = c.get(),
+                    "a message to the downlink task was dropped"
+                );
+            }
+        }
+    }
+}
+
+/// The downlink task's state: only it reads or writes these.
+pub(crate) struct DownlinkTask {
+    gateway: Arc<Gateway>,
+    pending: Downlink,
+    /// Each modem's last downlink number sent (or refused by its SIM).
+    numbers: HashMap<u64, u32>,
+    offsets: RequestOffsets,
+    /// Requests read again after a restart that had already ended ([`crate::ended`]),
+    /// passed over once each.
+    ended: HashSet<u64>,
+}
+
+impl DownlinkTask {
+    pub(crate) fn new(gateway: Arc<Gateway>, ended: HashSet<u64>) -> Self {
+        let us = |ms: u64| i64::try_from(ms.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let pending = Downlink::new(
+            us(gateway.config.retry_initial_ms),
+            us(gateway.config.retry_max_ms),
+        );
+        DownlinkTask {
+            gateway,
+            pending,
+            numbers: HashMap::new(),
+            offsets: RequestOffsets::default(),
+            ended,
+        }
+    }
+
+    /// Read requests from `consumer` and messages from `told` until aborted: sends what is
+    /// due after each, and every 100 ms for retries and deadlines.
+    pub(crate) async fn run(
+        mut self,
+        consumer: StreamConsumer<TracingContext>,
+        mut told: mpsc::Receiver<ToDownlink>,
     ) {
-        let Some((id, codec)) = self.codecs.get(REQUEST_TOPIC).cloned() else {
+        let Some((id, codec)) = self.gateway.codecs.get(REQUEST_TOPIC).cloned() else {
             warn!("no schema for downstream-request; downlink is off");
             return;
         };
         // Requests written with a newer (compatible) schema are resolved to ours.
-        let mut decoder = RecordDecoder::new(self.registry.clone(), id, codec);
+        let mut decoder = RecordDecoder::new(self.gateway.registry.clone(), id, codec);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut stored = Vec::new();
         loop {
-            let message = match consumer.recv().await {
-                Ok(m) => m,
-                Err(e) if is_partition_eof(&e) => continue,
-                Err(e) => {
-                    warn!(error = %e, "reading downstream-request; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            let request = decoder
-                .decode::<CarrierSwitchRequest>(message.payload())
-                .await;
-            match request.and_then(|r| {
+            self.store_request_offsets(&consumer, &mut stored);
+            tokio::select! {
+                received = consumer.recv() => match received {
+                    Ok(message) => self.take(&message, &mut decoder).await,
+                    Err(e) if is_partition_eof(&e) => {}
+                    Err(e) => {
+                        warn!(error = %e, "reading downstream-request; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                },
+                Some(message) = told.recv() => self.hear(message),
+                _ = tick.tick() => {}
+            }
+            self.act(now_us());
+        }
+    }
+
+    /// One request read from `downstream-request`.
+    async fn take(&mut self, message: &BorrowedMessage<'_>, decoder: &mut RecordDecoder) {
+        let (partition, offset) = (message.partition(), message.offset());
+        let metrics = &self.gateway.metrics;
+        let request = decoder
+            .decode::<CarrierSwitchRequest>(message.payload())
+            .await
+            .and_then(|r| {
                 parse_request_id(&r.request_id)
                     .map(|rid| (r, rid))
                     .map_err(|e| e.to_string())
-            }) {
-                // Past its deadline before it was read (an instance reading old requests
-                // for the first time): carrier-state has timed it out; nothing to send.
-                Ok((request, _)) if request.deadline <= now_us() => {
-                    self.metrics.expired_requests.inc();
-                    if let Ok(mut offsets) = self.request_offsets.lock() {
-                        offsets.read(message.partition(), message.offset());
-                    }
+            });
+        match request {
+            // Past its deadline before it was read (an instance reading old requests for
+            // the first time): carrier-state has timed it out; nothing to send.
+            Ok((request, _)) if request.deadline <= now_us() => {
+                metrics.expired_requests.inc();
+                self.offsets.read(partition, offset);
+            }
+            Ok((request, request_id)) if self.ended.remove(&request_id) => {
+                metrics.requests_ended_before.inc();
+                info!(request = %request.request_id, modem = %request.modem_id, "switch request read again after a restart had already ended; not sent again");
+                self.offsets.read(partition, offset);
+            }
+            Ok((request, request_id)) => {
+                let added = self.pending.add(
+                    request_id,
+                    &request.modem_id,
+                    wire_carrier(request.carrier),
+                    request.deadline,
+                    now_us(),
+                );
+                if added {
+                    self.offsets.pending(request_id, partition, offset);
+                    info!(request = %request.request_id, modem = %request.modem_id, carrier = ?request.carrier, "switch request taken");
+                } else {
+                    self.offsets.read(partition, offset);
                 }
-                Ok((request, request_id)) if ended.remove(&request_id) => {
-                    self.metrics.requests_ended_before.inc();
-                    info!(request = %request.request_id, modem = %request.modem_id, "switch request read again after a restart had already ended; not sent again");
-                    if let Ok(mut offsets) = self.request_offsets.lock() {
-                        offsets.read(message.partition(), message.offset());
-                    }
+            }
+            Err(e) => {
+                metrics
+                    .rejects
+                    .with_label_values(&["bad_request_record"])
+                    .inc();
+                warn!(error = %e, offset, "unreadable switch request skipped");
+                self.offsets.read(partition, offset);
+            }
+        }
+    }
+
+    fn hear(&mut self, message: ToDownlink) {
+        match message {
+            ToDownlink::Answered {
+                request_id,
+                modem_id,
+                answer,
+                source,
+            } => {
+                if let Some(p) = self.pending.answered(request_id, &modem_id, answer) {
+                    self.gateway.delivery(
+                        p.request_id,
+                        &modem_id,
+                        DeliveryEvent::Acked,
+                        p.attempts,
+                        Some(source),
+                        None,
+                    );
                 }
-                Ok((request, request_id)) => {
-                    // Added and recorded under one lock of the downlink, so the offset is
-                    // never committed between the two.
-                    let added = self.downlink.lock().map(|mut d| {
-                        let added = d.add(
-                            request_id,
-                            &request.modem_id,
-                            wire_carrier(request.carrier),
-                            request.deadline,
-                            now_us(),
-                        );
-                        if let Ok(mut offsets) = self.request_offsets.lock() {
-                            if added {
-                                offsets.pending(request_id, message.partition(), message.offset());
-                            } else {
-                                offsets.read(message.partition(), message.offset());
-                            }
-                        }
-                        added
-                    });
-                    if added.unwrap_or(false) {
-                        self.new_request.notify_one();
-                        info!(request = %request.request_id, modem = %request.modem_id, carrier = ?request.carrier, "switch request taken");
-                    }
-                }
-                Err(e) => {
-                    self.metrics
-                        .rejects
-                        .with_label_values(&["bad_request_record"])
-                        .inc();
-                    warn!(error = %e, offset = message.offset(), "unreadable switch request skipped");
-                    if let Ok(mut offsets) = self.request_offsets.lock() {
-                        offsets.read(message.partition(), message.offset());
-                    }
+            }
+            ToDownlink::NumberAbove { modem, executed } => {
+                let n = self.numbers.entry(modem).or_insert(0);
+                *n = (*n).max(executed);
+            }
+            ToDownlink::Resync { modem, above, to } => self.send_resync(modem, above, to),
+            ToDownlink::Forget(modems) => {
+                for modem in modems {
+                    self.numbers.remove(&modem);
                 }
             }
         }
     }
 
-    pub(crate) async fn retransmit(self: Arc<Self>, consumer: Arc<StreamConsumer<TracingContext>>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let mut stored = Vec::new();
-        loop {
-            self.store_request_offsets(&consumer, &mut stored);
-            // Every 100 ms for retries and deadlines, and at once for a new request.
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = self.new_request.notified() => {}
-            }
-            for (producer, held) in self.producers.in_flight() {
-                self.metrics
-                    .buffered
-                    .with_label_values(&[producer])
-                    .set(i64::from(held));
-            }
-            let actions = match (self.downlink.lock(), self.sessions.lock()) {
-                (Ok(mut downlink), Ok(sessions)) => {
-                    downlink.due(now_us(), |m| sessions.address(m).is_some())
-                }
-                _ => Vec::new(),
-            };
-            for action in actions {
-                match action {
-                    Action::Send {
-                        request_id,
-                        modem_id,
-                        carrier,
-                        attempt,
-                    } => {
-                        let address = self.sessions.lock().ok().and_then(|s| s.address(&modem_id));
-                        let Some(address) = address else {
-                            continue;
-                        };
-                        let packet = match self.perform_packet(&modem_id, request_id, carrier) {
-                            Ok(p) => p,
-                            Err(e) => {
-                                warn!(modem = %modem_id, error = %e, "cannot build a Perform packet");
-                                continue;
-                            }
-                        };
-                        if let Err(e) = self.send_datagram(&packet, address) {
-                            warn!(%address, error = %e, "UDP send failed");
-                        }
-                        let event = if attempt == 1 {
-                            DeliveryEvent::Sent
-                        } else {
-                            DeliveryEvent::Retried
-                        };
-                        if attempt > 1 {
-                            self.metrics.downlink_retries.inc();
-                        } else {
-                            self.metrics.downlink_sent.inc();
-                        }
-                        self.delivery(request_id, &modem_id, event, attempt, Some(address), None);
-                    }
-                    Action::GiveUp {
-                        request_id,
-                        modem_id,
-                        attempts,
-                        reason,
-                    } => {
-                        let holder = self
-                            .elsewhere
-                            .lock()
-                            .ok()
-                            .and_then(|e| e.holder(&modem_id).map(str::to_string));
-                        let held_here = self
-                            .sessions
-                            .lock()
-                            .is_ok_and(|s| s.address(&modem_id).is_some());
-                        if let Some(holder) = holder.filter(|_| !held_here) {
-                            // The instance holding the modem sent it and reports its end.
-                            self.metrics.left_to_holder.inc();
-                            info!(request = format!("{request_id:016x}"), modem = %modem_id, %holder, "switch request left to the gateway holding the modem");
-                            continue;
-                        }
-                        self.metrics
-                            .undeliverable
-                            .with_label_values(&[reason])
-                            .inc();
-                        warn!(request = format!("{request_id:016x}"), modem = %modem_id, reason, "switch request undeliverable");
-                        self.delivery(
-                            request_id,
-                            &modem_id,
-                            DeliveryEvent::Undeliverable,
-                            attempts,
-                            None,
-                            Some(reason),
-                        );
-                    }
-                }
+    /// Send, re-send and give up what is due at `now`.
+    fn act(&mut self, now: i64) {
+        let gateway = Arc::clone(&self.gateway);
+        let actions = match gateway.sessions.lock() {
+            Ok(sessions) => self.pending.due(now, |m| sessions.address(m).is_some()),
+            Err(_) => return,
+        };
+        for action in actions {
+            match action {
+                Action::Send {
+                    request_id,
+                    modem_id,
+                    carrier,
+                    attempt,
+                } => self.send_perform(request_id, &modem_id, carrier, attempt),
+                Action::GiveUp {
+                    request_id,
+                    modem_id,
+                    attempts,
+                    reason,
+                } => gateway.give_up(request_id, &modem_id, attempts, reason),
             }
         }
+    }
+
+    fn send_perform(
+        &mut self,
+        request_id: u64,
+        modem_id: &str,
+        carrier: switchyard_protocol::Carrier,
+        attempt: i32,
+    ) {
+        let gateway = Arc::clone(&self.gateway);
+        let address = gateway
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.address(modem_id));
+        let Some(address) = address else {
+            return;
+        };
+        let packet = match self.perform_packet(modem_id, request_id, carrier) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(modem = %modem_id, error = %e, "cannot build a Perform packet");
+                return;
+            }
+        };
+        if let Err(e) = gateway.send_datagram(&packet, address) {
+            warn!(%address, error = %e, "UDP send failed");
+        }
+        let event = if attempt == 1 {
+            gateway.metrics.downlink_sent.inc();
+            DeliveryEvent::Sent
+        } else {
+            gateway.metrics.downlink_retries.inc();
+            DeliveryEvent::Retried
+        };
+        gateway.delivery(request_id, modem_id, event, attempt, Some(address), None);
     }
 
     /// Store for the next background commit, per partition, the offset of the oldest request
     /// still pending (or the one after the last read), when it moved since `stored`.
     fn store_request_offsets(
-        &self,
+        &mut self,
         consumer: &StreamConsumer<TracingContext>,
         stored: &mut Vec<(i32, i64)>,
     ) {
-        let positions = match (self.downlink.lock(), self.request_offsets.lock()) {
-            (Ok(downlink), Ok(mut offsets)) => {
-                offsets.retain(|id| downlink.contains(id));
-                offsets.positions()
-            }
-            _ => return,
-        };
+        let pending = &self.pending;
+        self.offsets.retain(|id| pending.contains(id));
+        let positions = self.offsets.positions();
         if positions == *stored {
             return;
         }
@@ -239,13 +317,13 @@ impl Gateway {
     /// The Perform packet for a modem: bare v1 for the legacy modem, else an envelope with
     /// the request id, signed when the modem has a key.
     fn perform_packet(
-        &self,
+        &mut self,
         modem_id: &str,
         request_id: u64,
         carrier: switchyard_protocol::Carrier,
     ) -> anyhow::Result<Vec<u8>> {
         let packet = Packet::CarrierSwitchPerform(carrier);
-        if modem_id == self.config.legacy_modem_id {
+        if modem_id == self.gateway.config.legacy_modem_id {
             return Ok(packet.encode()?);
         }
         let modem: u64 = modem_id
@@ -254,55 +332,39 @@ impl Gateway {
         self.enveloped_downlink(modem, Some(request_id), packet)
     }
 
-    /// The modem's SIM refused a Perform numbered `executed` or below: the next one to it
-    /// is numbered above.
-    pub(crate) fn number_downlink_above(&self, modem: u64, executed: u32) {
-        if let Ok(mut numbers) = self.downlink_sequence.lock() {
-            let n = numbers.entry(modem).or_insert(0);
-            *n = (*n).max(executed);
-        }
-    }
-
     /// `packet` in an envelope for `modem` under its next downlink number, signed when the
     /// modem has a key.
     fn enveloped_downlink(
-        &self,
+        &mut self,
         modem: u64,
         request_id: Option<u64>,
         packet: Packet,
     ) -> anyhow::Result<Vec<u8>> {
-        let sequence = self
-            .downlink_sequence
-            .lock()
-            .map(|mut s| {
-                let n = s.entry(modem).or_insert(0);
-                *n = next_downlink_sequence(*n, now_us());
-                *n
-            })
-            .unwrap_or(0);
+        let n = self.numbers.entry(modem).or_insert(0);
+        *n = next_downlink_sequence(*n, now_us());
         let frame = Frame {
             envelope: Some(Envelope {
                 modem_id: modem,
-                sequence,
+                sequence: *n,
                 request_id,
                 auth_tag: None,
             }),
             packet,
         };
-        Ok(match self.keys.get(modem) {
+        Ok(match self.gateway.keys.get(modem) {
             Some(key) => frame.encode_signed(key)?,
             None => frame.encode()?,
         })
     }
 
-    /// Answer a signed packet refused as not fresh: a signed resync telling `modem`'s SIM to
-    /// move its counter above `above`, to the address the packet came from. Nothing in it
-    /// can harm the modem if a replayer receives it: it only moves a counter forward, to
-    /// where the gateway already is.
-    pub(crate) fn send_resync(&self, modem: u64, above: u32, to: std::net::SocketAddr) {
+    /// A signed resync telling `modem`'s SIM to move its counter above `above`, to the
+    /// address the refused packet came from. Nothing in it can harm the modem if a replayer
+    /// receives it: it only moves a counter forward, to where the gateway already is.
+    fn send_resync(&mut self, modem: u64, above: u32, to: SocketAddr) {
+        let gateway = Arc::clone(&self.gateway);
         let outcome = match self
             .enveloped_downlink(modem, None, Packet::SequenceResync { above })
-            .and_then(|packet| Ok(self.send_datagram(&packet, to)?))
+            .and_then(|packet| Ok(gateway.send_datagram(&packet, to)?))
         {
             Ok(_) => "sent",
             Err(e) => {
@@ -310,16 +372,51 @@ impl Gateway {
                 "send_failed"
             }
         };
-        self.metrics
+        gateway
+            .metrics
             .sequence_resyncs
             .with_label_values(&[outcome])
             .inc();
+    }
+}
+
+impl Gateway {
+    /// A request that reached its deadline (or found no address) here: reported, unless
+    /// another instance holds the modem, which sent it and reports its end.
+    fn give_up(&self, request_id: u64, modem_id: &str, attempts: i32, reason: &'static str) {
+        let holder = self
+            .elsewhere
+            .lock()
+            .ok()
+            .and_then(|e| e.holder(modem_id).map(str::to_string));
+        let held_here = self
+            .sessions
+            .lock()
+            .is_ok_and(|s| s.address(modem_id).is_some());
+        if let Some(holder) = holder.filter(|_| !held_here) {
+            self.metrics.left_to_holder.inc();
+            info!(request = format!("{request_id:016x}"), modem = %modem_id, %holder, "switch request left to the gateway holding the modem");
+            return;
+        }
+        self.metrics
+            .undeliverable
+            .with_label_values(&[reason])
+            .inc();
+        warn!(request = format!("{request_id:016x}"), modem = %modem_id, reason, "switch request undeliverable");
+        self.delivery(
+            request_id,
+            modem_id,
+            DeliveryEvent::Undeliverable,
+            attempts,
+            None,
+            Some(reason),
+        );
     }
 
     /// Send one datagram from the gateway's socket without blocking: the socket blocks for
     /// the uplink thread's sake, so this passes `MSG_DONTWAIT`. A full send buffer is an
     /// error like any other; the retry schedule sends again.
-    fn send_datagram(&self, packet: &[u8], to: std::net::SocketAddr) -> std::io::Result<usize> {
+    fn send_datagram(&self, packet: &[u8], to: SocketAddr) -> std::io::Result<usize> {
         socket2::SockRef::from(&self.socket).send_to_with_flags(
             packet,
             &to.into(),

@@ -1,6 +1,7 @@
 //! The gateway as a service: start-up (schemas, clients, sessions read back, socket), the
 //! state its tasks share, and shutdown. The tasks are in `receive` (uplink), `send`
-//! (downlink) and `publish` (records to Kafka).
+//! (downlink, which owns its state and is told the rest), `follow` and `expiry` (sessions)
+//! and `publish` (records to Kafka).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,13 +20,12 @@ use switchyard_telemetry::Health;
 use tracing::{info, warn};
 
 use crate::config::{bind_udp, GatewayConfig};
-use crate::downlink::Downlink;
 use crate::elsewhere::Elsewhere;
 use crate::metrics::GatewayMetrics;
 use crate::producer::{ProducerSettings, Producers};
 use crate::replay::{Freshness, ReplayWindows};
-use crate::request_offsets::RequestOffsets;
 use crate::restore;
+use crate::send::{DownlinkTask, ToDownlink, DOWNLINK_QUEUE};
 use crate::sessions::Sessions;
 use crate::socket_drops;
 use crate::uplink::{ACK_TOPIC, STATUS_TOPIC};
@@ -44,12 +44,9 @@ pub(crate) struct Gateway {
     /// The replay windows, by the modem's position among the keys, and the packets waiting
     /// for the log's decision.
     pub(crate) freshness: Mutex<Freshness>,
-    pub(crate) downlink: Mutex<Downlink>,
-    pub(crate) downlink_sequence: Mutex<HashMap<u64, u32>>,
-    /// What of `downstream-request` may be committed: nothing past a pending request.
-    pub(crate) request_offsets: Mutex<RequestOffsets>,
-    /// Wakes the downlink loop when a request arrives, so it is sent at once.
-    pub(crate) new_request: tokio::sync::Notify,
+    /// The downlink task ([`crate::send`]), which owns the pending requests, the downlink
+    /// numbers and the request offsets.
+    pub(crate) to_downlink: tokio::sync::mpsc::Sender<ToDownlink>,
     pub(crate) registry: RegistryClient,
     pub(crate) metrics: GatewayMetrics,
 }
@@ -227,11 +224,9 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     let socket = bind_udp(config.listen, config.udp_buffer_bytes)?;
     socket.set_read_timeout(Some(STOP_CHECK))?;
     let listen = socket.local_addr()?;
+    let (to_downlink, told_downlink) = tokio::sync::mpsc::channel(DOWNLINK_QUEUE);
     let gateway = Arc::new(Gateway {
-        downlink: Mutex::new(Downlink::new(
-            i64::try_from(config.retry_initial_ms.saturating_mul(1000)).unwrap_or(i64::MAX),
-            i64::try_from(config.retry_max_ms.saturating_mul(1000)).unwrap_or(i64::MAX),
-        )),
+        to_downlink,
         config,
         catalog,
         socket,
@@ -244,9 +239,6 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
             windows,
             arbiter: Default::default(),
         }),
-        downlink_sequence: Mutex::new(HashMap::new()),
-        request_offsets: Mutex::new(RequestOffsets::default()),
-        new_request: tokio::sync::Notify::new(),
         registry,
         metrics,
     });
@@ -261,11 +253,11 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
             .spawn(move || gateway.receive(&stop))
             .context("starting the uplink thread")?
     };
-    let consumer = Arc::new(consumer);
-    let requests = tokio::spawn(Arc::clone(&gateway).take_requests(Arc::clone(&consumer), ended));
-    let retransmit = tokio::spawn(Arc::clone(&gateway).retransmit(consumer));
+    let downlink =
+        tokio::spawn(DownlinkTask::new(Arc::clone(&gateway), ended).run(consumer, told_downlink));
     let follow = tokio::spawn(Arc::clone(&gateway).follow_sessions(session_decoder, ends));
     let dead_letters = tokio::spawn(Arc::clone(&gateway).dead_letters(refused_records));
+    let buffers = tokio::spawn(Arc::clone(&gateway).gauge_buffers());
     let expiry = match gateway.config.session_expiry_secs {
         0 => tokio::spawn(async {}),
         secs => tokio::spawn(Arc::clone(&gateway).expire_sessions(Duration::from_secs(secs))),
@@ -329,10 +321,10 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         sessions = written,
         "sessions' last sequence numbers written"
     );
-    requests.abort();
-    retransmit.abort();
+    downlink.abort();
     follow.abort();
     dead_letters.abort();
+    buffers.abort();
     expiry.abort();
     drops.abort();
     tokio::task::spawn_blocking(move || gateway.producers.flush(Duration::from_secs(10)))

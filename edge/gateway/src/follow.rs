@@ -106,13 +106,12 @@ impl Gateway {
                 .map(|mut s| {
                     let claim = s.yield_to(&session, log);
                     self.metrics.known_modems.set(s.len() as i64);
+                    self.metrics
+                        .modems_elsewhere
+                        .set(s.elsewhere().len() as i64);
                     claim
                 })
                 .unwrap_or(Claim::NotHeld);
-            if let Ok(mut e) = self.elsewhere.lock() {
-                e.apply(&session);
-                self.metrics.modems_elsewhere.set(e.len() as i64);
-            }
             match claim {
                 Claim::Yielded => {
                     self.metrics.modems_moved_away.inc();
@@ -138,10 +137,9 @@ impl Gateway {
     fn tombstoned(&self, modem_id: &str) {
         if let Ok(mut sessions) = self.sessions.lock() {
             sessions.tombstoned(modem_id);
-        }
-        if let Ok(mut e) = self.elsewhere.lock() {
-            e.forget(modem_id);
-            self.metrics.modems_elsewhere.set(e.len() as i64);
+            self.metrics
+                .modems_elsewhere
+                .set(sessions.elsewhere().len() as i64);
         }
     }
 

@@ -15,7 +15,6 @@ use switchyard_registry_client::RecordDecoder;
 use switchyard_schemas::records::DeviceSession;
 use tracing::{info, warn};
 
-use crate::elsewhere::Elsewhere;
 use crate::replay::{ReplayWindows, RestoringFloors};
 use crate::sessions::{record_floor, Sessions};
 use crate::SESSIONS_TOPIC;
@@ -35,7 +34,7 @@ pub struct Restored {
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Read `device-sessions` from its start to its end as of now into `sessions` (this
-/// instance's), `elsewhere` (the others') and the replay windows of the keyed modems (each
+/// instance's, and who holds the others') and the replay windows of the keyed modems (each
 /// refuses up to its records' floor, [`record_floor`], as [`RestoringFloors`] combines
 /// them). However long it takes (no timer aborts it;
 /// `timeout` bounds each metadata request), saying how far it got in the log and in
@@ -44,7 +43,6 @@ pub async fn restore_sessions(
     bootstrap: &str,
     decoder: &mut RecordDecoder,
     sessions: &mut Sessions,
-    elsewhere: &mut Elsewhere,
     (keys, windows): (&ModemKeys, &mut ReplayWindows),
     health: &switchyard_telemetry::Health,
     timeout: Duration,
@@ -106,13 +104,11 @@ pub async fn restore_sessions(
             None => {
                 if let Some(modem_id) = message.key().and_then(|k| std::str::from_utf8(k).ok()) {
                     sessions.restore_tombstone(modem_id);
-                    elsewhere.forget(modem_id);
                 }
             }
             Some(payload) => match decoder.decode::<DeviceSession>(Some(payload)).await {
                 Ok(session) => {
                     sessions.restore(&session);
-                    elsewhere.apply(&session);
                     if let Some(at) = keyed_position(keys, &session) {
                         floors.apply(at, &session.gateway, record_floor(&session));
                     }

@@ -384,16 +384,13 @@ impl Gateway {
     /// A request that reached its deadline (or found no address) here: reported, unless
     /// another instance holds the modem, which sent it and reports its end.
     fn give_up(&self, request_id: u64, modem_id: &str, attempts: i32, reason: &'static str) {
-        let holder = self
-            .elsewhere
-            .lock()
-            .ok()
-            .and_then(|e| e.holder(modem_id).map(str::to_string));
-        let held_here = self
-            .sessions
-            .lock()
-            .is_ok_and(|s| s.address(modem_id).is_some());
-        if let Some(holder) = holder.filter(|_| !held_here) {
+        let holder = self.sessions.lock().ok().and_then(|s| {
+            match s.address(modem_id) {
+                Some(_) => None, // held here
+                None => s.elsewhere().holder(modem_id).map(str::to_string),
+            }
+        });
+        if let Some(holder) = holder {
             self.metrics.left_to_holder.inc();
             info!(request = format!("{request_id:016x}"), modem = %modem_id, %holder, "switch request left to the gateway holding the modem");
             return;

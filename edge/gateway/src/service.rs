@@ -20,7 +20,6 @@ use switchyard_telemetry::Health;
 use tracing::{info, warn};
 
 use crate::config::{bind_udp, GatewayConfig};
-use crate::elsewhere::Elsewhere;
 use crate::metrics::GatewayMetrics;
 use crate::producer::{ProducerSettings, Producers};
 use crate::replay::{Freshness, ReplayWindows};
@@ -31,6 +30,12 @@ use crate::socket_drops;
 use crate::uplink::{ACK_TOPIC, STATUS_TOPIC};
 use crate::{DELIVERY_TOPIC, REJECT_TOPIC, REQUEST_TOPIC, SESSIONS_TOPIC};
 
+/// What the gateway's tasks share: read-only settings and clients, two pieces of state
+/// behind a lock each, and the downlink task's inbox. The two locks are locks, not tasks,
+/// because the uplink thread needs an answer for every datagram before it goes on (is the
+/// number fresh? is a session record due?), and a message round trip per datagram would
+/// cost more than the datagram's whole handling; each is held only for a lookup or an
+/// update, never across I/O.
 pub(crate) struct Gateway {
     pub(crate) config: GatewayConfig,
     pub(crate) catalog: Catalog,
@@ -38,9 +43,9 @@ pub(crate) struct Gateway {
     pub(crate) producers: Producers,
     pub(crate) codecs: HashMap<String, (i32, Arc<SchemaCodec>)>,
     pub(crate) keys: Arc<ModemKeys>,
+    /// Who holds each modem: this instance's sessions (the address book, written by the
+    /// uplink thread, `follow` and `expiry`) and which other instance holds the rest.
     pub(crate) sessions: Mutex<Sessions>,
-    /// Modems whose session another gateway instance holds.
-    pub(crate) elsewhere: Mutex<Elsewhere>,
     /// The replay windows, by the modem's position among the keys, and the packets waiting
     /// for the log's decision.
     pub(crate) freshness: Mutex<Freshness>,
@@ -168,7 +173,6 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         .get(SESSIONS_TOPIC)
         .cloned()
         .context("no schema for device-sessions")?;
-    let mut elsewhere = Elsewhere::new(&config.instance_id);
     let mut windows = ReplayWindows::new(keys.len());
     let mut session_decoder = RecordDecoder::new(registry.clone(), session_id, session_codec);
     let restored = tokio::select! {
@@ -176,7 +180,6 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
             &config.endpoints.bootstrap_servers,
             &mut session_decoder,
             &mut sessions,
-            &mut elsewhere,
             (&keys, &mut windows),
             &health,
             Duration::from_secs(60),
@@ -188,7 +191,9 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         skipped,
         ends,
     } = restored;
-    metrics.modems_elsewhere.set(elsewhere.len() as i64);
+    metrics
+        .modems_elsewhere
+        .set(sessions.elsewhere().len() as i64);
     metrics.sessions_restored.set(taken as i64);
     metrics.known_modems.set(sessions.len() as i64);
     if skipped > 0 {
@@ -234,7 +239,6 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         codecs,
         keys,
         sessions: Mutex::new(sessions),
-        elsewhere: Mutex::new(elsewhere),
         freshness: Mutex::new(Freshness {
             windows,
             arbiter: Default::default(),

@@ -12,6 +12,7 @@ use switchyard_protocol::keys::ModemKeys;
 
 use switchyard_schemas::records::{DeviceSession, SessionProtocol};
 
+use crate::elsewhere::Elsewhere;
 use crate::session_table::SessionTable;
 
 /// One modem's session, as the logic sees it (the modem id is the table's key; the table
@@ -162,6 +163,8 @@ pub struct Sessions {
     /// By modem id: the protocol's u64, 8 bytes in the map instead of a string's 24 and its
     /// allocation (modem ids are formatted from u64s; a string that is not one has no session).
     by_modem: SessionTable,
+    /// Who holds the modems this instance does not: the same log's other half.
+    elsewhere: Elsewhere,
 }
 
 fn key(modem_id: &str) -> Option<u64> {
@@ -176,6 +179,7 @@ impl Sessions {
             instance: instance.to_string(),
             heartbeat_us,
             by_modem: SessionTable::default(),
+            elsewhere: Elsewhere::new(instance),
         }
     }
 
@@ -332,6 +336,7 @@ impl Sessions {
     /// stamp than its first one there though it was sent before. A record older than the
     /// take is one written before the modem came here, read late.
     pub fn yield_to(&mut self, record: &DeviceSession, log: LogOrder) -> Claim {
+        self.elsewhere.apply(record);
         if record.gateway == self.instance {
             return Claim::NotHeld;
         }
@@ -366,6 +371,7 @@ impl Sessions {
     /// Take a session read back from the topic, if this instance held it and it is newer
     /// than what is known. Returns whether it was taken.
     pub fn restore(&mut self, record: &DeviceSession) -> bool {
+        self.elsewhere.apply(record);
         let Some(id) = key(&record.modem_id) else {
             return false;
         };
@@ -451,6 +457,7 @@ impl Sessions {
     /// A tombstone of `modem_id`'s session read back at start: the session expired, and
     /// whatever this instance held of it before ended.
     pub fn restore_tombstone(&mut self, modem_id: &str) {
+        self.elsewhere.forget(modem_id);
         if let Some(id) = key(modem_id) {
             self.by_modem.remove(id);
         }
@@ -461,6 +468,7 @@ impl Sessions {
     /// back after the modem spoke again): the session's record is written again with its
     /// next packet, so the log does not lose it.
     pub fn tombstoned(&mut self, modem_id: &str) {
+        self.elsewhere.forget(modem_id);
         let Some(id) = key(modem_id) else {
             return;
         };
@@ -469,6 +477,11 @@ impl Sessions {
             session.written = 0;
             self.by_modem.insert_at(slot, session);
         }
+    }
+
+    /// Who holds the modems this instance does not hold.
+    pub fn elsewhere(&self) -> &Elsewhere {
+        &self.elsewhere
     }
 
     /// Where `modem_id`'s downlink goes.

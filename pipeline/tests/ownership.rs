@@ -25,8 +25,9 @@ const NAME: &str = "reading-counter";
 const INPUT: &str = "imu";
 const OUTPUT: &str = "reading-counts";
 
-/// (instance, partition, when): a record processed or a timer fired.
-type Handled = Arc<Mutex<Vec<(String, i32, Instant)>>>;
+/// (instance, partition, when, a record (true) or a timer): a record processed or a timer
+/// fired.
+type Handled = Arc<Mutex<Vec<(String, i32, Instant, bool)>>>;
 /// (instance, assigned (true) or revoked, partitions, when).
 type Changes = Arc<Mutex<Vec<(String, bool, BTreeSet<i32>, Instant)>>>;
 
@@ -37,9 +38,9 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn note(&self, partition: i32) {
+    fn note(&self, partition: i32, record: bool) {
         if let Ok(mut h) = self.handled.lock() {
-            h.push((self.instance.clone(), partition, Instant::now()));
+            h.push((self.instance.clone(), partition, Instant::now(), record));
         }
     }
 }
@@ -54,7 +55,7 @@ impl Processor for Ticker {
 
     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         let reading: SensorReading = record.value()?;
-        self.note(ctx.partition());
+        self.note(ctx.partition(), true);
         let out = ReadingCount {
             modem_id: reading.modem_id.clone(),
             sensor: self.instance.clone(),
@@ -65,7 +66,7 @@ impl Processor for Ticker {
     }
 
     fn punctuate(&mut self, timer: &Timer, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
-        self.note(ctx.partition());
+        self.note(ctx.partition(), false);
         let out = ReadingCount {
             modem_id: format!("tick-{}", ctx.partition()),
             sensor: self.instance.clone(),
@@ -150,6 +151,18 @@ where
     }
 }
 
+/// Every instance's assignment changes, from the one subscriber of the test process (the
+/// tests run in one process; each names its own instances).
+fn changes() -> Changes {
+    static CHANGES: std::sync::OnceLock<Changes> = std::sync::OnceLock::new();
+    Arc::clone(CHANGES.get_or_init(|| {
+        let changes: Changes = Arc::default();
+        let subscriber = tracing_subscriber::registry().with(Assignments(Arc::clone(&changes)));
+        tracing::subscriber::set_global_default(subscriber).expect("the test's subscriber");
+        changes
+    }))
+}
+
 fn start(
     stack: &Stack,
     instance: &str,
@@ -158,10 +171,23 @@ fn start(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
+    start_with(stack, instance, handled, |_| {})
+}
+
+fn start_with(
+    stack: &Stack,
+    instance: &str,
+    handled: &Handled,
+    adjust: impl FnOnce(&mut RunnerConfig),
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let mut config = RunnerConfig::new(&stack.broker.bootstrap(), &stack.registry.url());
     // Commits rarely, so that after a revocation inside the poll the next branch to wake is
     // the wall-clock tick (every 100 ms), not a commit.
     config.commit_interval_ms = 5_000;
+    adjust(&mut config);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let processor = Ticker {
         instance: instance.to_string(),
@@ -188,9 +214,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idle_instance_handles_no_task_after_its_revocation() {
-    let changes: Changes = Arc::default();
-    let subscriber = tracing_subscriber::registry().with(Assignments(Arc::clone(&changes)));
-    tracing::subscriber::set_global_default(subscriber).expect("the test's subscriber");
+    let changes = changes();
     let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
     let readings: Vec<_> = (0..60)
         .map(|i| {
@@ -259,13 +283,23 @@ async fn an_idle_instance_handles_no_task_after_its_revocation() {
     let _ = stop_a.send(());
     a.await.expect("a stopped");
 
+    let revocations = revocations_of(&changes, "a");
+    assert!(revocations >= 2, "a was revoked at least twice");
+    assert_no_strays(&changes, &handled, &["a", "b", "c"]);
+}
+
+fn revocations_of(changes: &Changes, instance: &str) -> usize {
+    changes
+        .lock()
+        .map(|c| c.iter().filter(|c| c.0 == instance && !c.1).count())
+        .unwrap_or(0)
+}
+
+/// Every handling by `instances` was of a task its instance owned at the time, by its own
+/// assignment changes.
+fn assert_no_strays(changes: &Changes, handled: &Handled, instances: &[&str]) {
     let changes = changes.lock().expect("changes").clone();
     let handled = handled.lock().expect("handled").clone();
-    let revocations = changes.iter().filter(|c| c.0 == "a" && !c.1).count();
-    assert!(
-        revocations >= 2,
-        "a was revoked at least twice: {changes:?}"
-    );
     // Each instance's tasks at each moment, from its own assignment changes.
     let owned_at = |instance: &str, at: Instant| -> BTreeSet<i32> {
         let mut owned = BTreeSet::new();
@@ -283,7 +317,8 @@ async fn an_idle_instance_handles_no_task_after_its_revocation() {
     };
     let strays: Vec<_> = handled
         .iter()
-        .filter(|(instance, partition, at)| !owned_at(instance, *at).contains(partition))
+        .filter(|(instance, ..)| instances.contains(&instance.as_str()))
+        .filter(|(instance, partition, at, _)| !owned_at(instance, *at).contains(partition))
         .collect();
     assert!(
         strays.is_empty(),
@@ -291,4 +326,75 @@ async fn an_idle_instance_handles_no_task_after_its_revocation() {
         strays.len(),
         strays.first()
     );
+}
+
+/// Issue 26 (1): an instance paused at its in-flight bounds stopped polling, so it did not
+/// take part in a rebalance: the group waited for it until `max.poll.interval.ms` (5 min)
+/// evicted it, and its wall-clock timers went on firing for tasks it no longer owned. Here
+/// `pa`'s outputs wait two minutes in its producer (linger), so it pauses after 5 records,
+/// and `pb` joins: `pa` must give its tasks up within the revocation's wait (2 s), and
+/// handle none after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_instance_gives_its_tasks_up_at_a_rebalance_and_handles_none_after() {
+    const BOUND: u64 = 5;
+    let changes = changes();
+    let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
+    let readings: Vec<_> = (0..60)
+        .map(|i| {
+            let modem = format!("m{}", i % 6);
+            let t = 1_700_000_000_000_000 + i64::from(i) * 1000;
+            (modem.clone(), imu_reading(&modem, i, t), t / 1000)
+        })
+        .collect();
+    let s = Arc::clone(&stack);
+    blocking(move || s.produce(INPUT, &readings))
+        .await
+        .expect("produce");
+    let handled: Handled = Arc::default();
+    let config = |c: &mut RunnerConfig| {
+        c.max_uncommitted = BOUND;
+        c.shutdown_timeout_ms = 2_000;
+    };
+    // pa's outputs wait two minutes in its producer before they are sent (linger), so none
+    // is acknowledged meanwhile.
+    let (stop_a, a) = start_with(&stack, "pa", &handled, |c| {
+        config(c);
+        c.linger_ms = 120_000;
+    });
+    // The records pa processed: at the bound it pauses (nothing it produced is acknowledged,
+    // so nothing it read can be committed).
+    let processed = |h: &Handled, instance: &str| {
+        h.lock()
+            .map(|h| h.iter().filter(|e| e.0 == instance && e.3).count())
+            .unwrap_or(0)
+    };
+    let h = Arc::clone(&handled);
+    blocking(move || {
+        wait_for("pa at its bound", Duration::from_secs(90), || {
+            processed(&h, "pa") >= BOUND as usize
+        })
+    })
+    .await
+    .expect("pa paused");
+    let (stop_b, b) = start_with(&stack, "pb", &handled, config);
+    let c = Arc::clone(&changes);
+    blocking(move || {
+        wait_for(
+            "pa to give tasks up and pb to get them",
+            Duration::from_secs(60),
+            || revocations_of(&c, "pa") >= 1 && assigned_any(&c, "pb"),
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: a paused instance held the group up"));
+    let _ = (stop_a.send(()), stop_b.send(()));
+    a.await.expect("pa stopped");
+    b.await.expect("pb stopped");
+    assert_no_strays(&changes, &handled, &["pa", "pb"]);
+}
+
+fn assigned_any(changes: &Changes, instance: &str) -> bool {
+    changes
+        .lock()
+        .is_ok_and(|c| c.iter().any(|c| c.0 == instance && c.1 && !c.2.is_empty()))
 }

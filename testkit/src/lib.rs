@@ -513,7 +513,25 @@ pub mod kafka {
                 bail!("setting {key}={value} on {resource:?}: {code}");
             }
         }
-        Ok(())
+        // The controller took it; the broker applies it when it reads the metadata log.
+        // Wait until the broker describes the topic with it, so what the test does next
+        // meets the new setting.
+        crate::wait_for(
+            &format!("{topic} described with {key}={value}"),
+            Duration::from_secs(30),
+            || {
+                let described = futures::executor::block_on(admin.describe_configs(
+                    &[ResourceSpecifier::Topic(topic)],
+                    &AdminOptions::new(),
+                ));
+                described.is_ok_and(|all| {
+                    all.iter().flatten().any(|r| {
+                        r.get(key)
+                            .is_some_and(|e| e.value.as_deref() == Some(value))
+                    })
+                })
+            },
+        )
     }
 
     /// Wait until `topic` holds at least `at_least` records (or `timeout` passes), then

@@ -5,8 +5,8 @@
 //! their offsets synchronously, then queue the event so the runner drops the tasks before it
 //! does anything else. The callback runs inside the runner's own poll, and every branch of
 //! the loop applies the event before it acts, so no record and no punctuation of a revoked
-//! task is produced after it (`tests/ownership.rs`). Not yet covered: an instance paused at
-//! its in-flight bounds does not poll, so it sees a revocation only when it resumes.
+//! task is produced after it (`tests/ownership.rs`), on an instance paused at its in-flight
+//! bounds too: it pauses its partitions at the consumer and goes on polling.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

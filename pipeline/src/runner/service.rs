@@ -135,10 +135,17 @@ impl<P: Processor> Runner<P> {
                         unassigned_since = Instant::now();
                         watchdog = (watchdog * 2).min(JOIN_WATCHDOG_MAX);
                     }
-                    self.punctuate_wall_clock().await?;
+                    // Paused, timers wait: what they would send would only add to the
+                    // in-flight records that paused it. They fire once when it resumes, as
+                    // Kafka Streams skips missed wall-clock punctuations.
+                    if !self.paused {
+                        self.punctuate_wall_clock().await?;
+                    }
                     self.report();
                 }
-                message = consumer.recv(), if !self.paused => {
+                // Polled while paused too (its partitions paused at the consumer), so a
+                // rebalance is served at once and the membership stays alive.
+                message = consumer.recv() => {
                     // The poll may have run a rebalance callback: apply it first.
                     self.attend(shutdown).await?;
                     match message {
@@ -203,6 +210,10 @@ impl<P: Processor> Runner<P> {
                         .filter(|p| !self.engine.owns(*p))
                         .collect();
                     self.restore_tasks(&new, shutdown).await?;
+                    if self.paused {
+                        // A new assignment is fetched from; a paused runner takes nothing.
+                        self.fetch_assigned(false);
+                    }
                 }
             }
         }
@@ -621,8 +632,10 @@ impl<P: Processor> Runner<P> {
 
     /// Stop taking records while the uncommitted records or the bytes in flight are at
     /// their bounds; take them again when acknowledgements and commits bring them under.
-    /// The consumer is not paused (that would drop what librdkafka has prefetched, to be
-    /// fetched again): the runner only stops polling it for a while, and commits meanwhile.
+    /// The assigned partitions are paused at the consumer, which goes on being polled: a
+    /// rebalance is served at once (an instance that stopped polling held the whole group
+    /// up until `max.poll.interval.ms` evicted it). Pausing drops what librdkafka had
+    /// prefetched for them, fetched again from where the runner is on resuming.
     async fn pause_at_bounds(
         &mut self,
         shutdown: &mut Pin<&mut impl Future<Output = ()>>,
@@ -650,8 +663,25 @@ impl<P: Processor> Runner<P> {
                 self.commit(shutdown).await?;
             }
         }
-        self.paused = over;
+        if over != self.paused {
+            self.paused = over;
+            self.fetch_assigned(!over);
+        }
         Ok(())
+    }
+
+    /// Resume (`true`) or pause fetching every assigned partition.
+    fn fetch_assigned(&self, fetch: bool) {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let done = match fetch {
+            true => self.consumer.resume(&assignment),
+            false => self.consumer.pause(&assignment),
+        };
+        if let Err(e) = done {
+            warn!(error = %e, fetch, "pausing or resuming the assigned partitions");
+        }
     }
 
     /// Gauges, and readiness: joined, restored, and no record waiting on the broker longer

@@ -488,6 +488,78 @@ async fn with_the_broker_gone_it_reports_a_stall_and_still_stops_in_bounded_time
     );
 }
 
+/// Issue 26 (6): readiness looked only at records waiting for the broker. With every output
+/// acknowledged and every commit refused by the group coordinator, nothing processed could
+/// be committed any more, and `/health` still said 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commits_the_group_does_not_confirm_show_on_health() {
+    let stack = blocking(Stack::start).await.expect("stack");
+    let log: Log = Arc::default();
+    let instance = start(
+        &stack,
+        Probe {
+            instance: "a",
+            ticks: false,
+            log: Arc::clone(&log),
+        },
+        |c| {
+            c.stall_timeout_ms = 1_000;
+            c.shutdown_timeout_ms = 2_000;
+            // The first commit after the inputs comes once commits are refused.
+            c.commit_interval_ms = 30_000;
+        },
+    );
+    let s = Arc::new(stack);
+    let inputs = Arc::clone(&s);
+    blocking(move || inputs.produce(INPUT, &readings(4, 0, 20)))
+        .await
+        .expect("produce");
+    let metrics = instance.metrics;
+    blocking(move || {
+        wait_for(
+            "every output acknowledged, nothing committed",
+            Duration::from_secs(90),
+            || {
+                let text = http_get_text(metrics, "/metrics").unwrap_or_default();
+                log.lock().map(|l| l.len()).unwrap_or(0) >= 20
+                    && metric_sum(&text, "switchyard_records_in_flight") == 0.0
+                    && metric_sum(&text, "switchyard_uncommitted_records") >= 20.0
+                    && http_get_status(metrics, "/health").ok() == Some(200)
+            },
+        )
+    })
+    .await
+    .expect("processed");
+    // The group coordinator can take no more commits (each is a record in
+    // __consumer_offsets, now larger than it accepts); fetching and the group go on.
+    let bootstrap = s.broker.bootstrap();
+    blocking(move || {
+        switchyard_testkit::kafka::set_topic_config(
+            &bootstrap,
+            "__consumer_offsets",
+            "max.message.bytes",
+            "1",
+        )
+    })
+    .await
+    .expect("commits refused from now on");
+    let mut said = String::new();
+    let health = blocking(move || {
+        let found = wait_for("not ready", Duration::from_secs(60), || {
+            said = http_get_text(metrics, "/health").unwrap_or_default();
+            http_get_status(metrics, "/health").ok() == Some(503)
+        });
+        (found, said)
+    })
+    .await;
+    let (found, said) = health;
+    found.unwrap_or_else(|e| panic!("{e}: /health said {said:?}"));
+    assert!(said.contains("not committed"), "{said}");
+    assert!(instance.metric("switchyard_commit_failures_total") >= 1.0);
+    let (took, _) = instance.stop().await;
+    assert!(took < Duration::from_secs(8), "stopping took {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn at_the_uncommitted_bound_consumption_pauses_and_resumes() {
     let stack = Arc::new(blocking(Stack::start).await.expect("stack"));

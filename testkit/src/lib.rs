@@ -520,10 +520,10 @@ pub mod kafka {
             &format!("{topic} described with {key}={value}"),
             Duration::from_secs(30),
             || {
-                let described = futures::executor::block_on(admin.describe_configs(
-                    &[ResourceSpecifier::Topic(topic)],
-                    &AdminOptions::new(),
-                ));
+                let described = futures::executor::block_on(
+                    admin
+                        .describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new()),
+                );
                 described.is_ok_and(|all| {
                     all.iter().flatten().any(|r| {
                         r.get(key)

@@ -116,6 +116,8 @@ pub(crate) struct Ledger {
     /// The next sequence number of each task forgotten: a task that comes back continues
     /// from there, so a late acknowledgement for an entry of its past finds no entry.
     next_after_forget: HashMap<i32, u64>,
+    /// Since when a commit asked for has not been confirmed (failing, or unanswered).
+    unconfirmed_since: Option<Instant>,
 }
 
 impl Ledger {
@@ -129,6 +131,7 @@ impl Ledger {
             bytes_in_flight: 0,
             refused: Vec::new(),
             next_after_forget: HashMap::new(),
+            unconfirmed_since: None,
         }
     }
 
@@ -272,7 +275,16 @@ impl Ledger {
             }
         }
         out.sort();
+        if !out.is_empty() && self.unconfirmed_since.is_none() {
+            self.unconfirmed_since = Some(Instant::now());
+        }
         out
+    }
+
+    /// Since when a commit asked for has waited for its confirmation (its failures are
+    /// asked again; nothing confirmed them meanwhile), if one waits.
+    pub fn unconfirmed_since(&self) -> Option<Instant> {
+        self.unconfirmed_since
     }
 
     /// Next offsets to process, for the tasks `wanted` selects (a transaction's offsets:
@@ -296,6 +308,14 @@ impl Ledger {
                 offsets.requested = offsets.requested.max(offset);
                 offsets.committable = offsets.committable.max(offset);
             }
+        }
+        self.settle_unconfirmed();
+    }
+
+    /// Nothing committable left unconfirmed: no commit waits.
+    fn settle_unconfirmed(&mut self) {
+        if self.inputs.values().all(|o| o.committable <= o.confirmed) {
+            self.unconfirmed_since = None;
         }
     }
 
@@ -369,12 +389,38 @@ impl Ledger {
         }
         self.inputs.retain(|(_, p), _| *p != partition);
         self.refused.retain(|r| r.token.partition != partition);
+        self.settle_unconfirmed();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_commit_asked_for_waits_until_confirmed_through_failures_and_not_after_a_revocation() {
+        let mut l = ledger();
+        assert_eq!(l.unconfirmed_since(), None);
+        let t = l.open(0, Some((0, 4)), None);
+        l.close(t);
+        assert_eq!(l.take_committable(|_| true), vec![("a".into(), 0, 5)]);
+        let asked = l.unconfirmed_since().expect("a commit waits");
+        l.commit_failed("a", 0);
+        assert_eq!(l.take_committable(|_| true).len(), 1, "asked again");
+        assert_eq!(
+            l.unconfirmed_since(),
+            Some(asked),
+            "waiting since the first ask"
+        );
+        l.confirmed("a", 0, 5);
+        assert_eq!(l.unconfirmed_since(), None);
+        // Asked, then the partition revoked: nothing of it waits any more.
+        let t = l.open(0, Some((0, 5)), None);
+        l.close(t);
+        assert_eq!(l.take_committable(|_| true).len(), 1);
+        l.forget(0);
+        assert_eq!(l.unconfirmed_since(), None);
+    }
 
     fn ledger() -> Ledger {
         Ledger::new(vec!["a".into(), "b".into()])

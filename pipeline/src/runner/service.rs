@@ -684,8 +684,9 @@ impl<P: Processor> Runner<P> {
         }
     }
 
-    /// Gauges, and readiness: joined, restored, and no record waiting on the broker longer
-    /// than the stall timeout.
+    /// Gauges, and readiness: joined, restored, no record waiting on the broker longer than
+    /// the stall timeout, and no commit waiting that long for the group's confirmation
+    /// (failing, or unanswered: everything acknowledged, yet nothing committed).
     fn report(&self) {
         let ledger = self.shared.ledger();
         let metrics = &self.shared.metrics;
@@ -693,19 +694,40 @@ impl<P: Processor> Runner<P> {
             .records_in_flight
             .set(ledger.records_in_flight() as i64);
         metrics.uncommitted_records.set(ledger.uncommitted());
-        let stalled = ledger
-            .oldest_open()
-            .is_some_and(|t| t.elapsed() > self.config.stall_timeout());
+        let stall = self.config.stall_timeout();
+        let waited = |since: Option<Instant>| since.map(|t| t.elapsed()).filter(|w| *w > stall);
+        let stalled = match (
+            waited(ledger.oldest_open()),
+            waited(ledger.unconfirmed_since()),
+        ) {
+            (Some(w), _) => Some(format!(
+                "a record has waited {} s for the broker's acknowledgement",
+                w.as_secs()
+            )),
+            (None, Some(w)) => Some(format!(
+                "offsets of {} processed records not committed: the group has not confirmed a commit for {} s",
+                ledger.uncommitted(),
+                w.as_secs()
+            )),
+            (None, None) => None,
+        };
         drop(ledger);
-        let ready = self.joined && !stalled;
-        if self.health.is_ready() != ready {
-            if stalled {
-                warn!(timeout = ?self.config.stall_timeout(), "no acknowledgement from the broker: not ready");
-            } else if ready {
-                info!("ready");
+        let ready = self.joined && stalled.is_none();
+        let was_ready = self.health.is_ready();
+        match &stalled {
+            Some(why) => {
+                if was_ready {
+                    warn!(why, "not ready");
+                }
+                self.health.set_not_ready(why.clone());
+            }
+            None => {
+                if ready && !was_ready {
+                    info!("ready");
+                }
+                self.health.set_ready(ready);
             }
         }
-        self.health.set_ready(ready);
         self.shared.metrics.ready.set(i64::from(ready));
     }
 

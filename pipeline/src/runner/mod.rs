@@ -4,29 +4,36 @@
 //! * Start-up ([`startup`], [`schemas`]): the catalog schema of every input and output topic
 //!   is registered (or found), topics must exist and inputs be co-partitioned, changelog
 //!   topics are created.
+//! * The loop ([`service`]): consume, process, commit, fire timers, follow the group,
+//!   readiness.
 //! * A task per input partition, owned by the engine; its stores are restored from the
-//!   changelog partitions ([`restore`]) before its first record.
-//! * Produce as you go ([`delivery`]): outputs, changelog and dead-letter records go to the
-//!   producer the moment they are made; consumption goes on meanwhile, paused only at the
-//!   bounds on uncommitted records and bytes in flight.
+//!   changelog partitions ([`restore`]) before its first record ([`assignment`]).
+//! * Produce as you go ([`process`], [`delivery`]): outputs, changelog and dead-letter
+//!   records go to the producer the moment they are made; consumption goes on meanwhile,
+//!   paused only at the bounds on uncommitted records and bytes in flight.
 //! * At least once ([`ledger`], [`commit`]): an input's offset is committed only once every
 //!   record derived from it, and from everything before it in its task, is acknowledged.
 //! * Rebalances ([`group`]): a revoked task's records are acknowledged and its offsets
 //!   committed before the revocation completes; then its task, stores and timers go.
 //! * Exactly once (`--processing-guarantee exactly-once`): outputs and offsets in one Kafka
-//!   transaction per commit interval; needs a broker with transactions, and is not verified
-//!   on a real broker by this project's tests.
-//! * SIGINT/SIGTERM: stop consuming, wait (bounded) for records in flight, commit, leave.
+//!   transaction per commit interval (tested on Apache Kafka); a refusal or a failed
+//!   commit aborts and goes back to the last commit ([`recovery`]).
+//! * SIGINT/SIGTERM ([`shutdown`]): stop consuming, wait (bounded) for records in flight,
+//!   commit, leave.
 
+mod assignment;
 mod commit;
 mod config;
 mod delivery;
 mod group;
 mod ledger;
+mod process;
+mod recovery;
 mod restore;
 mod schemas;
 mod service;
 mod shared;
+mod shutdown;
 mod startup;
 
 #[cfg(test)]

@@ -166,12 +166,15 @@ fn grafana_projector_killed_mid_stream_loses_no_reading() {
 fn carrier_state_killed_mid_stream_converges_to_the_same_state() {
     use switchyard_schemas::records::{AckStatus, CarrierState, CarrierSwitchAck};
     let stack = Stack::start().expect("stack");
-    let start = || -> (Service, SocketAddr) {
+    let start = |env: &[(&str, String)]| -> (Service, SocketAddr) {
         stack
-            .start_processor("carrier-state", "carrier-state", &[])
+            .start_processor("carrier-state", "carrier-state", env)
             .expect("healthy")
     };
-    let (mut processor, _) = start();
+    // The first instance commits only at its uncommitted bound, which 40 requests do not
+    // reach: the kill lands behind every commit, so the restart processes them again.
+    let (mut processor, first_metrics) =
+        start(&[("SWITCHYARD_COMMIT_INTERVAL_MS", "600000".to_string())]);
     let modems = 40;
     let t = now_us();
     let requests: Vec<_> = (0..modems)
@@ -215,7 +218,18 @@ fn carrier_state_killed_mid_stream_converges_to_the_same_state() {
             .unwrap_or(false)
     })
     .expect("requests taken in");
+    let processed = metric_sum(
+        &switchyard_testkit::http_get_text(first_metrics, "/metrics").unwrap_or_default(),
+        "switchyard_records_in_total{",
+    );
     processor.kill();
+    let bootstrap = stack.broker.bootstrap();
+    let committed = kafka::committed_total(&bootstrap, "carrier-state", &["downstream-request"])
+        .expect("committed");
+    assert!(
+        processed >= modems as f64 && (committed as f64) < processed,
+        "the kill landed behind the commits: {processed} processed, {committed} committed"
+    );
     // Answers arrive while it is down: even modems ACK, odd modems NACK (still on AT&T).
     let acks: Vec<_> = (0..modems)
         .map(|m| {
@@ -240,7 +254,7 @@ fn carrier_state_killed_mid_stream_converges_to_the_same_state() {
         })
         .collect();
     stack.produce("carrier-switch-ack", &acks).expect("acks");
-    let (restarted, metrics) = start();
+    let (restarted, metrics) = start(&[]);
 
     let mut latest: std::collections::HashMap<String, CarrierState> = Default::default();
     wait_for(
@@ -272,6 +286,20 @@ fn carrier_state_killed_mid_stream_converges_to_the_same_state() {
     assert!(
         metric_sum(&text, "switchyard_restored_records_total") >= modems as f64,
         "the restarted instance restored every modem's state:\n{text}"
+    );
+    // Every request it had not committed came again (duplicates >= processed - committed),
+    // and no more than the uncommitted bound allows.
+    let again: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("switchyard_records_in_total{")
+                && l.contains("topic=\"downstream-request\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        again >= modems as f64 - committed as f64 && again <= 10_000.0,
+        "requests read again after the kill: {again} (committed before it: {committed})"
     );
     drop((processor, restarted));
 }

@@ -488,13 +488,15 @@ fn anomaly_detector_killed_mid_stream_keeps_its_statistics() {
     use std::collections::BTreeSet;
     use switchyard_schemas::records::{Anomaly, AnomalyKind};
     let stack = Stack::start().expect("stack");
-    let start = || -> Service {
+    let start = |env: &[(&str, String)]| -> (Service, SocketAddr) {
         stack
-            .start_processor("anomaly-detector", "anomaly-detector", &[])
+            .start_processor("anomaly-detector", "anomaly-detector", env)
             .expect("healthy")
-            .0
     };
-    let mut detector = start();
+    // The first instance commits only at its uncommitted bound (10,000, above the 2,000
+    // readings): the kill lands behind every commit.
+    let (mut detector, first_metrics) =
+        start(&[("SWITCHYARD_COMMIT_INTERVAL_MS", "600000".to_string())]);
     let t0 = 1_700_000_000_000_000i64;
     let half = |from: i32, to: i32| -> Vec<(String, SensorReading, i64)> {
         (from..to)
@@ -510,23 +512,51 @@ fn anomaly_detector_killed_mid_stream_keeps_its_statistics() {
             .collect()
     };
     stack.produce("imu", &half(0, 100)).expect("first half");
-    wait_for("the first half read", WAIT, || {
-        stack
-            .consume::<SensorReading>("imu", 2000, Duration::from_secs(1))
-            .map(|r| r.len() >= 2000)
-            .unwrap_or(false)
-    })
-    .expect("produced");
-    // Kill it once the whole first half is committed: no record is processed again, so
-    // only the restored statistics can find the spikes.
-    let bootstrap = stack.broker.bootstrap();
-    wait_for("the first half committed", WAIT, || {
-        kafka::committed_total(&bootstrap, "anomaly-detector", &["imu"]).unwrap_or(0) >= 2000
-    })
-    .expect("committed");
+    let processed = || {
+        metric_sum(
+            &switchyard_testkit::http_get_text(first_metrics, "/metrics").unwrap_or_default(),
+            "switchyard_records_in_total{",
+        )
+    };
+    wait_for("the first half processed", WAIT, || processed() >= 2000.0).expect("processed");
+    // Killed with the first half processed and none of it committed: it all comes again,
+    // and only the restored statistics (which already hold it) keep the detector right.
+    let processed = processed();
     detector.kill();
+    let bootstrap = stack.broker.bootstrap();
+    let committed =
+        kafka::committed_total(&bootstrap, "anomaly-detector", &["imu"]).expect("committed");
+    assert!(
+        (committed as f64) < processed,
+        "the kill landed behind the commits: {processed} processed, {committed} committed"
+    );
     stack.produce("imu", &half(100, 120)).expect("second half");
-    detector = start();
+    let (restarted, metrics) = start(&[]);
+    detector = restarted;
+    // Every reading processed (and committed) before the alarms are counted, so a late
+    // false alarm fails the test as a missing spike does.
+    wait_for("every reading processed", WAIT, || {
+        kafka::committed_total(&bootstrap, "anomaly-detector", &["imu"]).unwrap_or(0) >= 2400
+    })
+    .expect("all processed");
+    let text = switchyard_testkit::http_get_text(metrics, "/metrics").unwrap_or_default();
+    assert!(
+        metric_sum(&text, "switchyard_restored_records_total") > 0.0,
+        "the restarted instance restored the statistics:\n{text}"
+    );
+    // Everything processed and not committed came again, and was recognised as seen.
+    let skipped: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("switchyard_processor_events_total{")
+                && l.contains("event=\"skipped_not_newer\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        skipped >= processed - committed as f64 && skipped <= 10_000.0,
+        "readings recognised as delivered again: {skipped} (processed {processed}, committed {committed})"
+    );
     let expected: BTreeSet<String> = (0..20).map(|m| format!("9{m:02}")).collect();
     let mut spiked: BTreeSet<String> = BTreeSet::new();
     wait_for("every device's spike", WAIT, || {

@@ -151,6 +151,14 @@ impl Processor for AnomalyDetector {
             ctx.count("skipped_no_value");
             return Ok(());
         };
+        // A reading not newer than the device's latest is one seen before (redelivered after
+        // a crash: at least once), or one overtaken on the way: observing it would count it
+        // twice, or out of order.
+        let latest: Option<LastSeen> = ctx.store(LAST_SEEN)?.get(&key)?;
+        if latest.is_some_and(|l| reading.timestamp <= l.sensor_time) {
+            ctx.count("skipped_not_newer");
+            return Ok(());
+        }
         let rules = *self.rules_for(&reading.sensor);
         let mut stats: DeviceStats = ctx.store(STATS)?.get(&key)?.unwrap_or_default();
         let findings = stats.observe(i64::from(value), &rules);
@@ -327,6 +335,54 @@ mod tests {
         .expect("ok");
         d.advance_wall_clock(Duration::from_secs(30)).expect("ok");
         assert!(d.read_output::<Anomaly>(OUTPUT).is_empty());
+    }
+
+    /// Issue 26: at least once, a crash makes the inputs after the last commit come again,
+    /// and the detector observed each twice: its statistics drifted from an uninterrupted
+    /// run's, and a redelivered spike could be reported again.
+    #[test]
+    fn readings_delivered_again_change_neither_statistics_nor_alarms() {
+        let config = DetectorConfig::default();
+        let series: Vec<SensorReading> = (0..300)
+            .map(|i: i64| {
+                let x = if i == 200 { 900 } else { 20 + (i % 5) as i32 };
+                reading("temp", x, 1_700_000_000_000_000 + i * 1_000_000)
+            })
+            .collect();
+        let run = |redeliver: bool| {
+            let mut d = driver(&config);
+            for (i, r) in series.iter().enumerate() {
+                d.pipe("temp", MODEM, r, r.received_at / 1000).expect("ok");
+                if redeliver && i == 250 {
+                    // A crash after 250: everything since 150 comes again.
+                    for again in &series[150..=250] {
+                        d.pipe("temp", MODEM, again, again.received_at / 1000)
+                            .expect("ok");
+                    }
+                }
+            }
+            let anomalies: Vec<(AnomalyKind, i64)> = d
+                .read_output::<Anomaly>(OUTPUT)
+                .into_iter()
+                .map(|a| (a.value.kind, a.value.sensor_time))
+                .collect();
+            let key = device_key(&series[0]);
+            let stats: Option<DeviceStats> = d
+                .store(d.partition_for(MODEM), STATS)
+                .and_then(|s| s.get(&key).ok().flatten());
+            (
+                anomalies,
+                format!("{stats:?}"),
+                d.count("skipped_not_newer"),
+            )
+        };
+        let (alarms, stats, skipped) = run(false);
+        assert_eq!(skipped, 0);
+        assert_eq!(alarms.len(), 1, "the one spike: {alarms:?}");
+        let (alarms_again, stats_again, skipped_again) = run(true);
+        assert_eq!(skipped_again, 101);
+        assert_eq!(alarms_again, alarms);
+        assert_eq!(stats_again, stats);
     }
 
     #[test]

@@ -7,10 +7,11 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use switchyard_pipeline::{
-    run_until, Context, ProcessError, Processor, Record, RunnerConfig, Timer, TimerKind, Topology,
+    default_partition, run_until, Context, ProcessError, Processor, Record, RunnerConfig, Timer,
+    TimerKind, Topology,
 };
 use switchyard_schemas::records::{ReadingCount, SensorReading};
 use switchyard_schemas::Catalog;
@@ -347,20 +348,31 @@ async fn a_paused_instance_gives_its_tasks_up_at_a_rebalance_and_handles_none_af
         })
         .collect();
     let s = Arc::clone(&stack);
-    blocking(move || s.produce(INPUT, &readings))
-        .await
-        .expect("produce");
+    blocking(move || {
+        // Each output's time is when the broker appended it.
+        switchyard_testkit::kafka::set_topic_config(
+            &s.broker.bootstrap(),
+            OUTPUT,
+            "message.timestamp.type",
+            "LogAppendTime",
+        )?;
+        s.produce(INPUT, &readings)
+    })
+    .await
+    .expect("produce");
     let handled: Handled = Arc::default();
     let config = |c: &mut RunnerConfig| {
         c.max_uncommitted = BOUND;
         c.shutdown_timeout_ms = 2_000;
     };
-    // pa's outputs wait two minutes in its producer before they are sent (linger), so none
-    // is acknowledged meanwhile.
+    // pa's outputs wait LINGER in its producer before they are sent, so none is
+    // acknowledged meanwhile.
+    const LINGER: Duration = Duration::from_secs(30);
     let (stop_a, a) = start_with(&stack, "pa", &handled, |c| {
         config(c);
-        c.linger_ms = 120_000;
+        c.linger_ms = LINGER.as_millis() as u64;
     });
+    let started = Instant::now();
     // The records pa processed: at the bound it pauses (nothing it produced is acknowledged,
     // so nothing it read can be committed).
     let processed = |h: &Handled, instance: &str| {
@@ -387,6 +399,55 @@ async fn a_paused_instance_gives_its_tasks_up_at_a_rebalance_and_handles_none_af
     })
     .await
     .unwrap_or_else(|e| panic!("{e}: a paused instance held the group up"));
+    // Issue 26 (2): what pa still had in flight when its revocation's wait ran out was
+    // neither purged nor fenced, and landed after the new owner had taken over. Both keep
+    // running past pa's linger; then no output of pa for a partition pb took may have been
+    // appended after pa gave it up.
+    let (revoked_at, given_up) = changes
+        .lock()
+        .ok()
+        .and_then(|c| {
+            let revoked = c.iter().find(|c| c.0 == "pa" && !c.1)?;
+            let to_b: BTreeSet<i32> = c
+                .iter()
+                .filter(|c| c.0 == "pb" && c.1)
+                .flat_map(|c| c.2.iter().copied())
+                .collect();
+            Some((SystemTime::now() - revoked.3.elapsed(), to_b))
+        })
+        .expect("pa's revocation");
+    let revoked_at_ms = revoked_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    blocking(move || {
+        wait_for("pa's linger to pass", LINGER * 2, || {
+            started.elapsed() > LINGER + Duration::from_secs(10)
+        })
+    })
+    .await
+    .expect("waited");
+    let s = Arc::clone(&stack);
+    let outputs = blocking(move || s.read_to_end::<ReadingCount>(OUTPUT))
+        .await
+        .expect("outputs");
+    // The task an output came from: a tick names it, a reading's key decides it.
+    let task = |modem: &str| match modem.strip_prefix("tick-") {
+        Some(p) => p.parse().unwrap_or(-1),
+        None => default_partition(modem.as_bytes(), 3),
+    };
+    let late: Vec<_> = outputs
+        .iter()
+        .filter(|r| r.value.sensor == "pa" && given_up.contains(&task(&r.value.modem_id)))
+        .filter(|r| r.raw.timestamp_ms.is_some_and(|t| t > revoked_at_ms))
+        .map(|r| (r.raw.partition, r.value.modem_id.clone()))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} outputs of pa appended after it gave their partitions up, e.g. {:?}",
+        late.len(),
+        late.first()
+    );
     let _ = (stop_a.send(()), stop_b.send(()));
     a.await.expect("pa stopped");
     b.await.expect("pb stopped");

@@ -216,7 +216,7 @@ impl Metrics {
             handles: Arc::new(Mutex::new((HashMap::new(), HashMap::new()))),
             rewinds: counter(
                 "rewinds_total",
-                "Exactly-once only: times the open transaction was aborted and every task went back to its last commit (stores restored, inputs read again), after a refused record or an aborted commit.",
+                "Times every task went back to its last commit (stores restored, inputs read again): under exactly once after a refused record or an aborted commit (the open transaction aborted); at least once after a revocation whose wait ran out (the records in flight purged).",
             )?,
             rejoins: counter("group_rejoins_total", "Times the instance left and rejoined its group after waiting too long for an assignment.")?,
             registry,

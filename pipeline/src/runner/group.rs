@@ -6,7 +6,9 @@
 //! does anything else. The callback runs inside the runner's own poll, and every branch of
 //! the loop applies the event before it acts, so no record and no punctuation of a revoked
 //! task is produced after it (`tests/ownership.rs`), on an instance paused at its in-flight
-//! bounds too: it pauses its partitions at the consumer and goes on polling.
+//! bounds too: it pauses its partitions at the consumer and goes on polling. When the wait
+//! runs out (at least once), every record still in flight is purged so that none lands
+//! after the next owner's, and the tasks assigned again go back to their last commit.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,12 +16,14 @@ use std::sync::Arc;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use rdkafka::producer::{Producer, PurgeConfig};
 use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
 use switchyard_kafka::is_partition_eof;
 use tracing::{error, info, warn};
 
 use super::commit;
+use super::config::Guarantee;
 use super::shared::{GroupEvent, Shared};
 
 pub(crate) struct GroupContext {
@@ -67,6 +71,7 @@ impl ConsumerContext for GroupContext {
         let all_in = shared.wait_until(timeout, |ledger| {
             ledger.open_entries(|p| tasks.contains(&p)) == 0
         });
+        let purged = !all_in && shared.guarantee == Guarantee::AtLeastOnce;
         if !all_in {
             let open = shared.ledger().open_entries(|p| tasks.contains(&p));
             warn!(
@@ -75,12 +80,24 @@ impl ConsumerContext for GroupContext {
                 "revoked tasks still have records in flight; their inputs will be processed again by the next owner"
             );
         }
+        if purged {
+            // Sent later, they would land after the next owner's records (a late table or
+            // changelog write would win compaction). librdkafka purges by producer, not by
+            // partition: the kept tasks go back to their last commit too. Under exactly
+            // once the transaction's commit below settles them, or its abort fences them.
+            if let Some(producer) = shared.producer.get().and_then(|w| w.upgrade()) {
+                producer.purge(PurgeConfig::default().queue().inflight());
+            }
+        }
         if let Err(e) = commit::commit_now(consumer, shared, |p| tasks.contains(&p)) {
             error!(error = %e, "commit on revocation failed");
             shared.raise(e);
         }
         info!(revoked = ?parts, "partitions revoked");
         shared.push_event(GroupEvent::Revoked(parts));
+        if purged {
+            shared.push_event(GroupEvent::InFlightPurged);
+        }
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -152,6 +152,30 @@ impl<P: Processor> Runner<P> {
             _ = shutdown.as_mut() => return Err(RunnerError::ShutdownRequested),
             aborted = self.committer.abort() => aborted?,
         }
+        self.back_to_the_last_commit(shutdown).await
+    }
+
+    /// At least once: a revocation's wait ran out with records in flight, and the group
+    /// callback purged them all ([`super::group`]), the kept tasks' with the revoked ones'.
+    /// The rebalance revoked every partition (the eager protocol), and the assignment that
+    /// follows starts each partition at its committed offset: dropping every task here
+    /// makes the ones assigned again restored from their changelogs, so what they processed
+    /// since their last commit is processed again, as after a crash of this instance.
+    pub(super) fn recover_purged(&mut self) {
+        warn!("records in flight were purged at a revocation: the tasks assigned again go back to their last commit");
+        self.shared.metrics.rewinds.inc();
+        self.shared.ledger().forget_all();
+        for partition in self.engine.assigned() {
+            self.engine.revoke(partition);
+        }
+    }
+
+    /// Every task back to its last commit: stores restored from their changelogs, inputs
+    /// read again from the group's committed offsets.
+    async fn back_to_the_last_commit(
+        &mut self,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), RunnerError> {
         self.shared.ledger().forget_all();
         let tasks = self.engine.assigned();
         for &partition in &tasks {

@@ -194,6 +194,7 @@ impl<P: Processor> Runner<P> {
         for event in self.shared.take_events() {
             match event {
                 GroupEvent::Revoked(parts) => self.drop_tasks(&parts),
+                GroupEvent::InFlightPurged => self.recover_purged(),
                 GroupEvent::Assigned(parts) => {
                     self.joined = true;
                     let tasks: BTreeSet<i32> = parts.iter().map(|(_, p)| *p).collect();

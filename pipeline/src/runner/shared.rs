@@ -17,6 +17,8 @@ use crate::metrics::Metrics;
 pub(crate) enum GroupEvent {
     Assigned(Vec<(String, i32)>),
     Revoked(Vec<(String, i32)>),
+    /// At least once: a revocation's wait ran out and every record in flight was purged.
+    InFlightPurged,
 }
 
 pub(crate) struct Shared {

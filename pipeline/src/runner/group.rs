@@ -69,11 +69,11 @@ impl ConsumerContext for GroupContext {
         let shared = &self.shared;
         let timeout = shared.revoke_timeout();
         let all_in = shared.wait_until(timeout, |ledger| {
-            ledger.open_entries(|p| tasks.contains(&p)) == 0
+            ledger.awaiting_broker(|p| tasks.contains(&p)) == 0
         });
         let purged = !all_in && shared.guarantee == Guarantee::AtLeastOnce;
         if !all_in {
-            let open = shared.ledger().open_entries(|p| tasks.contains(&p));
+            let open = shared.ledger().awaiting_broker(|p| tasks.contains(&p));
             warn!(
                 open,
                 ?timeout,

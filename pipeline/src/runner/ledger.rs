@@ -84,6 +84,9 @@ struct Entry {
     input: Option<(usize, i64)>,
     /// Records not yet acknowledged, plus one while the runner is still sending.
     remaining: u32,
+    /// Of `remaining`, records the broker refused, waiting for the runner to deal with them
+    /// (not in flight any more).
+    refused: u32,
     opened: Instant,
     source: Option<Box<SourceRecord>>,
 }
@@ -166,6 +169,7 @@ impl Ledger {
         queue.entries.push_back(Entry {
             input,
             remaining: 1,
+            refused: 0,
             opened: Instant::now(),
             source: source.map(Box::new),
         });
@@ -221,9 +225,18 @@ impl Ledger {
         self.records_in_flight = self.records_in_flight.saturating_sub(1);
         self.bytes_in_flight = self.bytes_in_flight.saturating_sub(bytes);
         if let Some(entry) = self.entry(refused.token) {
+            entry.refused += 1;
             refused.source = entry.source.as_deref().cloned();
             self.refused.push(refused);
         }
+    }
+
+    /// The runner dealt with a refused record of this entry (its input dead-lettered).
+    pub fn refusal_settled(&mut self, token: Token) {
+        if let Some(entry) = self.entry(token) {
+            entry.refused = entry.refused.saturating_sub(1);
+        }
+        self.close(token);
     }
 
     /// Refusals the runner has not dealt with yet.
@@ -354,6 +367,18 @@ impl Ledger {
             .filter(|(p, _)| wanted(**p))
             .map(|(_, q)| q.entries.len())
             .sum()
+    }
+
+    /// Entries of the tasks `wanted` selects that still wait for the broker (or for the
+    /// runner to finish sending): what a revocation waits for. An entry held open only by a
+    /// refusal the runner has not dealt with yet is not waiting for anyone's answer.
+    pub fn awaiting_broker(&self, wanted: impl Fn(i32) -> bool) -> usize {
+        self.tasks
+            .iter()
+            .filter(|(p, _)| wanted(**p))
+            .flat_map(|(_, q)| q.entries.iter())
+            .filter(|e| e.remaining > e.refused)
+            .count()
     }
 
     /// When the oldest incomplete entry was opened.
@@ -530,10 +555,21 @@ mod tests {
         let refused = l.take_refused();
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].source, Some(source));
+        // Held open only by the refusal: nothing of it waits for the broker (a revocation
+        // does not wait for it).
+        assert_eq!(
+            (l.open_entries(|_| true), l.awaiting_broker(|_| true)),
+            (1, 0)
+        );
         // The runner dead-letters the input: one more record on the same entry, then the
-        // refused one is settled by closing the entry again.
+        // refused one is settled.
         l.sending(t, 1);
-        l.close(t);
+        assert_eq!(
+            l.awaiting_broker(|_| true),
+            1,
+            "the dead letter is in flight"
+        );
+        l.refusal_settled(t);
         assert_eq!(l.take_committable(|_| true), vec![]);
         l.acknowledged(t, 1);
         assert_eq!(l.take_committable(|_| true), vec![("a".into(), 0, 5)]);

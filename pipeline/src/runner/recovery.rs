@@ -103,7 +103,7 @@ impl<P: Processor> Runner<P> {
             self.begin_transaction()?;
             delivery::send(&self.producer, &self.shared, refused.token, &dead).await;
             // The refused record is settled: the dead letter stands in for it.
-            self.shared.ledger().close(refused.token);
+            self.shared.ledger().refusal_settled(refused.token);
         }
         Ok(rewind)
     }

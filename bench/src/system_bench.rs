@@ -496,7 +496,10 @@ async fn follow_acks(
     Ok(())
 }
 
-/// Round trips in ms: (seen by `GET /requests/{id}` every 20 ms, seen on `/events`).
+/// How often the round-trip bench asks `GET /requests/{id}`.
+const REQUEST_POLL: Duration = Duration::from_millis(5);
+
+/// Round trips in ms: (seen by `GET /requests/{id}` every [`REQUEST_POLL`], seen on `/events`).
 fn roundtrips(fleet: u64, switches: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     const TOKEN: &str = "bench-token-0123456789abcdef";
     let stack = Stack::start()?;
@@ -570,21 +573,27 @@ fn roundtrips(fleet: u64, switches: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>
         }
         let id = accepted["request_id"].as_str().context("id")?.to_string();
         let mut state = String::new();
-        wait("the ACK in the API", Duration::from_secs(60), || {
-            state = api(
-                &runtime,
-                &client,
-                listen,
-                TOKEN,
-                reqwest::Method::GET,
-                &format!("/requests/{id}"),
-                None,
-            )
-            .ok()
-            .and_then(|(_, v)| v["state"].as_str().map(str::to_string))
-            .unwrap_or_default();
-            state != "requested" && state != "sent" && !state.is_empty()
-        })?;
+        // Every 5 ms: the poll's own share of the round trip is at most that.
+        switchyard_testkit::wait_for_every(
+            "the ACK in the API",
+            Duration::from_secs(60),
+            REQUEST_POLL,
+            || {
+                state = api(
+                    &runtime,
+                    &client,
+                    listen,
+                    TOKEN,
+                    reqwest::Method::GET,
+                    &format!("/requests/{id}"),
+                    None,
+                )
+                .ok()
+                .and_then(|(_, v)| v["state"].as_str().map(str::to_string))
+                .unwrap_or_default();
+                state != "requested" && state != "sent" && !state.is_empty()
+            },
+        )?;
         if state != "acked" {
             bail!("switch {id} ended {state}");
         }
@@ -623,7 +632,7 @@ pub fn roundtrip(switches: usize) -> anyhow::Result<Report> {
         name: "roundtrip",
         markdown: format!(
             "## Carrier switch round trip: API request → ACK visible in the API\n\n\
-             One switch at a time through `POST /modems/{{id}}/carrier` until the request is `acked`, seen two ways at once: on the API's event stream (`GET /events`, which the operators' page follows) and by `GET /requests/{{id}}` every 20 ms (which adds up to 20 ms of its own). The request goes to `downstream-request`, the gateway sends the Perform over UDP, the modem hands it to its SIM (ENVELOPE, RECEIVE DATA), the ACK comes back to `carrier-switch-ack`, carrier-state (linger 0, as `make up` runs it) folds it into `carrier-state`, the API reads it; every consumer's fetch wait is 20 ms. Modems are in-process SIMs, each signing with its own key (the gateway in its default configuration), reporting status every 20 s.\n\n\
+             One switch at a time through `POST /modems/{{id}}/carrier` until the request is `acked`, seen two ways at once: on the API's event stream (`GET /events`, which the operators' page follows) and by `GET /requests/{{id}}` every 5 ms (which adds up to 5 ms of its own; every 20 ms in the runs up to 7b29009). The request goes to `downstream-request`, the gateway sends the Perform over UDP, the modem hands it to its SIM (ENVELOPE, RECEIVE DATA), the ACK comes back to `carrier-switch-ack`, carrier-state (linger 0, as `make up` runs it) folds it into `carrier-state`, the API reads it; every consumer's fetch wait is 20 ms. Modems are in-process SIMs, each signing with its own key (the gateway in its default configuration), reporting status every 20 s.\n\n\
              | modems | switches | events p50 ms | events p99 ms | GET p50 ms | GET p99 ms |\n|---|---|---|---|---|---|\n{rows}\n\
              Target: p99 ≤ 50 ms at 1 and at 1000 modems, seen either way: worst p99 {worst_p99:.0} ms, {}.\n",
             if worst_p99 <= 50.0 { "meets".to_string() } else { format!("misses by {:.0} ms", worst_p99 - 50.0) }

@@ -209,6 +209,17 @@ fn start_with(
     (stop, done)
 }
 
+/// 60 readings of six modems, a millisecond apart.
+fn sixty_readings() -> Vec<(String, SensorReading, i64)> {
+    (0..60)
+        .map(|i| {
+            let modem = format!("m{}", i % 6);
+            let t = 1_700_000_000_000_000 + i64::from(i) * 1000;
+            (modem.clone(), imu_reading(&modem, i, t), t / 1000)
+        })
+        .collect()
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
@@ -217,13 +228,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 async fn an_idle_instance_handles_no_task_after_its_revocation() {
     let changes = changes();
     let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
-    let readings: Vec<_> = (0..60)
-        .map(|i| {
-            let modem = format!("m{}", i % 6);
-            let t = 1_700_000_000_000_000 + i64::from(i) * 1000;
-            (modem.clone(), imu_reading(&modem, i, t), t / 1000)
-        })
-        .collect();
+    let readings = sixty_readings();
     let s = Arc::clone(&stack);
     blocking(move || s.produce(INPUT, &readings))
         .await
@@ -340,13 +345,7 @@ async fn a_paused_instance_gives_its_tasks_up_at_a_rebalance_and_handles_none_af
     const BOUND: u64 = 5;
     let changes = changes();
     let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
-    let readings: Vec<_> = (0..60)
-        .map(|i| {
-            let modem = format!("m{}", i % 6);
-            let t = 1_700_000_000_000_000 + i64::from(i) * 1000;
-            (modem.clone(), imu_reading(&modem, i, t), t / 1000)
-        })
-        .collect();
+    let readings = sixty_readings();
     let s = Arc::clone(&stack);
     blocking(move || {
         // Each output's time is when the broker appended it.

@@ -83,8 +83,12 @@ const JIT_THREADS: [&str; 2] = ["C1 CompilerThre", "C2 CompilerThre"];
 
 /// `warm_up`: how long the stack runs before it is measured. The broker's JIT compiles for
 /// minutes: at 1 minute HotSpot's C2 thread took 3.2% of a core of the broker's 8.1%, at
-/// 7.5 minutes 0.8% of 5.0% (7b29009), so a minute's warm-up measures the JIT, not the idle
-/// stack a user keeps running.
+/// 7.5 minutes 0.8% of 5.0% (7b29009); counted with `-XX:+PrintCompilation`, C2 compiled
+/// about 70 methods a minute at minutes 5-6 (the request path: `KafkaApis.handle`,
+/// `DelayedFetch.tryComplete`, `UnifiedLog.append`, hot only slowly at ~50 requests/s), 8
+/// at minute 12, then none. So the bench waits 12 minutes by default and still reports the
+/// JIT's share apart: a shorter warm-up measures the compiler, not the idle stack a user
+/// keeps running.
 pub fn run(rounds: usize, window: Duration, warm_up: Duration) -> anyhow::Result<Report> {
     let stack = make_up()?;
     let mut pids = stack.pids();

@@ -296,11 +296,8 @@ async fn a_refused_output_dead_letters_its_input_and_processing_goes_on() {
     .await
     .expect("the runner went past the refused record");
     let text = http_get_text(instance.metrics, "/metrics").expect("metrics");
-    let refused: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("switchyard_dead_letters_total") && l.contains("\"refused\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let refused =
+        switchyard_testkit::metric_sum_where(&text, "switchyard_dead_letters_total", "\"refused\"");
     assert_eq!(refused, 1.0, "{text}");
     assert!(instance.metric("switchyard_produce_failures_total") >= 1.0);
     let (_, ended) = instance.stop().await;

@@ -289,14 +289,11 @@ fn carrier_state_killed_mid_stream_converges_to_the_same_state() {
     );
     // Every request it had not committed came again (duplicates >= processed - committed),
     // and no more than the uncommitted bound allows.
-    let again: f64 = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("switchyard_records_in_total{")
-                && l.contains("topic=\"downstream-request\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let again = switchyard_testkit::metric_sum_where(
+        &text,
+        "switchyard_records_in_total{",
+        "topic=\"downstream-request\"",
+    );
     assert!(
         again >= modems as f64 - committed as f64 && again <= 10_000.0,
         "requests read again after the kill: {again} (committed before it: {committed})"
@@ -545,14 +542,11 @@ fn anomaly_detector_killed_mid_stream_keeps_its_statistics() {
         "the restarted instance restored the statistics:\n{text}"
     );
     // Everything processed and not committed came again, and was recognised as seen.
-    let skipped: f64 = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("switchyard_processor_events_total{")
-                && l.contains("event=\"skipped_not_newer\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let skipped = switchyard_testkit::metric_sum_where(
+        &text,
+        "switchyard_processor_events_total{",
+        "event=\"skipped_not_newer\"",
+    );
     assert!(
         skipped >= processed - committed as f64 && skipped <= 10_000.0,
         "readings recognised as delivered again: {skipped} (processed {processed}, committed {committed})"

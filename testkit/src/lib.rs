@@ -228,9 +228,15 @@ pub fn http_get_text(addr: SocketAddr, path: &str) -> Result<String> {
 /// The value of an unlabelled-or-labelled Prometheus sample whose line starts with `prefix`
 /// (e.g. `switchyard_assigned_partitions{`), summed over matching lines.
 pub fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metric_sum_where(metrics, prefix, "")
+}
+
+/// [`metric_sum`] over the lines that also contain `label` (e.g. `topic="imu"`), wherever
+/// it stands among the sample's labels.
+pub fn metric_sum_where(metrics: &str, prefix: &str, label: &str) -> f64 {
     metrics
         .lines()
-        .filter(|l| l.starts_with(prefix))
+        .filter(|l| l.starts_with(prefix) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

@@ -152,7 +152,15 @@ impl<P: Processor> Runner<P> {
             _ = shutdown.as_mut() => return Err(RunnerError::ShutdownRequested),
             aborted = self.committer.abort() => aborted?,
         }
-        self.back_to_the_last_commit(shutdown).await
+        let tasks = self.drop_every_task();
+        let consumer = Arc::clone(&self.consumer);
+        let seek = tokio::task::spawn_blocking(move || seek_to_committed(&consumer));
+        tokio::select! {
+            biased;
+            _ = shutdown.as_mut() => return Err(RunnerError::ShutdownRequested),
+            sought = seek => sought.map_err(|e| RunnerError::Committer(e.to_string()))??,
+        }
+        self.restore_tasks(&tasks, shutdown).await
     }
 
     /// At least once: a revocation's wait ran out with records in flight, and the group
@@ -164,31 +172,17 @@ impl<P: Processor> Runner<P> {
     pub(super) fn recover_purged(&mut self) {
         warn!("records in flight were purged at a revocation: the tasks assigned again go back to their last commit");
         self.shared.metrics.rewinds.inc();
-        self.shared.ledger().forget_all();
-        for partition in self.engine.assigned() {
-            self.engine.revoke(partition);
-        }
+        self.drop_every_task();
     }
 
-    /// Every task back to its last commit: stores restored from their changelogs, inputs
-    /// read again from the group's committed offsets.
-    async fn back_to_the_last_commit(
-        &mut self,
-        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
-    ) -> Result<(), RunnerError> {
+    /// Forget every task's entries and drop the tasks, stores and timers; returns which.
+    fn drop_every_task(&mut self) -> Vec<i32> {
         self.shared.ledger().forget_all();
         let tasks = self.engine.assigned();
         for &partition in &tasks {
             self.engine.revoke(partition);
         }
-        let consumer = Arc::clone(&self.consumer);
-        let seek = tokio::task::spawn_blocking(move || seek_to_committed(&consumer));
-        tokio::select! {
-            biased;
-            _ = shutdown.as_mut() => return Err(RunnerError::ShutdownRequested),
-            sought = seek => sought.map_err(|e| RunnerError::Committer(e.to_string()))??,
-        }
-        self.restore_tasks(&tasks, shutdown).await
+        tasks
     }
 }
 

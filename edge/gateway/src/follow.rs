@@ -16,7 +16,7 @@ use switchyard_registry_client::RecordDecoder;
 use switchyard_schemas::records::DeviceSession;
 use tracing::{info, warn};
 
-use crate::restore::keyed_position;
+use crate::restore::{keyed_position, modem_key};
 use crate::service::{rate_limited, Gateway};
 use crate::sessions::{record_floor, record_reservation, Claim, LogOrder};
 use crate::SESSIONS_TOPIC;
@@ -83,7 +83,7 @@ impl Gateway {
                 }
             };
             if message.payload().is_none() {
-                if let Some(modem_id) = message.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                if let Some(modem_id) = modem_key(&message) {
                     self.tombstoned(modem_id);
                 }
                 continue;

@@ -102,7 +102,7 @@ pub async fn restore_sessions(
             // A tombstone: the session expired ([`crate::expiry`]); whoever held it, nobody
             // does now.
             None => {
-                if let Some(modem_id) = message.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                if let Some(modem_id) = modem_key(&message) {
                     sessions.restore_tombstone(modem_id);
                 }
             }
@@ -127,6 +127,12 @@ pub async fn restore_sessions(
     // another instance's record of the modem came after it.
     restored.taken = sessions.len();
     Ok(restored)
+}
+
+/// The modem a `device-sessions` record is about (its key), for a tombstone, which has
+/// no value to name it.
+pub(crate) fn modem_key<M: Message>(message: &M) -> Option<&str> {
+    message.key().and_then(|k| std::str::from_utf8(k).ok())
 }
 
 /// Where `record`'s modem lies among the keys, if it is a keyed modem with a number to refuse.

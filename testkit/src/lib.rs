@@ -180,13 +180,7 @@ impl Registry {
 impl Service {
     /// Ask the process to stop (SIGTERM) and wait for it to exit.
     pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .context("running kill")?;
-        if !status.success() {
-            bail!("kill -TERM {} failed", self.child.id());
-        }
+        self.signal("TERM")?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -200,6 +194,49 @@ impl Service {
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Send the named signal (`TERM`, `STOP`, `CONT`) through `kill(1)`.
+    fn signal(&self, name: &str) -> Result<()> {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -{name} {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// SIGKILL the process at a moment when `condition` holds, checked while the process is
+    /// frozen (SIGSTOP), so nothing it does between the check and the kill can undo it; if
+    /// the condition does not hold, the process runs on (SIGCONT) and is checked again. For
+    /// crash tests whose claim needs the kill inside a window (e.g. outputs ahead of commits).
+    pub fn kill_when(
+        &mut self,
+        timeout: Duration,
+        mut condition: impl FnMut() -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited with {status} before the kill", self.name);
+            }
+            self.signal("STOP")?;
+            if condition() {
+                self.kill();
+                return Ok(());
+            }
+            self.signal("CONT")?;
+            if Instant::now() > deadline {
+                bail!(
+                    "the kill condition did not hold within {timeout:?} for {}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -304,7 +341,7 @@ impl Stack {
 
 /// Raw Kafka access for tests.
 pub mod kafka {
-    use std::collections::HashMap;
+    use std::collections::{BTreeMap, HashMap};
     use std::time::{Duration, Instant};
 
     use anyhow::{bail, Context, Result};
@@ -459,24 +496,37 @@ pub mod kafka {
 
     /// The sum over `topics`' partitions of the offsets `group` has committed (0 where none).
     pub fn committed_total(bootstrap: &str, group: &str, topics: &[&str]) -> Result<i64> {
+        let mut total = 0;
+        for topic in topics {
+            total += committed_offsets(bootstrap, group, topic)?
+                .values()
+                .sum::<i64>();
+        }
+        Ok(total)
+    }
+
+    /// The group's committed offset of each partition of `topic` that has one.
+    pub fn committed_offsets(
+        bootstrap: &str,
+        group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, i64>> {
         let consumer: BaseConsumer = switchyard_kafka::clients::consumer_config(bootstrap)
             .set("group.id", group)
             .create()?;
         let mut tpl = TopicPartitionList::new();
-        for topic in topics {
-            for p in switchyard_kafka::partitions(&consumer, topic, Duration::from_secs(10))? {
-                tpl.add_partition(topic, p);
-            }
+        for p in switchyard_kafka::partitions(&consumer, topic, Duration::from_secs(10))? {
+            tpl.add_partition(topic, p);
         }
         let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
         Ok(committed
             .elements()
             .iter()
             .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
+                Offset::Offset(o) => Some((e.partition(), o)),
                 _ => None,
             })
-            .sum())
+            .collect())
     }
 
     fn raw_record(m: &rdkafka::message::BorrowedMessage<'_>) -> RawRecord {

@@ -17,6 +17,13 @@ use crate::{ProcessError, Timer};
 /// the CLI's `dlq` commands read what the runner writes).
 pub use switchyard_kafka::dead_letter as headers;
 
+/// The header the runner puts on every record it produces: `<instance>#<n>`, the instance
+/// ([`crate::RunnerConfig::instance_id`]) and the number of the task on it that wrote the
+/// record ([`Engine::incarnation`]). In a partition's log each writer's records run
+/// together: one that shows up again after another writer's is a task that kept writing
+/// after its partition moved on.
+pub const WRITER_HEADER: &str = "switchyard.writer";
+
 /// Why a record or timer failed, as counted in metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
@@ -118,6 +125,9 @@ pub enum TopologyError {
 }
 
 struct Task {
+    /// Which of this engine's tasks it is (1 for the first created, counting every
+    /// partition): a partition that goes and comes back gets a new number.
+    incarnation: u64,
     stores: BTreeMap<String, KeyValueStore>,
     stream_time_ms: i64,
     next_stream_fire: HashMap<String, i64>,
@@ -134,6 +144,7 @@ pub struct Engine<P: Processor> {
     /// Per store: its value type, schema and registered id (shared by every task's copy).
     store_codecs: BTreeMap<String, Arc<StoreCodec>>,
     tasks: BTreeMap<i32, Task>,
+    tasks_created: u64,
     next_wall_fire: HashMap<String, i64>,
 }
 
@@ -225,6 +236,7 @@ impl<P: Processor> Engine<P> {
             encoders,
             store_codecs,
             tasks: BTreeMap::new(),
+            tasks_created: 0,
             next_wall_fire: HashMap::new(),
         })
     }
@@ -301,6 +313,11 @@ impl<P: Processor> Engine<P> {
         self.tasks.contains_key(&partition)
     }
 
+    /// The task's number among every task this engine created (see [`Engine::assign`]).
+    pub fn incarnation(&self, partition: i32) -> Option<u64> {
+        self.tasks.get(&partition).map(|t| t.incarnation)
+    }
+
     pub fn task_count(&self) -> usize {
         self.tasks.len()
     }
@@ -316,11 +333,19 @@ impl<P: Processor> Engine<P> {
                 Some((s.name.clone(), KeyValueStore::new(codec)))
             })
             .collect();
-        self.tasks.entry(partition).or_insert(Task {
-            stores,
-            stream_time_ms: i64::MIN,
-            next_stream_fire: HashMap::new(),
-        });
+        if self.tasks.contains_key(&partition) {
+            return;
+        }
+        self.tasks_created += 1;
+        self.tasks.insert(
+            partition,
+            Task {
+                incarnation: self.tasks_created,
+                stores,
+                stream_time_ms: i64::MIN,
+                next_stream_fire: HashMap::new(),
+            },
+        );
     }
 
     /// Drop a task and its stores (the changelog keeps them for the next owner).

@@ -20,7 +20,7 @@ mod store;
 
 pub use context::{Context, Output};
 pub use driver::{default_partition, DeadLetter, TestDriver, TestRecord};
-pub use engine::{FailureKind, Stopped, TopologyError};
+pub use engine::{FailureKind, Stopped, TopologyError, WRITER_HEADER};
 pub use entry::NoFlags;
 pub use metrics::Metrics;
 pub use processor::{

@@ -53,7 +53,8 @@ pub struct RunnerConfig {
         default_value = "at-least-once"
     )]
     pub processing_guarantee: Guarantee,
-    /// Distinguishes instances (transactional id suffix); defaults to the host name and pid.
+    /// Distinguishes instances (transactional id suffix, `switchyard.writer` header on every
+    /// record produced); defaults to the host name and pid.
     #[arg(long, env = "SWITCHYARD_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// Longest time a fetch waits at the broker for data (librdkafka's fetch.wait.max.ms).
@@ -83,6 +84,14 @@ impl RunnerConfig {
             fetch_wait_ms: switchyard_kafka::FETCH_WAIT_MS,
             linger_ms: 5,
         }
+    }
+
+    /// This instance's name: `instance_id`, or the host name and pid.
+    pub(crate) fn instance(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+            format!("{host}-{}", std::process::id())
+        })
     }
 
     pub(crate) fn commit_interval(&self) -> Duration {

@@ -22,6 +22,7 @@ use super::config::{Guarantee, RunnerConfig};
 use super::ledger::{Blame, Refused, Token};
 use super::shared::Shared;
 use crate::context::Output;
+use crate::engine::WRITER_HEADER;
 
 pub(crate) type OutputProducer = ThreadedProducer<DeliveryContext>;
 
@@ -140,12 +141,19 @@ pub(crate) fn output_producer(
     Ok(producer)
 }
 
-/// Hand one record to the producer on behalf of an entry. A record the producer cannot take
-/// at all (too large, unknown topic, ...) is recorded as refused, like one the broker refused.
-pub(crate) async fn send(producer: &OutputProducer, shared: &Shared, token: Token, out: &Output) {
+/// Hand one record to the producer on behalf of an entry, with the task that wrote it in a
+/// [`WRITER_HEADER`] header. A record the producer cannot take at all (too large, unknown
+/// topic, ...) is recorded as refused, like one the broker refused.
+pub(crate) async fn send(
+    producer: &OutputProducer,
+    shared: &Shared,
+    token: Token,
+    out: &Output,
+    writer: Option<&[u8]>,
+) {
     let bytes = size_of(out.key.as_deref(), out.payload.as_deref());
     shared.ledger().sending(token, bytes);
-    let mut record = record_of(out, token);
+    let mut record = record_of(out, token, writer);
     loop {
         match producer.send(record) {
             Ok(()) => return,
@@ -175,7 +183,11 @@ pub(crate) async fn send(producer: &OutputProducer, shared: &Shared, token: Toke
     }
 }
 
-fn record_of(out: &Output, token: Token) -> BaseRecord<'_, [u8], [u8], usize> {
+fn record_of<'a>(
+    out: &'a Output,
+    token: Token,
+    writer: Option<&'a [u8]>,
+) -> BaseRecord<'a, [u8], [u8], usize> {
     let mut record = BaseRecord::with_opaque_to(&out.topic, token.to_opaque());
     if let Some(k) = &out.key {
         record = record.key(k.as_slice());
@@ -189,13 +201,20 @@ fn record_of(out: &Output, token: Token) -> BaseRecord<'_, [u8], [u8], usize> {
     if let Some(ts) = out.timestamp_ms {
         record = record.timestamp(ts);
     }
-    if !out.headers.is_empty() {
+    if !out.headers.is_empty() || writer.is_some() {
         let headers = out.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
             h.insert(Header {
                 key: k,
                 value: Some(v.as_slice()),
             })
         });
+        let headers = match writer {
+            Some(writer) => headers.insert(Header {
+                key: WRITER_HEADER,
+                value: Some(writer),
+            }),
+            None => headers,
+        };
         record = record.headers(headers);
     }
     record
@@ -203,11 +222,6 @@ fn record_of(out: &Output, token: Token) -> BaseRecord<'_, [u8], [u8], usize> {
 
 /// The transactional id of an instance, when the guarantee asks for transactions.
 pub(crate) fn transactional_id(config: &RunnerConfig, name: &str) -> Option<String> {
-    (config.processing_guarantee == Guarantee::ExactlyOnce).then(|| {
-        let instance = config.instance_id.clone().unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
-            format!("{host}-{}", std::process::id())
-        });
-        format!("{name}-{instance}")
-    })
+    (config.processing_guarantee == Guarantee::ExactlyOnce)
+        .then(|| format!("{name}-{}", config.instance()))
 }

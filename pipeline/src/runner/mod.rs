@@ -157,6 +157,7 @@ pub async fn run_until<P: Processor>(
         consumer,
         producer,
         shared,
+        instance: config.instance(),
         config,
         writers: schemas::WriterSchemas::new(registry),
         health,

@@ -144,16 +144,24 @@ impl<P: Processor> Runner<P> {
         let token = self.shared.ledger().open(partition, input, source);
         if produces {
             self.begin_transaction()?;
-            self.send_effects(token).await;
+            self.send_effects(partition, token).await;
         }
         self.shared.ledger().close(token);
         Ok(())
     }
 
-    pub(super) async fn send_effects(&mut self, token: Token) {
+    /// The `switchyard.writer` header's value for the task of `partition`.
+    pub(super) fn writer(&self, partition: i32) -> Option<Vec<u8>> {
+        let n = self.engine.incarnation(partition)?;
+        Some(format!("{}#{n}", self.instance).into_bytes())
+    }
+
+    pub(super) async fn send_effects(&mut self, partition: i32, token: Token) {
         let mut effects = std::mem::take(&mut self.effects);
+        let writer = self.writer(partition);
+        let writer = writer.as_deref();
         for out in effects.outputs.drain(..).chain(effects.changelog.drain(..)) {
-            delivery::send(&self.producer, &self.shared, token, &out).await;
+            delivery::send(&self.producer, &self.shared, token, &out, writer).await;
         }
         for (out, kind) in effects.dead_letters.drain(..) {
             let error = out
@@ -163,7 +171,7 @@ impl<P: Processor> Runner<P> {
                 .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default();
             self.count_dead_letter(kind, &error);
-            delivery::send(&self.producer, &self.shared, token, &out).await;
+            delivery::send(&self.producer, &self.shared, token, &out, writer).await;
         }
         // Keep the vectors' capacity for the next record.
         self.effects = effects;

@@ -101,7 +101,15 @@ impl<P: Processor> Runner<P> {
                 .dead_letter(&incoming, FailureKind::Refused, &reason);
             self.count_dead_letter(FailureKind::Refused, &reason);
             self.begin_transaction()?;
-            delivery::send(&self.producer, &self.shared, refused.token, &dead).await;
+            let writer = self.writer(source.partition);
+            delivery::send(
+                &self.producer,
+                &self.shared,
+                refused.token,
+                &dead,
+                writer.as_deref(),
+            )
+            .await;
             // The refused record is settled: the dead letter stands in for it.
             self.shared.ledger().refusal_settled(refused.token);
         }

@@ -37,6 +37,8 @@ pub(crate) struct Runner<P: Processor> {
     pub producer: Arc<OutputProducer>,
     pub shared: Arc<Shared>,
     pub config: RunnerConfig,
+    /// This instance's name, in the `switchyard.writer` header.
+    pub instance: String,
     pub writers: WriterSchemas,
     pub health: Health,
     /// What the record or timer being handled produced (reused, so no allocation per record).

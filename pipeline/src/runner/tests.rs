@@ -87,7 +87,7 @@ async fn send_one(
     input: Option<(usize, i64)>,
 ) {
     let token = shared.ledger().open(0, input, None);
-    delivery::send(producer, shared, token, &output()).await;
+    delivery::send(producer, shared, token, &output(), None).await;
     shared.ledger().close(token);
 }
 

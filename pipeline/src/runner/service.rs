@@ -158,15 +158,32 @@ impl<P: Processor> Runner<P> {
 
     /// Commit (see [`commit::Committer`]), racing the shutdown: with the broker away a
     /// transaction's commit can take its whole timeout, and SIGTERM must not wait for it.
+    /// Nothing is processed while a transaction's commit is awaited, so one that waits
+    /// longer than the stall timeout makes the instance not ready, saying so.
     pub(super) async fn commit(
         &mut self,
         shutdown: &mut Pin<&mut impl Future<Output = ()>>,
     ) -> Result<(), RunnerError> {
         let guarantee = self.config.processing_guarantee;
-        let committed = tokio::select! {
-            biased;
-            _ = shutdown.as_mut() => Err(RunnerError::ShutdownRequested),
-            committed = self.committer.commit(guarantee) => committed,
+        let asked = Instant::now();
+        let committed = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.as_mut() => break Err(RunnerError::ShutdownRequested),
+                // Cancel-safe: taken up again, it waits for the same commit's answer.
+                committed = self.committer.commit(guarantee) => break committed,
+                _ = tokio::time::sleep(self.config.stall_timeout()) => {
+                    let why = format!(
+                        "the transaction's commit has waited {} s for the broker; nothing is processed meanwhile",
+                        asked.elapsed().as_secs()
+                    );
+                    if self.health.is_ready() {
+                        warn!(why, "not ready");
+                    }
+                    self.health.set_not_ready(why);
+                    self.shared.metrics.ready.set(0);
+                }
+            }
         };
         match committed {
             // Aborted, not fatal (a fenced producer is): go back to the last commit.

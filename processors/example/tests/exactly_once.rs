@@ -11,7 +11,7 @@ use std::time::Instant;
 use switchyard_schemas::records::ReadingCount;
 use switchyard_testkit::kafka::{committed_total, read_to_end, read_uncommitted_to_end};
 
-use switchyard_testkit::{http_get_text, metric_sum, wait_for, Service, Stack};
+use switchyard_testkit::{http_get_status, http_get_text, metric_sum, wait_for, Service, Stack};
 
 /// Sensor times start an hour ago: the output topic deletes records older than its
 /// retention (seven days), and a transaction marker, stamped now, rolls a segment of older
@@ -225,10 +225,13 @@ fn sigterm_while_a_commit_waits_for_an_absent_broker_ends_within_the_shutdown_ti
         "counter-1",
         "away",
         2_000,
-        &[(
-            "SWITCHYARD_SHUTDOWN_TIMEOUT_MS",
-            SHUTDOWN_TIMEOUT.as_millis().to_string(),
-        )],
+        &[
+            (
+                "SWITCHYARD_SHUTDOWN_TIMEOUT_MS",
+                SHUTDOWN_TIMEOUT.as_millis().to_string(),
+            ),
+            ("SWITCHYARD_STALL_TIMEOUT_MS", "2000".to_string()),
+        ],
     );
     wait_for("processing under way", Duration::from_secs(120), || {
         read_uncommitted_to_end(&bootstrap, OUTPUT).is_ok_and(|r| r.len() >= 2_000)
@@ -246,6 +249,19 @@ fn sigterm_while_a_commit_waits_for_an_absent_broker_ends_within_the_shutdown_ti
         },
     )
     .unwrap_or_else(|e| panic!("{e}; its log:\n{}", counter.log_text()));
+    // Nothing is processed while the commit waits: after the stall timeout (2 s) the
+    // instance says it is not ready, and why (issue 26: it stayed ready).
+    let mut health = String::new();
+    wait_for(
+        "/health to name the waiting commit",
+        Duration::from_secs(30),
+        || {
+            health = http_get_text(metrics, "/health").unwrap_or_default();
+            http_get_status(metrics, "/health").ok() == Some(503)
+                && health.contains("transaction's commit has waited")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; /health said {health:?}"));
     let asked = Instant::now();
     counter
         .terminate(Duration::from_secs(60))

@@ -52,14 +52,6 @@ discover_processors() {
   done
 }
 discover_processors
-# carrier-state sends its outputs at once (linger 0): an operator waits on them and there
-# are a few per switch. The others let the producer fill batches for 5 ms.
-linger_of() {
-  case "$1" in
-    carrier-state) echo 0 ;;
-    *) echo 5 ;;
-  esac
-}
 for p in "${PROCESSORS[@]}"; do SERVICES+=("${p%%=*}"); done
 API_PORT=${SWITCHYARD_API_PORT:-8000}
 API_METRICS=$((METRICS_BASE + 5))
@@ -208,7 +200,6 @@ up() {
     name=${p%%=*} port=${p##*=}
     say "processor $name"
     start "$name" "$port" "$RUN" env SWITCHYARD_METRICS_LISTEN="$BROKER_HOST:$port" \
-      SWITCHYARD_LINGER_MS="$(linger_of "$name")" \
       RUST_LOG="${RUST_LOG:-info,librdkafka=warn,rdkafka=warn}" "$BIN/$name"
   done
   for p in "${PROCESSORS[@]}"; do

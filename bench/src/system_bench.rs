@@ -511,11 +511,11 @@ fn roundtrips(fleet: u64, switches: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>
         keys.keys_env(),
     ])?;
     let udp = gateway.udp;
-    // As `make up` runs it: outputs sent at once (linger 0).
+    // As `make up` runs it (its topology sends outputs at once: linger 0).
     let (_state, _) = stack.start_processor(
         "carrier-state",
         "bench-carrier-state",
-        &[quiet.clone(), ("SWITCHYARD_LINGER_MS", "0".into())],
+        std::slice::from_ref(&quiet),
     )?;
     let (_api, listen) = stack.start_api(TOKEN, &[quiet])?;
     let mut modems = std::process::Command::new(workspace_binary("switchyard-modem")?);

@@ -100,6 +100,7 @@ pub struct Topology {
     pub(crate) on_undecodable: ErrorPolicy,
     pub(crate) on_error: ErrorPolicy,
     pub(crate) outputs_stand_alone: bool,
+    pub(crate) linger: Option<std::time::Duration>,
 }
 
 impl Topology {
@@ -113,6 +114,7 @@ impl Topology {
             on_undecodable: ErrorPolicy::DeadLetter,
             on_error: ErrorPolicy::DeadLetter,
             outputs_stand_alone: false,
+            linger: None,
         }
     }
 
@@ -204,6 +206,21 @@ impl Topology {
     pub fn on_error(mut self, policy: ErrorPolicy) -> Self {
         self.on_error = policy;
         self
+    }
+
+    /// How long the producer waits to fill a batch with this processor's outputs, unless
+    /// `--linger-ms` says otherwise (the runner's default is 5 ms). Zero suits a processor
+    /// on a path someone waits on: carrier-state (the switch an operator waits for),
+    /// grafana-projector (the live view): at 5,000 readings/s 0 ms took the projector's
+    /// p99 from 12 to 7 ms for a few % more broker CPU (`make bench`: latency).
+    pub fn linger(mut self, linger: std::time::Duration) -> Self {
+        self.linger = Some(linger);
+        self
+    }
+
+    pub(crate) fn linger_ms(&self) -> Option<u64> {
+        self.linger
+            .map(|l| u64::try_from(l.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// Each output record stands alone: neither the order of the outputs to one key nor a

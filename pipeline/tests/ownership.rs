@@ -369,7 +369,7 @@ async fn a_paused_instance_gives_its_tasks_up_at_a_rebalance_and_handles_none_af
     const LINGER: Duration = Duration::from_secs(30);
     let (stop_a, a) = start_with(&stack, "pa", &handled, |c| {
         config(c);
-        c.linger_ms = LINGER.as_millis() as u64;
+        c.linger_ms = Some(LINGER.as_millis() as u64);
     });
     let started = Instant::now();
     // The records pa processed: at the bound it pauses (nothing it produced is acknowledged,

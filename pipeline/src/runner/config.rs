@@ -63,10 +63,11 @@ pub struct RunnerConfig {
     #[arg(long, env = "SWITCHYARD_FETCH_WAIT_MS", default_value_t = switchyard_kafka::FETCH_WAIT_MS)]
     pub fetch_wait_ms: u64,
     /// How long the producer waits to fill a batch (librdkafka's linger.ms): every output
-    /// waits this long before it is sent. 0 suits a processor on a path someone waits on
-    /// with few records (carrier-state); a few ms lets a busy one send fewer, larger requests.
-    #[arg(long, env = "SWITCHYARD_LINGER_MS", default_value_t = 5)]
-    pub linger_ms: u64,
+    /// waits up to this long before it is sent. Default: the processor's own (0 for
+    /// carrier-state and grafana-projector, on paths someone waits on), else 5, which lets
+    /// a busy processor send fewer, larger requests.
+    #[arg(long, env = "SWITCHYARD_LINGER_MS")]
+    pub linger_ms: Option<u64>,
 }
 
 impl RunnerConfig {
@@ -82,7 +83,7 @@ impl RunnerConfig {
             processing_guarantee: Guarantee::AtLeastOnce,
             instance_id: None,
             fetch_wait_ms: switchyard_kafka::FETCH_WAIT_MS,
-            linger_ms: 5,
+            linger_ms: None,
         }
     }
 

@@ -23,6 +23,7 @@ use super::ledger::{Blame, Refused, Token};
 use super::shared::Shared;
 use crate::context::Output;
 use crate::engine::WRITER_HEADER;
+use crate::processor::Topology;
 
 pub(crate) type OutputProducer = ThreadedProducer<DeliveryContext>;
 
@@ -109,16 +110,24 @@ fn is_purge(error: &KafkaError) -> bool {
     )
 }
 
-/// The producer for outputs, changelogs and dead letters; `unordered` when the topology's
-/// outputs stand alone and it has no changelog ([`crate::Topology::outputs_stand_alone`]).
+/// The runner's batching wait when neither the flag nor the topology sets one.
+const DEFAULT_LINGER_MS: u64 = 5;
+
+/// The producer for outputs, changelogs and dead letters: unordered when the topology's
+/// outputs stand alone and it has no changelog ([`crate::Topology::outputs_stand_alone`]),
+/// lingering as the flag, else the topology ([`crate::Topology::linger`]), says.
 pub(crate) fn output_producer(
     config: &RunnerConfig,
     transactional_id: Option<String>,
-    unordered: bool,
+    topology: &Topology,
     shared: Arc<Shared>,
 ) -> Result<Arc<OutputProducer>, KafkaError> {
     let bootstrap = &config.endpoints.bootstrap_servers;
-    let mut settings = if unordered && transactional_id.is_none() {
+    let linger_ms = config
+        .linger_ms
+        .or(topology.linger_ms())
+        .unwrap_or(DEFAULT_LINGER_MS);
+    let mut settings = if topology.unordered_outputs() && transactional_id.is_none() {
         clients::unordered_producer_config(bootstrap)
     } else {
         clients::producer_config(bootstrap)
@@ -127,7 +136,7 @@ pub(crate) fn output_producer(
         // No local timeout: librdkafka retries retriable errors for as long as it takes (in
         // order); consumption pauses at the in-flight bounds meanwhile.
         .set("message.timeout.ms", "0")
-        .set("linger.ms", config.linger_ms.to_string())
+        .set("linger.ms", linger_ms.to_string())
         .set("statistics.interval.ms", "5000")
         .set("queue.buffering.max.messages", "1000000");
     if let Some(id) = transactional_id {

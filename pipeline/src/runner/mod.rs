@@ -125,7 +125,7 @@ pub async fn run_until<P: Processor>(
     let producer = delivery::output_producer(
         &config,
         delivery::transactional_id(&config, &name),
-        engine.topology().unordered_outputs(),
+        engine.topology(),
         Arc::clone(&shared),
     )?;
     if config.processing_guarantee == Guarantee::ExactlyOnce {

@@ -77,7 +77,8 @@ fn transactional_producer(
     shared: &Arc<Shared>,
 ) -> Arc<delivery::OutputProducer> {
     let id = delivery::transactional_id(config, "eos-test");
-    delivery::output_producer(config, id, true, Arc::clone(shared)).expect("producer")
+    let stand_alone = crate::Topology::new("eos-test").outputs_stand_alone();
+    delivery::output_producer(config, id, &stand_alone, Arc::clone(shared)).expect("producer")
 }
 
 /// Send one output on a ledger entry of task 0, as the runner does for a record.

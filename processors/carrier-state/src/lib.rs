@@ -171,6 +171,9 @@ fn save(ctx: &mut Context<'_>, modem_id: &str, record: &ModemRecord) -> Result<(
 impl Processor for CarrierStateProcessor {
     fn topology(&self) -> Topology {
         Topology::new(NAME)
+            // On the switch round trip an operator waits on, with a record or two per
+            // switch: outputs go out at once instead of waiting to fill a batch.
+            .linger(Duration::ZERO)
             .input::<CarrierSwitchRequest>(REQUESTS)
             .input::<CarrierSwitchAck>(ACKS)
             .input::<DownlinkDelivery>(DELIVERIES)

@@ -104,6 +104,9 @@ impl Processor for GrafanaProjector {
             // A projected reading carries its time as its record time: order and a rare
             // duplicate do not matter to Grafana.
             .outputs_stand_alone()
+            // The live view waits on it: each reading goes out at once (batches still form
+            // while a request is with the broker).
+            .linger(std::time::Duration::ZERO)
     }
 
     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {

@@ -607,6 +607,56 @@ async fn at_the_uncommitted_bound_consumption_pauses_and_resumes() {
     assert!(peak <= 50.0 + 500.0, "uncommitted peaked at {peak}");
 }
 
+/// Exactly once, the commit at the bound is the transaction's, awaited: when it returns the
+/// records are settled, so consumption goes on without pausing. After 9acd69b the runner
+/// paused its partitions after every such commit (dropping what librdkafka had prefetched,
+/// to fetch it again), and exactly-once throughput fell from about 100,000 records/s to
+/// 15,000 (`make bench`: streams). This test failed then: a pause per bound crossing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_exactly_once_a_commit_at_the_bound_does_not_pause_consumption() {
+    let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
+    let s = Arc::clone(&stack);
+    blocking(move || s.produce(INPUT, &readings(10, 0, 1000)))
+        .await
+        .expect("produce");
+    let log: Log = Arc::default();
+    let instance = start(
+        &stack,
+        Probe {
+            instance: "a",
+            ticks: false,
+            log: Arc::clone(&log),
+        },
+        |c| {
+            c.processing_guarantee = Guarantee::ExactlyOnce;
+            c.max_uncommitted = 50;
+            // Only the bound makes it commit.
+            c.commit_interval_ms = 600_000;
+        },
+    );
+    let bootstrap = stack.broker.bootstrap();
+    let finished = blocking(move || {
+        wait_for("every reading committed", Duration::from_secs(120), || {
+            log.lock().map(|l| l.len()).unwrap_or(0) >= 1000
+                && committed_total(&bootstrap, NAME, &[INPUT]).unwrap_or(0) >= 950
+        })
+    })
+    .await;
+    let pauses = instance.metric("switchyard_consumer_pauses_total");
+    let commits = instance.metric("switchyard_commits_total");
+    let (_, ended) = instance.stop().await;
+    finished.expect("processed and committed");
+    ended.expect("stopped cleanly");
+    assert!(
+        commits >= 15.0,
+        "the bound made it commit ({commits} commits)"
+    );
+    assert_eq!(
+        pauses, 0.0,
+        "{commits} commits at the bound, {pauses} pauses"
+    );
+}
+
 /// Reads `imu` and a second sensor topic with another partition count.
 struct TwoInputs;
 

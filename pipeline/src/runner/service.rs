@@ -249,16 +249,12 @@ impl<P: Processor> Runner<P> {
         &mut self,
         shutdown: &mut Pin<&mut impl Future<Output = ()>>,
     ) -> Result<(), RunnerError> {
-        let (uncommitted, over) = {
-            let ledger = self.shared.ledger();
-            let uncommitted = ledger.uncommitted();
-            let over = uncommitted >= self.config.max_uncommitted as i64
-                || ledger.bytes_in_flight() >= self.config.max_in_flight_bytes;
-            (uncommitted, over)
-        };
+        let (uncommitted, mut over) = self.at_bounds();
         if over && !self.paused {
-            self.shared.metrics.pauses.inc();
             self.commit(shutdown).await?;
+            // Exactly once, the transaction's commit has settled them: unless it failed,
+            // nothing is left to wait for, and pausing would only drop what was prefetched.
+            over = self.at_bounds().1;
         } else if self.config.processing_guarantee == Guarantee::AtLeastOnce {
             // Half way to the bound, ask for a commit (in the background, at least once):
             // it lands while processing goes on, so a steady flow faster than the commit
@@ -273,10 +269,23 @@ impl<P: Processor> Runner<P> {
             }
         }
         if over != self.paused {
+            if over {
+                self.shared.metrics.pauses.inc();
+            }
             self.paused = over;
             self.fetch_assigned(!over);
         }
         Ok(())
+    }
+
+    /// The records processed and not committed, and whether they or the bytes in flight
+    /// are at their bounds.
+    fn at_bounds(&self) -> (i64, bool) {
+        let ledger = self.shared.ledger();
+        let uncommitted = ledger.uncommitted();
+        let over = uncommitted >= self.config.max_uncommitted as i64
+            || ledger.bytes_in_flight() >= self.config.max_in_flight_bytes;
+        (uncommitted, over)
     }
 
     /// Resume (`true`) or pause fetching every assigned partition.

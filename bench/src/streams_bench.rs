@@ -80,7 +80,7 @@ impl Work {
 }
 
 /// The Kafka Streams application: built with Maven; returns the java arguments that run it.
-fn streams_app() -> anyhow::Result<Vec<String>> {
+pub(crate) fn streams_app() -> anyhow::Result<Vec<String>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("streams");
     let pom = dir.join("pom.xml");
     let classpath = dir.join("target/classpath.txt");
@@ -111,7 +111,7 @@ fn streams_app() -> anyhow::Result<Vec<String>> {
     ])
 }
 
-fn schema_file(name: &str) -> PathBuf {
+pub(crate) fn schema_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../schemas/avro/{name}"))
 }
 

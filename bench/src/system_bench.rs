@@ -204,9 +204,72 @@ pub fn processor(records: usize, rounds: usize) -> anyhow::Result<Report> {
 // ---------------------------------------------------------------------------------------
 // latency
 
+/// What turns `imu` into `imu-grafana` in a latency run.
+#[derive(Debug, Clone, Copy)]
+enum Projector {
+    /// The grafana-projector binary, as `make up` runs it.
+    Switchyard,
+    /// The Kafka Streams application doing the same work (bench/streams), with its own
+    /// producer linger or the one given.
+    KafkaStreams { linger_ms: Option<u64> },
+}
+
+impl Projector {
+    fn label(self) -> String {
+        match self {
+            Projector::Switchyard => "grafana-projector".into(),
+            Projector::KafkaStreams { linger_ms: None } => "Kafka Streams (its defaults)".into(),
+            Projector::KafkaStreams {
+                linger_ms: Some(ms),
+            } => format!("Kafka Streams (linger.ms={ms})"),
+        }
+    }
+
+    fn start(self, stack: &Stack, java: Option<&[String]>) -> anyhow::Result<Service> {
+        let Projector::KafkaStreams { linger_ms } = self else {
+            let (projector, _) = stack.start_processor(
+                "grafana-projector",
+                "bench-projector",
+                &[("RUST_LOG", "warn".into())],
+            )?;
+            return Ok(projector);
+        };
+        let java = java.context("the Kafka Streams application is not built")?;
+        let (id, _) = stack.schema("imu-grafana")?;
+        let mut command = std::process::Command::new("java");
+        command.args(java).args([
+            format!("bootstrap={}", stack.broker.bootstrap()),
+            "application-id=streams-latency".into(),
+            "input=imu".into(),
+            "output=imu-grafana".into(),
+            "guarantee=at_least_once".into(),
+            // The runner's default commit interval.
+            "commit-interval-ms=200".into(),
+            "mode=project".into(),
+            format!(
+                "input-schema={}",
+                crate::streams_bench::schema_file("sensor-reading.avsc").display()
+            ),
+            format!(
+                "output-schema={}",
+                crate::streams_bench::schema_file("grafana-reading.avsc").display()
+            ),
+            format!("output-schema-id={id}"),
+        ]);
+        if let Some(ms) = linger_ms {
+            command.arg(format!("linger-ms={ms}"));
+        }
+        Service::spawn("bench-streams-projector", command, stack.broker.data_dir())
+    }
+}
+
+/// The first seconds of a run are not measured: the JVM's start and JIT, group joins.
+const LATENCY_WARM_UP: Duration = Duration::from_secs(15);
+
 /// One latency run's figures: (records, p50, p99, p99.9) in ms for sensor -> `imu`,
 /// sensor -> `imu-grafana` and the projector's hop.
 struct LatencyRun {
+    projector: Projector,
     offered: f64,
     raw: (usize, f64, f64, f64),
     projected: (usize, f64, f64, f64),
@@ -215,18 +278,20 @@ struct LatencyRun {
     cpu: Vec<(&'static str, f64)>,
 }
 
-fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result<LatencyRun> {
+fn latency_run(
+    modems: u64,
+    rate_per_modem: f64,
+    seconds: u64,
+    projector_kind: Projector,
+    java: Option<&[String]>,
+) -> anyhow::Result<LatencyRun> {
     let stack = Stack::start()?;
     let bootstrap = stack.broker.bootstrap();
     // As `make up` runs them: each modem with its key, the gateway checking every packet.
     let keys = KeyedFleet::new(SIMULATOR_FIRST_MODEM, modems, stack.broker.data_dir())?;
     let gateway = stack.start_gateway(&[("RUST_LOG", "warn".into()), keys.keys_env()])?;
     let udp = gateway.udp;
-    let (projector, _) = stack.start_processor(
-        "grafana-projector",
-        "bench-projector",
-        &[("RUST_LOG", "warn".into())],
-    )?;
+    let projector = projector_kind.start(&stack, java)?;
     let mut fleet = std::process::Command::new(workspace_binary("switchyard-modem")?);
     fleet
         .env("RUST_LOG", "warn")
@@ -243,13 +308,13 @@ fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
             "--status-secs",
             "60",
             "--duration-secs",
-            &(seconds + 10).to_string(),
+            &(LATENCY_WARM_UP.as_secs() + seconds + 5).to_string(),
         ]);
     let fleet = Service::spawn("bench-fleet", fleet, stack.broker.data_dir())?;
     let processes = [
         ("kafka", stack.broker.pid()),
         ("gateway", gateway.service.pid()),
-        ("grafana-projector", projector.pid()),
+        ("projector", projector.pid()),
         ("modem fleet", fleet.pid()),
         ("bench probe", std::process::id()),
     ];
@@ -257,7 +322,7 @@ fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
     // Read `imu` and `imu-grafana` as they are written, in one consumer: latency = arrival at
     // this consumer - sensor time (in the reading on `imu`; the record time on
     // `imu-grafana`). The projector's own hop is, per reading, its arrival on `imu-grafana`
-    // minus its arrival on `imu` (matched by modem and sensor time). The first 5 s warm up.
+    // minus its arrival on `imu` (matched by modem and sensor time), after the warm-up.
     let (imu_id, imu_schema) = stack.schema("imu")?;
     let imu_schemas = std::collections::HashMap::from([(imu_id, imu_schema)]);
     let consumer: BaseConsumer = clients::consumer_config(&bootstrap)
@@ -270,7 +335,7 @@ fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
         tpl.add_partition_offset("imu-grafana", p, Offset::End)?;
     }
     consumer.assign(&tpl)?;
-    let warm_until = Instant::now() + Duration::from_secs(5);
+    let warm_until = Instant::now() + LATENCY_WARM_UP;
     let end = warm_until + Duration::from_secs(seconds);
     let mut projected = Vec::new();
     let mut raw = Vec::new();
@@ -327,6 +392,7 @@ fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
         )
     };
     let run = LatencyRun {
+        projector: projector_kind,
         offered: modems as f64 * rate_per_modem,
         raw: row(&mut raw),
         projected: row(&mut projected),
@@ -334,8 +400,8 @@ fn latency_run(modems: u64, rate_per_modem: f64, seconds: u64) -> anyhow::Result
         cpu,
     };
     eprintln!(
-        "latency at {}/s: imu p50 {} p99 {}; imu-grafana p50 {} p99 {}; projector hop p50 {} p99 {} ({} matched)",
-        run.offered, run.raw.1, run.raw.2, run.projected.1, run.projected.2, run.hop.1, run.hop.2, run.hop.0
+        "latency at {}/s, {}: imu p50 {} p99 {}; imu-grafana p50 {} p99 {}; projector hop p50 {} p99 {} ({} matched)",
+        run.offered, projector_kind.label(), run.raw.1, run.raw.2, run.projected.1, run.projected.2, run.hop.1, run.hop.2, run.hop.0
     );
     Ok(run)
 }
@@ -349,16 +415,36 @@ fn cpu_of(processes: &[(&str, u32)]) -> anyhow::Result<Vec<f64>> {
 }
 
 /// Sensor -> `imu` -> `imu-grafana` latency at each offered rate (readings/s per modem), each
-/// on a fresh stack, so the table shows where the chain saturates.
+/// on a fresh stack, so the table shows where the chain saturates; at 5,000 readings/s also
+/// with Kafka Streams doing the projector's work, as it comes and with linger.ms=0.
 pub fn latency(modems: u64, rates_per_modem: &[f64], seconds: u64) -> anyhow::Result<Report> {
+    let is_target = |offered: f64| (offered - 5000.0).abs() < 1.0;
+    let java = rates_per_modem
+        .iter()
+        .any(|r| is_target(r * modems as f64))
+        .then(crate::streams_bench::streams_app)
+        .transpose()?;
     let mut runs = Vec::new();
     for rate in rates_per_modem {
-        runs.push(latency_run(modems, *rate, seconds)?);
+        let mut projectors = vec![Projector::Switchyard];
+        if is_target(rate * modems as f64) {
+            projectors.push(Projector::KafkaStreams { linger_ms: None });
+            projectors.push(Projector::KafkaStreams { linger_ms: Some(0) });
+        }
+        for projector in projectors {
+            runs.push(latency_run(
+                modems,
+                *rate,
+                seconds,
+                projector,
+                java.as_deref(),
+            )?);
+        }
     }
     let fetch_wait = switchyard_kafka::FETCH_WAIT_MS;
     let probe_wait = probe_fetch_wait_ms();
     let mut table = String::from(
-        "| readings/s offered | path | records | p50 ms | p99 ms | p99.9 ms |\n|---|---|---|---|---|---|\n",
+        "| readings/s offered | projector | path | records | p50 ms | p99 ms | p99.9 ms |\n|---|---|---|---|---|---|---|\n",
     );
     let mut json_runs = Vec::new();
     for run in &runs {
@@ -368,20 +454,28 @@ pub fn latency(modems: u64, rates_per_modem: &[f64], seconds: u64) -> anyhow::Re
             ("projector hop (`imu` → `imu-grafana`)", run.hop),
         ] {
             table.push_str(&format!(
-                "| {:.0} | {path} | {n} | {p50:.0} | {p99:.0} | {p999:.0} |\n",
-                run.offered
+                "| {:.0} | {} | {path} | {n} | {p50:.0} | {p99:.0} | {p999:.0} |\n",
+                run.offered,
+                run.projector.label()
             ));
         }
         json_runs.push(json!({
             "offered_per_second": run.offered,
+            "projector": run.projector.label(),
             "imu": {"records": run.raw.0, "p50_ms": run.raw.1, "p99_ms": run.raw.2, "p999_ms": run.raw.3},
             "imu_grafana": {"records": run.projected.0, "p50_ms": run.projected.1, "p99_ms": run.projected.2, "p999_ms": run.projected.3},
             "hop": {"records": run.hop.0, "p50_ms": run.hop.1, "p99_ms": run.hop.2, "p999_ms": run.hop.3},
             "cpu_percent_of_one_core": run.cpu.iter().map(|(n, c)| (n.to_string(), json!(c))).collect::<serde_json::Map<_, _>>(),
         }));
     }
-    // The issue's target: at 5,000 readings/s the projector's hop adds at most 10 ms at p99.
-    let verdict = match runs.iter().find(|r| (r.offered - 5000.0).abs() < 1.0) {
+    let at_target = |want: fn(Projector) -> bool| {
+        runs.iter()
+            .find(|r| is_target(r.offered) && want(r.projector))
+    };
+    // The issue's targets: at 5,000 readings/s the projector's hop adds at most 10 ms at
+    // p99, and the end-to-end p99 is at most Kafka Streams'.
+    let ours = at_target(|p| matches!(p, Projector::Switchyard));
+    let mut verdict = match ours {
         Some(run) => {
             let p99 = run.hop.2;
             if p99 <= 10.0 {
@@ -395,31 +489,51 @@ pub fn latency(modems: u64, rates_per_modem: &[f64], seconds: u64) -> anyhow::Re
         }
         None => "Target (the projector's hop ≤ 10 ms at p99 at 5000 readings/s): not measured in this run.".into(),
     };
-    let mut cpu_table = String::from("| readings/s offered |");
+    for theirs in [
+        at_target(|p| matches!(p, Projector::KafkaStreams { linger_ms: None })),
+        at_target(|p| matches!(p, Projector::KafkaStreams { linger_ms: Some(_) })),
+    ] {
+        if let (Some(ours), Some(theirs)) = (ours, theirs) {
+            let (a, b) = (ours.projected.2, theirs.projected.2);
+            verdict.push_str(&format!(
+                "\nTarget: sensor → `imu-grafana` p99 at 5000 readings/s ≤ {}'s: {a:.0} ms beside {b:.0} ms (hop {:.0} beside {:.0}), {}.",
+                theirs.projector.label(),
+                ours.hop.2,
+                theirs.hop.2,
+                if a <= b { "meets" } else { "misses" }
+            ));
+        }
+    }
+    let mut cpu_table = String::from("| readings/s offered | projector |");
     for (name, _) in runs.first().map(|r| r.cpu.as_slice()).unwrap_or_default() {
         cpu_table.push_str(&format!(" {name} |"));
     }
-    cpu_table.push_str(" all |\n|---|");
+    cpu_table.push_str(" all |\n|---|---|");
     for _ in 0..=runs.first().map_or(0, |r| r.cpu.len()) {
         cpu_table.push_str("---|");
     }
     cpu_table.push('\n');
     for run in &runs {
-        cpu_table.push_str(&format!("| {:.0} |", run.offered));
+        cpu_table.push_str(&format!(
+            "| {:.0} | {} |",
+            run.offered,
+            run.projector.label()
+        ));
         for (_, c) in &run.cpu {
             cpu_table.push_str(&format!(" {c:.0}% |"));
         }
         let all: f64 = run.cpu.iter().map(|(_, c)| c).sum();
         cpu_table.push_str(&format!(" {all:.0}% |\n"));
     }
+    let warm = LATENCY_WARM_UP.as_secs();
     Ok(Report {
         name: "latency",
         markdown: format!(
             "## End-to-end latency: sensor sample → `imu` → `imu-grafana`\n\n\
-             {modems} simulated modems (in-process SIMs, one UDP socket each, each signing with its own key: the gateway in its default configuration) at each offered rate, through the gateway, `imu`, grafana-projector and `imu-grafana` (three partitions each, the catalog's), measured for {seconds} s after a 5 s warm-up by one probe consumer of both topics (fetch wait {probe_wait} ms): arrival at the probe minus sensor time (millisecond resolution). The projector's hop is, per reading, its arrival on `imu-grafana` minus its arrival on `imu` (grafana-projector's fetch wait is {fetch_wait} ms, which bounds only an idle fetch: the broker answers as soon as records arrive). Each rate on a fresh stack.\n\n{table}\n{verdict}\n\n\
+             {modems} simulated modems (in-process SIMs, one UDP socket each, each signing with its own key: the gateway in its default configuration) at each offered rate, through the gateway, `imu`, the projector and `imu-grafana` (three partitions each, the catalog's), measured for {seconds} s after a {warm} s warm-up by one probe consumer of both topics (fetch wait {probe_wait} ms): arrival at the probe minus sensor time (millisecond resolution). The projector's hop is, per reading, its arrival on `imu-grafana` minus its arrival on `imu` (grafana-projector's fetch wait is {fetch_wait} ms, which bounds only an idle fetch: the broker answers as soon as records arrive). At 5,000 readings/s the projector is also Kafka Streams 4.4.0 doing the same work (bench/streams, at least once, 200 ms commits like the runner's), as it comes and with its producer's linger.ms at 0 as grafana-projector's. Each run on a fresh stack.\n\n{table}\n{verdict}\n\n\
              Where the CPU went over the measured window, % of one core (the machine has two: 200% is all of it):\n\n{cpu_table}"
         ),
-        json: json!({ "modems": modems, "probe_fetch_wait_ms": probe_wait, "runs": json_runs }),
+        json: json!({ "modems": modems, "probe_fetch_wait_ms": probe_wait, "warm_up_s": warm, "runs": json_runs }),
     })
 }
 

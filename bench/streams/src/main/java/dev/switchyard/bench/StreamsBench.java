@@ -40,7 +40,8 @@ import org.apache.kafka.streams.processor.api.Record;
  *
  * <p>Arguments are {@code key=value}: bootstrap, application-id, input, output, mode,
  * guarantee (at_least_once or exactly_once_v2), commit-interval-ms, input-schema (an .avsc
- * file), output-schema and output-schema-id (for project). It runs until SIGTERM.
+ * file), output-schema and output-schema-id (for project), and optionally linger-ms (the
+ * producer's; Kafka Streams' own default otherwise). It runs until SIGTERM.
  */
 public final class StreamsBench {
   private StreamsBench() {}
@@ -72,6 +73,9 @@ public final class StreamsBench {
     // As Switchyard's producers: every in-sync replica acknowledges.
     props.put(StreamsConfig.producerPrefix(ProducerConfig.ACKS_CONFIG), "all");
     props.put("consumer.auto.offset.reset", "earliest");
+    if (arg.containsKey("linger-ms")) {
+      props.put(StreamsConfig.producerPrefix(ProducerConfig.LINGER_MS_CONFIG), arg.get("linger-ms"));
+    }
 
     Topology topology = new Topology();
     topology.addSource(

@@ -212,7 +212,8 @@ impl Topology {
     /// `--linger-ms` says otherwise (the runner's default is 5 ms). Zero suits a processor
     /// on a path someone waits on: carrier-state (the switch an operator waits for),
     /// grafana-projector (the live view): at 5,000 readings/s 0 ms took the projector's
-    /// p99 from 12 to 7 ms for a few % more broker CPU (`make bench`: latency).
+    /// p99 from 12 to 7 ms for a few % more broker CPU (`make bench`: latency). Not under
+    /// exactly once, whose outputs are read at each commit anyway.
     pub fn linger(mut self, linger: std::time::Duration) -> Self {
         self.linger = Some(linger);
         self

@@ -147,10 +147,21 @@ async fn wait_until_output(bootstrap: &str, topic: &str, target: i64) -> anyhow:
 /// How the raw loop's producer is set up: as the processor it is compared with produces.
 #[derive(Clone, Copy)]
 pub(crate) enum RawProducer {
-    /// `clients::producer_config` (idempotent): what a processor gets by default.
+    /// `clients::producer_config` (idempotent), lingering 5 ms: what a processor gets by
+    /// default.
     Ordered,
-    /// `clients::unordered_producer_config`: a processor whose outputs stand alone.
+    /// `clients::unordered_producer_config`, sending at once (linger 0): grafana-projector,
+    /// whose outputs stand alone and whose topology lingers 0.
     Unordered,
+}
+
+impl RawProducer {
+    fn linger_ms(self) -> u64 {
+        match self {
+            RawProducer::Ordered => 5,
+            RawProducer::Unordered => 0,
+        }
+    }
 }
 
 /// The baseline: consume `input`, produce the same bytes to `output`, await the batch's
@@ -175,7 +186,7 @@ pub(crate) async fn raw_loop(
         RawProducer::Ordered => clients::producer_config(&bootstrap),
         RawProducer::Unordered => clients::unordered_producer_config(&bootstrap),
     }
-    .set("linger.ms", "5")
+    .set("linger.ms", producer_kind.linger_ms().to_string())
     .create()?;
     consumer.subscribe(&[input])?;
     let mut done = 0;

@@ -100,7 +100,7 @@ fn raw_copy(bootstrap: &str, records: usize) -> anyhow::Result<()> {
         ("imu", "imu-raw-copy"),
         records,
         Default::default(),
-        // grafana-projector declares its outputs stand alone: the same producer settings.
+        // grafana-projector declares its outputs stand alone and lingers 0: the same settings.
         crate::pipeline_bench::RawProducer::Unordered,
     ))
 }
@@ -177,7 +177,7 @@ pub fn processor(records: usize, rounds: usize) -> anyhow::Result<Report> {
         name: "processor",
         markdown: format!(
             "## Processor: grafana-projector vs raw rdkafka consume→produce\n\n\
-             {rounds} rounds on one broker; each appends {records} readings to `imu` (500 modems), then the raw loop copies them as bytes to another topic with the same guarantees as the projector's (acks=all, commit after acks; not idempotent, as the projector declares its outputs stand alone), then grafana-projector (the release binary, started afresh and resuming its group) decodes each reading, drops the timestamp, re-encodes it with the `-grafana` schema and sets the record time. Each rate is from the first output record to the last.\n\n\
+             {rounds} rounds on one broker; each appends {records} readings to `imu` (500 modems), then the raw loop copies them as bytes to another topic with the same guarantees as the projector's (acks=all, commit after acks; not idempotent, as the projector declares its outputs stand alone; sent at once, linger 0, as its topology says), then grafana-projector (the release binary, started afresh and resuming its group) decodes each reading, drops the timestamp, re-encodes it with the `-grafana` schema and sets the record time. Each rate is from the first output record to the last.\n\n\
              | | records/s (median) | by round |\n|---|---|---|\n\
              | raw rdkafka consume→produce | {} | {} |\n\
              | grafana-projector (RSS up to {max_rss:.0} MiB) | {} | {} |\n\

@@ -557,11 +557,12 @@ async fn commits_the_group_does_not_confirm_show_on_health() {
     assert!(took < Duration::from_secs(8), "stopping took {took:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn at_the_uncommitted_bound_consumption_pauses_and_resumes() {
+/// `count` readings on the input, then an instance under `guarantee` that commits only at
+/// an uncommitted bound of 50: the stack, the instance, and the log of what it handled.
+async fn committing_only_at_50(count: usize, guarantee: Guarantee) -> (Arc<Stack>, Instance, Log) {
     let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
     let s = Arc::clone(&stack);
-    blocking(move || s.produce(INPUT, &readings(10, 0, 2000)))
+    blocking(move || s.produce(INPUT, &readings(10, 0, count)))
         .await
         .expect("produce");
     let log: Log = Arc::default();
@@ -573,11 +574,18 @@ async fn at_the_uncommitted_bound_consumption_pauses_and_resumes() {
             log: Arc::clone(&log),
         },
         |c| {
+            c.processing_guarantee = guarantee;
             c.max_uncommitted = 50;
             // Only the bound makes it commit.
             c.commit_interval_ms = 600_000;
         },
     );
+    (stack, instance, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_the_uncommitted_bound_consumption_pauses_and_resumes() {
+    let (stack, instance, log) = committing_only_at_50(2000, Guarantee::AtLeastOnce).await;
     let metrics = instance.metrics;
     let peak = Arc::new(Mutex::new(0.0f64));
     let p = Arc::clone(&peak);
@@ -614,26 +622,7 @@ async fn at_the_uncommitted_bound_consumption_pauses_and_resumes() {
 /// 15,000 (`make bench`: streams). This test failed then: a pause per bound crossing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn under_exactly_once_a_commit_at_the_bound_does_not_pause_consumption() {
-    let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
-    let s = Arc::clone(&stack);
-    blocking(move || s.produce(INPUT, &readings(10, 0, 1000)))
-        .await
-        .expect("produce");
-    let log: Log = Arc::default();
-    let instance = start(
-        &stack,
-        Probe {
-            instance: "a",
-            ticks: false,
-            log: Arc::clone(&log),
-        },
-        |c| {
-            c.processing_guarantee = Guarantee::ExactlyOnce;
-            c.max_uncommitted = 50;
-            // Only the bound makes it commit.
-            c.commit_interval_ms = 600_000;
-        },
-    );
+    let (stack, instance, log) = committing_only_at_50(1000, Guarantee::ExactlyOnce).await;
     let bootstrap = stack.broker.bootstrap();
     let finished = blocking(move || {
         wait_for("every reading committed", Duration::from_secs(120), || {

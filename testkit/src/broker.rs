@@ -88,6 +88,23 @@ impl Node {
                 .env("KAFKA_SASL_PORT", addr.port().to_string())
                 .env("KAFKA_SASL_USERS", users);
         }
+        // Test data carries fixed sensor times from 2023, and record time is sensor time:
+        // Kafka's first retention pass, 30 s after start, deleted such inputs under a test
+        // that was still reading them (the example's SIGKILL test's restarted instance found
+        // its committed offsets out of range). A test lasts minutes: retention is looked
+        // at hourly. A KAFKA_EXTRA_PROPERTIES file of the caller's is kept.
+        let mut properties = String::from("log.retention.check.interval.ms=3600000\n");
+        if let Some(file) = std::env::var_os("KAFKA_EXTRA_PROPERTIES") {
+            properties.push_str(
+                &std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading KAFKA_EXTRA_PROPERTIES {file:?}"))?,
+            );
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let extra = self.dir.join("test-broker.properties");
+        std::fs::write(&extra, properties)
+            .with_context(|| format!("writing {}", extra.display()))?;
+        command.env("KAFKA_EXTRA_PROPERTIES", &extra);
         Service::spawn(&format!("kafka-{}", self.id), command, &self.dir)
     }
 }

@@ -89,11 +89,15 @@ impl Node {
                 .env("KAFKA_SASL_USERS", users);
         }
         // Test data carries fixed sensor times from 2023, and record time is sensor time:
-        // Kafka's first retention pass, 30 s after start, deleted such inputs under a test
-        // that was still reading them (the example's SIGKILL test's restarted instance found
-        // its committed offsets out of range). A test lasts minutes: retention is looked
-        // at hourly. A KAFKA_EXTRA_PROPERTIES file of the caller's is kept.
-        let mut properties = String::from("log.retention.check.interval.ms=3600000\n");
+        // Kafka's first retention pass deleted such inputs under a test that was still
+        // reading them (the example's SIGKILL test's restarted instance found its committed
+        // offsets out of range). That pass comes `log.initial.task.delay.ms` (30 s) after
+        // start, the next ones every `log.retention.check.interval.ms` (5 min): a test
+        // lasts minutes, so both are an hour. A KAFKA_EXTRA_PROPERTIES file of the caller's
+        // is kept.
+        let mut properties = String::from(
+            "log.initial.task.delay.ms=3600000\nlog.retention.check.interval.ms=3600000\n",
+        );
         if let Some(file) = std::env::var_os("KAFKA_EXTRA_PROPERTIES") {
             properties.push_str(
                 &std::fs::read_to_string(&file)

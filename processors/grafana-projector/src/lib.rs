@@ -45,6 +45,8 @@ impl Default for ProjectorConfig {
 
 pub struct GrafanaProjector {
     sensor_topics: Vec<String>,
+    /// Each sensor topic's projected topic, named once rather than per record.
+    grafana_topics: HashMap<String, String>,
     /// Retention (ms) of each projected topic, by sensor topic; none: kept forever.
     retention_ms: HashMap<String, i64>,
     max_future_skew_ms: i64,
@@ -67,8 +69,13 @@ impl GrafanaProjector {
                 Some((t.clone(), projected.retention_ms?))
             })
             .collect();
+        let grafana_topics = sensor_topics
+            .iter()
+            .map(|t| (t.clone(), Catalog::grafana_topic(t)))
+            .collect();
         GrafanaProjector {
             sensor_topics,
+            grafana_topics,
             retention_ms,
             max_future_skew_ms: i64::try_from(config.max_future_skew_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
@@ -115,21 +122,19 @@ impl Processor for GrafanaProjector {
             ctx.count("skipped_no_value");
             return Ok(());
         };
-        let projected = GrafanaReading {
-            modem_id: reading.modem_id.clone(),
-            device_id: reading.device_id,
-            value,
-        };
         let sensor_time_ms = reading.timestamp.div_euclid(1000);
         if let Some(reason) = self.clock_skew(record.topic, sensor_time_ms, ctx.wall_clock_ms()) {
             return Err(ProcessError::invalid(reason));
         }
-        ctx.send(
-            &Catalog::grafana_topic(record.topic),
-            &reading.modem_id,
-            &projected,
-            Some(sensor_time_ms),
-        )
+        let projected = GrafanaReading {
+            modem_id: reading.modem_id,
+            device_id: reading.device_id,
+            value,
+        };
+        let topic = self.grafana_topics.get(record.topic).ok_or_else(|| {
+            ProcessError::failed(format!("{} is not a sensor topic", record.topic))
+        })?;
+        ctx.send(topic, &projected.modem_id, &projected, Some(sensor_time_ms))
     }
 }
 

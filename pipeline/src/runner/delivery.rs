@@ -6,6 +6,7 @@
 //! report that carries an error is final: the record is *refused*, and the runner
 //! dead-letters its input or stops. Acknowledgements go straight into the ledger.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,6 +156,37 @@ pub(crate) fn output_producer(
     Ok(producer)
 }
 
+/// The [`WRITER_HEADER`] value of each task, `<instance>#<incarnation>`, made once per task
+/// rather than once per record.
+pub(crate) struct WriterLabels {
+    instance: String,
+    by_partition: HashMap<i32, (u64, Arc<[u8]>)>,
+}
+
+impl WriterLabels {
+    pub(crate) fn new(instance: String) -> Self {
+        WriterLabels {
+            instance,
+            by_partition: HashMap::new(),
+        }
+    }
+
+    /// The label of the task of `partition` numbered `incarnation` by the engine.
+    pub(crate) fn of(&mut self, partition: i32, incarnation: u64) -> Arc<[u8]> {
+        match self.by_partition.get(&partition) {
+            Some((made_for, label)) if *made_for == incarnation => Arc::clone(label),
+            _ => {
+                let label: Arc<[u8]> = format!("{}#{incarnation}", self.instance)
+                    .into_bytes()
+                    .into();
+                self.by_partition
+                    .insert(partition, (incarnation, Arc::clone(&label)));
+                label
+            }
+        }
+    }
+}
+
 /// Hand one record to the producer on behalf of an entry, with the task that wrote it in a
 /// [`WRITER_HEADER`] header. A record the producer cannot take at all (too large, unknown
 /// topic, ...) is recorded as refused, like one the broker refused.
@@ -216,12 +248,16 @@ fn record_of<'a>(
         record = record.timestamp(ts);
     }
     if !out.headers.is_empty() || writer.is_some() {
-        let headers = out.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
-            h.insert(Header {
-                key: k,
-                value: Some(v.as_slice()),
-            })
-        });
+        let capacity = out.headers.len() + usize::from(writer.is_some());
+        let headers =
+            out.headers
+                .iter()
+                .fold(OwnedHeaders::new_with_capacity(capacity), |h, (k, v)| {
+                    h.insert(Header {
+                        key: k,
+                        value: Some(v.as_slice()),
+                    })
+                });
         let headers = match writer {
             Some(writer) => headers.insert(Header {
                 key: WRITER_HEADER,
@@ -238,4 +274,20 @@ fn record_of<'a>(
 pub(crate) fn transactional_id(config: &RunnerConfig, name: &str) -> Option<String> {
     (config.processing_guarantee == Guarantee::ExactlyOnce)
         .then(|| format!("{name}-{}", config.instance()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_keeps_its_writer_label_and_a_new_task_of_the_partition_gets_a_new_one() {
+        let mut labels = WriterLabels::new("host-1".into());
+        let first = labels.of(3, 1);
+        assert_eq!(&*first, b"host-1#1");
+        assert!(Arc::ptr_eq(&first, &labels.of(3, 1)), "made once per task");
+        assert_eq!(&*labels.of(3, 4), b"host-1#4");
+        assert_eq!(&*labels.of(0, 2), b"host-1#2");
+        assert_eq!(&*labels.of(3, 4), b"host-1#4");
+    }
 }

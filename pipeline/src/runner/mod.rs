@@ -55,6 +55,7 @@ pub use config::{Guarantee, RunnerConfig, RunnerError};
 use crate::engine::{Effects, Engine};
 use crate::metrics::Metrics;
 use crate::Processor;
+use delivery::WriterLabels;
 use ledger::Ledger;
 use service::Runner;
 use shared::Shared;
@@ -157,7 +158,7 @@ pub async fn run_until<P: Processor>(
         consumer,
         producer,
         shared,
-        instance: config.instance(),
+        writer_labels: WriterLabels::new(config.instance()),
         config,
         writers: schemas::WriterSchemas::new(registry),
         health,

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -100,16 +101,18 @@ impl<P: Processor> Runner<P> {
         // A record that stops the processor is not opened in the ledger: everything before
         // it is committed on the way out, it and what follows are not.
         handled?;
-        let topic = self.shared.ledger().topic_index(m.topic());
-        let input = topic.map(|t| (t, m.offset()));
-        self.emit(m.partition(), input, || SourceRecord {
-            topic: incoming.topic.to_string(),
-            partition: incoming.partition,
-            offset: incoming.offset,
-            timestamp_ms: incoming.timestamp_ms,
-            key: incoming.key.map(<[u8]>::to_vec),
-            payload: incoming.payload.map(<[u8]>::to_vec),
-            headers: incoming.headers.clone(),
+        let topic = self.shared.ledger().input_topic(m.topic());
+        let input = topic.as_ref().map(|(index, _)| (*index, m.offset()));
+        self.emit(m.partition(), input, || {
+            SourceRecord::new(
+                topic.map_or_else(|| incoming.topic.into(), |(_, name)| name),
+                incoming.partition,
+                incoming.offset,
+                incoming.timestamp_ms,
+                incoming.key,
+                incoming.payload,
+                incoming.headers.clone(),
+            )
         })
         .await?;
         if suspect.is_some() {
@@ -151,9 +154,9 @@ impl<P: Processor> Runner<P> {
     }
 
     /// The `switchyard.writer` header's value for the task of `partition`.
-    pub(super) fn writer(&self, partition: i32) -> Option<Vec<u8>> {
-        let n = self.engine.incarnation(partition)?;
-        Some(format!("{}#{n}", self.instance).into_bytes())
+    pub(super) fn writer(&mut self, partition: i32) -> Option<Arc<[u8]>> {
+        let incarnation = self.engine.incarnation(partition)?;
+        Some(self.writer_labels.of(partition, incarnation))
     }
 
     pub(super) async fn send_effects(&mut self, partition: i32, token: Token) {
@@ -193,13 +196,5 @@ impl<P: Processor> Runner<P> {
 
 /// Punctuations have no input record; their entries never ask for one.
 fn no_source(partition: i32) -> SourceRecord {
-    SourceRecord {
-        topic: String::new(),
-        partition,
-        offset: -1,
-        timestamp_ms: None,
-        key: None,
-        payload: None,
-        headers: Vec::new(),
-    }
+    SourceRecord::new("".into(), partition, -1, None, None, None, Vec::new())
 }

@@ -67,7 +67,7 @@ impl<P: Processor> Runner<P> {
                         ),
                     });
                 };
-                let key = (input.topic, input.partition, input.offset);
+                let key = (input.topic.to_string(), input.partition, input.offset);
                 // Refused alone (by the producer, or by the broker in a transaction of its
                 // own): its own fault. Refused in a batch: it, or a record sent with it.
                 if refused.blame == Blame::Record || self.isolated.as_ref() == Some(&key) {
@@ -78,23 +78,25 @@ impl<P: Processor> Runner<P> {
                 rewind = true;
                 continue;
             }
-            let source = source.unwrap_or_else(|| SourceRecord {
-                topic: refused.topic.clone(),
-                partition: refused.token.partition,
-                offset: -1,
-                timestamp_ms: None,
-                key: refused.key.clone(),
-                payload: refused.payload.clone(),
-                headers: Vec::new(),
+            let source = source.unwrap_or_else(|| {
+                SourceRecord::new(
+                    refused.topic.as_str().into(),
+                    refused.token.partition,
+                    -1,
+                    None,
+                    refused.key.as_deref(),
+                    refused.payload.as_deref(),
+                    Vec::new(),
+                )
             });
             let incoming = Incoming {
                 topic: &source.topic,
                 partition: source.partition,
                 offset: source.offset,
                 timestamp_ms: source.timestamp_ms,
-                key: source.key.as_deref(),
+                key: source.key(),
                 headers: source.headers.clone(),
-                payload: source.payload.as_deref(),
+                payload: source.payload(),
             };
             let dead = self
                 .engine

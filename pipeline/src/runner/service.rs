@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::commit;
 use super::config::{Guarantee, RunnerConfig, RunnerError};
-use super::delivery::OutputProducer;
+use super::delivery::{OutputProducer, WriterLabels};
 use super::group::GroupContext;
 use super::schemas::WriterSchemas;
 use super::shared::{GroupEvent, Shared};
@@ -37,8 +37,8 @@ pub(crate) struct Runner<P: Processor> {
     pub producer: Arc<OutputProducer>,
     pub shared: Arc<Shared>,
     pub config: RunnerConfig,
-    /// This instance's name, in the `switchyard.writer` header.
-    pub instance: String,
+    /// The `switchyard.writer` header of each task.
+    pub writer_labels: WriterLabels,
     pub writers: WriterSchemas,
     pub health: Health,
     /// What the record or timer being handled produced (reused, so no allocation per record).

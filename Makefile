@@ -50,12 +50,13 @@ test: deps-test lint build
 
 # Timing matters here, so release builds. Results: results/bench.md and results/bench.json.
 BENCH_RECORDS ?= 100000
-# Consume→produce rounds (the pass-through and grafana-projector against the raw loop): a
-# million records, ~9 s each, so a round measures the steady rate and not its first half
-# second (at 100,000 records a round lasted 0.4-0.9 s, and how fast each side got going
-# decided it) nor one slow broker moment.
-PIPELINE_RECORDS ?= 1000000
-PROCESSOR_RECORDS ?= 1000000
+# Consume→produce rounds (the pass-through and grafana-projector against the raw loop): three
+# million records, 10-17 s each, so a round measures the steady rate and not its first
+# second nor one slow broker moment. At 100,000 records a round lasted 0.4-0.9 s; at a
+# million, once consumers stopped idling on a full prefetch queue (9326376), 3-6 s, and
+# grafana-projector's rounds ranged 151-277k records/s (178-197k at three million).
+PIPELINE_RECORDS ?= 3000000
+PROCESSOR_RECORDS ?= 3000000
 # Switchyard beside Kafka Streams (bench/streams, built here with Maven): input read whole by
 # each of 40 runs (2 kinds of work x 2 guarantees x 2 contestants x 5 rounds).
 STREAMS_RECORDS ?= 200000

@@ -130,26 +130,37 @@ pub fn processor(records: usize, rounds: usize) -> anyhow::Result<Report> {
     let probe: BaseConsumer = clients::admin_config(&bootstrap).create()?;
     let (mut raw_rates, mut projector_rates, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     let mut cpu_us_per_record = Vec::new();
+    // Where the machine's two cores go: the raw loop's (this process's, while only it and the
+    // 10 ms watermark probe run) and the broker's during each side's part of the round.
+    let (mut raw_cpu_us, mut broker_raw_us, mut broker_projector_us) =
+        (Vec::new(), Vec::new(), Vec::new());
+    let per_record = |before: f64, after: f64| (after - before) / records as f64 * 1e6;
+    let broker_pid = stack.broker.pid();
+    let cpu = crate::idle_bench::cpu_seconds;
     for round in 1..=rounds {
         eprintln!("round {round}: producing {records} readings to imu");
         stack.produce("imu", &readings(records, 500, now_us()))?;
 
         let base = watermark_sum(&probe, "imu-raw-copy")?;
         let raw_bootstrap = bootstrap.clone();
+        let (own_before, broker_before) = (cpu(std::process::id())?, cpu(broker_pid)?);
         let raw = std::thread::spawn(move || raw_copy(&raw_bootstrap, records));
         let raw_rate = time_output(&bootstrap, "imu-raw-copy", base, records as i64)?;
         raw.join()
             .map_err(|_| anyhow::anyhow!("raw loop panicked"))??;
+        raw_cpu_us.push(per_record(own_before, cpu(std::process::id())?));
+        broker_raw_us.push(per_record(broker_before, cpu(broker_pid)?));
         eprintln!("round {round}: raw consume→produce {raw_rate:.0} records/s");
 
         let base = watermark_sum(&probe, "imu-grafana")?;
+        let broker_before = cpu(broker_pid)?;
         let (mut projector, _) =
             stack.start_processor("grafana-projector", "bench-projector", &[])?;
         let projector_rate = time_output(&bootstrap, "imu-grafana", base, records as i64)?;
+        broker_projector_us.push(per_record(broker_before, cpu(broker_pid)?));
         rss.push(rss_mib(projector.pid()));
         // All its CPU since it started (start-up included: a few ms), per record.
-        let cpu = crate::idle_bench::cpu_seconds(projector.pid())?;
-        cpu_us_per_record.push(cpu / records as f64 * 1e6);
+        cpu_us_per_record.push(per_record(0.0, cpu(projector.pid())?));
         projector.terminate(Duration::from_secs(30))?;
         eprintln!("round {round}: grafana-projector {projector_rate:.0} records/s");
         raw_rates.push(raw_rate);
@@ -172,6 +183,7 @@ pub fn processor(records: usize, rounds: usize) -> anyhow::Result<Report> {
     };
     let rate = |x: f64| format!("{x:.0}");
     let percent = |x: f64| format!("{:.0}%", x * 100.0);
+    let one_decimal = |x: f64| format!("{x:.1}");
     let max_rss = rss.iter().copied().fold(0.0, f64::max);
     Ok(Report {
         name: "processor",
@@ -182,7 +194,7 @@ pub fn processor(records: usize, rounds: usize) -> anyhow::Result<Report> {
              | raw rdkafka consume→produce | {} | {} |\n\
              | grafana-projector (RSS up to {max_rss:.0} MiB) | {} | {} |\n\
              | **projector / raw** | **{}** | {} (target ≥ 90%: {verdict}) |\n\
-             | grafana-projector's CPU per record (µs, start-up included) | {:.1} | {} |\n",
+             | grafana-projector's CPU per record (µs, start-up included) | {:.1} | {} |\n             | the raw loop's CPU per record (µs: the bench process while it runs) | {:.1} | {} |\n             | the broker's CPU per record while the raw loop runs (µs) | {:.1} | {} |\n             | the broker's CPU per record while grafana-projector runs (µs) | {:.1} | {} |\n\n             The two cores are shared by the broker and the side being measured: what one side spends per record is not the broker's to spend.\n",
             rate(median(&raw_rates)),
             list(&raw_rates, &rate),
             rate(median(&projector_rates)),
@@ -190,14 +202,23 @@ pub fn processor(records: usize, rounds: usize) -> anyhow::Result<Report> {
             percent(ratio),
             list(&ratios, &percent),
             median(&cpu_us_per_record),
-            list(&cpu_us_per_record, &|x| format!("{x:.1}")),
+            list(&cpu_us_per_record, &one_decimal),
+            median(&raw_cpu_us),
+            list(&raw_cpu_us, &one_decimal),
+            median(&broker_raw_us),
+            list(&broker_raw_us, &one_decimal),
+            median(&broker_projector_us),
+            list(&broker_projector_us, &one_decimal),
         ),
         json: json!({ "records_per_round": records, "rounds": rounds,
                       "raw_records_per_second": raw_rates,
                       "projector_records_per_second": projector_rates,
                       "ratios_by_round": ratios, "ratio": ratio, "target_ratio": 0.90,
                       "projector_rss_mib": rss,
-                      "projector_cpu_us_per_record": cpu_us_per_record }),
+                      "projector_cpu_us_per_record": cpu_us_per_record,
+                      "raw_cpu_us_per_record": raw_cpu_us,
+                      "broker_cpu_us_per_record_raw": broker_raw_us,
+                      "broker_cpu_us_per_record_projector": broker_projector_us }),
     })
 }
 

@@ -194,7 +194,11 @@ pub fn processor(records: usize, rounds: usize) -> anyhow::Result<Report> {
              | raw rdkafka consume→produce | {} | {} |\n\
              | grafana-projector (RSS up to {max_rss:.0} MiB) | {} | {} |\n\
              | **projector / raw** | **{}** | {} (target ≥ 90%: {verdict}) |\n\
-             | grafana-projector's CPU per record (µs, start-up included) | {:.1} | {} |\n             | the raw loop's CPU per record (µs: the bench process while it runs) | {:.1} | {} |\n             | the broker's CPU per record while the raw loop runs (µs) | {:.1} | {} |\n             | the broker's CPU per record while grafana-projector runs (µs) | {:.1} | {} |\n\n             The two cores are shared by the broker and the side being measured: what one side spends per record is not the broker's to spend.\n",
+             | grafana-projector's CPU per record (µs, start-up included) | {:.1} | {} |\n\
+             | the raw loop's CPU per record (µs: the bench process while it runs) | {:.1} | {} |\n\
+             | the broker's CPU per record while the raw loop runs (µs) | {:.1} | {} |\n\
+             | the broker's CPU per record while grafana-projector runs (µs) | {:.1} | {} |\n\n\
+             The broker and the side being measured share the two cores.\n",
             rate(median(&raw_rates)),
             list(&raw_rates, &rate),
             rate(median(&projector_rates)),

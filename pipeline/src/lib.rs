@@ -26,5 +26,5 @@ pub use metrics::Metrics;
 pub use processor::{
     ErrorPolicy, ProcessError, Processor, Record, Timer, TimerKind, TimerSpec, Topology,
 };
-pub use runner::{run, run_until, Guarantee, RunnerConfig, RunnerError};
+pub use runner::{run, run_until, Guarantee, RunnerConfig, RunnerError, DEFAULT_MAX_UNCOMMITTED};
 pub use store::KeyValueStore;

@@ -50,7 +50,7 @@ use switchyard_schemas::Catalog;
 use switchyard_telemetry::{shutdown_signal, Health};
 use tracing::info;
 
-pub use config::{Guarantee, RunnerConfig, RunnerError};
+pub use config::{Guarantee, RunnerConfig, RunnerError, DEFAULT_MAX_UNCOMMITTED};
 
 use crate::engine::{Effects, Engine};
 use crate::metrics::Metrics;

@@ -153,9 +153,8 @@ pub(crate) struct Offsets {
 
 #[derive(Debug)]
 pub(crate) struct Ledger {
-    topics: Vec<String>,
-    /// The same names, to share with [`SourceRecord`]s.
-    shared_names: Vec<Arc<str>>,
+    /// Input topics' names, shared with [`SourceRecord`]s.
+    topics: Vec<Arc<str>>,
     tasks: HashMap<i32, TaskQueue>,
     inputs: HashMap<(usize, i32), Offsets>,
     records_in_flight: usize,
@@ -172,8 +171,7 @@ impl Ledger {
     /// A ledger over these input topics (indexes into this list name them).
     pub fn new(topics: Vec<String>) -> Ledger {
         Ledger {
-            shared_names: topics.iter().map(|t| Arc::from(t.as_str())).collect(),
-            topics,
+            topics: topics.iter().map(|t| Arc::from(t.as_str())).collect(),
             tasks: HashMap::new(),
             inputs: HashMap::new(),
             records_in_flight: 0,
@@ -185,13 +183,13 @@ impl Ledger {
     }
 
     pub fn topic_index(&self, topic: &str) -> Option<usize> {
-        self.topics.iter().position(|t| t == topic)
+        self.topics.iter().position(|t| &**t == topic)
     }
 
     /// The index of input topic `topic`, and its name to share.
     pub fn input_topic(&self, topic: &str) -> Option<(usize, Arc<str>)> {
         let index = self.topic_index(topic)?;
-        Some((index, Arc::clone(&self.shared_names[index])))
+        Some((index, Arc::clone(&self.topics[index])))
     }
 
     /// Open an entry for an input record (`input`: topic index and offset) or a punctuation
@@ -336,7 +334,11 @@ impl Ledger {
         for ((topic, partition), offsets) in self.inputs.iter_mut() {
             if wanted(*partition) && offsets.committable > since(offsets) {
                 offsets.requested = offsets.committable;
-                out.push((self.topics[*topic].clone(), *partition, offsets.committable));
+                out.push((
+                    self.topics[*topic].to_string(),
+                    *partition,
+                    offsets.committable,
+                ));
             }
         }
         out.sort();
@@ -359,7 +361,7 @@ impl Ledger {
             .inputs
             .iter()
             .filter(|((_, p), o)| wanted(*p) && o.position > o.confirmed)
-            .map(|((t, p), o)| (self.topics[*t].clone(), *p, o.position))
+            .map(|((t, p), o)| (self.topics[*t].to_string(), *p, o.position))
             .collect();
         out.sort();
         out

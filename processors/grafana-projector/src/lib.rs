@@ -45,11 +45,15 @@ impl Default for ProjectorConfig {
 
 pub struct GrafanaProjector {
     sensor_topics: Vec<String>,
-    /// Each sensor topic's projected topic, named once rather than per record.
-    grafana_topics: HashMap<String, String>,
-    /// Retention (ms) of each projected topic, by sensor topic; none: kept forever.
-    retention_ms: HashMap<String, i64>,
+    /// Where each sensor topic's readings go, by sensor topic (named once, not per record).
+    projections: HashMap<String, Projection>,
     max_future_skew_ms: i64,
+}
+
+/// A sensor topic's projected topic and its retention (ms; none: kept forever).
+struct Projection {
+    topic: String,
+    retention_ms: Option<i64>,
 }
 
 impl GrafanaProjector {
@@ -62,28 +66,35 @@ impl GrafanaProjector {
             .topics_with_role(Role::Sensor)
             .map(|t| t.name.clone())
             .collect();
-        let retention_ms = sensor_topics
+        let projections = sensor_topics
             .iter()
-            .filter_map(|t| {
-                let projected = catalog.topic(&Catalog::grafana_topic(t))?;
-                Some((t.clone(), projected.retention_ms?))
+            .map(|t| {
+                let topic = Catalog::grafana_topic(t);
+                let retention_ms = catalog.topic(&topic).and_then(|p| p.retention_ms);
+                (
+                    t.clone(),
+                    Projection {
+                        topic,
+                        retention_ms,
+                    },
+                )
             })
-            .collect();
-        let grafana_topics = sensor_topics
-            .iter()
-            .map(|t| (t.clone(), Catalog::grafana_topic(t)))
             .collect();
         GrafanaProjector {
             sensor_topics,
-            grafana_topics,
-            retention_ms,
+            projections,
             max_future_skew_ms: i64::try_from(config.max_future_skew_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
         }
     }
 
     /// Why a sensor time cannot be projected now, if it cannot.
-    fn clock_skew(&self, topic: &str, sensor_time_ms: i64, now_ms: i64) -> Option<String> {
+    fn clock_skew(
+        &self,
+        projection: &Projection,
+        sensor_time_ms: i64,
+        now_ms: i64,
+    ) -> Option<String> {
         if sensor_time_ms > now_ms.saturating_add(self.max_future_skew_ms) {
             return Some(format!(
                 "clock_skew: sensor time {sensor_time_ms} ms is {} s ahead of the wall clock {now_ms} ms (limit {} s)",
@@ -91,12 +102,12 @@ impl GrafanaProjector {
                 self.max_future_skew_ms / 1000
             ));
         }
-        let retention = *self.retention_ms.get(topic)?;
+        let retention = projection.retention_ms?;
         (sensor_time_ms < now_ms.saturating_sub(retention)).then(|| {
             format!(
                 "clock_skew: sensor time {sensor_time_ms} ms is {} s before the wall clock {now_ms} ms, older than {}'s retention ({} s)",
                 (now_ms - sensor_time_ms) / 1000,
-                Catalog::grafana_topic(topic),
+                projection.topic,
                 retention / 1000
             )
         })
@@ -122,8 +133,11 @@ impl Processor for GrafanaProjector {
             ctx.count("skipped_no_value");
             return Ok(());
         };
+        let projection = self.projections.get(record.topic).ok_or_else(|| {
+            ProcessError::failed(format!("{} is not a sensor topic", record.topic))
+        })?;
         let sensor_time_ms = reading.timestamp.div_euclid(1000);
-        if let Some(reason) = self.clock_skew(record.topic, sensor_time_ms, ctx.wall_clock_ms()) {
+        if let Some(reason) = self.clock_skew(projection, sensor_time_ms, ctx.wall_clock_ms()) {
             return Err(ProcessError::invalid(reason));
         }
         let projected = GrafanaReading {
@@ -131,10 +145,12 @@ impl Processor for GrafanaProjector {
             device_id: reading.device_id,
             value,
         };
-        let topic = self.grafana_topics.get(record.topic).ok_or_else(|| {
-            ProcessError::failed(format!("{} is not a sensor topic", record.topic))
-        })?;
-        ctx.send(topic, &projected.modem_id, &projected, Some(sensor_time_ms))
+        ctx.send(
+            &projection.topic,
+            &projected.modem_id,
+            &projected,
+            Some(sensor_time_ms),
+        )
     }
 }
 

@@ -26,7 +26,7 @@ pub struct Metrics {
     pub timer_failures: IntCounter,
     pub assigned_partitions: IntGauge,
     pub events: IntCounterVec,
-    pub rejoins: IntCounter,
+    pub revocations: IntCounter,
     pub rewinds: IntCounter,
     pub produce_failures: IntCounter,
     pub pauses: IntCounter,
@@ -218,7 +218,10 @@ impl Metrics {
                 "rewinds_total",
                 "Times every task went back to its last commit (stores restored, inputs read again): under exactly once after a refused record or an aborted commit (the open transaction aborted); at least once after a revocation whose wait ran out (the records in flight purged).",
             )?,
-            rejoins: counter("group_rejoins_total", "Times the instance left and rejoined its group after waiting too long for an assignment.")?,
+            revocations: counter(
+                "revocations_total",
+                "Rebalances that took partitions from this instance (each commits their offsets and drops their tasks).",
+            )?,
             registry,
         })
     }

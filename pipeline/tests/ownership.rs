@@ -15,7 +15,7 @@ use switchyard_pipeline::{
 };
 use switchyard_schemas::records::{ReadingCount, SensorReading};
 use switchyard_schemas::Catalog;
-use switchyard_testkit::{imu_reading, wait_for, Stack};
+use switchyard_testkit::{free_port, http_get_status, http_get_text, imu_reading, wait_for, Stack};
 use tracing::field::{Field, Visit};
 use tracing::Instrument;
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
@@ -32,10 +32,14 @@ type Handled = Arc<Mutex<Vec<(String, i32, Instant, bool)>>>;
 /// (instance, assigned (true) or revoked, partitions, when).
 type Changes = Arc<Mutex<Vec<(String, bool, BTreeSet<i32>, Instant)>>>;
 
+/// A reading with this value takes a [`Ticker`] its `slow` time to process.
+const SLOW_VALUE: i32 = -7;
+
 /// Sends a record per reading and one per task on a 50 ms wall-clock timer.
 struct Ticker {
     instance: String,
     handled: Handled,
+    slow: Duration,
 }
 
 impl Ticker {
@@ -56,6 +60,9 @@ impl Processor for Ticker {
 
     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         let reading: SensorReading = record.value()?;
+        if reading.value == Some(SLOW_VALUE) {
+            std::thread::sleep(self.slow);
+        }
         self.note(ctx.partition(), true);
         let out = ReadingCount {
             modem_id: reading.modem_id.clone(),
@@ -130,7 +137,7 @@ where
         event.record(&mut fields);
         let assigned = match fields.message.as_str() {
             "partitions assigned" => true,
-            "partitions revoked" => false,
+            "partitions revoked" | "partitions lost" => false,
             _ => return,
         };
         let Some(instance) = ctx.event_scope(event).and_then(|scope| {
@@ -184,6 +191,20 @@ fn start_with(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 ) {
+    start_slow(stack, instance, handled, Duration::ZERO, adjust)
+}
+
+/// [`start_with`] a ticker that takes `slow` over a reading of [`SLOW_VALUE`].
+fn start_slow(
+    stack: &Stack,
+    instance: &str,
+    handled: &Handled,
+    slow: Duration,
+    adjust: impl FnOnce(&mut RunnerConfig),
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let mut config = RunnerConfig::new(&stack.broker.bootstrap(), &stack.registry.url());
     // Commits rarely, so that after a revocation inside the poll the next branch to wake is
     // the wall-clock tick (every 100 ms), not a commit.
@@ -193,6 +214,7 @@ fn start_with(
     let processor = Ticker {
         instance: instance.to_string(),
         handled: Arc::clone(handled),
+        slow,
     };
     let run = run_until(
         processor,
@@ -457,4 +479,239 @@ fn assigned_any(changes: &Changes, instance: &str) -> bool {
     changes
         .lock()
         .is_ok_and(|c| c.iter().any(|c| c.0 == instance && c.1 && !c.2.is_empty()))
+}
+
+/// A member without partitions (more instances than partitions) is a quiet member. Before
+/// Apache Kafka, the runner rejoined its group after owning nothing for 25 s (a workaround
+/// for tansu, which could leave a joiner beside a crashed member with nothing): on Kafka
+/// that made the idle instance rebalance the whole group every 25 s, then 50 s, up to every
+/// 10 minutes, each time revoking every task of every instance. This test failed then: the
+/// fourth instance's rejoin showed as new revocations and assignments within the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_without_partitions_never_makes_the_group_rebalance() {
+    const INSTANCES: [&str; 4] = ["qa", "qb", "qc", "qd"];
+    const WINDOW: Duration = Duration::from_secs(35);
+    let changes = changes();
+    let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
+    let handled: Handled = Arc::default();
+    let running: Vec<_> = INSTANCES
+        .iter()
+        .map(|instance| start(&stack, instance, &handled))
+        .collect();
+    // Settled: every instance's last change is an assignment, those assignments share out
+    // the three partitions, and nothing changed for five seconds.
+    let ours = |c: &Changes| -> Vec<(String, bool, BTreeSet<i32>, Instant)> {
+        c.lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|c| INSTANCES.contains(&c.0.as_str()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let settled = |c: &[(String, bool, BTreeSet<i32>, Instant)]| {
+        let lasts: Vec<_> = INSTANCES
+            .iter()
+            .filter_map(|i| c.iter().rev().find(|c| c.0 == *i))
+            .collect();
+        let owned: Vec<i32> = lasts.iter().flat_map(|c| c.2.iter().copied()).collect();
+        let quiet = c
+            .last()
+            .is_some_and(|c| c.3.elapsed() > Duration::from_secs(5));
+        lasts.len() == INSTANCES.len()
+            && lasts.iter().all(|c| c.1)
+            && owned.len() == 3
+            && owned.iter().collect::<BTreeSet<_>>().len() == 3
+            && quiet
+    };
+    let c = Arc::clone(&changes);
+    blocking(move || {
+        wait_for(
+            "the four instances settled",
+            Duration::from_secs(120),
+            || settled(&ours(&c)),
+        )
+    })
+    .await
+    .expect("settled");
+    let before = ours(&changes).len();
+    let c = Arc::clone(&changes);
+    let grew =
+        blocking(move || wait_for("a change in the group", WINDOW, || ours(&c).len() > before))
+            .await;
+    let after = ours(&changes);
+    for (stop, done) in running {
+        let _ = stop.send(());
+        done.await.expect("stopped");
+    }
+    assert!(
+        grew.is_err(),
+        "{} assignment changes within {WINDOW:?} of a settled group, e.g. {:?}",
+        after.len() - before,
+        after.get(before)
+    );
+    assert_no_strays(&changes, &handled, &INSTANCES);
+}
+
+/// The wall-clock time, in ms since the epoch, of `at`.
+fn wall_ms(at: Instant) -> i64 {
+    (SystemTime::now() - at.elapsed())
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Issue 26 (1, 6): an instance that lost its membership stops its tasks before anything
+/// else, and one whose loop is stuck says so on /health. `la` takes 15 s over one reading, longer than its max.poll.interval.ms (10 s): the
+/// group gives its partitions to `lb` meanwhile. When the call returns, `la` must drop
+/// what it produced and every task, and handle nothing until it is assigned partitions
+/// again. Before, it sent the slow reading's output and went on punctuating the tasks `lb`
+/// owned until its next poll, and stayed ready throughout; this test failed then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_that_lost_its_partitions_produces_nothing_for_them() {
+    const SLOW: Duration = Duration::from_secs(15);
+    let changes = changes();
+    let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
+    let s = Arc::clone(&stack);
+    blocking(move || {
+        // Each output's time is when the broker appended it.
+        switchyard_testkit::kafka::set_topic_config(
+            &s.broker.bootstrap(),
+            OUTPUT,
+            "message.timestamp.type",
+            "LogAppendTime",
+        )
+    })
+    .await
+    .expect("output topic");
+    let handled: Handled = Arc::default();
+    let la_health: std::net::SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
+    let (stop_a, a) = start_slow(&stack, "la", &handled, SLOW, |c| {
+        c.max_poll_interval_ms = 10_000;
+        c.metrics_listen = Some(la_health);
+        c.stall_timeout_ms = 3_000;
+    });
+    let (stop_b, b) = start(&stack, "lb", &handled);
+    let owned_by = |c: &Changes, instance: &str| -> BTreeSet<i32> {
+        c.lock()
+            .ok()
+            .and_then(|c| c.iter().rev().find(|c| c.0 == instance).cloned())
+            .filter(|c| c.1)
+            .map(|c| c.2)
+            .unwrap_or_default()
+    };
+    let c = Arc::clone(&changes);
+    blocking(move || {
+        wait_for(
+            "la and lb share the partitions",
+            Duration::from_secs(90),
+            || {
+                let (a, b) = (owned_by(&c, "la"), owned_by(&c, "lb"));
+                !a.is_empty() && !b.is_empty() && a.len() + b.len() == 3
+            },
+        )
+    })
+    .await
+    .expect("shared");
+    let slow_partition = *owned_by(&changes, "la").first().expect("la's partition");
+    let modem = (0..)
+        .map(|i| format!("slow{i}"))
+        .find(|m| default_partition(m.as_bytes(), 3) == slow_partition)
+        .expect("a key");
+    let t = 1_700_000_000_000_000;
+    let slow_reading = vec![(modem.clone(), imu_reading(&modem, SLOW_VALUE, t), t / 1000)];
+    let s = Arc::clone(&stack);
+    blocking(move || s.produce(INPUT, &slow_reading))
+        .await
+        .expect("produce");
+    // Issue 26 (6): while its loop is stuck in the call, la says it is not ready, and why.
+    blocking(move || {
+        wait_for(
+            "la not ready while its loop is stuck",
+            Duration::from_secs(30),
+            || {
+                http_get_status(la_health, "/health").is_ok_and(|s| s == 503)
+                    && http_get_text(la_health, "/health")
+                        .is_ok_and(|t| t.contains("processing loop has not turned"))
+            },
+        )
+    })
+    .await
+    .expect("a stuck loop shows on /health");
+    // The fault landed: lb took la's partition while la was inside the slow call, and la
+    // learnt of it (a loss, not a revocation it answered) once the call returned.
+    let c = Arc::clone(&changes);
+    blocking(move || {
+        wait_for(
+            "la lost its partitions and rejoined",
+            Duration::from_secs(90),
+            || {
+                c.lock().is_ok_and(|c| {
+                    let Some(taken) = c
+                        .iter()
+                        .position(|c| c.0 == "lb" && c.1 && c.2.contains(&slow_partition))
+                    else {
+                        return false;
+                    };
+                    let lost = c[taken..].iter().position(|c| c.0 == "la" && !c.1);
+                    lost.is_some_and(|l| c[taken + l..].iter().any(|c| c.0 == "la" && c.1))
+                })
+            },
+        )
+    })
+    .await
+    .expect("la lost its partitions while it was slow");
+    let _ = (stop_a.send(()), stop_b.send(()));
+    a.await.expect("la stopped");
+    b.await.expect("lb stopped");
+
+    // lb's ownership of each partition, in wall-clock ms: [from, to).
+    let spans: Vec<(i32, i64, i64)> = {
+        let c = changes.lock().expect("changes").clone();
+        let mut spans = Vec::new();
+        for (i, (who, assigned, parts, at)) in c.iter().enumerate() {
+            if who != "lb" || !assigned {
+                continue;
+            }
+            for p in parts {
+                let until = c[i + 1..]
+                    .iter()
+                    .find(|c| c.0 == "lb" && !c.1 && c.2.contains(p))
+                    .map_or(i64::MAX, |c| wall_ms(c.3));
+                spans.push((*p, wall_ms(*at), until));
+            }
+        }
+        spans
+    };
+    let s = Arc::clone(&stack);
+    let outputs = blocking(move || s.read_to_end::<ReadingCount>(OUTPUT))
+        .await
+        .expect("outputs");
+    let task = |modem: &str| match modem.strip_prefix("tick-") {
+        Some(p) => p.parse().unwrap_or(-1),
+        None => default_partition(modem.as_bytes(), 3),
+    };
+    let late: Vec<_> = outputs
+        .iter()
+        .filter(|r| r.value.sensor == "la")
+        .filter(|r| {
+            let (p, t) = (task(&r.value.modem_id), r.raw.timestamp_ms.unwrap_or(0));
+            spans
+                .iter()
+                .any(|(q, from, to)| *q == p && (*from..*to).contains(&t))
+        })
+        .map(|r| r.value.modem_id.clone())
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} outputs of la for partitions lb owned at the time, e.g. {:?}",
+        late.len(),
+        late.first()
+    );
+    // Nothing lost: the slow reading has its output, from whichever owner processed it.
+    assert!(
+        outputs.iter().any(|r| r.value.modem_id == modem),
+        "no output for the slow reading"
+    );
 }

@@ -75,6 +75,16 @@ pub struct RunnerConfig {
     /// a busy processor send fewer, larger requests.
     #[arg(long, env = "SWITCHYARD_LINGER_MS")]
     pub linger_ms: Option<u64>,
+    /// Longest time between two polls of the group's consumer (librdkafka's
+    /// max.poll.interval.ms, at least the group session's 10 s): a processor call, registry
+    /// wait or restore that takes longer loses the instance its partitions, and their
+    /// tasks are dropped without a commit.
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_POLL_INTERVAL_MS",
+        default_value_t = 300_000
+    )]
+    pub max_poll_interval_ms: u64,
 }
 
 impl RunnerConfig {
@@ -91,6 +101,7 @@ impl RunnerConfig {
             instance_id: None,
             fetch_wait_ms: switchyard_kafka::FETCH_WAIT_MS,
             linger_ms: None,
+            max_poll_interval_ms: 300_000,
         }
     }
 

@@ -9,12 +9,15 @@
 //! bounds too: it pauses its partitions at the consumer and goes on polling. When the wait
 //! runs out (at least once), every record still in flight is purged so that none lands
 //! after the next owner's, and the tasks assigned again go back to their last commit.
+//! Partitions the group gave away while the instance was not polling (lost, not revoked)
+//! are neither waited for nor committed: their records are purged (at least once) or their
+//! transaction aborted (exactly once), and every task goes before anything else runs.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{Producer, PurgeConfig};
 use rdkafka::statistics::Statistics;
@@ -67,6 +70,22 @@ impl ConsumerContext for GroupContext {
         let parts = partitions_of(tpl);
         let tasks: BTreeSet<i32> = parts.iter().map(|(_, p)| *p).collect();
         let shared = &self.shared;
+        if consumer.assignment_lost() {
+            // Others own them already: nothing may be committed for them, and nothing
+            // still queued for them may land after the new owners' records.
+            warn!(
+                revoked = ?parts,
+                why = "the group gave them away while this instance was not polling (max.poll.interval.ms) or out of touch",
+                "partitions lost"
+            );
+            if shared.guarantee == Guarantee::AtLeastOnce {
+                purge_in_flight(shared);
+            }
+            shared.metrics.revocations.inc();
+            shared.push_event(GroupEvent::Lost);
+            shared.push_event(GroupEvent::Revoked(parts));
+            return;
+        }
         let timeout = shared.revoke_timeout();
         let all_in = shared.wait_until(timeout, |ledger| {
             ledger.awaiting_broker(|p| tasks.contains(&p)) == 0
@@ -85,15 +104,16 @@ impl ConsumerContext for GroupContext {
             // changelog write would win compaction). librdkafka purges by producer, not by
             // partition: the kept tasks go back to their last commit too. Under exactly
             // once the transaction's commit below settles them, or its abort fences them.
-            if let Some(producer) = shared.producer.get().and_then(|w| w.upgrade()) {
-                producer.purge(PurgeConfig::default().queue().inflight());
-            }
+            purge_in_flight(shared);
         }
         if let Err(e) = commit::commit_now(consumer, shared, |p| tasks.contains(&p)) {
             error!(error = %e, "commit on revocation failed");
             shared.raise(e);
         }
         info!(revoked = ?parts, "partitions revoked");
+        if !parts.is_empty() {
+            shared.metrics.revocations.inc();
+        }
         shared.push_event(GroupEvent::Revoked(parts));
         if purged {
             shared.push_event(GroupEvent::InFlightPurged);
@@ -110,5 +130,13 @@ impl ConsumerContext for GroupContext {
             Rebalance::Error(e) => warn!(error = %e, "rebalance failed"),
             Rebalance::Revoke(_) => {}
         }
+    }
+}
+
+/// Purge every record the producer has queued or in flight (their deliveries report the
+/// purge; their entries are forgotten with the tasks).
+pub(super) fn purge_in_flight(shared: &Shared) {
+    if let Some(producer) = shared.producer.get().and_then(|w| w.upgrade()) {
+        producer.purge(PurgeConfig::default().queue().inflight());
     }
 }

@@ -15,6 +15,10 @@
 //!   record derived from it, and from everything before it in its task, is acknowledged.
 //! * Rebalances ([`group`]): a revoked task's records are acknowledged and its offsets
 //!   committed before the revocation completes; then its task, stores and timers go.
+//!   Partitions lost (given away while the loop did not poll) take every task with them,
+//!   uncommitted, before anything else runs ([`recovery`]).
+//! * Readiness: set by the loop as it turns; a loop that stops turning is reported by a
+//!   task beside it ([`watchdog`]).
 //! * Exactly once (`--processing-guarantee exactly-once`): outputs and offsets in one Kafka
 //!   transaction per commit interval (tested on Apache Kafka); a refusal or a failed
 //!   commit aborts and goes back to the last commit ([`recovery`]).
@@ -35,6 +39,7 @@ mod service;
 mod shared;
 mod shutdown;
 mod startup;
+mod watchdog;
 
 #[cfg(test)]
 mod tests;
@@ -172,7 +177,13 @@ pub async fn run_until<P: Processor>(
         rewinds_in_a_row: 0,
         generation: 0,
     };
+    let watch = tokio::spawn(watchdog::watch_loop(
+        Arc::clone(&runner.shared),
+        runner.health.clone(),
+        runner.config.stall_timeout(),
+    ));
     let result = runner.run(&mut shutdown).await;
+    watch.abort();
     let finished = runner.finish().await;
     result.and(finished)?;
     info!(processor = %name, "stopped cleanly");

@@ -44,6 +44,10 @@ impl<P: Processor> Runner<P> {
             self.writers
                 .ensure(&mut self.engine, id, &self.health, shutdown)
                 .await?;
+            // The wait for the registry may have outlasted the group's patience.
+            if self.lost(shutdown).await? {
+                return Ok(());
+            }
         }
         let headers: Vec<(String, Option<Vec<u8>>)> = m
             .headers()
@@ -98,6 +102,11 @@ impl<P: Processor> Runner<P> {
             .processing_seconds
             .observe(started.elapsed().as_secs_f64());
         metrics.count_in(m.topic());
+        // A call that outlasted `max.poll.interval.ms`: the partition is someone else's
+        // now, and what the call produced goes with the task.
+        if self.lost(shutdown).await? {
+            return Ok(());
+        }
         // A record that stops the processor is not opened in the ledger: everything before
         // it is committed on the way out, it and what follows are not.
         handled?;

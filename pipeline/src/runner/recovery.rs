@@ -17,7 +17,7 @@ use super::delivery;
 use super::group::GroupContext;
 use super::ledger::{Blame, SourceRecord};
 use super::service::Runner;
-use crate::engine::{FailureKind, Incoming};
+use crate::engine::{Effects, FailureKind, Incoming};
 use crate::{ErrorPolicy, Processor};
 
 /// Exactly once: rewinds without a successful commit in between before the runner stops.
@@ -183,6 +183,48 @@ impl<P: Processor> Runner<P> {
         warn!("records in flight were purged at a revocation: the tasks assigned again go back to their last commit");
         self.shared.metrics.rewinds.inc();
         self.drop_every_task();
+    }
+
+    /// Whether the group has taken this instance's partitions away without a revocation it
+    /// could answer (see [`Runner::lose_every_task`], done here when it has).
+    pub(super) async fn lost(
+        &mut self,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<bool, RunnerError> {
+        if !self.consumer.assignment_lost() {
+            return Ok(false);
+        }
+        self.lose_every_task(shutdown).await?;
+        Ok(true)
+    }
+
+    /// The group gave this instance's partitions to others while it was not polling (a
+    /// processor call, a registry wait or a restore that outlasted `max.poll.interval.ms`)
+    /// or out of touch with the coordinator. The new owners start from the last commit, so
+    /// nothing produced since may land (at least once: purged; exactly once: the open
+    /// transaction aborted) and every task goes now, before any record or timer is handled.
+    /// The next poll rejoins the group; tasks assigned again are restored from their
+    /// changelogs.
+    pub(super) async fn lose_every_task(
+        &mut self,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), RunnerError> {
+        if self.engine.task_count() == 0 {
+            return Ok(());
+        }
+        warn!("membership lost: every task dropped without a commit; what it produced since is discarded");
+        match self.config.processing_guarantee {
+            Guarantee::AtLeastOnce => super::group::purge_in_flight(&self.shared),
+            Guarantee::ExactlyOnce => tokio::select! {
+                biased;
+                _ = shutdown.as_mut() => return Err(RunnerError::ShutdownRequested),
+                aborted = self.committer.abort() => aborted?,
+            },
+        }
+        self.shared.metrics.rewinds.inc();
+        self.effects = Effects::default();
+        self.drop_every_task();
+        Ok(())
     }
 
     /// Forget every task's entries and drop the tasks, stores and timers; returns which.

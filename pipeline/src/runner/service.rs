@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,9 +23,6 @@ use super::shared::{GroupEvent, Shared};
 use crate::engine::{Effects, Engine};
 use crate::Processor;
 
-/// Owning no partition this long, rejoin the group (then twice as long, up to the maximum).
-const JOIN_WATCHDOG: Duration = Duration::from_secs(25);
-const JOIN_WATCHDOG_MAX: Duration = Duration::from_secs(600);
 /// How often wall-clock timers, health and gauges are looked at.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -97,9 +95,8 @@ impl<P: Processor> Runner<P> {
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let consumer = Arc::clone(&self.consumer);
         let shared = Arc::clone(&self.shared);
-        let mut unassigned_since = Instant::now();
-        let mut watchdog = JOIN_WATCHDOG;
         loop {
+            shared.loop_turns.fetch_add(1, Ordering::Relaxed);
             self.attend(shutdown).await?;
             tokio::select! {
                 biased;
@@ -121,14 +118,6 @@ impl<P: Processor> Runner<P> {
                 }
                 _ = wall_tick.tick() => {
                     self.attend(shutdown).await?;
-                    if self.engine.task_count() > 0 {
-                        unassigned_since = Instant::now();
-                        watchdog = JOIN_WATCHDOG;
-                    } else if unassigned_since.elapsed() > watchdog {
-                        self.rejoin(watchdog)?;
-                        unassigned_since = Instant::now();
-                        watchdog = (watchdog * 2).min(JOIN_WATCHDOG_MAX);
-                    }
                     // Paused, timers wait: what they would send would only add to the
                     // in-flight records that paused it. They fire once when it resumes, as
                     // Kafka Streams skips missed wall-clock punctuations.
@@ -210,8 +199,11 @@ impl<P: Processor> Runner<P> {
         if let Some(error) = self.shared.take_fatal() {
             return Err(error);
         }
+        // Lost before the poll that will say so: the tasks go first.
+        self.lost(shutdown).await?;
         for event in self.shared.take_events() {
             match event {
+                GroupEvent::Lost => self.lose_every_task(shutdown).await?,
                 GroupEvent::Revoked(parts) => self.drop_tasks(&parts),
                 GroupEvent::InFlightPurged => self.recover_purged(),
                 GroupEvent::Assigned(parts) => {
@@ -347,23 +339,5 @@ impl<P: Processor> Runner<P> {
             }
         }
         self.shared.metrics.ready.set(i64::from(ready));
-    }
-
-    /// Leave and rejoin the group. tansu 0.6.0, the broker before Apache Kafka, could leave a
-    /// member that joined while a crashed member was still in the group with an empty
-    /// assignment indefinitely; joining again recovered. An instance that is idle because
-    /// there are more instances than partitions also rejoins, ever more rarely (the delay
-    /// doubles up to ten minutes), which costs one rebalance each time.
-    pub(super) fn rejoin(&mut self, after: Duration) -> Result<(), RunnerError> {
-        warn!(
-            ?after,
-            "no partitions assigned; rejoining the group (a crashed member may still hold them)"
-        );
-        self.shared.metrics.rejoins.inc();
-        self.consumer.unsubscribe();
-        let topics = self.engine.topology().input_topics();
-        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        self.consumer.subscribe(&refs)?;
-        Ok(())
     }
 }

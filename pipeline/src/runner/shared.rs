@@ -19,6 +19,9 @@ pub(crate) enum GroupEvent {
     Revoked(Vec<(String, i32)>),
     /// At least once: a revocation's wait ran out and every record in flight was purged.
     InFlightPurged,
+    /// The group gave this instance's partitions to others without a revocation it could
+    /// answer (it did not poll for `max.poll.interval.ms`, or its session expired).
+    Lost,
 }
 
 pub(crate) struct Shared {
@@ -41,6 +44,8 @@ pub(crate) struct Shared {
     pub producer: OnceLock<Weak<OutputProducer>>,
     /// Whether a transaction is open (exactly-once only); see [`Shared::transaction`].
     in_transaction: Mutex<bool>,
+    /// Turns of the runner's loop so far ([`super::watchdog`] watches them).
+    pub loop_turns: AtomicU64,
 }
 
 impl Shared {
@@ -64,6 +69,7 @@ impl Shared {
             ),
             producer: OnceLock::new(),
             in_transaction: Mutex::new(false),
+            loop_turns: AtomicU64::new(0),
         }
     }
 

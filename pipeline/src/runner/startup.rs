@@ -134,6 +134,10 @@ pub(crate) fn group_consumer(
             )
             .set("heartbeat.interval.ms", "3000")
             .set(
+                "max.poll.interval.ms",
+                config.max_poll_interval_ms.to_string(),
+            )
+            .set(
                 "isolation.level",
                 if config.processing_guarantee == Guarantee::ExactlyOnce {
                     "read_committed"

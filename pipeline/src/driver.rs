@@ -102,7 +102,8 @@ impl<P: Processor> TestDriver<P> {
             engine.set_store_id(&store, id);
         }
         for p in 0..partitions.max(1) {
-            engine.assign(p);
+            let stores = engine.empty_stores();
+            engine.assign(p, stores);
         }
         let wall_clock_ms = 1_700_000_000_000;
         engine.start_wall_clock(wall_clock_ms);
@@ -276,22 +277,28 @@ impl<P: Processor> TestDriver<P> {
         fresh.wall_clock_ms = self.wall_clock_ms;
         fresh.engine.start_wall_clock(self.wall_clock_ms);
         fresh.offsets = self.offsets;
-        for out in &changelog {
-            let store = fresh
-                .engine
-                .topology()
-                .store_names()
-                .iter()
-                .find(|s| fresh.engine.topology().changelog_topic(s) == out.topic)
-                .cloned();
-            if let (Some(store), Some(key), Some(p)) = (store, &out.key, out.partition) {
-                fresh.engine.restore(
-                    p,
-                    &store,
-                    String::from_utf8_lossy(key).into_owned(),
-                    out.payload.clone(),
-                );
+        for p in 0..fresh.partitions {
+            let mut stores = fresh.engine.empty_stores();
+            for out in changelog.iter().filter(|out| out.partition == Some(p)) {
+                let store = fresh
+                    .engine
+                    .topology()
+                    .store_names()
+                    .iter()
+                    .find(|s| fresh.engine.topology().changelog_topic(s) == out.topic)
+                    .cloned();
+                if let (Some(store), Some(key)) = (store, &out.key) {
+                    fresh.engine.restore(
+                        &mut stores,
+                        &store,
+                        String::from_utf8_lossy(key).into_owned(),
+                        out.payload.clone(),
+                    );
+                }
             }
+            // Started again, as a restarted instance starts its tasks: once restored.
+            fresh.engine.revoke(p);
+            fresh.engine.assign(p, stores);
         }
         fresh.changelog = changelog;
         Ok(fresh)

@@ -124,6 +124,9 @@ pub enum TopologyError {
     Schema(String),
 }
 
+/// A task's stores, restored before the task starts.
+pub struct TaskStores(BTreeMap<String, KeyValueStore>);
+
 struct Task {
     /// Which of this engine's tasks it is (1 for the first created, counting every
     /// partition): a partition that goes and comes back gets a new number.
@@ -322,20 +325,28 @@ impl<P: Processor> Engine<P> {
         self.tasks.len()
     }
 
-    /// Start a task for a partition, with empty stores (restore them next).
-    pub fn assign(&mut self, partition: i32) {
-        let stores = self
-            .topology
-            .stores
-            .iter()
-            .filter_map(|s| {
-                let codec = self.store_codecs.get(&s.name)?.clone();
-                Some((s.name.clone(), KeyValueStore::new(codec)))
-            })
-            .collect();
+    /// Empty stores for a task, to restore from the changelogs before the task starts
+    /// ([`Engine::restore`], then [`Engine::assign`]).
+    pub fn empty_stores(&self) -> TaskStores {
+        TaskStores(
+            self.topology
+                .stores
+                .iter()
+                .filter_map(|s| {
+                    let codec = self.store_codecs.get(&s.name)?.clone();
+                    Some((s.name.clone(), KeyValueStore::new(codec)))
+                })
+                .collect(),
+        )
+    }
+
+    /// Start the task of a partition with its restored stores: the one place tasks are
+    /// created. A partition that already has a task keeps it.
+    pub fn assign(&mut self, partition: i32, stores: TaskStores) {
         if self.tasks.contains_key(&partition) {
             return;
         }
+        let stores = stores.0;
         self.tasks_created += 1;
         self.tasks.insert(
             partition,
@@ -353,13 +364,14 @@ impl<P: Processor> Engine<P> {
         self.tasks.remove(&partition);
     }
 
-    /// Apply one changelog record to a task's store. A value written with an older schema
-    /// of the store (or as JSON, before changelogs were Avro) is converted to the current one
-    /// first; one that cannot be is kept as it is, so nothing is lost: reading that key then
-    /// fails, and the record that reads it is dead-lettered with the reason.
+    /// Apply one changelog record to a store of a task not started yet. A value written
+    /// with an older schema of the store (or as JSON, before changelogs were Avro) is
+    /// converted to the current one first; one that cannot be is kept as it is, so nothing
+    /// is lost: reading that key then fails, and the record that reads it is dead-lettered
+    /// with the reason.
     pub fn restore(
         &mut self,
-        partition: i32,
+        stores: &mut TaskStores,
         store: &str,
         key: String,
         value: Option<Vec<u8>>,
@@ -375,11 +387,7 @@ impl<P: Processor> Engine<P> {
                 Err(reason) => (Some(bytes), Restored::Unreadable(reason)),
             },
         };
-        if let Some(s) = self
-            .tasks
-            .get_mut(&partition)
-            .and_then(|t| t.stores.get_mut(store))
-        {
+        if let Some(s) = stores.0.get_mut(store) {
             s.restore(key, value);
         }
         outcome
@@ -433,7 +441,15 @@ impl<P: Processor> Engine<P> {
         wall_clock_ms: i64,
         effects: &mut Effects,
     ) -> Result<(), Stopped> {
-        self.assign(incoming.partition);
+        if !self.owns(incoming.partition) {
+            return Err(Stopped {
+                processor: self.topology.name.clone(),
+                topic: incoming.topic.to_string(),
+                partition: incoming.partition,
+                offset: incoming.offset,
+                reason: "no task for this partition: records are handled only by a task started with its restored stores".into(),
+            });
+        }
         let outcome = self.process_one(incoming, wall_clock_ms, effects);
         if let Err((kind, reason)) = outcome {
             let policy = match kind {

@@ -1,6 +1,6 @@
 //! Following the group's assignment: tasks dropped when their partitions go (the
 //! revocation callback already waited for their records and committed them), and tasks
-//! created with their stores restored from the changelogs when partitions come.
+//! created once their stores are restored from the changelogs, when partitions come.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -50,7 +50,7 @@ impl<P: Processor> Runner<P> {
         self.shared.metrics.ready.set(0);
         let read_committed = self.config.processing_guarantee == Guarantee::ExactlyOnce;
         for &partition in partitions {
-            self.engine.assign(partition);
+            let mut stores = self.engine.empty_stores();
             for store in self.engine.topology().store_names().to_vec() {
                 let topic = self.engine.topology().changelog_topic(&store);
                 let started = Instant::now();
@@ -85,7 +85,7 @@ impl<P: Processor> Runner<P> {
                 }
                 let (mut converted, mut unreadable) = (0u64, 0u64);
                 for (key, value) in records {
-                    match self.engine.restore(partition, &store, key.clone(), value) {
+                    match self.engine.restore(&mut stores, &store, key.clone(), value) {
                         Restored::AsWritten => {}
                         Restored::Converted => converted += 1,
                         Restored::Unreadable(reason) => {
@@ -110,6 +110,7 @@ impl<P: Processor> Runner<P> {
                     .inc_by(unreadable);
                 info!(%store, partition, records = count, converted, unreadable, seconds, "store restored");
             }
+            self.engine.assign(partition, stores);
         }
         self.report();
         Ok(())

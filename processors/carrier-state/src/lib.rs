@@ -517,7 +517,7 @@ mod tests {
         )
         .expect("topology");
         engine.set_store_id(MODEMS, 9);
-        engine.assign(0);
+        let mut stores = engine.empty_stores();
         let mut state = ModemRecord::new(MODEM).state;
         state.carrier = Some(Carrier::Verizon);
         state.last_status = Some(IotStatus::Nominal);
@@ -529,15 +529,21 @@ mod tests {
         });
         let json = serde_json::to_vec(&before).expect("json");
         assert_eq!(
-            engine.restore(0, MODEMS, MODEM.into(), Some(json)),
+            engine.restore(&mut stores, MODEMS, MODEM.into(), Some(json)),
             Restored::Converted
         );
-        let store = engine.store(0, MODEMS).expect("store");
-        assert_eq!(store.get::<CarrierState>(MODEM), Ok(Some(state)));
         // Something else is kept as it was and reported.
         assert!(matches!(
-            engine.restore(0, MODEMS, "other".into(), Some(b"[1, 2]".to_vec())),
+            engine.restore(
+                &mut stores,
+                MODEMS,
+                "other".into(),
+                Some(b"[1, 2]".to_vec())
+            ),
             Restored::Unreadable(_)
         ));
+        engine.assign(0, stores);
+        let store = engine.store(0, MODEMS).expect("store");
+        assert_eq!(store.get::<CarrierState>(MODEM), Ok(Some(state)));
     }
 }

@@ -112,7 +112,7 @@ fn the_three_data_flows_on_the_whole_local_stack() {
     let mut readings = Vec::new();
     wait_for("10 imu readings from the modem", WAIT, || {
         readings = stack
-            .consume::<SensorReading>("imu", 10, Duration::from_secs(2))
+            .consume_at_least::<SensorReading>("imu", 10, Duration::from_secs(2))
             .unwrap_or_default();
         readings.len() >= 10
     })

@@ -590,10 +590,21 @@ pub mod kafka {
         )
     }
 
+    /// The sum over `topic`'s partitions of their high watermarks.
+    pub fn end_total(bootstrap: &str, topic: &str) -> Result<i64> {
+        let consumer: BaseConsumer = switchyard_kafka::clients::admin_config(bootstrap).create()?;
+        let mut total = 0;
+        for p in switchyard_kafka::partitions(&consumer, topic, Duration::from_secs(10))? {
+            total += switchyard_kafka::watermarks(&consumer, topic, p, Duration::from_secs(10))?.1;
+        }
+        Ok(total)
+    }
+
     /// Wait until `topic` holds at least `at_least` records (or `timeout` passes), then
-    /// return all of it, read to its end ([`read_to_end`]): records beyond `at_least` are
-    /// included, so a test that expects exactly `at_least` fails on extras as on missing ones.
-    pub fn consume(
+    /// return all of it, read to its end ([`read_to_end`]). An "at least" read: records
+    /// that land after it are not seen, so a count of what a processor wrote is exact only
+    /// after [`Stack::read_once_committed`](crate::Stack::read_once_committed).
+    pub fn consume_at_least(
         bootstrap: &str,
         topic: &str,
         at_least: usize,
@@ -727,15 +738,37 @@ impl Stack {
     }
 
     /// Wait until a catalog topic holds at least `at_least` records (or `timeout`), then all
-    /// of it to its end, decoded with the catalog schema (see [`kafka::consume`]).
-    pub fn consume<T: serde::de::DeserializeOwned>(
+    /// of it to its end, decoded with the catalog schema (see [`kafka::consume_at_least`]).
+    pub fn consume_at_least<T: serde::de::DeserializeOwned>(
         &self,
         topic: &str,
         at_least: usize,
         timeout: Duration,
     ) -> Result<Vec<TypedRecord<T>>> {
-        let raws = kafka::consume(&self.broker.bootstrap(), topic, at_least, timeout)?;
+        let raws = kafka::consume_at_least(&self.broker.bootstrap(), topic, at_least, timeout)?;
         self.decode_all(topic, raws)
+    }
+
+    /// Wait until `group` has committed every record now on `inputs` (or `timeout`), then
+    /// read `output` to its end: everything the processor wrote for those inputs is there
+    /// (it commits only what its outputs' acknowledgements cover), so extras fail a count
+    /// as missing records do.
+    pub fn read_once_committed<T: serde::de::DeserializeOwned>(
+        &self,
+        group: &str,
+        inputs: &[&str],
+        output: &str,
+        timeout: Duration,
+    ) -> Result<Vec<TypedRecord<T>>> {
+        let bootstrap = self.broker.bootstrap();
+        let mut end = 0;
+        for input in inputs {
+            end += kafka::end_total(&bootstrap, input)?;
+        }
+        wait_for(&format!("{group} to commit {end} inputs"), timeout, || {
+            kafka::committed_total(&bootstrap, group, inputs).unwrap_or(0) >= end
+        })?;
+        self.read_to_end(output)
     }
 
     /// Every record of a catalog topic up to its end as of this call, decoded with the

@@ -63,7 +63,7 @@ fn say_hello(stack: &Stack, device: &UdpSocket, udp: SocketAddr, modem: u64) {
         .send_to(&hello.encode().expect("encode"), udp)
         .expect("send");
     let _ = stack
-        .consume::<IotStatusReport>("iot-status", 1, WAIT)
+        .consume_at_least::<IotStatusReport>("iot-status", 1, WAIT)
         .expect("the gateway saw the modem");
 }
 
@@ -95,7 +95,9 @@ fn the_original_systems_packets_reach_their_topics_and_bad_datagrams_are_kept_as
     device.send_to(&[0x40, 0x00], udp).expect("send");
     device.send_to(&[], udp).expect("send");
 
-    let imu = stack.consume::<SensorReading>("imu", 1, WAIT).expect("imu");
+    let imu = stack
+        .consume_at_least::<SensorReading>("imu", 1, WAIT)
+        .expect("imu");
     assert_eq!(imu.len(), 1);
     let r = &imu[0].value;
     assert_eq!(
@@ -109,31 +111,31 @@ fn the_original_systems_packets_reach_their_topics_and_bad_datagrams_are_kept_as
     );
     assert_eq!(
         stack
-            .consume::<SensorReading>("gyro", 1, WAIT)
+            .consume_at_least::<SensorReading>("gyro", 1, WAIT)
             .expect("gyro")
             .len(),
         1
     );
     assert_eq!(
         stack
-            .consume::<SensorReading>("temp", 2, WAIT)
+            .consume_at_least::<SensorReading>("temp", 2, WAIT)
             .expect("temp")
             .len(),
         2
     );
     let unknown = stack
-        .consume::<SensorReading>("unknown", 1, WAIT)
+        .consume_at_least::<SensorReading>("unknown", 1, WAIT)
         .expect("unknown");
     assert_eq!(
         (unknown.len(), unknown[0].value.device_id),
         (1, 0xDEAD_BEEF)
     );
     let statuses = stack
-        .consume::<IotStatusReport>("iot-status", 3, WAIT)
+        .consume_at_least::<IotStatusReport>("iot-status", 3, WAIT)
         .expect("status");
     assert_eq!(statuses.len(), 3);
     let acks = stack
-        .consume::<CarrierSwitchAck>("carrier-switch-ack", 8, WAIT)
+        .consume_at_least::<CarrierSwitchAck>("carrier-switch-ack", 8, WAIT)
         .expect("acks");
     assert_eq!(acks.len(), 8);
     assert!(
@@ -143,7 +145,7 @@ fn the_original_systems_packets_reach_their_topics_and_bad_datagrams_are_kept_as
 
     // The four Perform vectors are downlink packets sent uplink; plus two malformed datagrams.
     let rejects = stack
-        .consume::<GatewayReject>("gateway-rejects", 6, WAIT)
+        .consume_at_least::<GatewayReject>("gateway-rejects", 6, WAIT)
         .expect("rejects");
     let reasons: Vec<&str> = rejects.iter().map(|r| r.value.reason.as_str()).collect();
     assert_eq!(
@@ -207,14 +209,14 @@ fn a_switch_reaches_the_device_is_retried_and_its_ack_closes_it() {
         .send_to(&ack.encode().expect("encode"), udp)
         .expect("send");
     let acks = stack
-        .consume::<CarrierSwitchAck>("carrier-switch-ack", 1, WAIT)
+        .consume_at_least::<CarrierSwitchAck>("carrier-switch-ack", 1, WAIT)
         .expect("ack");
     assert_eq!(
         acks[0].value.request_id.as_deref(),
         Some("00000000000000a7")
     );
     let events = stack
-        .consume::<DownlinkDelivery>("downlink-delivery", 3, WAIT)
+        .consume_at_least::<DownlinkDelivery>("downlink-delivery", 3, WAIT)
         .expect("deliveries");
     let kinds: Vec<DeliveryEvent> = events.iter().map(|e| e.value.event).collect();
     assert_eq!(kinds[0], DeliveryEvent::Sent);
@@ -247,7 +249,7 @@ fn with_keys_spoofed_and_replayed_packets_are_rejected_and_do_not_move_the_addre
         .expect("sign");
     genuine.send_to(&hello, udp).expect("send");
     let _ = stack
-        .consume::<IotStatusReport>("iot-status", 1, WAIT)
+        .consume_at_least::<IotStatusReport>("iot-status", 1, WAIT)
         .expect("accepted");
     // Another address claims modem 42 with the wrong key, then replays the genuine packet.
     let forged = envelope(42, 2, None, Packet::IotStatus(IotStatus::OffNominal))
@@ -256,7 +258,7 @@ fn with_keys_spoofed_and_replayed_packets_are_rejected_and_do_not_move_the_addre
     spoofer.send_to(&forged, udp).expect("send");
     spoofer.send_to(&hello, udp).expect("send");
     let rejects = stack
-        .consume::<GatewayReject>("gateway-rejects", 2, WAIT)
+        .consume_at_least::<GatewayReject>("gateway-rejects", 2, WAIT)
         .expect("rejects");
     let reasons: Vec<&str> = rejects.iter().map(|r| r.value.reason.as_str()).collect();
     assert!(
@@ -268,7 +270,7 @@ fn with_keys_spoofed_and_replayed_packets_are_rejected_and_do_not_move_the_addre
         .all(|r| r.value.modem_id.as_deref() == Some("42")));
     assert_eq!(
         stack
-            .consume::<IotStatusReport>("iot-status", 2, Duration::from_secs(3))
+            .consume_at_least::<IotStatusReport>("iot-status", 2, Duration::from_secs(3))
             .expect("status")
             .len(),
         1,
@@ -392,7 +394,7 @@ fn while_the_broker_is_down_packets_wait_in_the_bounded_buffer_and_overflow_is_c
     }
     assert_eq!(
         stack
-            .consume::<SensorReading>("temp", 10, WAIT)
+            .consume_at_least::<SensorReading>("temp", 10, WAIT)
             .expect("temp")
             .len(),
         10
@@ -429,14 +431,14 @@ fn while_the_broker_is_down_packets_wait_in_the_bounded_buffer_and_overflow_is_c
     let expected = 110 - dropped as usize;
     switchyard_testkit::wait_for("the buffered readings", WAIT, || {
         stack
-            .consume::<SensorReading>("temp", expected, Duration::from_secs(5))
+            .consume_at_least::<SensorReading>("temp", expected, Duration::from_secs(5))
             .map(|rs| rs.len() >= expected)
             .unwrap_or(false)
     })
     .expect("buffered records delivered");
     // Read past the expected count: no record more than the accepted ones.
     let mut values: Vec<i32> = stack
-        .consume::<SensorReading>("temp", expected + 10, Duration::from_secs(5))
+        .consume_at_least::<SensorReading>("temp", expected + 10, Duration::from_secs(5))
         .expect("temp")
         .iter()
         .filter_map(|r| r.value.value)
@@ -459,7 +461,7 @@ fn while_the_broker_is_down_packets_wait_in_the_bounded_buffer_and_overflow_is_c
     device.send_to(&numbered_reading(1000), udp).expect("send");
     switchyard_testkit::wait_for("a reading after the outage", WAIT, || {
         stack
-            .consume::<SensorReading>("temp", expected + 1, Duration::from_secs(5))
+            .consume_at_least::<SensorReading>("temp", expected + 1, Duration::from_secs(5))
             .map(|rs| rs.iter().any(|r| r.value.value == Some(1000)))
             .unwrap_or(false)
     })
@@ -865,7 +867,7 @@ fn a_record_the_broker_refuses_is_dead_lettered_with_the_brokers_error() {
     device.send_to(&fits, gateway.udp).expect("send");
     assert_eq!(
         stack
-            .consume::<SensorReading>("imu", 1, WAIT)
+            .consume_at_least::<SensorReading>("imu", 1, WAIT)
             .expect("imu")
             .len(),
         1
@@ -1208,7 +1210,7 @@ fn captured_across_a_restart(stop: Stop) {
     // move the sequence number.
     device.send_to(&signed(1), udp).expect("send");
     stack
-        .consume::<IotStatusReport>("iot-status", 1, WAIT)
+        .consume_at_least::<IotStatusReport>("iot-status", 1, WAIT)
         .expect("accepted");
     for sequence in 2..=3 {
         device.send_to(&signed(sequence), udp).expect("send");
@@ -1550,7 +1552,7 @@ fn a_perform_the_sim_refuses_as_stale_ends_nacked_with_the_reason_and_the_next_i
         .send_to(&signed(1, None, Packet::IotStatus(IotStatus::Nominal)), udp)
         .expect("send");
     stack
-        .consume::<IotStatusReport>("iot-status", 1, WAIT)
+        .consume_at_least::<IotStatusReport>("iot-status", 1, WAIT)
         .expect("the gateway saw the modem");
     let perform = |request: &str| {
         request_switch(&stack, 42, request, records::Carrier::Verizon);
@@ -1571,7 +1573,7 @@ fn a_perform_the_sim_refuses_as_stale_ends_nacked_with_the_reason_and_the_next_i
         .send_to(&signed(2, first.request_id, refused), udp)
         .expect("send");
     let acks = stack
-        .consume::<CarrierSwitchAck>("carrier-switch-ack", 1, WAIT)
+        .consume_at_least::<CarrierSwitchAck>("carrier-switch-ack", 1, WAIT)
         .expect("acks");
     let [ack] = acks.as_slice() else {
         panic!("one answer: {acks:?}\n{}", gateway.log_text());

@@ -75,7 +75,7 @@ fn a_switch_requested_on_kafka_reaches_the_sim_over_pcsc_and_its_ack_comes_back(
         panic!("{e}\n--- modem:\n{}", modem.log_text());
     }
     let readings = stack
-        .consume::<SensorReading>("imu", 1, Duration::from_secs(30))
+        .consume_at_least::<SensorReading>("imu", 1, Duration::from_secs(30))
         .expect("imu");
     assert!(
         readings
@@ -105,7 +105,7 @@ fn a_switch_requested_on_kafka_reaches_the_sim_over_pcsc_and_its_ack_comes_back(
         Duration::from_secs(60),
         || {
             answered = stack
-                .consume::<CarrierSwitchAck>(
+                .consume_at_least::<CarrierSwitchAck>(
                     "carrier-switch-ack",
                     usize::MAX,
                     Duration::from_secs(1),

@@ -67,11 +67,17 @@ fn readings_reach_their_grafana_topics_at_sensor_time() {
         )
         .expect("produce");
 
+    let inputs: Vec<&str> = sensors.iter().map(|(s, _)| *s).collect();
     for (i, (sensor, device)) in sensors.iter().enumerate() {
         let topic = format!("{sensor}-grafana");
         let out = stack
-            .consume::<GrafanaReading>(&topic, 20, Duration::from_secs(120))
-            .expect("consume");
+            .read_once_committed::<GrafanaReading>(
+                "grafana-projector",
+                &inputs,
+                &topic,
+                Duration::from_secs(120),
+            )
+            .expect("projections");
         assert_eq!(out.len(), 20, "{topic}");
         let latest = http_get_text(
             stack.registry.addr,

@@ -181,6 +181,11 @@ impl Service {
     /// Ask the process to stop (SIGTERM) and wait for it to exit.
     pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
         self.signal("TERM")?;
+        self.wait_exit(timeout)
+    }
+
+    /// Wait up to `timeout` for the process to exit, after a SIGTERM.
+    fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -214,7 +219,28 @@ impl Service {
     /// frozen (SIGSTOP), so nothing it does between the check and the kill can undo it; if
     /// the condition does not hold, the process runs on (SIGCONT) and is checked again. For
     /// crash tests whose claim needs the kill inside a window (e.g. outputs ahead of commits).
-    pub fn kill_when(
+    pub fn kill_when(&mut self, timeout: Duration, condition: impl FnMut() -> bool) -> Result<()> {
+        self.freeze_when(timeout, condition)?;
+        self.kill();
+        Ok(())
+    }
+
+    /// SIGTERM the process at a moment when `condition` holds, checked while it is frozen as
+    /// in [`Service::kill_when`], then let it run on to its graceful stop and wait for its
+    /// exit: for tests of what a clean stop settles (e.g. inputs processed, not committed).
+    pub fn terminate_when(
+        &mut self,
+        timeout: Duration,
+        condition: impl FnMut() -> bool,
+    ) -> Result<std::process::ExitStatus> {
+        self.freeze_when(timeout, condition)?;
+        self.signal("TERM")?;
+        self.signal("CONT")?;
+        self.wait_exit(timeout)
+    }
+
+    /// Leave the process frozen (SIGSTOP) at a moment when `condition` holds.
+    fn freeze_when(
         &mut self,
         timeout: Duration,
         mut condition: impl FnMut() -> bool,
@@ -222,17 +248,16 @@ impl Service {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited with {status} before the kill", self.name);
+                bail!("{} exited with {status} before the signal", self.name);
             }
             self.signal("STOP")?;
             if condition() {
-                self.kill();
                 return Ok(());
             }
             self.signal("CONT")?;
             if Instant::now() > deadline {
                 bail!(
-                    "the kill condition did not hold within {timeout:?} for {}",
+                    "the condition did not hold within {timeout:?} for {}",
                     self.name
                 );
             }

@@ -1,7 +1,7 @@
 //! carrier-state's tasks moving between instances mid-stream, on a real broker: three
 //! instances share the three partitions while status reports and switch requests flow; one
-//! is stopped with SIGTERM, another killed with SIGKILL while it holds processed inputs the
-//! group has not committed, and a fourth joins. Every record carries the task that wrote it
+//! is stopped with SIGTERM and another killed with SIGKILL, each while it holds processed
+//! inputs the group has not committed, and a fourth joins. Every record carries the task that wrote it
 //! (`switchyard.writer`), so a task that writes after its partition moved on shows; and the
 //! table the instances leave must be the one a single instance makes of the same inputs.
 
@@ -271,6 +271,16 @@ fn status_offsets_processed_by(
     processed
 }
 
+/// Each status report on the input so far, by its `received_at`: (partition, offset).
+fn read_status_offsets(stack: &Stack) -> BTreeMap<i64, (i32, i64)> {
+    stack
+        .read_to_end::<IotStatusReport>("iot-status")
+        .expect("statuses")
+        .into_iter()
+        .map(|r| (r.value.received_at, (r.raw.partition, r.raw.offset)))
+        .collect()
+}
+
 /// Status inputs an instance processed that the group's offsets have not passed.
 fn behind_commits(processed: &BTreeMap<i32, i64>, committed: &BTreeMap<i32, i64>) -> i64 {
     processed
@@ -298,9 +308,25 @@ fn tasks_move_between_instances_without_late_writes_and_the_table_is_a_single_in
     for w in 0..4 {
         waves.push(produce_wave(&stack, w, t));
     }
-    // SIGTERM while records are still coming to it: it hands its tasks over gracefully.
-    let status = a.terminate(Duration::from_secs(30)).expect("a stops");
+    // SIGTERM a at a moment (checked while it is frozen) when it has processed status
+    // reports the group's offsets have not passed: its graceful stop must commit them, so
+    // the next owners start after them.
+    let status_offsets = read_status_offsets(&stack);
+    let status = a
+        .terminate_when(WAIT, || {
+            let processed = status_offsets_processed_by(&stack, "a", &status_offsets);
+            let committed = committed_offsets(&bootstrap, NAME, "iot-status").unwrap_or_default();
+            behind_commits(&processed, &committed) > 0
+        })
+        .expect("a stopped with processed inputs behind the commits");
     assert!(status.success(), "a exits 0 on SIGTERM: {status}");
+    let processed = status_offsets_processed_by(&stack, "a", &status_offsets);
+    let committed = committed_offsets(&bootstrap, NAME, "iot-status").expect("committed");
+    assert_eq!(
+        behind_commits(&processed, &committed),
+        0,
+        "a's clean stop committed what it processed: processed {processed:?}, committed {committed:?}"
+    );
     for w in 4..8 {
         waves.push(produce_wave(&stack, w, t));
     }
@@ -312,12 +338,7 @@ fn tasks_move_between_instances_without_late_writes_and_the_table_is_a_single_in
     // SIGKILL b at a moment (checked while it is frozen) when it has processed status
     // reports the group's offsets have not passed: they are processed again by the next
     // owner, whose store comes from the changelog b was writing.
-    let status_offsets: BTreeMap<i64, (i32, i64)> = stack
-        .read_to_end::<IotStatusReport>("iot-status")
-        .expect("statuses")
-        .into_iter()
-        .map(|r| (r.value.received_at, (r.raw.partition, r.raw.offset)))
-        .collect();
+    let status_offsets = read_status_offsets(&stack);
     b.kill_when(WAIT, || {
         let processed = status_offsets_processed_by(&stack, "b", &status_offsets);
         let committed = committed_offsets(&bootstrap, NAME, "iot-status").unwrap_or_default();
@@ -371,6 +392,26 @@ fn tasks_move_between_instances_without_late_writes_and_the_table_is_a_single_in
             differ.join("\n")
         );
     }
+    // Every status report has its row: each is newer than the modem's last, so each makes
+    // a row naming it (`last_seen`); a table that only ends right could hide lost ones.
+    let rows: BTreeSet<(String, i64)> = stack
+        .read_to_end::<CarrierState>(OUTPUT)
+        .expect("table")
+        .into_iter()
+        .filter_map(|r| Some((r.value.modem_id, r.value.last_seen?)))
+        .collect();
+    let without: Vec<_> = waves
+        .iter()
+        .flat_map(|w| &w.statuses)
+        .filter(|s| !rows.contains(&(s.modem_id.clone(), s.received_at)))
+        .map(|s| (s.modem_id.clone(), s.received_at))
+        .collect();
+    assert!(
+        without.is_empty(),
+        "{} status reports without a row, e.g. {:?}",
+        without.len(),
+        without.first()
+    );
     let restored: f64 = [c_metrics, d_metrics]
         .iter()
         .map(|m| {

@@ -39,19 +39,22 @@ pub struct Metrics {
     /// 1 while `/health` says ready (joined, restored, not stalled), else 0: what an alert
     /// can see, since Prometheus scrapes `/metrics`, not `/health`.
     pub ready: IntGauge,
-    /// Per-topic counter handles (in, out), so counting a record is not a label lookup.
-    handles: Arc<Mutex<(TopicCounters, TopicCounters)>>,
+    /// Per-topic counter handles, so counting a record is not a label lookup: inputs (the
+    /// runner's loop counts them) and outputs (the producer's delivery thread does), each
+    /// behind its own lock so the two threads never wait for each other.
+    handles_in: Arc<Mutex<TopicCounters>>,
+    handles_out: Arc<Mutex<TopicCounters>>,
 }
 
 impl Metrics {
     fn count(&self, incoming: bool, topic: &str) {
-        let Ok(mut handles) = self.handles.lock() else {
-            return;
-        };
-        let (map, vec) = if incoming {
-            (&mut handles.0, &self.records_in)
+        let (handles, vec) = if incoming {
+            (&self.handles_in, &self.records_in)
         } else {
-            (&mut handles.1, &self.records_out)
+            (&self.handles_out, &self.records_out)
+        };
+        let Ok(mut map) = handles.lock() else {
+            return;
         };
         match map.get(topic) {
             Some(counter) => counter.inc(),
@@ -213,7 +216,8 @@ impl Metrics {
             timer_failures: counter("timer_failures_total", "Timer callbacks that failed.")?,
             assigned_partitions,
             events,
-            handles: Arc::new(Mutex::new((HashMap::new(), HashMap::new()))),
+            handles_in: Arc::new(Mutex::new(HashMap::new())),
+            handles_out: Arc::new(Mutex::new(HashMap::new())),
             rewinds: counter(
                 "rewinds_total",
                 "Times every task went back to its last commit (stores restored, inputs read again): under exactly once after a refused record or an aborted commit (the open transaction aborted); at least once after a revocation whose wait ran out (the records in flight purged).",

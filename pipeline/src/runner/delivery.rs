@@ -87,7 +87,7 @@ impl ProducerContext for DeliveryContext {
                 self.shared
                     .ledger()
                     .refused(refused, size_of(m.key(), m.payload()));
-                self.shared.refusal.notify_one();
+                self.shared.note_refusal();
             }
         }
         self.shared.settled();
@@ -222,7 +222,7 @@ pub(crate) async fn send(
                     },
                     bytes,
                 );
-                shared.refusal.notify_one();
+                shared.note_refusal();
                 return;
             }
         }

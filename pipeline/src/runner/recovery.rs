@@ -33,6 +33,9 @@ impl<P: Processor> Runner<P> {
     /// the caller to [`Runner::rewind`].
     pub(super) async fn settle_refusals(&mut self) -> Result<bool, RunnerError> {
         let mut rewind = false;
+        if !self.shared.take_refusal_note() {
+            return Ok(false);
+        }
         let refusals = self.shared.ledger().take_refused();
         for refused in refusals {
             // Exactly once only: its transaction was doomed by another refusal, met here too.

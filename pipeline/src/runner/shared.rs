@@ -1,7 +1,7 @@
 //! State the runner shares with librdkafka's callbacks: the ledger, the rebalance events
 //! waiting for the runner, and the ways to wake it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,15 @@ pub(crate) struct Shared {
     in_transaction: Mutex<bool>,
     /// Turns of the runner's loop so far ([`super::watchdog`] watches them).
     pub loop_turns: AtomicU64,
+    /// Threads blocked in [`Shared::wait_until`]: a settled record wakes them only when
+    /// there are some (a condition variable's notify is a system call each time).
+    waiters: AtomicUsize,
+    /// Something was queued for the runner since it last looked (events, a fatal error, a
+    /// refused record): the loop looks at each of them on every turn, and these keep the
+    /// turns that find nothing free of locks.
+    events_pending: AtomicBool,
+    fatal_pending: AtomicBool,
+    refusals_pending: AtomicBool,
 }
 
 impl Shared {
@@ -70,6 +79,10 @@ impl Shared {
             producer: OnceLock::new(),
             in_transaction: Mutex::new(false),
             loop_turns: AtomicU64::new(0),
+            waiters: AtomicUsize::new(0),
+            events_pending: AtomicBool::new(false),
+            fatal_pending: AtomicBool::new(false),
+            refusals_pending: AtomicBool::new(false),
         }
     }
 
@@ -81,9 +94,13 @@ impl Shared {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wake everyone waiting for acknowledgements.
+    /// Wake everyone waiting for acknowledgements. Called after the ledger was updated
+    /// under its lock: a waiter counted itself under that lock before it looked, so it is
+    /// either counted here or saw the update.
     pub fn settled(&self) {
-        self.settled.notify_all();
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.settled.notify_all();
+        }
         self.acknowledged.notify_one();
     }
 
@@ -91,20 +108,23 @@ impl Shared {
     pub fn wait_until(&self, timeout: Duration, done: impl Fn(&Ledger) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut ledger = self.ledger();
-        loop {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let held = loop {
             if done(&ledger) {
-                return true;
+                break true;
             }
             let now = Instant::now();
             if now >= deadline {
-                return false;
+                break false;
             }
             ledger = self
                 .settled
                 .wait_timeout(ledger, deadline - now)
                 .map(|(guard, _)| guard)
                 .unwrap_or_else(|e| e.into_inner().0);
-        }
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        held
     }
 
     /// Whether a transaction is open (exactly-once), held while it is begun or committed.
@@ -119,19 +139,44 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(event);
+        self.events_pending.store(true, Ordering::Release);
     }
 
     pub fn take_events(&self) -> Vec<GroupEvent> {
+        if !self.events_pending.load(Ordering::Relaxed)
+            || !self.events_pending.swap(false, Ordering::Acquire)
+        {
+            return Vec::new();
+        }
         std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn raise(&self, error: RunnerError) {
         let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
         fatal.get_or_insert(error);
+        drop(fatal);
+        self.fatal_pending.store(true, Ordering::Release);
         self.refusal.notify_one();
     }
 
     pub fn take_fatal(&self) -> Option<RunnerError> {
+        if !self.fatal_pending.load(Ordering::Relaxed)
+            || !self.fatal_pending.swap(false, Ordering::Acquire)
+        {
+            return None;
+        }
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// A record was refused (entered in the ledger): wake the runner to settle it.
+    pub fn note_refusal(&self) {
+        self.refusals_pending.store(true, Ordering::Release);
+        self.refusal.notify_one();
+    }
+
+    /// Whether a refusal was noted since the last call (the ledger holds it).
+    pub fn take_refusal_note(&self) -> bool {
+        self.refusals_pending.load(Ordering::Relaxed)
+            && self.refusals_pending.swap(false, Ordering::Acquire)
     }
 }

@@ -37,9 +37,10 @@ impl Gateway {
     }
 
     fn expire_heard_before(&self, heard_before_us: i64) {
-        let Ok(mut sessions) = self.sessions.lock() else {
+        let Ok(mut modems) = self.modems.lock() else {
             return;
         };
+        let sessions = &mut modems.sessions;
         let expired = sessions.expire(heard_before_us);
         if expired.is_empty() {
             return;
@@ -53,7 +54,7 @@ impl Gateway {
             self.publish_tombstone(SESSIONS_TOPIC, &e.modem.to_string());
             deleted += 1;
         }
-        drop(sessions);
+        drop(modems);
         let kept = expired.len() - deleted;
         self.tell_downlink(ToDownlink::Forget(
             expired.iter().map(|e| e.modem).collect(),

@@ -101,9 +101,10 @@ impl Gateway {
             };
             let log = self.decide(&session);
             let claim = self
-                .sessions
+                .modems
                 .lock()
-                .map(|mut s| {
+                .map(|mut m| {
+                    let s = &mut m.sessions;
                     let claim = s.yield_to(&session, log);
                     self.metrics.known_modems.set(s.len() as i64);
                     self.metrics
@@ -135,11 +136,11 @@ impl Gateway {
     /// instance may hold it again already (the modem spoke since): then its record is
     /// written again with the next packet.
     fn tombstoned(&self, modem_id: &str) {
-        if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.tombstoned(modem_id);
+        if let Ok(mut modems) = self.modems.lock() {
+            modems.sessions.tombstoned(modem_id);
             self.metrics
                 .modems_elsewhere
-                .set(sessions.elsewhere().len() as i64);
+                .set(modems.sessions.elsewhere().len() as i64);
         }
     }
 
@@ -148,33 +149,28 @@ impl Gateway {
     /// record stands against this instance's waiting packets of the modem.
     fn decide(&self, record: &DeviceSession) -> LogOrder {
         let own = record.gateway == self.config.instance_id;
+        let Ok(mut modems) = self.modems.lock() else {
+            return LogOrder::default();
+        };
         if own {
             // Read back, so on the broker: as good as its acknowledgement (which may come
             // later), and what a packet published from here must see.
-            if let (Some(reserved), Ok(mut sessions)) =
-                (record_reservation(record), self.sessions.lock())
-            {
-                sessions.acknowledged(&record.modem_id, reserved);
+            if let Some(reserved) = record_reservation(record) {
+                modems.sessions.acknowledged(&record.modem_id, reserved);
             }
+        } else if let Some(at) = keyed_position(&self.keys, record) {
+            modems.freshness.windows.raise_to(at, record_floor(record));
         }
-        let Ok(mut freshness) = self.freshness.lock() else {
-            return LogOrder::default();
-        };
-        if !own {
-            if let Some(at) = keyed_position(&self.keys, record) {
-                freshness.windows.raise_to(at, record_floor(record));
-            }
-        }
-        let decided = freshness.arbiter.on_record(record, own);
+        let decided = modems.freshness.arbiter.on_record(record, own);
         self.metrics
             .waiting_for_the_log
-            .set(freshness.arbiter.len() as i64);
-        drop(freshness);
+            .set(modems.freshness.arbiter.len() as i64);
         if decided.lost > 0 {
-            if let Ok(mut sessions) = self.sessions.lock() {
-                sessions.lost(&record.modem_id);
-                self.metrics.known_modems.set(sessions.len() as i64);
-            }
+            modems.sessions.lost(&record.modem_id);
+            self.metrics.known_modems.set(modems.sessions.len() as i64);
+        }
+        drop(modems);
+        if decided.lost > 0 {
             let c = self
                 .metrics
                 .withheld
@@ -193,11 +189,12 @@ impl Gateway {
     /// Withhold what waited for the log too long.
     pub(crate) fn expire_waiting(&self) {
         let expired = self
-            .freshness
+            .modems
             .lock()
-            .map(|mut f| {
-                let expired = f.arbiter.expire(Instant::now(), UNCONFIRMED_AFTER);
-                self.metrics.waiting_for_the_log.set(f.arbiter.len() as i64);
+            .map(|mut m| {
+                let arbiter = &mut m.freshness.arbiter;
+                let expired = arbiter.expire(Instant::now(), UNCONFIRMED_AFTER);
+                self.metrics.waiting_for_the_log.set(arbiter.len() as i64);
                 expired
             })
             .unwrap_or(0);

@@ -25,9 +25,8 @@ use switchyard_schemas::records::{AckStatus, DeviceSession, SessionProtocol};
 use tracing::warn;
 
 use crate::downlink::Answer;
-use crate::replay::Freshness;
 use crate::send::ToDownlink;
-use crate::service::{rate_limited, Gateway};
+use crate::service::{rate_limited, Gateway, Modems};
 use crate::sessions::{record_reservation, Heard, Observed};
 use crate::uplink::{to_record, wire_carrier, Uplink, ACK_TOPIC, STATUS_TOPIC};
 use crate::SESSIONS_TOPIC;
@@ -112,13 +111,14 @@ impl Gateway {
                 )
             }
         };
-        // Held from the window's acceptance until the packet's wait for the log, if it needs
-        // one, is registered: a record read in between would otherwise contest nothing.
-        let mut freshness = None;
+        // The modems' lock, held from the window's acceptance until the packet's wait for
+        // the log, if it needs one, is registered: a record read in between would otherwise
+        // contest nothing. Taken only with keys.
+        let mut accepted_under = None;
         let modem_id = match &frame.envelope {
             Some(envelope) => {
                 match self.authenticate(datagram, envelope) {
-                    Ok(accepted) => freshness = accepted,
+                    Ok(accepted) => accepted_under = accepted,
                     Err(Refused {
                         reason,
                         detail,
@@ -181,7 +181,13 @@ impl Gateway {
             Uplink::Reading { reading, .. } => Some(reading.timestamp),
             _ => None,
         };
-        let observed = self.sessions.lock().ok().map(|mut sessions| {
+        let keyed = accepted_under.is_some();
+        let mut modems = match accepted_under {
+            Some(held) => Some(held),
+            None => self.modems.lock().ok(),
+        };
+        let observed = modems.as_mut().map(|modems| {
+            let sessions = &mut modems.sessions;
             let observed = sessions.observe_packet(
                 &modem_id,
                 Heard {
@@ -206,8 +212,8 @@ impl Gateway {
             uncovered,
         }) = observed
         else {
-            // No session record, so no wait: the windows are free before the publishing.
-            drop(freshness);
+            // No session record, so no wait: the modems are free before the publishing.
+            drop(modems);
             return self.publish_uplink(record, modem_id, source, arrived);
         };
         self.metrics.session_writes.inc();
@@ -216,9 +222,9 @@ impl Gateway {
         // carries is published once this record is read back from the log, and only if no
         // other instance's record reserved the number first (`arbiter`). Registered before
         // the record is written, so the record cannot come back first.
-        let now = match (uncovered, frame.envelope.as_ref(), freshness) {
-            (true, Some(envelope), Some(freshness)) => {
-                self.wait_for_the_log(freshness, envelope, &session, record, source, arrived);
+        let now = match (uncovered && keyed, frame.envelope.as_ref(), modems) {
+            (true, Some(envelope), Some(modems)) => {
+                self.wait_for_the_log(modems, envelope, &session, record, source, arrived);
                 None
             }
             _ => Some(record),
@@ -226,8 +232,8 @@ impl Gateway {
         let gateway = Arc::clone(self);
         let modem = modem_id.clone();
         self.publish_then(SESSIONS_TOPIC, &modem_id, &session, arrived, move || {
-            if let (Some(reserved), Ok(mut sessions)) = (reserved, gateway.sessions.lock()) {
-                sessions.acknowledged(&modem, reserved);
+            if let (Some(reserved), Ok(mut modems)) = (reserved, gateway.modems.lock()) {
+                modems.sessions.acknowledged(&modem, reserved);
             }
         });
         if let Some(record) = now {
@@ -240,7 +246,7 @@ impl Gateway {
     /// acceptance contests it.
     fn wait_for_the_log(
         self: &Arc<Self>,
-        mut freshness: MutexGuard<'_, Freshness>,
+        mut modems: MutexGuard<'_, Modems>,
         envelope: &Envelope,
         session: &DeviceSession,
         record: Uplink,
@@ -250,15 +256,14 @@ impl Gateway {
         let gateway = Arc::clone(self);
         let modem_id = session.modem_id.clone();
         let publish = Box::new(move || gateway.publish_uplink(record, modem_id, source, arrived));
-        freshness.arbiter.wait(
+        let arbiter = &mut modems.freshness.arbiter;
+        arbiter.wait(
             &session.modem_id,
             envelope.sequence,
             Instant::now(),
             publish,
         );
-        self.metrics
-            .waiting_for_the_log
-            .set(freshness.arbiter.len() as i64);
+        self.metrics.waiting_for_the_log.set(arbiter.len() as i64);
     }
 
     /// Publish what an accepted packet carries.
@@ -308,12 +313,12 @@ impl Gateway {
     }
 
     /// With keys configured: a known modem, a valid tag, a fresh sequence number. Returns
-    /// the freshness lock it accepted the number under (none without keys).
+    /// the modems' lock it accepted the number under (none without keys).
     fn authenticate(
         &self,
         datagram: &[u8],
         envelope: &Envelope,
-    ) -> Result<Option<MutexGuard<'_, Freshness>>, Refused> {
+    ) -> Result<Option<MutexGuard<'_, Modems>>, Refused> {
         if self.keys.is_empty() {
             return Ok(None);
         }
@@ -334,20 +339,20 @@ impl Gateway {
             };
             Refused::new(reason, e.to_string())
         })?;
-        let Ok(mut freshness) = self.freshness.lock() else {
+        let Ok(mut modems) = self.modems.lock() else {
             return Err(Refused::new(
                 "replayed_sequence",
                 "replay windows unavailable".into(),
             ));
         };
-        if freshness.windows.accept(at, envelope.sequence) {
-            return Ok(Some(freshness));
+        if modems.freshness.windows.accept(at, envelope.sequence) {
+            return Ok(Some(modems));
         }
         // Signed by the modem's key, so the device (or a copy of its packet) is behind: tell
         // it where its counter must go.
         let now_s = u32::try_from(now_us() / 1_000_000).unwrap_or(u32::MAX);
         Err(Refused {
-            resync_above: freshness.windows.resync_due(at, now_s),
+            resync_above: modems.freshness.windows.resync_due(at, now_s),
             ..Refused::new(
                 "replayed_sequence",
                 format!("sequence {} was seen or is too old", envelope.sequence),

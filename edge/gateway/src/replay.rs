@@ -89,8 +89,9 @@ impl ReplayWindow {
 }
 
 /// What this instance knows of which numbers are fresh: a window per keyed modem, and the
-/// packets whose freshness the log is still deciding ([`Arbiter`]). One lock for both, so a
-/// record read from the log raises the windows and contests the waiting packets at once.
+/// packets whose freshness the log is still deciding ([`Arbiter`]). Under the gateway's one
+/// lock with the sessions ([`crate::service::Modems`]), so a record read from the log
+/// raises the windows, contests the waiting packets and settles the session at once.
 #[derive(Default)]
 pub struct Freshness {
     pub windows: ReplayWindows,

@@ -227,8 +227,10 @@ impl DownlinkTask {
     /// Send, re-send and give up what is due at `now`.
     fn act(&mut self, now: i64) {
         let gateway = Arc::clone(&self.gateway);
-        let actions = match gateway.sessions.lock() {
-            Ok(sessions) => self.pending.due(now, |m| sessions.address(m).is_some()),
+        let actions = match gateway.modems.lock() {
+            Ok(modems) => self
+                .pending
+                .due(now, |m| modems.sessions.address(m).is_some()),
             Err(_) => return,
         };
         for action in actions {
@@ -258,10 +260,10 @@ impl DownlinkTask {
     ) {
         let gateway = Arc::clone(&self.gateway);
         let address = gateway
-            .sessions
+            .modems
             .lock()
             .ok()
-            .and_then(|s| s.address(modem_id));
+            .and_then(|m| m.sessions.address(modem_id));
         let Some(address) = address else {
             return;
         };
@@ -384,7 +386,8 @@ impl Gateway {
     /// A request that reached its deadline (or found no address) here: reported, unless
     /// another instance holds the modem, which sent it and reports its end.
     fn give_up(&self, request_id: u64, modem_id: &str, attempts: i32, reason: &'static str) {
-        let holder = self.sessions.lock().ok().and_then(|s| {
+        let holder = self.modems.lock().ok().and_then(|m| {
+            let s = &m.sessions;
             match s.address(modem_id) {
                 Some(_) => None, // held here
                 None => s.elsewhere().holder(modem_id).map(str::to_string),

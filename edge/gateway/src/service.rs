@@ -30,12 +30,12 @@ use crate::socket_drops;
 use crate::uplink::{ACK_TOPIC, STATUS_TOPIC};
 use crate::{DELIVERY_TOPIC, REJECT_TOPIC, REQUEST_TOPIC, SESSIONS_TOPIC};
 
-/// What the gateway's tasks share: read-only settings and clients, two pieces of state
-/// behind a lock each, and the downlink task's inbox. The two locks are locks, not tasks,
-/// because the uplink thread needs an answer for every datagram before it goes on (is the
-/// number fresh? is a session record due?), and a message round trip per datagram would
-/// cost more than the datagram's whole handling; each is held only for a lookup or an
-/// update, never across I/O.
+/// What the gateway's tasks share: read-only settings and clients, the modems' state
+/// behind one lock, and the downlink task's inbox. The modems' state is under a lock, not
+/// owned by a task, because the uplink thread needs an answer for every datagram before it
+/// goes on (is the number fresh? is a session record due?), and a message round trip per
+/// datagram would cost more than the datagram's whole handling; the lock is held only for
+/// lookups and updates, never across a wait.
 pub(crate) struct Gateway {
     pub(crate) config: GatewayConfig,
     pub(crate) catalog: Catalog,
@@ -43,17 +43,26 @@ pub(crate) struct Gateway {
     pub(crate) producers: Producers,
     pub(crate) codecs: HashMap<String, (i32, Arc<SchemaCodec>)>,
     pub(crate) keys: Arc<ModemKeys>,
-    /// Who holds each modem: this instance's sessions (the address book, written by the
-    /// uplink thread, `follow` and `expiry`) and which other instance holds the rest.
-    pub(crate) sessions: Mutex<Sessions>,
-    /// The replay windows, by the modem's position among the keys, and the packets waiting
-    /// for the log's decision.
-    pub(crate) freshness: Mutex<Freshness>,
+    /// Every modem's state: who holds it and where it is, and how fresh its numbers must
+    /// be ([`Modems`]).
+    pub(crate) modems: Mutex<Modems>,
     /// The downlink task ([`crate::send`]), which owns the pending requests, the downlink
     /// numbers and the request offsets.
     pub(crate) to_downlink: tokio::sync::mpsc::Sender<ToDownlink>,
     pub(crate) registry: RegistryClient,
     pub(crate) metrics: GatewayMetrics,
+}
+
+/// Every modem's state, under the gateway's one lock: a packet's acceptance reads and
+/// writes both halves at once (its number against the window, then its session), and so
+/// does a record read from the log.
+pub(crate) struct Modems {
+    /// Who holds each modem: this instance's sessions (the address book, written by the
+    /// uplink thread, `follow` and `expiry`) and which other instance holds the rest.
+    pub(crate) sessions: Sessions,
+    /// The replay windows, by the modem's position among the keys, and the packets waiting
+    /// for the log's decision.
+    pub(crate) freshness: Freshness,
 }
 
 /// How often the uplink thread, waiting for a datagram, looks whether it should stop.
@@ -238,10 +247,12 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         producers,
         codecs,
         keys,
-        sessions: Mutex::new(sessions),
-        freshness: Mutex::new(Freshness {
-            windows,
-            arbiter: Default::default(),
+        modems: Mutex::new(Modems {
+            sessions,
+            freshness: Freshness {
+                windows,
+                arbiter: Default::default(),
+            },
         }),
         registry,
         metrics,
@@ -286,17 +297,17 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     // (the follower still runs); what is left after a few seconds is withheld, counted.
     let waiting_until = std::time::Instant::now() + Duration::from_secs(5);
     while gateway
-        .freshness
+        .modems
         .lock()
-        .is_ok_and(|f| !f.arbiter.is_empty())
+        .is_ok_and(|m| !m.freshness.arbiter.is_empty())
         && std::time::Instant::now() < waiting_until
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let withheld = gateway
-        .freshness
+        .modems
         .lock()
-        .map(|mut f| f.arbiter.withhold_all())
+        .map(|mut m| m.freshness.arbiter.withhold_all())
         .unwrap_or(0);
     if withheld > 0 {
         gateway
@@ -312,9 +323,9 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     // Each session's exact highest number, where its last record says otherwise: so that
     // the next instance refuses every packet this one accepted, and nothing more.
     let last = gateway
-        .sessions
+        .modems
         .lock()
-        .map(|mut s| s.clean_stop_records())
+        .map(|mut m| m.sessions.clean_stop_records())
         .unwrap_or_default();
     let written = last.len();
     for record in last {

@@ -409,6 +409,7 @@ async fn a_paused_instance_gives_its_tasks_up_at_a_rebalance_and_handles_none_af
     })
     .await
     .expect("pa paused");
+    let paused_at = Instant::now();
     let (stop_b, b) = start_with(&stack, "pb", &handled, config);
     let c = Arc::clone(&changes);
     blocking(move || {
@@ -473,6 +474,27 @@ async fn a_paused_instance_gives_its_tasks_up_at_a_rebalance_and_handles_none_af
     a.await.expect("pa stopped");
     b.await.expect("pb stopped");
     assert_no_strays(&changes, &handled, &["pa", "pb"]);
+    // Issue 26 (7): paused, its timers wait (what they sent would only add to the records
+    // in flight that paused it): no tick of pa from its pause to its revocation.
+    let revoked = changes
+        .lock()
+        .ok()
+        .and_then(|c| c.iter().find(|c| c.0 == "pa" && !c.1).map(|c| c.3))
+        .expect("pa's revocation");
+    let ticks_while_paused = handled
+        .lock()
+        .map(|h| {
+            h.iter()
+                .filter(|e| e.0 == "pa" && !e.3 && e.2 > paused_at && e.2 < revoked)
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(
+        ticks_while_paused,
+        0,
+        "pa fired timers while paused ({:?} between its pause and its revocation)",
+        revoked - paused_at
+    );
 }
 
 fn assigned_any(changes: &Changes, instance: &str) -> bool {

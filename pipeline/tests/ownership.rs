@@ -15,7 +15,9 @@ use switchyard_pipeline::{
 };
 use switchyard_schemas::records::{ReadingCount, SensorReading};
 use switchyard_schemas::Catalog;
-use switchyard_testkit::{free_port, http_get_status, http_get_text, imu_reading, wait_for, Stack};
+use switchyard_testkit::{
+    free_port, http_get_status, http_get_text, imu_reading, wait_for, Stack, TypedRecord,
+};
 use tracing::field::{Field, Visit};
 use tracing::Instrument;
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
@@ -370,13 +372,7 @@ async fn a_paused_instance_gives_its_tasks_up_at_a_rebalance_and_handles_none_af
     let readings = sixty_readings();
     let s = Arc::clone(&stack);
     blocking(move || {
-        // Each output's time is when the broker appended it.
-        switchyard_testkit::kafka::set_topic_config(
-            &s.broker.bootstrap(),
-            OUTPUT,
-            "message.timestamp.type",
-            "LogAppendTime",
-        )?;
+        append_times_on_output(&s)?;
         s.produce(INPUT, &readings)
     })
     .await
@@ -425,7 +421,7 @@ async fn a_paused_instance_gives_its_tasks_up_at_a_rebalance_and_handles_none_af
     // neither purged nor fenced, and landed after the new owner had taken over. Both keep
     // running past pa's linger; then no output of pa for a partition pb took may have been
     // appended after pa gave it up.
-    let (revoked_at, given_up) = changes
+    let (revoked_at_ms, given_up) = changes
         .lock()
         .ok()
         .and_then(|c| {
@@ -435,13 +431,9 @@ async fn a_paused_instance_gives_its_tasks_up_at_a_rebalance_and_handles_none_af
                 .filter(|c| c.0 == "pb" && c.1)
                 .flat_map(|c| c.2.iter().copied())
                 .collect();
-            Some((SystemTime::now() - revoked.3.elapsed(), to_b))
+            Some((wall_ms(revoked.3), to_b))
         })
         .expect("pa's revocation");
-    let revoked_at_ms = revoked_at
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default();
     blocking(move || {
         wait_for("pa's linger to pass", LINGER * 2, || {
             started.elapsed() > LINGER + Duration::from_secs(10)
@@ -449,20 +441,12 @@ async fn a_paused_instance_gives_its_tasks_up_at_a_rebalance_and_handles_none_af
     })
     .await
     .expect("waited");
-    let s = Arc::clone(&stack);
-    let outputs = blocking(move || s.read_to_end::<ReadingCount>(OUTPUT))
+    let late: Vec<_> = outputs_by_task(&stack)
         .await
-        .expect("outputs");
-    // The task an output came from: a tick names it, a reading's key decides it.
-    let task = |modem: &str| match modem.strip_prefix("tick-") {
-        Some(p) => p.parse().unwrap_or(-1),
-        None => default_partition(modem.as_bytes(), 3),
-    };
-    let late: Vec<_> = outputs
-        .iter()
-        .filter(|r| r.value.sensor == "pa" && given_up.contains(&task(&r.value.modem_id)))
-        .filter(|r| r.raw.timestamp_ms.is_some_and(|t| t > revoked_at_ms))
-        .map(|r| (r.raw.partition, r.value.modem_id.clone()))
+        .into_iter()
+        .filter(|(task, r)| r.value.sensor == "pa" && given_up.contains(task))
+        .filter(|(_, r)| r.raw.timestamp_ms.is_some_and(|t| t > revoked_at_ms))
+        .map(|(_, r)| (r.raw.partition, r.value.modem_id))
         .collect();
     assert!(
         late.is_empty(),
@@ -576,6 +560,35 @@ async fn an_instance_without_partitions_never_makes_the_group_rebalance() {
     assert_no_strays(&changes, &handled, &INSTANCES);
 }
 
+/// The output topic stamps each record with the time the broker appended it.
+fn append_times_on_output(stack: &Stack) -> anyhow::Result<()> {
+    switchyard_testkit::kafka::set_topic_config(
+        &stack.broker.bootstrap(),
+        OUTPUT,
+        "message.timestamp.type",
+        "LogAppendTime",
+    )
+}
+
+/// Every output, read to the end, with the task each came from (a tick names it, a
+/// reading's key decides it).
+async fn outputs_by_task(stack: &Arc<Stack>) -> Vec<(i32, TypedRecord<ReadingCount>)> {
+    let s = Arc::clone(stack);
+    let outputs = blocking(move || s.read_to_end::<ReadingCount>(OUTPUT))
+        .await
+        .expect("outputs");
+    outputs
+        .into_iter()
+        .map(|r| {
+            let task = match r.value.modem_id.strip_prefix("tick-") {
+                Some(p) => p.parse().unwrap_or(-1),
+                None => default_partition(r.value.modem_id.as_bytes(), 3),
+            };
+            (task, r)
+        })
+        .collect()
+}
+
 /// The wall-clock time, in ms since the epoch, of `at`.
 fn wall_ms(at: Instant) -> i64 {
     (SystemTime::now() - at.elapsed())
@@ -596,17 +609,9 @@ async fn an_instance_that_lost_its_partitions_produces_nothing_for_them() {
     let changes = changes();
     let stack = Arc::new(blocking(Stack::start).await.expect("stack"));
     let s = Arc::clone(&stack);
-    blocking(move || {
-        // Each output's time is when the broker appended it.
-        switchyard_testkit::kafka::set_topic_config(
-            &s.broker.bootstrap(),
-            OUTPUT,
-            "message.timestamp.type",
-            "LogAppendTime",
-        )
-    })
-    .await
-    .expect("output topic");
+    blocking(move || append_times_on_output(&s))
+        .await
+        .expect("output topic");
     let handled: Handled = Arc::default();
     let la_health: std::net::SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
     let (stop_a, a) = start_slow(&stack, "la", &handled, SLOW, |c| {
@@ -706,24 +711,17 @@ async fn an_instance_that_lost_its_partitions_produces_nothing_for_them() {
         }
         spans
     };
-    let s = Arc::clone(&stack);
-    let outputs = blocking(move || s.read_to_end::<ReadingCount>(OUTPUT))
-        .await
-        .expect("outputs");
-    let task = |modem: &str| match modem.strip_prefix("tick-") {
-        Some(p) => p.parse().unwrap_or(-1),
-        None => default_partition(modem.as_bytes(), 3),
-    };
+    let outputs = outputs_by_task(&stack).await;
     let late: Vec<_> = outputs
         .iter()
-        .filter(|r| r.value.sensor == "la")
-        .filter(|r| {
-            let (p, t) = (task(&r.value.modem_id), r.raw.timestamp_ms.unwrap_or(0));
+        .filter(|(_, r)| r.value.sensor == "la")
+        .filter(|(p, r)| {
+            let t = r.raw.timestamp_ms.unwrap_or(0);
             spans
                 .iter()
-                .any(|(q, from, to)| *q == p && (*from..*to).contains(&t))
+                .any(|(q, from, to)| q == p && (*from..*to).contains(&t))
         })
-        .map(|r| r.value.modem_id.clone())
+        .map(|(_, r)| r.value.modem_id.clone())
         .collect();
     assert!(
         late.is_empty(),
@@ -733,7 +731,7 @@ async fn an_instance_that_lost_its_partitions_produces_nothing_for_them() {
     );
     // Nothing lost: the slow reading has its output, from whichever owner processed it.
     assert!(
-        outputs.iter().any(|r| r.value.modem_id == modem),
+        outputs.iter().any(|(_, r)| r.value.modem_id == modem),
         "no output for the slow reading"
     );
 }

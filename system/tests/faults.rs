@@ -559,16 +559,28 @@ fn anomaly_detector_killed_mid_stream_keeps_its_statistics() {
         metric_sum(&text, "switchyard_restored_records_total") > 0.0,
         "the restarted instance restored the statistics:\n{text}"
     );
-    // Everything processed and not committed came again, and was recognised as seen.
+    // Everything processed and not committed came again: exactly that was read again, and
+    // what the restored statistics already held was recognised as seen. Not all of it:
+    // the statistics written for the last readings before the kill may not have reached
+    // the changelog (one run in twenty: 1,982 of 2,000), and those readings count as new.
+    let read_again = switchyard_testkit::metric_sum_where(
+        &text,
+        "switchyard_records_in_total{",
+        "topic=\"imu\"",
+    );
+    assert_eq!(
+        read_again,
+        2400.0 - committed as f64,
+        "the restart read from the committed offsets (committed {committed})"
+    );
     let skipped = switchyard_testkit::metric_sum_where(
         &text,
         "switchyard_processor_events_total{",
         "event=\"skipped_not_newer\"",
     );
-    assert_eq!(
-        skipped,
-        processed - committed as f64,
-        "readings recognised as delivered again: exactly those processed and not committed (processed {processed}, committed {committed})"
+    assert!(
+        skipped > 0.0 && skipped <= processed - committed as f64,
+        "readings recognised as delivered again: {skipped}, at most those processed and not committed (processed {processed}, committed {committed})"
     );
     let expected: BTreeSet<String> = (0..20).map(|m| format!("9{m:02}")).collect();
     let mut spiked: BTreeSet<String> = BTreeSet::new();

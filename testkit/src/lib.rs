@@ -18,10 +18,44 @@ mod scripted;
 pub use broker::{kafka_script, kafka_version, Broker};
 pub use scripted::{take_down_scripted_in_background, ScriptedStack};
 
-/// A loopback TCP port free at the time of the call.
+/// A loopback TCP port free at the time of the call (see [`free_ports`]).
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a probe socket")?;
-    Ok(listener.local_addr()?.port())
+    free_ports(1)
+}
+
+/// The first of `n` consecutive loopback TCP ports free at the time of the call, below the
+/// kernel's ephemeral range: a port the kernel hands out (as `bind(0)` would) can be taken
+/// as the local port of an outgoing connection (a broker client's, say) before the service
+/// it was chosen for binds it, which made `make up`'s test fail once with "port taken".
+/// Ports are handed out in turn within a process, so its tests never get the same one.
+pub fn free_ports(n: u16) -> Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    const SPAN: u32 = 12_000;
+    if ephemeral_low < SPAN + 1_024 {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding a probe socket")?;
+        return Ok(listener.local_addr()?.port());
+    }
+    let low = ephemeral_low - SPAN;
+    // Processes start at different places, so two test binaries rarely meet.
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let at = NEXT.fetch_add(u32::from(n), Ordering::Relaxed);
+        let first = low + (start + at) % SPAN;
+        if first + u32::from(n) > ephemeral_low {
+            continue;
+        }
+        let all_free = (first..first + u32::from(n))
+            .all(|p| TcpListener::bind(("127.0.0.1", p as u16)).is_ok());
+        if all_free {
+            return Ok(first as u16);
+        }
+    }
+    bail!("no {n} consecutive free ports below {ephemeral_low}")
 }
 
 /// Wait until something accepts TCP connections on `addr`.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 
 use crate::free_port;
 
@@ -50,20 +50,9 @@ fn run_stack_sh(env: &StackEnv, verb: &str) -> Result<Output> {
         .with_context(|| format!("running stack.sh {verb}"))
 }
 
-/// Six consecutive free ports for the metrics endpoints.
+/// Seven consecutive free ports for the metrics endpoints.
 fn free_metrics_base() -> Result<u16> {
-    for _ in 0..200 {
-        let base = free_port()?;
-        if base > 65_000 {
-            continue;
-        }
-        let all_free =
-            (base..base + 7).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if all_free {
-            return Ok(base);
-        }
-    }
-    bail!("no seven consecutive free ports")
+    crate::free_ports(7)
 }
 
 /// One scratch `make up` stack; `down` runs when it is dropped.

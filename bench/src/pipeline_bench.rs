@@ -123,11 +123,11 @@ pub(crate) fn produce_pass_input(
 
 /// Records on every partition of `topic` (the sum of the high watermarks).
 pub(crate) fn watermark_sum(probe: &BaseConsumer, topic: &str) -> anyhow::Result<i64> {
-    let mut sum = 0;
-    for p in switchyard_kafka::partitions(probe, topic, Duration::from_secs(10))? {
-        sum += probe.fetch_watermarks(topic, p, Duration::from_secs(10))?.1;
-    }
-    Ok(sum)
+    Ok(switchyard_kafka::end_offset_total(
+        probe,
+        topic,
+        Duration::from_secs(10),
+    )?)
 }
 
 async fn wait_until_output(bootstrap: &str, topic: &str, target: i64) -> anyhow::Result<Instant> {

@@ -84,6 +84,20 @@ pub fn watermarks<C: ConsumerContext>(
     })
 }
 
+/// The sum of the high watermarks of every partition of `topic`: how many records it has
+/// taken (each partition's end offset, so records deleted since count too).
+pub fn end_offset_total<C: ConsumerContext>(
+    consumer: &impl rdkafka::consumer::Consumer<C>,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> rdkafka::error::KafkaResult<i64> {
+    let mut total = 0;
+    for p in partitions(consumer, topic, timeout)? {
+        total += watermarks(consumer, topic, p, timeout)?.1;
+    }
+    Ok(total)
+}
+
 /// Call `request` (given the time left) until it succeeds, fails for good, or `timeout`
 /// passes. Errors that pass by themselves are retried: no leader yet (right after a topic
 /// is created, or while a failed leader is replaced), a request that went to a broker whose

@@ -652,11 +652,11 @@ pub mod kafka {
     /// The sum over `topic`'s partitions of their high watermarks.
     pub fn end_total(bootstrap: &str, topic: &str) -> Result<i64> {
         let consumer: BaseConsumer = switchyard_kafka::clients::admin_config(bootstrap).create()?;
-        let mut total = 0;
-        for p in switchyard_kafka::partitions(&consumer, topic, Duration::from_secs(10))? {
-            total += switchyard_kafka::watermarks(&consumer, topic, p, Duration::from_secs(10))?.1;
-        }
-        Ok(total)
+        Ok(switchyard_kafka::end_offset_total(
+            &consumer,
+            topic,
+            Duration::from_secs(10),
+        )?)
     }
 
     /// Wait until `topic` holds at least `at_least` records (or `timeout` passes), then

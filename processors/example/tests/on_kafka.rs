@@ -435,3 +435,68 @@ fn with_the_registry_down_an_unknown_schema_makes_the_runner_not_ready_and_sigte
         .expect("SIGTERM stops the runner while it waits for the registry");
     assert!(status.success(), "{status}");
 }
+
+/// Issue 26 (5): a restore read each store partition and looked up its writers with no race
+/// against shutdown, so SIGTERM did nothing until it ended. Here a restore cannot end: the
+/// changelog holds a value framed with a writer schema the runner has never met, and the
+/// registry is down. The restore must say so in `/health` and still stop on SIGTERM.
+#[test]
+fn a_restore_waiting_for_the_registry_still_stops_on_sigterm() {
+    let mut stack = Stack::start().expect("stack");
+    let (mut first, first_metrics) = start_counter(&stack, "counter-1");
+    let (mut second, second_metrics) = start_counter(&stack, "counter-2");
+    let assigned = |addr| {
+        metric_sum(
+            &http_get_text(addr, "/metrics").unwrap_or_default(),
+            "switchyard_assigned_partitions",
+        )
+    };
+    wait_for(
+        "the second instance to own partitions",
+        Duration::from_secs(60),
+        || assigned(second_metrics) >= 1.0,
+    )
+    .expect("partitions shared");
+    stack.registry.service.kill();
+    // A value in every changelog partition framed with schema id 999, which no input record
+    // carries: only a restore meets it.
+    let changelog = format!("{NAME}-counts-changelog");
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&999i32.to_be_bytes());
+    framed.extend_from_slice(b"a value of a schema the runner has to fetch");
+    let unknown: Vec<_> = (0..64)
+        .map(|k| (format!("m{k}/imu"), framed.clone(), BASE_US / 1000))
+        .collect();
+    produce(&stack.broker.bootstrap(), &changelog, &unknown).expect("produce");
+    let partitions: BTreeSet<i32> = kafka::read_to_end(&stack.broker.bootstrap(), &changelog)
+        .expect("changelog")
+        .iter()
+        .filter(|r| r.payload.as_deref() == Some(framed.as_slice()))
+        .map(|r| r.partition)
+        .collect();
+    assert_eq!(
+        partitions.len(),
+        kafka::partition_count(&stack.broker.bootstrap(), &changelog).expect("partitions"),
+        "every changelog partition holds a value of the unknown schema"
+    );
+
+    // The second instance leaves: the first takes its partitions and restores them.
+    let status = second
+        .terminate(Duration::from_secs(30))
+        .expect("the second instance stops");
+    assert!(status.success(), "{status}");
+    let mut said = String::new();
+    wait_for(
+        "the first instance to say its restore waits for the registry",
+        Duration::from_secs(60),
+        || {
+            said = http_get_text(first_metrics, "/health").unwrap_or_default();
+            said.contains("waiting for writer schema 999")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: /health said {said:?}"));
+    let status = first
+        .terminate(Duration::from_secs(20))
+        .expect("SIGTERM stops the runner while its restore waits for the registry");
+    assert!(status.success(), "{status}");
+}

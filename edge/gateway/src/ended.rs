@@ -2,10 +2,12 @@
 //! only up to its oldest pending request ([`crate::request_offsets`]), so a restarted
 //! instance reads again every request after that one, finished or not. How each ended is
 //! in `downlink-delivery` (`ACKED`, `UNDELIVERABLE`, written by whichever instance held the
-//! modem): read from the time of the oldest request to be read again, it says which of them
-//! to pass over, so a SIM that switched is not switched again.
+//! modem) and, first, in `carrier-switch-ack`: the gateway writes the SIM's answer there
+//! before it ends the request, so a crash between the two leaves only the answer. Both,
+//! read from the time of the oldest request to be read again, say which of them to pass
+//! over, so a SIM that switched is not switched again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,19 +17,26 @@ use rdkafka::{Offset, TopicPartitionList};
 use switchyard_kafka::clients;
 use switchyard_protocol::json::parse_request_id;
 use switchyard_registry_client::RecordDecoder;
-use switchyard_schemas::records::{DeliveryEvent, DownlinkDelivery};
+use switchyard_schemas::records::{CarrierSwitchAck, DeliveryEvent, DownlinkDelivery};
 use tracing::warn;
 
+use crate::uplink::ACK_TOPIC;
 use crate::{DELIVERY_TOPIC, REQUEST_TOPIC};
 
 const CLOCK_MARGIN_MS: i64 = 60_000;
+
+/// The decoders of the two topics that say a request ended.
+pub struct EndDecoders {
+    pub delivery: RecordDecoder,
+    pub ack: RecordDecoder,
+}
 
 /// The ids of the requests that `group` will read again and that have already ended.
 /// `timeout` bounds each metadata request; the reading itself takes as long as it takes.
 pub async fn ended_requests(
     bootstrap: &str,
     group: &str,
-    delivery_decoder: &mut RecordDecoder,
+    decoders: &mut EndDecoders,
     timeout: Duration,
 ) -> anyhow::Result<HashSet<u64>> {
     let reader: BaseConsumer = clients::consumer_config(bootstrap)
@@ -38,28 +47,14 @@ pub async fn ended_requests(
     let Some(oldest_ms) = oldest_to_read_again(&reader, timeout).await? else {
         return Ok(HashSet::new());
     };
-    // A minute earlier: the API's and the gateways' clocks stamp the two topics.
+    // A minute earlier: the API's and the gateways' clocks stamp the topics.
     let since_ms = oldest_ms.saturating_sub(CLOCK_MARGIN_MS);
-    // Where downlink-delivery reaches `since_ms`, to its end as of now.
-    let partitions = switchyard_kafka::partitions(&reader, DELIVERY_TOPIC, timeout)?;
-    let mut at_time = TopicPartitionList::new();
-    for p in &partitions {
-        at_time.add_partition_offset(DELIVERY_TOPIC, *p, Offset::Offset(since_ms))?;
-    }
-    let starts = switchyard_kafka::retry_passing(timeout, |left| {
-        reader.offsets_for_times(at_time.clone(), left)
-    })
-    .context("finding downlink-delivery's records since the oldest request")?;
     let mut from = TopicPartitionList::new();
-    let mut ends = std::collections::HashMap::new();
-    for element in starts.elements() {
-        let p = element.partition();
-        let (_, high) = switchyard_kafka::watermarks(&reader, DELIVERY_TOPIC, p, timeout)?;
-        if let Offset::Offset(start) = element.offset() {
-            if start < high {
-                from.add_partition_offset(DELIVERY_TOPIC, p, Offset::Offset(start))?;
-                ends.insert(p, high);
-            }
+    let mut ends = HashMap::new();
+    for topic in [DELIVERY_TOPIC, ACK_TOPIC] {
+        for (partition, (start, end)) in since(&reader, topic, since_ms, timeout)? {
+            from.add_partition_offset(topic, partition, Offset::Offset(start))?;
+            ends.insert((topic, partition), end);
         }
     }
     let mut ended = HashSet::new();
@@ -73,32 +68,79 @@ pub async fn ended_requests(
         let Some(message) = reader.poll(Duration::from_millis(100)) else {
             continue;
         };
-        let message = message.context("reading downlink-delivery")?;
+        let message = message.context("reading the ends of switch requests")?;
         let (partition, offset) = (message.partition(), message.offset());
-        if ends.get(&partition).is_some_and(|end| offset + 1 >= *end) {
-            ends.remove(&partition);
-        }
-        match delivery_decoder
-            .decode::<DownlinkDelivery>(message.payload())
-            .await
+        let topic = if message.topic() == ACK_TOPIC {
+            ACK_TOPIC
+        } else {
+            DELIVERY_TOPIC
+        };
+        if ends
+            .get(&(topic, partition))
+            .is_some_and(|end| offset + 1 >= *end)
         {
-            Ok(delivery)
-                if matches!(
-                    delivery.event,
-                    DeliveryEvent::Acked | DeliveryEvent::Undeliverable
-                ) =>
-            {
-                if let Ok(id) = parse_request_id(&delivery.request_id) {
+            ends.remove(&(topic, partition));
+        }
+        let request_id = if topic == ACK_TOPIC {
+            // A SIM's answer, ACK or NACK, ends its request; a v1 ACK names none.
+            decoders
+                .ack
+                .decode::<CarrierSwitchAck>(message.payload())
+                .await
+                .map(|ack| ack.request_id)
+        } else {
+            decoders
+                .delivery
+                .decode::<DownlinkDelivery>(message.payload())
+                .await
+                .map(|delivery| {
+                    matches!(
+                        delivery.event,
+                        DeliveryEvent::Acked | DeliveryEvent::Undeliverable
+                    )
+                    .then_some(delivery.request_id)
+                })
+        };
+        match request_id {
+            Ok(id) => {
+                if let Some(id) = id.and_then(|id| parse_request_id(&id).ok()) {
                     ended.insert(id);
                 }
             }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(partition, offset, error = %e, "unreadable delivery record skipped");
-            }
+            Err(e) => warn!(topic, partition, offset, error = %e, "unreadable record skipped"),
         }
     }
     Ok(ended)
+}
+
+/// For each partition of `topic` with records at or after `since_ms`: the offset of the
+/// first of them and the partition's end as of now.
+fn since(
+    reader: &BaseConsumer,
+    topic: &str,
+    since_ms: i64,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(i32, (i64, i64))>> {
+    let partitions = switchyard_kafka::partitions(reader, topic, timeout)?;
+    let mut at_time = TopicPartitionList::new();
+    for p in &partitions {
+        at_time.add_partition_offset(topic, *p, Offset::Offset(since_ms))?;
+    }
+    let starts = switchyard_kafka::retry_passing(timeout, |left| {
+        reader.offsets_for_times(at_time.clone(), left)
+    })
+    .with_context(|| format!("finding {topic}'s records since the oldest request"))?;
+    let mut out = Vec::new();
+    for element in starts.elements() {
+        let p = element.partition();
+        let (_, high) = switchyard_kafka::watermarks(reader, topic, p, timeout)?;
+        if let Offset::Offset(start) = element.offset() {
+            if start < high {
+                out.push((p, (start, high)));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The time (ms) of the oldest `downstream-request` record the group will read again: the

@@ -213,17 +213,23 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
     }
     info!(instance = %config.instance_id, restored = taken, skipped, "sessions read back");
 
-    let (delivery_id, delivery_codec) = codecs
-        .get(DELIVERY_TOPIC)
-        .cloned()
-        .context("no schema for downlink-delivery")?;
-    let mut delivery_decoder = RecordDecoder::new(registry.clone(), delivery_id, delivery_codec);
+    let decoder = |topic: &str| {
+        let (id, codec) = codecs
+            .get(topic)
+            .cloned()
+            .with_context(|| format!("no schema for {topic}"))?;
+        anyhow::Ok(RecordDecoder::new(registry.clone(), id, codec))
+    };
+    let mut end_decoders = crate::ended::EndDecoders {
+        delivery: decoder(DELIVERY_TOPIC)?,
+        ack: decoder(ACK_TOPIC)?,
+    };
     health.set_not_ready("reading which switch requests ended before the restart");
     let ended = tokio::select! {
         ended = crate::ended::ended_requests(
             &config.endpoints.bootstrap_servers,
             &request_group,
-            &mut delivery_decoder,
+            &mut end_decoders,
             Duration::from_secs(60),
         ) => ended.context("reading which requests ended before the restart")?,
         _ = &mut shutdown => return Ok(()),

@@ -682,6 +682,29 @@ fn a_switch_pending_when_the_gateway_dies_is_sent_again_after_its_restart() {
 /// acked; the old gateway sent it again, and a SIM that had switched was switched again.
 #[test]
 fn a_switch_acked_before_a_sigkill_is_not_performed_again_after_the_restart() {
+    acked_before_a_sigkill(AckReached::TheRequestsEnd);
+}
+
+/// The same, killed between the SIM's answer reaching `carrier-switch-ack` and the
+/// request's `ACKED` reaching `downlink-delivery` (the gateway writes them in that order):
+/// the answer alone must end the request. The gateway that read only `downlink-delivery`
+/// performed the switch again.
+#[test]
+fn a_switch_whose_ack_is_on_the_broker_is_not_performed_again_after_a_sigkill_before_it_ended() {
+    acked_before_a_sigkill(AckReached::OnlyTheAckTopic);
+}
+
+/// How far the answer to the switch got before the kill.
+#[derive(PartialEq)]
+enum AckReached {
+    /// Through the gateway: `carrier-switch-ack`, then `ACKED` on `downlink-delivery`.
+    TheRequestsEnd,
+    /// Written to `carrier-switch-ack` as the gateway does, the gateway killed before
+    /// `ACKED`.
+    OnlyTheAckTopic,
+}
+
+fn acked_before_a_sigkill(reached: AckReached) {
     let stack = Stack::start().expect("stack");
     let env = |udp: Option<SocketAddr>| {
         let mut env = vec![("SWITCHYARD_RETRY_INITIAL_MS", "300".to_string())];
@@ -731,19 +754,7 @@ fn a_switch_acked_before_a_sigkill_is_not_performed_again_after_the_restart() {
     let (n, from) = answering.recv_from(&mut buf).expect("request d2's Perform");
     let frame = Frame::decode(&buf[..n]).expect("decodes");
     assert_eq!(frame.envelope.and_then(|e| e.request_id), Some(0xd2));
-    let ack = Packet::CarrierSwitchAck {
-        status: AckStatus::Ack,
-        carrier: Carrier::TMobile,
-    };
-    answering
-        .send_to(
-            &envelope(answering_modem, 2, Some(0xd2), ack)
-                .encode()
-                .expect("encode"),
-            from,
-        )
-        .expect("ack");
-    switchyard_testkit::wait_for("request d2 to end acked", WAIT, || {
+    let d2_acked = || {
         stack
             .read_to_end::<DownlinkDelivery>("downlink-delivery")
             .is_ok_and(|events| {
@@ -752,10 +763,45 @@ fn a_switch_acked_before_a_sigkill_is_not_performed_again_after_the_restart() {
                         && e.value.event == DeliveryEvent::Acked
                 })
             })
-    })
-    .expect("acked");
-
-    drop(gateway); // SIGKILL
+    };
+    match reached {
+        AckReached::TheRequestsEnd => {
+            let ack = Packet::CarrierSwitchAck {
+                status: AckStatus::Ack,
+                carrier: Carrier::TMobile,
+            };
+            answering
+                .send_to(
+                    &envelope(answering_modem, 2, Some(0xd2), ack)
+                        .encode()
+                        .expect("encode"),
+                    from,
+                )
+                .expect("ack");
+            switchyard_testkit::wait_for("request d2 to end acked", WAIT, d2_acked).expect("acked");
+            drop(gateway); // SIGKILL
+        }
+        AckReached::OnlyTheAckTopic => {
+            drop(gateway); // SIGKILL
+            let ack = CarrierSwitchAck {
+                modem_id: answering_modem.to_string(),
+                request_id: Some("00000000000000d2".into()),
+                status: records::AckStatus::Ack,
+                carrier: records::Carrier::TMobile,
+                received_at: now_us(),
+                sequence: Some(2),
+                reason: None,
+            };
+            stack
+                .produce(
+                    "carrier-switch-ack",
+                    &[(answering_modem.to_string(), ack, now_us() / 1000)],
+                )
+                .expect("the answer on carrier-switch-ack");
+            // The fault lands where it matters: the request never ended in the log.
+            assert!(!d2_acked(), "d2 has no ACKED on downlink-delivery");
+        }
+    }
     for device in [&silent, &answering] {
         device.set_nonblocking(true).expect("nonblocking");
         while device.recv_from(&mut buf).is_ok() {}

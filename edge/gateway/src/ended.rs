@@ -31,21 +31,30 @@ pub struct EndDecoders {
     pub ack: RecordDecoder,
 }
 
-/// The ids of the requests that `group` will read again and that have already ended.
-/// `timeout` bounds each metadata request; the reading itself takes as long as it takes.
+/// The requests `group` will read again that have already ended, and how many records
+/// saying how requests ended could not be read (skipped: a request only they ended would
+/// be sent again).
+#[derive(Debug, Default)]
+pub struct Ended {
+    pub requests: HashSet<u64>,
+    pub unreadable: u64,
+}
+
+/// What [`Ended`] says, read from the log. `timeout` bounds each metadata request; the
+/// reading itself takes as long as it takes.
 pub async fn ended_requests(
     bootstrap: &str,
     group: &str,
     decoders: &mut EndDecoders,
     timeout: Duration,
-) -> anyhow::Result<HashSet<u64>> {
+) -> anyhow::Result<Ended> {
     let reader: BaseConsumer = clients::consumer_config(bootstrap)
         .set("group.id", group)
         .set("fetch.wait.max.ms", "50")
         .create()
         .context("creating the reader of ended requests")?;
     let Some(oldest_ms) = oldest_to_read_again(&reader, timeout).await? else {
-        return Ok(HashSet::new());
+        return Ok(Ended::default());
     };
     // A minute earlier: the API's and the gateways' clocks stamp the topics.
     let since_ms = oldest_ms.saturating_sub(CLOCK_MARGIN_MS);
@@ -57,7 +66,7 @@ pub async fn ended_requests(
             ends.insert((topic, partition), end);
         }
     }
-    let mut ended = HashSet::new();
+    let mut ended = Ended::default();
     if ends.is_empty() {
         return Ok(ended);
     }
@@ -104,10 +113,13 @@ pub async fn ended_requests(
         match request_id {
             Ok(id) => {
                 if let Some(id) = id.and_then(|id| parse_request_id(&id).ok()) {
-                    ended.insert(id);
+                    ended.requests.insert(id);
                 }
             }
-            Err(e) => warn!(topic, partition, offset, error = %e, "unreadable record skipped"),
+            Err(e) => {
+                ended.unreadable += 1;
+                warn!(topic, partition, offset, error = %e, "unreadable record skipped");
+            }
         }
     }
     Ok(ended)

@@ -234,9 +234,15 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
         ) => ended.context("reading which requests ended before the restart")?,
         _ = &mut shutdown => return Ok(()),
     };
-    if !ended.is_empty() {
+    if ended.unreadable > 0 {
+        metrics
+            .rejects
+            .with_label_values(&["bad_request_end_record"])
+            .inc_by(ended.unreadable);
+    }
+    if !ended.requests.is_empty() {
         info!(
-            ended = ended.len(),
+            ended = ended.requests.len(),
             "switch requests that ended before the restart will be passed over"
         );
     }
@@ -274,8 +280,9 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()>) -> a
             .spawn(move || gateway.receive(&stop))
             .context("starting the uplink thread")?
     };
-    let downlink =
-        tokio::spawn(DownlinkTask::new(Arc::clone(&gateway), ended).run(consumer, told_downlink));
+    let downlink = tokio::spawn(
+        DownlinkTask::new(Arc::clone(&gateway), ended.requests).run(consumer, told_downlink),
+    );
     let follow = tokio::spawn(Arc::clone(&gateway).follow_sessions(session_decoder, ends));
     let dead_letters = tokio::spawn(Arc::clone(&gateway).dead_letters(refused_records));
     let buffers = tokio::spawn(Arc::clone(&gateway).gauge_buffers());

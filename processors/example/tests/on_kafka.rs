@@ -411,26 +411,38 @@ fn with_the_registry_down_an_unknown_schema_makes_the_runner_not_ready_and_sigte
     let (mut counter, metrics) = start_counter(&stack, "reading-counter");
     stack.registry.service.kill();
     // A reading framed with a schema id the runner has never met: it must ask the registry.
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&999i32.to_be_bytes());
-    framed.extend_from_slice(b"not read before the schema is known");
+    let framed = framed_with_unknown_schema(b"not read before the schema is known");
     produce(
         &stack.broker.bootstrap(),
         "imu",
         &[("m1".to_string(), framed, BASE_US / 1000)],
     )
     .expect("produce");
+    stops_on_sigterm_once_health_says(&mut counter, metrics, "waiting for writer schema 999");
+}
+
+/// `body` framed as Confluent's wire format with schema id 999, which no test registers.
+fn framed_with_unknown_schema(body: &[u8]) -> Vec<u8> {
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&999i32.to_be_bytes());
+    framed.extend_from_slice(body);
+    framed
+}
+
+/// Wait until the runner's `/health` contains `reason`, then SIGTERM it: it must exit
+/// successfully within 20 s.
+fn stops_on_sigterm_once_health_says(runner: &mut Service, metrics: SocketAddr, reason: &str) {
     let mut said = String::new();
     wait_for(
-        "the runner to say it waits for the registry",
+        &format!("/health to say {reason:?}"),
         Duration::from_secs(60),
         || {
             said = http_get_text(metrics, "/health").unwrap_or_default();
-            said.contains("schema registry")
+            said.contains(reason)
         },
     )
     .unwrap_or_else(|e| panic!("{e}: /health said {said:?}"));
-    let status = counter
+    let status = runner
         .terminate(Duration::from_secs(20))
         .expect("SIGTERM stops the runner while it waits for the registry");
     assert!(status.success(), "{status}");
@@ -461,9 +473,7 @@ fn a_restore_waiting_for_the_registry_still_stops_on_sigterm() {
     // A value in every changelog partition framed with schema id 999, which no input record
     // carries: only a restore meets it.
     let changelog = format!("{NAME}-counts-changelog");
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&999i32.to_be_bytes());
-    framed.extend_from_slice(b"a value of a schema the runner has to fetch");
+    let framed = framed_with_unknown_schema(b"a value of a schema the runner has to fetch");
     let unknown: Vec<_> = (0..64)
         .map(|k| (format!("m{k}/imu"), framed.clone(), BASE_US / 1000))
         .collect();
@@ -485,18 +495,5 @@ fn a_restore_waiting_for_the_registry_still_stops_on_sigterm() {
         .terminate(Duration::from_secs(30))
         .expect("the second instance stops");
     assert!(status.success(), "{status}");
-    let mut said = String::new();
-    wait_for(
-        "the first instance to say its restore waits for the registry",
-        Duration::from_secs(60),
-        || {
-            said = http_get_text(first_metrics, "/health").unwrap_or_default();
-            said.contains("waiting for writer schema 999")
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}: /health said {said:?}"));
-    let status = first
-        .terminate(Duration::from_secs(20))
-        .expect("SIGTERM stops the runner while its restore waits for the registry");
-    assert!(status.success(), "{status}");
+    stops_on_sigterm_once_health_says(&mut first, first_metrics, "waiting for writer schema 999");
 }

@@ -31,12 +31,14 @@ pub struct EndDecoders {
     pub ack: RecordDecoder,
 }
 
-/// The requests `group` will read again that have already ended, and how many records
-/// saying how requests ended could not be read (skipped: a request only they ended would
-/// be sent again).
+/// The requests `group` will read again that have already ended, by request id and modem,
+/// and how many records saying how requests ended could not be read (skipped: a request
+/// only they ended would be sent again).
 #[derive(Debug, Default)]
 pub struct Ended {
-    pub requests: HashSet<u64>,
+    /// An answer ends a request only when its modem gave it, as on the running gateway
+    /// ([`crate::downlink::Downlink::answered`]): another modem naming the request does not.
+    pub requests: HashSet<(u64, String)>,
     pub unreadable: u64,
 }
 
@@ -51,6 +53,9 @@ pub async fn ended_requests(
     let reader: BaseConsumer = clients::consumer_config(bootstrap)
         .set("group.id", group)
         .set("fetch.wait.max.ms", "50")
+        // An offset that retention removed meanwhile: read on from the oldest left, never
+        // from the end (the last record of each partition must be read to finish).
+        .set("auto.offset.reset", "earliest")
         .create()
         .context("creating the reader of ended requests")?;
     let Some(oldest_ms) = oldest_to_read_again(&reader, timeout).await? else {
@@ -96,7 +101,7 @@ pub async fn ended_requests(
                 .ack
                 .decode::<CarrierSwitchAck>(message.payload())
                 .await
-                .map(|ack| ack.request_id)
+                .map(|ack| ack.request_id.map(|id| (id, ack.modem_id)))
         } else {
             decoders
                 .delivery
@@ -107,15 +112,16 @@ pub async fn ended_requests(
                         delivery.event,
                         DeliveryEvent::Acked | DeliveryEvent::Undeliverable
                     )
-                    .then_some(delivery.request_id)
+                    .then_some((delivery.request_id, delivery.modem_id))
                 })
         };
         match request_id {
-            Ok(id) => {
-                if let Some(id) = id.and_then(|id| parse_request_id(&id).ok()) {
-                    ended.requests.insert(id);
+            Ok(Some((id, modem_id))) => {
+                if let Ok(id) = parse_request_id(&id) {
+                    ended.requests.insert((id, modem_id));
                 }
             }
+            Ok(None) => {}
             Err(e) => {
                 ended.unreadable += 1;
                 warn!(topic, partition, offset, error = %e, "unreadable record skipped");

@@ -90,11 +90,11 @@ pub(crate) struct DownlinkTask {
     offsets: RequestOffsets,
     /// Requests read again after a restart that had already ended ([`crate::ended`]),
     /// passed over once each.
-    ended: HashSet<u64>,
+    ended: HashSet<(u64, String)>,
 }
 
 impl DownlinkTask {
-    pub(crate) fn new(gateway: Arc<Gateway>, ended: HashSet<u64>) -> Self {
+    pub(crate) fn new(gateway: Arc<Gateway>, ended: HashSet<(u64, String)>) -> Self {
         let us = |ms: u64| i64::try_from(ms.saturating_mul(1000)).unwrap_or(i64::MAX);
         let pending = Downlink::new(
             us(gateway.config.retry_initial_ms),
@@ -161,7 +161,9 @@ impl DownlinkTask {
                 metrics.expired_requests.inc();
                 self.offsets.read(partition, offset);
             }
-            Ok((request, request_id)) if self.ended.remove(&request_id) => {
+            Ok((request, request_id))
+                if self.ended.remove(&(request_id, request.modem_id.clone())) =>
+            {
                 metrics.requests_ended_before.inc();
                 info!(request = %request.request_id, modem = %request.modem_id, "switch request read again after a restart had already ended; not sent again");
                 self.offsets.read(partition, offset);

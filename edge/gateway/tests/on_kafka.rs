@@ -694,6 +694,14 @@ fn a_switch_whose_ack_is_on_the_broker_is_not_performed_again_after_a_sigkill_be
     acked_before_a_sigkill(AckReached::OnlyTheAckTopic);
 }
 
+/// An answer on `carrier-switch-ack` naming a request of another modem (a faulty or
+/// compromised device) ends nothing: the running gateway ignores it, and so must a
+/// restarted one reading it back, or that request would never be sent.
+#[test]
+fn an_answer_from_another_modem_naming_a_request_does_not_end_it_at_a_restart() {
+    acked_before_a_sigkill(AckReached::OnlyAnotherModemsAnswer);
+}
+
 /// How far the answer to the switch got before the kill.
 #[derive(PartialEq)]
 enum AckReached {
@@ -702,6 +710,9 @@ enum AckReached {
     /// Written to `carrier-switch-ack` as the gateway does, the gateway killed before
     /// `ACKED`.
     OnlyTheAckTopic,
+    /// The gateway killed, and an answer naming the request from another modem on
+    /// `carrier-switch-ack`: the request did not end.
+    OnlyAnotherModemsAnswer,
 }
 
 fn acked_before_a_sigkill(reached: AckReached) {
@@ -781,10 +792,14 @@ fn acked_before_a_sigkill(reached: AckReached) {
             switchyard_testkit::wait_for("request d2 to end acked", WAIT, d2_acked).expect("acked");
             drop(gateway); // SIGKILL
         }
-        AckReached::OnlyTheAckTopic => {
+        AckReached::OnlyTheAckTopic | AckReached::OnlyAnotherModemsAnswer => {
             drop(gateway); // SIGKILL
+            let answered_by = match reached {
+                AckReached::OnlyTheAckTopic => answering_modem,
+                _ => silent_modem,
+            };
             let ack = CarrierSwitchAck {
-                modem_id: answering_modem.to_string(),
+                modem_id: answered_by.to_string(),
                 request_id: Some("00000000000000d2".into()),
                 status: records::AckStatus::Ack,
                 carrier: records::Carrier::TMobile,
@@ -795,7 +810,7 @@ fn acked_before_a_sigkill(reached: AckReached) {
             stack
                 .produce(
                     "carrier-switch-ack",
-                    &[(answering_modem.to_string(), ack, now_us() / 1000)],
+                    &[(answered_by.to_string(), ack, now_us() / 1000)],
                 )
                 .expect("the answer on carrier-switch-ack");
             // The fault lands where it matters: the request never ended in the log.
@@ -815,6 +830,18 @@ fn acked_before_a_sigkill(reached: AckReached) {
     let (n, _) = silent.recv_from(&mut buf).expect("request d1 sent again");
     let frame = Frame::decode(&buf[..n]).expect("decodes");
     assert_eq!(frame.envelope.and_then(|e| e.request_id), Some(0xd1));
+    if reached == AckReached::OnlyAnotherModemsAnswer {
+        answering
+            .set_nonblocking(false)
+            .and_then(|()| answering.set_read_timeout(Some(WAIT)))
+            .expect("blocking");
+        let (n, _) = answering
+            .recv_from(&mut buf)
+            .expect("d2 sent again: another modem's answer did not end it");
+        let frame = Frame::decode(&buf[..n]).expect("decodes");
+        assert_eq!(frame.envelope.and_then(|e| e.request_id), Some(0xd2));
+        return;
+    }
     // d2, read again after d1, is passed over: counted, never sent.
     let passed_over = || {
         switchyard_testkit::http_get_text(restarted.metrics, "/metrics")

@@ -120,6 +120,14 @@ fn start_counter_committing_every(
         .expect("reading-counter healthy")
 }
 
+/// How many partitions the instance whose metrics are at `metrics` owns.
+fn assigned_partitions(metrics: SocketAddr) -> f64 {
+    metric_sum(
+        &http_get_text(metrics, "/metrics").unwrap_or_default(),
+        "switchyard_assigned_partitions",
+    )
+}
+
 /// Every input has an output, duplicates stay within the uncommitted window, and counts
 /// continue from the restored store.
 fn check(sent: &[(String, String, i64)], got: &[ReadingCount]) {
@@ -256,12 +264,7 @@ fn two_instances_share_the_partitions() {
     let stack = Stack::start().expect("stack");
     let (_a, metrics_a) = start_counter(&stack, "counter-a");
     let (_b, metrics_b) = start_counter(&stack, "counter-b");
-    let tasks = |addr| {
-        metric_sum(
-            &http_get_text(addr, "/metrics").unwrap_or_default(),
-            "switchyard_assigned_partitions",
-        )
-    };
+    let tasks = assigned_partitions;
     wait_for(
         "both instances to own partitions",
         Duration::from_secs(60),
@@ -457,16 +460,10 @@ fn a_restore_waiting_for_the_registry_still_stops_on_sigterm() {
     let mut stack = Stack::start().expect("stack");
     let (mut first, first_metrics) = start_counter(&stack, "counter-1");
     let (mut second, second_metrics) = start_counter(&stack, "counter-2");
-    let assigned = |addr| {
-        metric_sum(
-            &http_get_text(addr, "/metrics").unwrap_or_default(),
-            "switchyard_assigned_partitions",
-        )
-    };
     wait_for(
         "the second instance to own partitions",
         Duration::from_secs(60),
-        || assigned(second_metrics) >= 1.0,
+        || assigned_partitions(second_metrics) >= 1.0,
     )
     .expect("partitions shared");
     stack.registry.service.kill();

@@ -142,11 +142,16 @@ impl Instance {
     }
 
     fn metric(&self, prefix: &str) -> f64 {
-        metric_sum(
-            &http_get_text(self.metrics, "/metrics").unwrap_or_default(),
-            prefix,
-        )
+        metric_at(self.metrics, prefix)
     }
+}
+
+/// The sum of the metrics starting with `prefix` that the instance at `metrics` serves.
+fn metric_at(metrics: SocketAddr, prefix: &str) -> f64 {
+    metric_sum(
+        &http_get_text(metrics, "/metrics").unwrap_or_default(),
+        prefix,
+    )
 }
 
 fn base_us() -> i64 {
@@ -212,8 +217,7 @@ async fn a_rebalance_hands_tasks_over_without_late_output_or_duplicates() {
     let a_revoked = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
-            let text = http_get_text(a_metrics, "/metrics").unwrap_or_default();
-            if metric_sum(&text, "switchyard_revocations_total") >= 1.0 {
+            if metric_at(a_metrics, "switchyard_revocations_total") >= 1.0 {
                 return Some(Instant::now());
             }
             std::thread::sleep(Duration::from_millis(2));

@@ -322,10 +322,12 @@ fn carrier_state_killed_mid_stream_converges_to_the_same_state() {
 /// 30% of packets lost each way between the modems and the gateway: every switch still ends
 /// acked, by retransmission. One attempt gets through both ways with probability
 /// 0.7 x 0.7 = 0.49; the retries (200 ms doubling to 800 ms within a 15 s deadline, about
-/// 18 attempts; the simulator's drops are pseudo-random, seeded by modem id) fail a
-/// modem with probability 0.51^18 = 5e-6, so one of twelve in 1.7e4
-/// runs. Without retransmission all twelve would be acked with probability 0.49^12 = 2e-4:
-/// `with_30_percent_packet_loss_and_no_retransmission_switches_are_lost` shows it.
+/// 18 attempts) fail a modem with probability 0.51^18 = 5e-6, so one of twelve with
+/// probability 6e-5. Without retransmission all twelve would be acked with probability
+/// 0.49^12 = 2e-4: `with_30_percent_packet_loss_and_no_retransmission_switches_are_lost`
+/// shows it. (The simulator's drops are pseudo-random, seeded by modem id, so runs are
+/// not independent trials: the same draws come again, and only timing moves which packet
+/// meets which draw; the odds say how likely a seeding is to pass by chance.)
 #[test]
 fn with_30_percent_packet_loss_every_switch_ends_acked() {
     let ends = switches_under_30_percent_loss(200, 800);

@@ -264,14 +264,13 @@ fn two_instances_share_the_partitions() {
     let stack = Stack::start().expect("stack");
     let (_a, metrics_a) = start_counter(&stack, "counter-a");
     let (_b, metrics_b) = start_counter(&stack, "counter-b");
-    let tasks = assigned_partitions;
     wait_for(
         "both instances to own partitions",
         Duration::from_secs(60),
         || {
-            tasks(metrics_a) >= 1.0
-                && tasks(metrics_b) >= 1.0
-                && tasks(metrics_a) + tasks(metrics_b) == 3.0
+            assigned_partitions(metrics_a) >= 1.0
+                && assigned_partitions(metrics_b) >= 1.0
+                && assigned_partitions(metrics_a) + assigned_partitions(metrics_b) == 3.0
         },
     )
     .expect("partitions shared");
